@@ -1,0 +1,155 @@
+"""The SSAMBA audio encoder: patch tokens -> bidirectional Mamba blocks -> norm.
+
+Every user of the encoder (SSL, fine-tuning, embeddings, benchmarks) calls this one forward.
+The official code's quirks are flags (official_ssamba.md 1.5, 1.7, 3.2, P5-P7, P18); the
+`official` preset reproduces them so released checkpoints give the same outputs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from src.models.components.bimamba import BiMambaMixer
+from src.models.components.patching import PatchEncoder
+
+SIZES = {"tiny": 192, "small": 384, "base": 768}
+QUIRKS = {
+    # what the released SSAMBA checkpoints were trained with
+    "official": dict(pair_flip=True, double_final_norm=True, backward_dt_init="zero", pos_resize="official"),
+    # the same blocks without the quirks: plain bimamba-v2 stack, one final norm, symmetric init
+    "clean": dict(pair_flip=False, double_final_norm=False, backward_dt_init="mamba", pos_resize="fixed"),
+}
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a sample's whole branch with probability p (timm's drop_path)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, eps=eps)
+    if kind == "rmsnorm":
+        return nn.RMSNorm(dim, eps=eps)
+    raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {kind!r}")
+
+
+class MambaBlock(nn.Module):
+    """Add -> norm -> mixer, with the residual stream carried separately (Vim's Block)."""
+
+    def __init__(self, dim: int, mixer: BiMambaMixer, norm: nn.Module, drop_path: float, residual_in_fp32: bool):
+        super().__init__()
+        self.mixer = mixer
+        self.norm = norm
+        self.drop_path = DropPath(drop_path)
+        self.residual_in_fp32 = residual_in_fp32
+
+    def forward(self, hidden: Tensor, residual: Tensor | None):
+        residual = hidden if residual is None else residual + self.drop_path(hidden)
+        hidden = self.mixer(self.norm(residual.to(self.norm.weight.dtype)))
+        if self.residual_in_fp32:
+            residual = residual.float()
+        return hidden, residual
+
+
+class AudioMambaEncoder(PatchEncoder):
+    def __init__(
+        self,
+        embed_dim: int = 192,
+        depth: int = 24,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        input_fdim: int = 128,
+        input_tdim: int = 1024,
+        fshape: int = 16,
+        tshape: int = 16,
+        fstride: int = 16,
+        tstride: int = 16,
+        norm: str = "layernorm",
+        norm_eps: float = 1e-5,
+        drop_path_rate: float = 0.1,
+        residual_in_fp32: bool = False,
+        divide_out: bool = True,
+        pair_flip: bool = True,
+        double_final_norm: bool = True,
+        backward_dt_init: str = "zero",
+        pos_resize: str = "official",
+        mask_token: bool = False,
+    ):
+        """pair_flip: the official `if_bidirectional` stack: layers run in pairs, the second of a
+        pair on the reversed sequence, and their outputs and residuals are summed.
+        double_final_norm: the official forwards apply norm_f twice to the output."""
+        super().__init__(embed_dim, 1, input_fdim, input_tdim, fshape, tshape, fstride, tstride, mask_token, pos_resize)
+        if pair_flip and depth % 2:
+            raise ValueError(f"pair_flip needs an even depth, got {depth}")
+        self.depth = depth
+        self.pair_flip = pair_flip
+        self.double_final_norm = double_final_norm
+        # Vim's schedule: layer i gets [0, linspace(0, rate, depth)...][i]; the final add gets `rate`
+        rates = [0.0] + torch.linspace(0, drop_path_rate, depth).tolist()
+        self.layers = nn.ModuleList(
+            MambaBlock(
+                embed_dim,
+                BiMambaMixer(
+                    embed_dim,
+                    d_state=d_state,
+                    d_conv=d_conv,
+                    expand=expand,
+                    divide_out=divide_out,
+                    backward_dt_init=backward_dt_init,
+                    n_layer=depth,
+                ),
+                make_norm(norm, embed_dim, norm_eps),
+                drop_path=rates[i],
+                residual_in_fp32=residual_in_fp32,
+            )
+            for i in range(depth)
+        )
+        self.drop_path = DropPath(drop_path_rate)
+        self.norm_f = make_norm(norm, embed_dim, norm_eps)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, return_hidden: bool = False):
+        """x: (B, 1, F, T) fbank; mask: (B, L) bool, True = replaced by the mask embedding.
+
+        Returns tokens (B, 1 + L, D) with the cls token first; with return_hidden also the list of
+        the residual stream after every layer (every pair with pair_flip), each (B, 1 + L, D)."""
+        hidden, residual = self.embed(x, mask), None  # (B, 1 + L, D)
+        states = []
+        if self.pair_flip:
+            for fwd, bwd in zip(self.layers[0::2], self.layers[1::2]):
+                hidden_f, residual_f = fwd(hidden, residual)
+                hidden_b, residual_b = bwd(hidden.flip(1), None if residual is None else residual.flip(1))
+                hidden, residual = hidden_f + hidden_b.flip(1), residual_f + residual_b.flip(1)
+                if return_hidden:
+                    states.append(residual + hidden)
+        else:
+            for layer in self.layers:
+                hidden, residual = layer(hidden, residual)
+                if return_hidden:
+                    states.append(residual + hidden)
+        residual = residual + self.drop_path(hidden)
+        out = self.norm_f(residual.to(self.norm_f.weight.dtype))
+        if self.double_final_norm:
+            out = self.norm_f(out)
+        return (out, states) if return_hidden else out
+
+
+def build_ssamba(size: str = "tiny", quirks: str = "official", **overrides) -> AudioMambaEncoder:
+    """An SSAMBA encoder from a size preset (tiny/small/base) and a quirks preset (official/clean)."""
+    if size not in SIZES:
+        raise ValueError(f"unknown SSAMBA size {size!r}; choose one of {sorted(SIZES)}")
+    if quirks not in QUIRKS:
+        raise ValueError(f"unknown quirks preset {quirks!r}; choose one of {sorted(QUIRKS)}")
+    return AudioMambaEncoder(**{"embed_dim": SIZES[size], **QUIRKS[quirks], **overrides})

@@ -1,0 +1,150 @@
+"""The tokenizer both encoders share (SSAMBA and the SSAST baseline).
+
+A (B, 1, F, T) fbank is cut into (fshape x tshape) patches by a strided Conv2d; tokens are in
+frequency-major order (index = f * t_dim + t), as in the official code. Prefix tokens (cls, and
+SSAST's distillation token) go first; a learned absolute positional embedding is added to all.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+POS_RESIZE_RULES = ("official", "fixed")
+
+
+def patch_grid(input_fdim: int, input_tdim: int, fshape: int, tshape: int, fstride: int, tstride: int):
+    """(f_dim, t_dim): how many patches fit along frequency and time."""
+    if input_fdim < fshape or input_tdim < tshape:
+        raise ValueError(
+            f"input of {input_fdim} mel bins x {input_tdim} frames is smaller than one {fshape}x{tshape} patch"
+        )
+    return (input_fdim - fshape) // fstride + 1, (input_tdim - tshape) // tstride + 1
+
+
+def resize_pos_embed(pos_embed: Tensor, num_prefix: int, src_grid, dst_grid, rule: str = "official") -> Tensor:
+    """Adapt a (1, P + f*t, D) positional embedding to another patch grid.
+
+    The official rule (SSAST / SSAMBA fine-tuning): along time, centre-crop if the new grid is
+    shorter, else bilinearly interpolate; then the same along frequency. It has two bugs that
+    only bite for grids other than 8 frequency rows: the time interpolation hard-codes 8 rows,
+    and the frequency crop slices `t_dim` rows instead of `f_dim`. rule="fixed" corrects both.
+    Prefix-token embeddings are kept as they are.
+    """
+    if rule not in POS_RESIZE_RULES:
+        raise ValueError(f"pos-embed resize rule must be one of {POS_RESIZE_RULES}, got {rule!r}")
+    (src_f, src_t), (f_dim, t_dim) = tuple(src_grid), tuple(dst_grid)
+    if (src_f, src_t) == (f_dim, t_dim):
+        return pos_embed
+    official = rule == "official"
+    dim = pos_embed.shape[-1]
+    prefix, patches = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
+    grid = patches.transpose(1, 2).reshape(1, dim, src_f, src_t)  # (1, D, f, t)
+    if t_dim < src_t:
+        start = src_t // 2 - t_dim // 2
+        grid = grid[:, :, :, start : start + t_dim]
+    else:
+        grid = F.interpolate(grid, size=(8 if official else src_f, t_dim), mode="bilinear")
+    if f_dim < src_f:
+        start = src_f // 2 - f_dim // 2
+        grid = grid[:, :, start : start + (t_dim if official else f_dim), :]
+    else:
+        grid = F.interpolate(grid, size=(f_dim, t_dim), mode="bilinear")
+    if grid.shape[-2:] != (f_dim, t_dim):
+        raise ValueError(
+            f"the official positional-embedding rule cannot map a {src_f}x{src_t} patch grid to "
+            f"{f_dim}x{t_dim} (it hard-codes 8 frequency rows and crops {t_dim} rows); "
+            "set pos_resize=fixed in the encoder config"
+        )
+    return torch.cat([prefix, grid.reshape(1, dim, f_dim * t_dim).transpose(1, 2)], dim=1)
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, embed_dim: int, fshape: int, tshape: int, fstride: int, tstride: int):
+        super().__init__()
+        self.proj = nn.Conv2d(1, embed_dim, kernel_size=(fshape, tshape), stride=(fstride, tstride))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, 1, F, T) -> (B, f_dim * t_dim, D), frequency-major."""
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class PatchEncoder(nn.Module):
+    """Patch embedding, prefix tokens, positional and mask embeddings; subclasses add the blocks."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_prefix_tokens: int,
+        input_fdim: int,
+        input_tdim: int,
+        fshape: int,
+        tshape: int,
+        fstride: int,
+        tstride: int,
+        mask_token: bool,
+        pos_resize: str,
+    ):
+        super().__init__()
+        if pos_resize not in POS_RESIZE_RULES:
+            raise ValueError(f"pos_resize must be one of {POS_RESIZE_RULES}, got {pos_resize!r}")
+        self.embed_dim = embed_dim
+        self.num_prefix_tokens = num_prefix_tokens
+        self.patch_shape = (fshape, tshape)
+        self.patch_stride = (fstride, tstride)
+        self.input_shape = (input_fdim, input_tdim)
+        self.grid = patch_grid(input_fdim, input_tdim, fshape, tshape, fstride, tstride)
+        self.pos_resize = pos_resize
+        self.patch_embed = PatchEmbed(embed_dim, fshape, tshape, fstride, tstride)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        if num_prefix_tokens == 2:  # SSAST's DeiT distillation token
+            self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_prefix_tokens + self.num_patches, embed_dim))
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if num_prefix_tokens == 2:
+            nn.init.trunc_normal_(self.dist_token, std=0.02)
+        self.mask_embed = nn.Parameter(nn.init.xavier_normal_(torch.zeros(1, 1, embed_dim))) if mask_token else None
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def grid_for(self, input_fdim: int, input_tdim: int):
+        return patch_grid(input_fdim, input_tdim, *self.patch_shape, *self.patch_stride)
+
+    def embed(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """(B, 1, F, T) fbank -> (B, P + L, D) tokens with positions; mask (B, L) True = masked."""
+        if x.dim() != 4 or x.shape[1] != 1:
+            raise ValueError(f"expected a (batch, 1, mel bins, frames) fbank, got shape {tuple(x.shape)}")
+        tokens = self.patch_embed(x)  # (B, L, D)
+        if mask is not None:
+            if self.mask_embed is None:
+                raise ValueError("this encoder was built without a mask embedding; set mask_token=True")
+            if mask.shape != tokens.shape[:2]:
+                raise ValueError(f"mask shape {tuple(mask.shape)} does not match the {tuple(tokens.shape[:2])} patches")
+            tokens = torch.where(mask.unsqueeze(-1), self.mask_embed.to(tokens.dtype), tokens)
+        prefix = [self.cls_token] + ([self.dist_token] if self.num_prefix_tokens == 2 else [])
+        prefix = torch.cat(prefix, dim=1).expand(tokens.shape[0], -1, -1).to(tokens.dtype)
+        tokens = torch.cat([prefix, tokens], dim=1)  # (B, P + L, D)
+        grid = self.grid_for(x.shape[2], x.shape[3])
+        pos = resize_pos_embed(self.pos_embed, self.num_prefix_tokens, self.grid, grid, self.pos_resize)
+        return tokens + pos.to(tokens.dtype)
+
+    @torch.no_grad()
+    def resize_input(self, input_fdim: int, input_tdim: int, fstride: int | None = None, tstride: int | None = None):
+        """Rebuild for another input size or patch stride, as fine-tuning does: the patch kernel is
+        copied into a conv with the new stride and the positional embedding is cut/interpolated."""
+        fstride, tstride = fstride or self.patch_stride[0], tstride or self.patch_stride[1]
+        new_grid = patch_grid(input_fdim, input_tdim, *self.patch_shape, fstride, tstride)
+        old = self.patch_embed.proj
+        new = PatchEmbed(self.embed_dim, *self.patch_shape, fstride, tstride).to(old.weight.device, old.weight.dtype)
+        new.proj.weight.copy_(old.weight)
+        new.proj.bias.copy_(old.bias)
+        pos = resize_pos_embed(self.pos_embed.data, self.num_prefix_tokens, self.grid, new_grid, self.pos_resize)
+        self.patch_embed = new
+        self.pos_embed = nn.Parameter(pos.clone())
+        self.patch_stride, self.input_shape, self.grid = (fstride, tstride), (input_fdim, input_tdim), new_grid
+        return self
