@@ -1,6 +1,7 @@
 """Fused CUDA kernels against the portable path (run on the GPU machine; skipped on CPU).
 
-Tolerances, as max |a - b| / max |b| over a tensor:
+Tolerances, as max |a - b| / max(max |b|, 1e-3) over a tensor (the floor covers gradients that are
+exactly zero in theory, e.g. dA for a sequence of one step):
   fp32:  forward 2e-4, gradients 2e-3   (both accumulate in fp32; they differ in exp/sum order)
   bf16:  forward 2e-2, gradients 5e-2   (bf16 inputs and outputs, fp32 accumulation inside)
 """
@@ -17,7 +18,7 @@ TOL = {torch.float32: (2e-4, 2e-3), torch.bfloat16: (2e-2, 5e-2)}
 
 
 def rel_err(a, b):
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-3)).item()
 
 
 @pytest.fixture(autouse=True)
