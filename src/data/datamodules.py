@@ -1,0 +1,344 @@
+"""LightningDataModules: pretraining over fbank shards, classification over shards or raw audio.
+
+Batches are dicts: {"fbank": (B, 1, F, T) normalised, "index": (B,) dataset positions} plus
+"target": (B, C) soft or multi-hot labels for classification.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from src.data import augment
+from src.data.audio import AudioError, fbank, load_audio, normalize, pad_or_cut
+from src.data.sampler import ResumableSampler
+from src.data.shards import FeatureStore
+from src.utils.io import read_jsonl
+
+log = logging.getLogger(__name__)
+
+# AudioSet statistics: the pretraining default (official_ssamba.md 2.1)
+AUDIOSET_MEAN, AUDIOSET_STD = -4.2677393, 4.5689974
+
+
+def _missing(path: Path, what: str, how: str) -> FileNotFoundError:
+    return FileNotFoundError(f"{path}: {what} not found. {how}")
+
+
+class PretrainDataset(Dataset):
+    """Fixed-length crops of one feature store's clips, normalised; no augmentation."""
+
+    def __init__(self, store: FeatureStore, indices: list[int], crop_frames: int, mean: float, std: float, train: bool):
+        self.store, self.indices = store, indices
+        self.crop_frames, self.mean, self.std, self.train = crop_frames, mean, std, train
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        k = self.indices[i]
+        spec = self.store[k]  # (1, F, T_store)
+        extra = spec.shape[-1] - self.crop_frames
+        if extra > 0:
+            real_extra = max(0, self.store.index[k]["n_frames"] - self.crop_frames)
+            start = random.randint(0, real_extra) if self.train else 0
+            spec = spec[..., start : start + self.crop_frames]
+        spec = pad_or_cut(spec, self.crop_frames)
+        return {"fbank": normalize(spec, self.mean, self.std), "index": i}
+
+
+class ClassificationDataset(Dataset):
+    """Labelled clips from a feature store (fbank mixup) or from raw audio (waveform mixup)."""
+
+    def __init__(
+        self,
+        clips: list[dict],
+        classes: list[str],
+        target_length: int,
+        mean: float,
+        std: float,
+        store: FeatureStore | None = None,
+        train: bool = False,
+        freqm: int = 0,
+        timem: int = 0,
+        mixup: float = 0.0,
+        noise: bool = False,
+    ):
+        self.clips, self.store, self.train = clips, store, train
+        self.class_index = {c: i for i, c in enumerate(classes)}
+        self.target_length, self.mean, self.std = target_length, mean, std
+        self.freqm, self.timem, self.mixup, self.noise = freqm, timem, mixup, noise
+        self.bad: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def target(self, i: int) -> torch.Tensor:
+        y = torch.zeros(len(self.class_index))
+        for label in self.clips[i]["labels"]:
+            y[self.class_index[label]] = 1.0
+        return y
+
+    def _wave(self, i: int) -> torch.Tensor:
+        c = self.clips[i]
+        return load_audio(c["path"], c.get("offset", 0.0), c.get("duration"))
+
+    def _spec(self, i: int) -> torch.Tensor:
+        """(1, F, target_length) un-normalised fbank."""
+        if self.store is not None:
+            return pad_or_cut(self.store[self.clips[i]["store_index"]], self.target_length)
+        return pad_or_cut(fbank(self._wave(i)), self.target_length)
+
+    def __getitem__(self, i: int) -> dict:
+        # a clip that passed the header probe can still fail to decode: skip to the next one, say so
+        for attempt in range(len(self.clips)):
+            k = (i + attempt) % len(self.clips)
+            try:
+                return self._item(k)
+            except AudioError as e:
+                if k not in self.bad:
+                    self.bad.add(k)
+                    log.warning("skipping unreadable clip (%d skipped so far in this worker): %s", len(self.bad), e)
+        raise AudioError(f"none of the {len(self.clips)} clips could be read")
+
+    def _item(self, i: int) -> dict:
+        y = self.target(i)
+        if self.train and self.mixup > 0 and random.random() < self.mixup:
+            j, lam = random.randrange(len(self.clips)), augment.mixup_lambda()
+            if self.store is not None:
+                spec = augment.mix(self._spec(i), self._spec(j), lam)
+            else:
+                spec = pad_or_cut(fbank(augment.mix(self._wave(i), self._wave(j), lam)), self.target_length)
+            y = lam * y + (1 - lam) * self.target(j)
+        else:
+            spec = self._spec(i)
+        if self.train:
+            spec = augment.spec_augment(spec, self.freqm, self.timem)
+        spec = normalize(spec, self.mean, self.std)
+        if self.train and self.noise:
+            spec = augment.noise_and_roll(spec)
+        return {"fbank": spec, "target": y, "index": i}
+
+
+class _ResumableDataModule(L.LightningDataModule):
+    """Shared: per-device batch size, the resumable training sampler and its checkpointed state."""
+
+    def __init__(self, batch_size: int, num_workers: int, pin_memory: bool, seed: int):
+        super().__init__()
+        self.batch_size, self.num_workers, self.pin_memory, self.seed = batch_size, num_workers, pin_memory, seed
+        self._resume: dict | None = None
+        self._train_sampler: ResumableSampler | None = None
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def per_device_batch_size(self) -> int:
+        _, world = self._world()
+        if self.batch_size % world:
+            raise ValueError(
+                f"data.batch_size={self.batch_size} is not divisible by the {world} devices; "
+                f"set data.batch_size to a multiple of {world} (it is the global batch size)"
+            )
+        return self.batch_size // world
+
+    def _loader(self, dataset: Dataset, train: bool, weights=None, draws=None) -> DataLoader:
+        rank, world = self._world()
+        sampler = ResumableSampler(
+            len(dataset), rank, world, shuffle=train, seed=self.seed, weights=weights, draws=draws, drop_last=train
+        )
+        batch = self.per_device_batch_size()
+        if train:
+            self._train_sampler = sampler
+            if self._resume is not None:
+                if self._resume["world_size"] == world and self._resume["batch_size"] == batch:
+                    sampler.set_epoch(self._resume["epoch"])
+                    sampler.skip_next(self._resume["batches_done"] * batch)
+                else:
+                    rank_zero_warn("resuming with another number of devices or batch size: this epoch restarts")
+                self._resume = None
+        return DataLoader(
+            dataset,
+            batch_size=batch,
+            sampler=sampler,
+            drop_last=train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def state_dict(self) -> dict:
+        trainer = self.trainer
+        if trainer is None or self._train_sampler is None:
+            return {}
+        _, world = self._world()
+        return {
+            "epoch": trainer.current_epoch,
+            "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+            "world_size": world,
+            "batch_size": self.per_device_batch_size(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = dict(state) if state else None
+
+
+class PretrainDataModule(_ResumableDataModule):
+    """One or several feature stores mixed with weights, e.g. AudioSet + LibriSpeech.
+
+    sources: [{"path": store dir, "weight": 1.0, "split": null}, ...]; each source contributes
+    weight / total of the draws of an epoch (samples_per_epoch, default all clips once)."""
+
+    def __init__(
+        self,
+        sources: list[dict],
+        val_source: dict | None = None,
+        crop_frames: int = 1024,
+        mean: float = AUDIOSET_MEAN,
+        std: float = AUDIOSET_STD,
+        batch_size: int = 64,
+        num_workers: int = 4,
+        pin_memory: bool = False,
+        samples_per_epoch: int | None = None,
+        seed: int = 0,
+    ):
+        super().__init__(batch_size, num_workers, pin_memory, seed)
+        if not sources:
+            raise ValueError("data.sources is empty: list at least one feature store")
+        self.sources, self.val_source = [dict(s) for s in sources], val_source
+        self.crop_frames, self.mean, self.std, self.samples_per_epoch = crop_frames, mean, std, samples_per_epoch
+        self.train_set = self.val_set = None
+
+    def _dataset(self, source: dict, train: bool) -> PretrainDataset:
+        store = FeatureStore(source["path"])
+        indices = store.select(split=source.get("split"))
+        if not indices:
+            raise ValueError(f"{source['path']}: no clips in split {source.get('split')!r}")
+        return PretrainDataset(store, indices, self.crop_frames, self.mean, self.std, train)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            parts = [self._dataset(s, train=True) for s in self.sources]
+            self.train_set = ConcatDataset(parts)
+            self.weights = None
+            if len(parts) > 1 or self.samples_per_epoch:
+                share = torch.tensor([float(s.get("weight", 1.0)) for s in self.sources])
+                share = share / share.sum()
+                self.weights = torch.cat([torch.full((len(p),), w / len(p)) for p, w in zip(parts, share.tolist())])
+            if self.val_source is not None:
+                self.val_set = self._dataset(self.val_source, train=False)
+
+    def train_dataloader(self) -> DataLoader:
+        draws = self.samples_per_epoch or len(self.train_set)
+        return self._loader(self.train_set, True, self.weights, draws if self.weights is not None else None)
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, False) if self.val_set is not None else []
+
+
+class ClassificationDataModule(_ResumableDataModule):
+    """A prepared manifest (data/prepared/<task>) read as raw audio, or its feature store.
+
+    Splits come from the manifest's split names, or from folds: with `fold=k`, fold k is the
+    validation and test set and the other folds train (ESC-50, UrbanSound8K, IEMOCAP)."""
+
+    def __init__(
+        self,
+        manifest_dir: str,
+        features_dir: str | None = None,
+        target_length: int = 128,
+        mean: float = AUDIOSET_MEAN,
+        std: float = AUDIOSET_STD,
+        freqm: int = 0,
+        timem: int = 0,
+        mixup: float = 0.0,
+        noise: bool = False,
+        train_split: str = "train",
+        val_split: str = "valid",
+        test_split: str = "test",
+        fold: int | None = None,
+        balanced_sampling: bool = False,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        seed: int = 0,
+        prepare_hint: str = "see docs/data.md",
+    ):
+        super().__init__(batch_size, num_workers, pin_memory, seed)
+        self.manifest_dir = Path(manifest_dir)
+        self.features_dir = Path(features_dir) if features_dir else None
+        self.target_length, self.mean, self.std = target_length, mean, std
+        self.augment = dict(freqm=freqm, timem=timem, mixup=mixup, noise=noise)
+        self.splits = {"train": train_split, "val": val_split, "test": test_split}
+        self.fold, self.balanced_sampling, self.prepare_hint = fold, balanced_sampling, prepare_hint
+        self.sets: dict[str, ClassificationDataset] = {}
+        self._classes: dict | None = None
+
+    def _read_classes(self) -> dict:
+        if self._classes is None:
+            path = self.manifest_dir / "classes.json"
+            if not path.exists():
+                raise _missing(self.manifest_dir, "prepared dataset (classes.json, manifest.jsonl)", self.prepare_hint)
+            self._classes = json.loads(path.read_text())
+        return self._classes
+
+    @property
+    def classes(self) -> list[str]:
+        return self._read_classes()["classes"]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def multilabel(self) -> bool:
+        return bool(self._read_classes().get("multilabel"))
+
+    def _clips(self) -> tuple[list[dict], FeatureStore | None]:
+        if self.features_dir is None:
+            return read_jsonl(self.manifest_dir / "manifest.jsonl"), None
+        store = FeatureStore(self.features_dir)
+        if store.meta["shape"][1] < self.target_length:
+            rank_zero_warn(f"{self.features_dir} holds {store.meta['shape'][1]} frames; padding to {self.target_length}")
+        return [{**rec, "store_index": i} for i, rec in enumerate(store.index)], store
+
+    def _select(self, clips: list[dict], stage: str) -> list[dict]:
+        if self.fold is not None:
+            held_out = stage in ("val", "test")
+            return [c for c in clips if (c.get("fold") == self.fold) == held_out]
+        return [c for c in clips if c.get("split") == self.splits[stage]]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.sets:
+            return
+        classes = self.classes
+        clips, store = self._clips()
+        for name in ("train", "val", "test"):
+            chosen = self._select(clips, name)
+            if not chosen:
+                where = f"fold {self.fold}" if self.fold is not None else f"split {self.splits[name]!r}"
+                raise ValueError(f"{self.manifest_dir}: no clips for {name} ({where}); check data.*_split or data.fold")
+            train = name == "train"
+            aug = self.augment if train else {}
+            self.sets[name] = ClassificationDataset(
+                chosen, classes, self.target_length, self.mean, self.std, store, train=train, **aug
+            )
+
+    def train_dataloader(self) -> DataLoader:
+        train = self.sets["train"]
+        weights = augment.balanced_weights([c["labels"] for c in train.clips]) if self.balanced_sampling else None
+        return self._loader(train, True, weights)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.sets["val"], False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.sets["test"], False)
+

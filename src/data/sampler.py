@@ -1,0 +1,61 @@
+"""A DDP-aware sampler that can resume in the middle of an epoch.
+
+Every epoch draws one global order from (seed, epoch): a permutation, or weighted draws with
+replacement. Rank r takes positions r, r + W, r + 2W, ... so ranks see disjoint parts that
+together cover the epoch. After a restart it skips the batches already done, so no sample is
+repeated or skipped. It subclasses DistributedSampler so Lightning leaves it in place.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DistributedSampler
+
+
+class ResumableSampler(DistributedSampler):
+    def __init__(
+        self,
+        num_samples: int,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        seed: int = 0,
+        weights: torch.Tensor | None = None,
+        draws: int | None = None,
+        drop_last: bool = False,
+    ):
+        if num_samples <= 0:
+            raise ValueError("cannot sample from an empty dataset")
+        super().__init__(range(num_samples), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        self.draws = draws or num_samples
+        self.drop_last = drop_last
+        self._skip = 0  # samples of this rank to skip at the start of the next iteration
+
+    def _global_order(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.weights is not None:
+            return torch.multinomial(self.weights, self.draws, replacement=True, generator=g)
+        if self.shuffle:
+            return torch.randperm(len(self.dataset), generator=g)
+        return torch.arange(len(self.dataset))
+
+    def __len__(self) -> int:
+        total = self.draws if self.weights is not None else len(self.dataset)
+        if self.drop_last:
+            return total // self.num_replicas
+        return -(-total // self.num_replicas)
+
+    def __iter__(self):
+        order = self._global_order()
+        per_rank = len(self)
+        needed = per_rank * self.num_replicas
+        if needed > len(order):  # pad by wrapping, as DistributedSampler does
+            order = torch.cat([order, order[: needed - len(order)]])
+        mine = order[: needed][self.rank :: self.num_replicas].tolist()
+        skip, self._skip = self._skip, 0
+        return iter(mine[skip:])
+
+    def skip_next(self, samples: int) -> None:
+        """Resume: the next iteration starts after `samples` of this rank's samples."""
+        self._skip = samples

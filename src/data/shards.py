@@ -1,0 +1,311 @@
+"""Feature store: kaldi fbanks of a manifest as fp16 memmap shards.
+
+    <out>/meta.json                fbank parameters, target length, manifest hash, counts, classes
+    <out>/shard_00000.npy          (rows, mel bins, target_length) float16, un-normalised, zero-padded
+    <out>/shard_00000.json         ids, n_frames and bad files of that shard (written after the .npy:
+                                   its presence marks the shard finished)
+    <out>/index.jsonl              one line per stored clip: id, shard, row, n_frames, labels, split, fold
+    <out>/bad_files.jsonl          every clip that was skipped, with the reason
+
+Shards are computed by parallel worker processes and each is written atomically, so a killed
+build resumes without redoing finished shards. Commands:
+
+    python -m src.data.shards build --manifest data/prepared/X/manifest.jsonl --out data/features/X \
+        --target-length 1024 [--workers 2] [--shard-size 1024]
+    python -m src.data.shards verify data/features/X
+    python -m src.data.shards stats data/features/X [--split train]     # dataset mean and std
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from src.data.audio import KALDI, AudioError, FbankConfig, fbank, load_audio, pad_or_cut
+from src.utils.io import atomic_path, read_jsonl, write_json, write_jsonl
+
+FORMAT_VERSION = 1
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def shard_name(k: int) -> str:
+    return f"shard_{k:05d}"
+
+
+def clip_features(entry: dict, config: FbankConfig, target_length: int) -> tuple[torch.Tensor, int]:
+    """(1, mel, target_length) fbank of one manifest entry and its real frame count."""
+    wave = load_audio(entry["path"], offset=entry.get("offset", 0.0), duration=entry.get("duration"))
+    spec = fbank(wave, config)
+    if not torch.isfinite(spec).all():
+        raise AudioError(f"{entry['path']}: fbank has NaN or inf values")
+    return pad_or_cut(spec, target_length), min(spec.shape[-1], target_length)
+
+
+def _build_shard(out_dir: str, k: int, entries: list[dict], config: dict, target_length: int) -> dict:
+    """Worker: compute one shard, write .npy then its .json sidecar, both atomically."""
+    torch.set_num_threads(1)
+    cfg = FbankConfig(**config)
+    specs, ids, n_frames, bad = [], [], [], []
+    for entry in entries:
+        try:
+            spec, frames = clip_features(entry, cfg, target_length)
+        except (AudioError, FileNotFoundError, OSError) as e:
+            bad.append({"id": entry["id"], "path": entry["path"], "reason": str(e)})
+            continue
+        specs.append(spec[0].half().numpy())
+        ids.append(entry["id"])
+        n_frames.append(frames)
+    out = Path(out_dir)
+    shape = (len(specs), cfg.num_mel_bins, target_length)
+    with atomic_path(out / f"{shard_name(k)}.npy") as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+        if specs:
+            array[:] = np.stack(specs)
+        array.flush()
+        del array
+    sidecar = {"ids": ids, "n_frames": n_frames, "bad": bad, "rows": len(ids)}
+    write_json(out / f"{shard_name(k)}.json", sidecar)
+    return {"shard": k, **sidecar}
+
+
+def build(
+    manifest: str | Path,
+    out: str | Path,
+    target_length: int,
+    shard_size: int = 1024,
+    workers: int = 2,
+    config: FbankConfig = KALDI,
+) -> dict:
+    manifest, out = Path(manifest), Path(out)
+    entries = read_jsonl(manifest)
+    if not entries:
+        raise ValueError(f"{manifest} lists no clips")
+    classes_file = manifest.parent / "classes.json"
+    classes = json.loads(classes_file.read_text()) if classes_file.exists() else {"classes": [], "multilabel": False}
+    settings = {
+        "format_version": FORMAT_VERSION,
+        "fbank": config.to_dict(),
+        "target_length": target_length,
+        "shard_size": shard_size,
+        "manifest": str(manifest.resolve()),
+        "manifest_sha256": file_sha256(manifest),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path = out / "meta.json"
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        changed = [k for k in settings if k != "manifest" and old.get(k) != settings[k]]
+        if changed:
+            raise ValueError(
+                f"{out} holds features built with other {', '.join(changed)}; "
+                "choose another --out or delete the folder to rebuild"
+            )
+    write_json(meta_path, {**settings, "complete": False})
+
+    chunks = [entries[i : i + shard_size] for i in range(0, len(entries), shard_size)]
+    done = {k for k in range(len(chunks)) if _shard_finished(out, k)}
+    results = {k: json.loads((out / f"{shard_name(k)}.json").read_text()) for k in done}
+    todo = [k for k in range(len(chunks)) if k not in done]
+    if done:
+        print(f"resuming: {len(done)} of {len(chunks)} shards already built in {out}")
+    bar = tqdm(total=len(entries), initial=sum(len(chunks[k]) for k in done), desc="fbank", unit="clip")
+    if todo:
+        ctx = get_context("spawn")
+        with ProcessPoolExecutor(max(1, workers), mp_context=ctx) as pool:
+            futures = [
+                pool.submit(_build_shard, str(out), k, chunks[k], config.to_dict(), target_length) for k in todo
+            ]
+            for future in as_completed(futures):
+                result = future.result()
+                results[result["shard"]] = result
+                bar.update(len(chunks[result["shard"]]))
+    bar.close()
+
+    by_id = {e["id"]: e for e in entries}
+    index, bad = [], []
+    for k in range(len(chunks)):
+        shard = results[k]
+        bad += shard["bad"]
+        for row, (clip_id, frames) in enumerate(zip(shard["ids"], shard["n_frames"])):
+            e = by_id[clip_id]
+            index.append(
+                {
+                    "id": clip_id,
+                    "shard": k,
+                    "row": row,
+                    "n_frames": frames,
+                    "labels": e.get("labels", []),
+                    "split": e.get("split"),
+                    "fold": e.get("fold"),
+                }
+            )
+    write_jsonl(out / "index.jsonl", index)
+    write_jsonl(out / "bad_files.jsonl", bad)
+    meta = {
+        **settings,
+        "num_shards": len(chunks),
+        "clips": len(index),
+        "skipped": len(bad),
+        "shape": [config.num_mel_bins, target_length],
+        "dtype": "float16",
+        "classes": classes.get("classes", []),
+        "multilabel": classes.get("multilabel", False),
+        "complete": True,
+    }
+    write_json(meta_path, meta)
+    print(f"{len(index)} clips in {len(chunks)} shards at {out}")
+    if bad:
+        print(f"skipped {len(bad)} bad files, listed in {out / 'bad_files.jsonl'}; first: {bad[0]['reason']}")
+    return meta
+
+
+def _shard_finished(out: Path, k: int) -> bool:
+    sidecar, array = out / f"{shard_name(k)}.json", out / f"{shard_name(k)}.npy"
+    if not (sidecar.exists() and array.exists()):
+        return False
+    try:
+        rows = json.loads(sidecar.read_text())["rows"]
+        return np.load(array, mmap_mode="r").shape[0] == rows
+    except (ValueError, KeyError, OSError):
+        return False
+
+
+class FeatureStore:
+    """Read side of a built store. Memmaps open lazily, once per process (safe with DataLoader workers)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        meta_path = self.root / "meta.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(
+                f"{self.root} is not a feature store (no meta.json); build it with `python -m src.data.shards build`"
+            )
+        self.meta = json.loads(meta_path.read_text())
+        if not self.meta.get("complete"):
+            raise ValueError(f"{self.root}: the build did not finish; run the same build command again to resume it")
+        self.index = read_jsonl(self.root / "index.jsonl")
+        self._arrays: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_arrays": {}}  # never pickle open memmaps into workers
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta.get("classes", [])
+
+    def array(self, shard: int) -> np.ndarray:
+        if shard not in self._arrays:
+            self._arrays[shard] = np.load(self.root / f"{shard_name(shard)}.npy", mmap_mode="r")
+        return self._arrays[shard]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        """(1, mel, target_length) float32 fbank, un-normalised."""
+        rec = self.index[i]
+        return torch.from_numpy(np.array(self.array(rec["shard"])[rec["row"]], dtype=np.float32)).unsqueeze(0)
+
+    def select(self, split: str | None = None, folds=None, exclude_folds=None) -> list[int]:
+        """Indices of the clips in a split and/or a set of folds."""
+        keep = []
+        for i, rec in enumerate(self.index):
+            if split is not None and rec.get("split") != split:
+                continue
+            if folds is not None and rec.get("fold") not in folds:
+                continue
+            if exclude_folds is not None and rec.get("fold") in exclude_folds:
+                continue
+            keep.append(i)
+        return keep
+
+
+def verify(root: str | Path) -> list[str]:
+    """Problems found in a store (an empty list means it is sound)."""
+    store = FeatureStore(root)
+    problems, shape = [], tuple(store.meta["shape"])
+    rows_per_shard: dict[int, int] = {}
+    for rec in store.index:
+        rows_per_shard[rec["shard"]] = max(rows_per_shard.get(rec["shard"], 0), rec["row"] + 1)
+    if len({r["id"] for r in store.index}) != len(store.index):
+        problems.append("duplicate ids in index.jsonl")
+    for k in tqdm(range(store.meta["num_shards"]), desc="verify", unit="shard"):
+        try:
+            array = store.array(k)
+        except (OSError, ValueError) as e:
+            problems.append(f"{shard_name(k)}.npy unreadable: {e}")
+            continue
+        if array.dtype != np.float16 or tuple(array.shape[1:]) != shape:
+            problems.append(f"{shard_name(k)}.npy has {array.dtype} {array.shape}, expected float16 (*, {shape})")
+        if array.shape[0] < rows_per_shard.get(k, 0):
+            problems.append(f"{shard_name(k)}.npy has {array.shape[0]} rows, index needs {rows_per_shard[k]}")
+        if not np.isfinite(array).all():
+            problems.append(f"{shard_name(k)}.npy holds NaN or inf")
+    manifest = Path(store.meta["manifest"])
+    if manifest.exists() and file_sha256(manifest) != store.meta["manifest_sha256"]:
+        problems.append(f"{manifest} changed since the store was built; rebuild it")
+    return problems
+
+
+def stats(root: str | Path, split: str | None = None) -> tuple[float, float]:
+    """Mean and std of the real (unpadded) fbank frames: the dataset_mean / dataset_std of a recipe."""
+    store = FeatureStore(root)
+    total, total_sq, count = 0.0, 0.0, 0
+    for i in tqdm(store.select(split=split), desc="stats", unit="clip"):
+        spec = store[i][..., : store.index[i]["n_frames"]].double()
+        total += spec.sum().item()
+        total_sq += (spec * spec).sum().item()
+        count += spec.numel()
+    if count == 0:
+        raise ValueError(f"{root}: no clips{f' in split {split}' if split else ''}")
+    mean = total / count
+    return mean, max(total_sq / count - mean * mean, 0.0) ** 0.5
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m src.data.shards", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="compute fbank shards for a manifest")
+    b.add_argument("--manifest", type=Path, required=True)
+    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--target-length", type=int, required=True, help="frames per clip (1024 = 10.24 s)")
+    b.add_argument("--shard-size", type=int, default=1024)
+    b.add_argument("--workers", type=int, default=2)
+    v = sub.add_parser("verify", help="check a store's files against its index")
+    v.add_argument("root", type=Path)
+    s = sub.add_parser("stats", help="mean and std of a store (for data.mean / data.std)")
+    s.add_argument("root", type=Path)
+    s.add_argument("--split")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "build":
+            build(args.manifest, args.out, args.target_length, args.shard_size, args.workers)
+        elif args.command == "verify":
+            problems = verify(args.root)
+            for p in problems:
+                print(f"problem: {p}")
+            print("ok" if not problems else f"{len(problems)} problems")
+            return 1 if problems else 0
+        else:
+            mean, std = stats(args.root, args.split)
+            print(json.dumps({"mean": round(mean, 7), "std": round(std, 7)}))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

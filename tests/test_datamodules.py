@@ -1,0 +1,180 @@
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from src.data import augment
+from src.data.datamodules import ClassificationDataModule, PretrainDataModule
+from src.data.prepare import PREPARERS
+from src.data.prepare.common import finalize
+from src.data.sampler import ResumableSampler
+from src.data.shards import build
+from tests.helpers import layouts
+from tests.helpers.recorder import Recorder
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dm")
+    root = layouts.speech_commands(tmp / "sc", words=("yes", "no", "up", "down"), per_word=8)
+    finalize(PREPARERS["speechcommands"](root, task="ks2"), tmp / "prep", workers=2)
+    build(tmp / "prep" / "manifest.jsonl", tmp / "feat", target_length=128, shard_size=16, workers=1)
+    ls = layouts.librispeech(tmp / "LibriSpeech")
+    finalize(PREPARERS["librispeech"](ls), tmp / "prep_ls", workers=2)
+    build(tmp / "prep_ls" / "manifest.jsonl", tmp / "feat_ls", target_length=160, shard_size=16, workers=1)
+    return tmp
+
+
+@pytest.mark.parametrize("weights", [None, torch.rand(50)])
+def test_sampler_ranks_are_disjoint_and_cover_the_epoch(weights):
+    orders = [list(ResumableSampler(50, rank=r, world_size=2, seed=3, weights=weights)) for r in (0, 1)]
+    assert len(orders[0]) == len(orders[1]) == 25
+    if weights is None:
+        assert set(orders[0]).isdisjoint(orders[1]) and set(orders[0]) | set(orders[1]) == set(range(50))
+    single = list(ResumableSampler(50, seed=3, weights=weights))
+    assert sorted(orders[0] + orders[1]) == sorted(single)  # same global draw, split between ranks
+
+
+def test_sampler_order_depends_on_epoch_and_skip_resumes():
+    s = ResumableSampler(20, seed=1)
+    s.set_epoch(0)
+    first = list(s)
+    s.set_epoch(1)
+    assert list(s) != first
+    s.set_epoch(0)
+    s.skip_next(8)
+    assert list(s) == first[8:]
+    assert list(s) == first  # the skip applies once
+
+
+def test_classification_from_raw_audio_and_from_shards_agree(prepared):
+    raw = ClassificationDataModule(str(prepared / "prep"), target_length=128, batch_size=4, num_workers=0)
+    shard = ClassificationDataModule(
+        str(prepared / "prep"), str(prepared / "feat"), target_length=128, batch_size=4, num_workers=0
+    )
+    raw.setup(), shard.setup()
+    assert raw.num_classes == 4 and not raw.multilabel
+    a, b = raw.sets["test"], shard.sets["test"]
+    assert len(a) == len(b) == 4
+    item_raw = a[0]
+    item_shard = b[[c["id"] for c in b.clips].index(a.clips[0]["id"])]
+    torch.testing.assert_close(item_raw["fbank"], item_shard["fbank"], atol=5e-3, rtol=1e-3)
+    assert item_raw["fbank"].shape == (1, 128, 128) and item_raw["target"].sum() == 1
+
+
+@pytest.mark.parametrize("source", ["raw", "shards"])
+def test_mixup_gives_soft_labels_that_sum_to_one(prepared, source):
+    dm = ClassificationDataModule(
+        str(prepared / "prep"),
+        str(prepared / "feat") if source == "shards" else None,
+        target_length=100,
+        mixup=1.0,
+        freqm=24,
+        timem=20,
+        noise=True,
+        batch_size=4,
+        num_workers=0,
+    )
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["fbank"].shape == (4, 1, 128, 100)
+    torch.testing.assert_close(batch["target"].sum(1), torch.ones(4))
+    assert ((batch["target"] > 0) & (batch["target"] < 1)).any()  # lambda ~ Beta(10, 10) is never 0 or 1
+
+
+def test_spec_augment_masks_bands():
+    torch.manual_seed(1)
+    masked = augment.spec_augment(torch.ones(1, 128, 100), freqm=48, timem=48)
+    assert masked.shape == (1, 128, 100)
+    zero_rows = (masked[0] == 0).all(dim=1).sum()
+    zero_cols = (masked[0] == 0).all(dim=0).sum()
+    assert 0 < zero_rows < 48 or 0 < zero_cols < 48
+
+
+def test_balanced_weights_favour_rare_labels():
+    w = augment.balanced_weights([["a"], ["a"], ["a"], ["b"], ["a", "b"]])
+    assert w[3] > w[0] and w[4] == pytest.approx(w[0] + w[3])
+
+
+def test_folds_hold_one_out(prepared, tmp_path):
+    root = layouts.esc50(tmp_path / "esc")
+    finalize(PREPARERS["esc50"](root), tmp_path / "prep", workers=2)
+    dm = ClassificationDataModule(str(tmp_path / "prep"), fold=1, target_length=64, batch_size=1, num_workers=0)
+    dm.setup()
+    assert {c["fold"] for c in dm.sets["test"].clips} == {1}
+    assert 1 not in {c["fold"] for c in dm.sets["train"].clips}
+
+
+def test_missing_prepared_data_is_explained(tmp_path):
+    dm = ClassificationDataModule(str(tmp_path / "nothing"), prepare_hint="run `make demo`")
+    with pytest.raises(FileNotFoundError, match="run `make demo`"):
+        dm.setup()
+
+
+def test_pretrain_mixes_sources_by_weight(prepared):
+    dm = PretrainDataModule(
+        [{"path": str(prepared / "feat"), "weight": 3.0}, {"path": str(prepared / "feat_ls"), "weight": 1.0}],
+        crop_frames=96,
+        batch_size=8,
+        num_workers=0,
+        samples_per_epoch=4000,
+    )
+    dm.setup()
+    n_first = len(dm.train_set.datasets[0])
+    drawn = torch.tensor(list(dm.train_dataloader().sampler))
+    share = (drawn < n_first).double().mean().item()
+    assert share == pytest.approx(0.75, abs=0.03)
+    assert next(iter(dm.train_dataloader()))["fbank"].shape == (8, 1, 128, 96)
+
+
+def _pretrain_dm(prepared, batch_size=4):
+    return PretrainDataModule([{"path": str(prepared / "feat")}], crop_frames=64, batch_size=batch_size, num_workers=0)
+
+
+def _trainer(tmp_path, **kw):
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
+    return L.Trainer(**{**defaults, **kw})
+
+
+def test_two_rank_ddp_simulation_sees_disjoint_samples_covering_the_epoch(prepared, tmp_path):
+    trainer = _trainer(tmp_path, devices=2, strategy="ddp_spawn", max_epochs=1)
+    trainer.fit(Recorder(str(tmp_path)), datamodule=_pretrain_dm(prepared, batch_size=8))
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert len(seen[0]) == len(seen[1]) == 16
+    assert set(seen[0]).isdisjoint(seen[1]) and set(seen[0]) | set(seen[1]) == set(range(32))
+
+
+def test_batch_size_must_divide_among_devices(prepared, tmp_path):
+    dm = _pretrain_dm(prepared, batch_size=5)
+    dm.trainer = type("T", (), {"global_rank": 0, "world_size": 2})()
+    with pytest.raises(ValueError, match="not divisible by the 2 devices"):
+        dm.per_device_batch_size()
+
+
+def test_training_resumes_mid_epoch_without_repeating_or_skipping(prepared, tmp_path):
+    L.seed_everything(0)
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    _trainer(straight, max_epochs=2).fit(Recorder(str(straight)), datamodule=_pretrain_dm(prepared))
+    expected = json.loads((straight / "rank0.json").read_text())
+    assert len(expected) == 64
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=resumed, every_n_train_steps=3, save_last=True)
+    first = _trainer(resumed, max_steps=11, enable_checkpointing=True, callbacks=[ckpt])
+    first.fit(Recorder(str(resumed)), datamodule=_pretrain_dm(prepared))  # stops mid-epoch 1 (8 batches/epoch)
+    done = json.loads((resumed / "rank0.json").read_text())
+    (resumed / "rank0.json").write_text(json.dumps(done[: 9 * 4]))  # the last checkpoint was after step 9
+    second = _trainer(resumed, max_epochs=2)
+    second.fit(Recorder(str(resumed)), datamodule=_pretrain_dm(prepared), ckpt_path=str(resumed / "last.ckpt"))
+    assert json.loads((resumed / "rank0.json").read_text()) == expected

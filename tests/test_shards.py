@@ -1,0 +1,142 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from src.data import shards
+from src.data.audio import fbank, load_audio, pad_or_cut
+from src.data.prepare import PREPARERS
+from src.data.prepare.common import finalize
+from src.data.shards import FeatureStore, build, stats, verify
+from src.utils.io import read_jsonl, write_jsonl
+from tests.helpers import audio_files as af
+from tests.helpers import layouts
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    root = layouts.speech_commands(tmp_path / "sc")
+    finalize(PREPARERS["speechcommands"](root, task="ks2"), tmp_path / "prep", workers=2)
+    return tmp_path / "prep" / "manifest.jsonl"
+
+
+def test_round_trip_matches_direct_fbank(manifest, tmp_path):
+    meta = build(manifest, tmp_path / "feat", target_length=128, shard_size=6, workers=2)
+    store = FeatureStore(tmp_path / "feat")
+    entries = read_jsonl(manifest)
+    assert meta["clips"] == len(entries) == len(store) and meta["num_shards"] == 4
+    assert meta["classes"] == ["bed", "no", "up", "wow", "yes"]
+    for i in (0, 7, len(store) - 1):
+        rec = store.index[i]
+        direct = pad_or_cut(fbank(load_audio(next(e for e in entries if e["id"] == rec["id"])["path"])), 128)
+        torch.testing.assert_close(store[i], direct, rtol=2e-3, atol=1e-2)  # fp16 storage
+        assert rec["n_frames"] == 98 and store[i].shape == (1, 128, 128)
+    assert verify(tmp_path / "feat") == []
+
+
+def test_bad_files_are_skipped_counted_and_listed(manifest, tmp_path):
+    entries = read_jsonl(manifest)
+    af.nan_wav(tmp_path / "nan.wav")
+    af.text_as_wav(tmp_path / "text.wav")
+    entries += [
+        {"id": "nan", "path": str(tmp_path / "nan.wav"), "labels": ["yes"], "split": "train"},
+        {"id": "text", "path": str(tmp_path / "text.wav"), "labels": ["yes"], "split": "train"},
+        {"id": "gone", "path": str(tmp_path / "gone.wav"), "labels": ["yes"], "split": "train"},
+    ]
+    write_jsonl(manifest, entries)
+    meta = build(manifest, tmp_path / "feat", target_length=64, shard_size=8, workers=1)
+    report = read_jsonl(tmp_path / "feat" / "bad_files.jsonl")
+    assert meta["skipped"] == 3 and meta["clips"] == len(entries) - 3
+    assert {r["id"] for r in report} == {"nan", "text", "gone"}
+    assert "NaN" in next(r["reason"] for r in report if r["id"] == "nan")
+
+
+def test_killed_build_resumes_without_redoing_finished_shards(manifest, tmp_path, monkeypatch):
+    out = tmp_path / "feat"
+    calls = []
+    real = shards._build_shard
+
+    def fail_on_third(out_dir, k, *args):
+        if k == 2:
+            raise KeyboardInterrupt("killed")
+        return real(out_dir, k, *args)
+
+    # run shards in-process so the failure hits mid-build
+    monkeypatch.setattr(shards, "ProcessPoolExecutor", _InlineExecutor)
+    monkeypatch.setattr(shards, "_build_shard", fail_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        build(manifest, out, target_length=64, shard_size=6)
+    assert not json.loads((out / "meta.json").read_text())["complete"]
+    with pytest.raises(ValueError, match="did not finish"):
+        FeatureStore(out)
+    finished = {p.name: p.stat().st_mtime_ns for p in out.glob("shard_*.npy")}
+    assert set(finished) == {"shard_00000.npy", "shard_00001.npy"}
+    assert not list(out.glob(".*tmp"))  # nothing half-written is left behind
+
+    def record(out_dir, k, *args):
+        calls.append(k)
+        return real(out_dir, k, *args)
+
+    monkeypatch.setattr(shards, "_build_shard", record)
+    build(manifest, out, target_length=64, shard_size=6)
+    assert sorted(calls) == [2, 3]
+    assert all((out / n).stat().st_mtime_ns == t for n, t in finished.items())
+    assert len(FeatureStore(out)) == len(read_jsonl(manifest))
+
+
+def test_rebuild_with_other_settings_is_refused(manifest, tmp_path):
+    build(manifest, tmp_path / "feat", target_length=64, shard_size=6, workers=1)
+    with pytest.raises(ValueError, match="target_length"):
+        build(manifest, tmp_path / "feat", target_length=128, shard_size=6, workers=1)
+
+
+def test_verify_finds_corruption(manifest, tmp_path):
+    build(manifest, tmp_path / "feat", target_length=64, shard_size=6, workers=1)
+    arr = np.load(tmp_path / "feat" / "shard_00001.npy", mmap_mode="r+")
+    arr[0, 0, 0] = np.inf
+    arr.flush()
+    del arr
+    problems = verify(tmp_path / "feat")
+    assert any("NaN or inf" in p for p in problems)
+
+
+def test_stats_ignore_padding(manifest, tmp_path):
+    build(manifest, tmp_path / "feat", target_length=256, shard_size=6, workers=1)
+    store = FeatureStore(tmp_path / "feat")
+    real = torch.cat([store[i][..., : store.index[i]["n_frames"]].flatten() for i in range(len(store))]).double()
+    mean, std = stats(tmp_path / "feat")
+    assert mean == pytest.approx(real.mean().item(), rel=1e-6)
+    assert std == pytest.approx(real.std(unbiased=False).item(), rel=1e-6)
+
+
+def test_store_pickles_without_open_memmaps(manifest, tmp_path):
+    import pickle
+
+    build(manifest, tmp_path / "feat", target_length=64, shard_size=6, workers=1)
+    store = FeatureStore(tmp_path / "feat")
+    store[0]
+    assert store._arrays
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone._arrays == {}
+    torch.testing.assert_close(clone[0], store[0])
+
+
+class _InlineExecutor:
+    """ProcessPoolExecutor stand-in that runs each task at submit time."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        future = Future()
+        future.set_result(fn(*args))
+        return future
