@@ -37,3 +37,26 @@ clean-logs: ## remove everything under logs/
 	@touch logs/.gitkeep
 
 .PHONY: help install test lint format clean clean-logs
+
+# ---- the embedded demo: synthetic keywords + unlabelled phrases, pretrain then fine-tune ----------
+DEMO := data/demo
+LATEST_ENCODER = $(shell ls -dt logs/pretrain/runs/*/encoder 2>/dev/null | head -1)
+
+$(DEMO)/.ready: $(STAMP)
+	$(PY) -m src.data.demo --out $(DEMO)
+	$(PY) -m src.data.prepare speechcommands --task ks2 --root $(DEMO)/speech_commands --out $(DEMO)/prepared/speechcommands-ks2
+	$(PY) -m src.data.prepare librispeech --root $(DEMO)/librispeech --out $(DEMO)/prepared/librispeech
+	$(PY) -m src.data.shards build --manifest $(DEMO)/prepared/librispeech/manifest.jsonl --out $(DEMO)/features/librispeech --target-length 400
+	$(PY) -m src.data.shards build --manifest $(DEMO)/prepared/speechcommands-ks2/manifest.jsonl --out $(DEMO)/features/speechcommands-ks2 --target-length 128
+	@touch $@
+
+demo: $(DEMO)/.ready ## build and prepare the demo corpus (data/demo; ~1 min)
+
+pretrain: $(DEMO)/.ready ## pretrain a small SSAMBA on the demo corpus (ARGS=... for overrides)
+	$(PY) src/train.py experiment=pretrain_demo $(ARGS)
+
+finetune: $(DEMO)/.ready ## fine-tune the demo keyword spotter from the latest `make pretrain`
+	@test -n "$(LATEST_ENCODER)" || { echo "no pretrained demo encoder in logs/pretrain/runs/*/encoder: run make pretrain first"; exit 2; }
+	$(PY) src/train.py experiment=ks2_demo model.pretrained=$(LATEST_ENCODER) $(ARGS)
+
+.PHONY: demo pretrain finetune

@@ -136,6 +136,9 @@ class _ResumableDataModule(L.LightningDataModule):
         self._resume: dict | None = None
         self._train_sampler: ResumableSampler | None = None
 
+    def check(self) -> None:
+        """Raise FileNotFoundError, with how to get the data, if it is not prepared."""
+
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
@@ -216,6 +219,15 @@ class PretrainDataModule(_ResumableDataModule):
         self.crop_frames, self.mean, self.std, self.samples_per_epoch = crop_frames, mean, std, samples_per_epoch
         self.train_set = self.val_set = None
 
+    def check(self) -> None:
+        for source in self.sources + ([self.val_source] if self.val_source else []):
+            if not (Path(source["path"]) / "meta.json").exists():
+                raise _missing(
+                    Path(source["path"]),
+                    "feature store",
+                    "build it with `python -m src.data.shards build` (make pretrain does this for the demo)",
+                )
+
     def _dataset(self, source: dict, train: bool) -> PretrainDataset:
         store = FeatureStore(source["path"])
         indices = store.select(split=source.get("split"))
@@ -280,6 +292,11 @@ class ClassificationDataModule(_ResumableDataModule):
         self.fold, self.balanced_sampling, self.prepare_hint = fold, balanced_sampling, prepare_hint
         self.sets: dict[str, ClassificationDataset] = {}
         self._classes: dict | None = None
+
+    def check(self) -> None:
+        self._read_classes()
+        if self.features_dir is not None and not (self.features_dir / "meta.json").exists():
+            raise _missing(self.features_dir, "feature store", "build it with `python -m src.data.shards build`")
 
     def _read_classes(self) -> dict:
         if self._classes is None:

@@ -48,6 +48,10 @@ def audioset(root: Path) -> Path:
     af.tone(root / "audio" / "ev_0.wav", seconds=2.0)
     ev = [{"wav": "audio/ev_0.wav", "labels": "/m/0jbk"}, {"wav": "audio/gone.wav", "labels": "/m/09x0r"}]
     ev.append({"wav": "audio/ev_0.wav", "labels": "/m/unknown"})
+    unbal = [{"wav": f"audio/unbal_{i}.wav", "labels": "/m/09x0r"} for i in range(4)]
+    for i in range(4):
+        af.tone(root / "audio" / f"unbal_{i}.wav", seconds=2.0, freq=300 + 50 * i)
+    (root / "unbalanced_train_data.json").write_text(json.dumps({"data": unbal}))
     (root / "balanced_train_data.json").write_text(json.dumps({"data": bal}))
     (root / "eval_data.json").write_text(json.dumps({"data": ev}))
     return root

@@ -10,7 +10,9 @@ def build_encoder(backbone: str = "ssamba", size: str = "tiny", **overrides):
     """One entry for every backbone: build_encoder("ssamba", "tiny", quirks="official", depth=4)."""
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
-    return BACKBONES[backbone](size, **overrides)
+    encoder = BACKBONES[backbone](size, **overrides)
+    encoder.config = {"backbone": backbone, "size": size, **overrides}  # enough to rebuild it
+    return encoder
 
 
 __all__ = ["AudioMambaEncoder", "SSASTEncoder", "build_encoder", "build_ssamba", "build_ssast"]

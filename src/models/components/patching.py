@@ -147,4 +147,6 @@ class PatchEncoder(nn.Module):
         self.patch_embed = new
         self.pos_embed = nn.Parameter(pos.clone())
         self.patch_stride, self.input_shape, self.grid = (fstride, tstride), (input_fdim, input_tdim), new_grid
+        if hasattr(self, "config"):
+            self.config.update(input_fdim=input_fdim, input_tdim=input_tdim, fstride=fstride, tstride=tstride)
         return self

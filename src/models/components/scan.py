@@ -27,6 +27,7 @@ from torch import Tensor
 
 BACKENDS = ("auto", "fused", "portable")
 ENV_VAR = "SSAMBA_KERNELS"
+SINGLE_PASS_MAX = 128  # portable scan: sequences up to this length run in one chunk
 INSTALL_HINT = (
     "install the CUDA kernels with `pip install -e '.[cuda]' --no-build-isolation` "
     "(mamba-ssm and causal-conv1d matching your torch and CUDA)"
@@ -116,6 +117,7 @@ def selective_scan_portable(
 ):
     """The recurrence in chunks of ~sqrt(L) steps, all chunks advanced together: about 2 sqrt(L)
     vectorised steps instead of L, on tensors of (B, D, n_chunks, N), never (B, D, L, N).
+    Sequences of at most SINGLE_PASS_MAX steps run as one chunk (pass 2 alone).
       pass 1: scan every chunk from a zero state; keep only its final state;
       carry:  walk the chunk ends to get the true state entering each chunk;
       pass 2: scan every chunk again from that state, reading out y at each step."""
@@ -127,7 +129,7 @@ def selective_scan_portable(
     if delta_softplus:
         delta = F.softplus(delta)
 
-    chunk = chunk_size or max(8, math.isqrt(max(length - 1, 0)) + 1)
+    chunk = chunk_size or _default_chunk(length)
     n_chunks = -(-length // chunk)
     pad = n_chunks * chunk - length  # padded steps have delta = 0: decay 1, no input
 
@@ -143,19 +145,20 @@ def selective_scan_portable(
     def step(state: Tensor, t: int) -> Tensor:
         return torch.exp(delta_t[t] * A) * state + delta_u_t[t] * B_at(t)  # (B, D, n_chunks, N)
 
-    # pass 1: chunk-final states from a zero start
     state = u.new_zeros(batch, dim, n_chunks, A.shape[-1])
-    for t in range(chunk):
-        state = step(state, t)
-    # carry: state entering chunk c = decay(c-1) * entering(c-1) + local final(c-1)
-    chunk_decay = torch.exp(delta_t.sum(0) * A)  # (B, D, n_chunks, N)
-    carry = torch.zeros_like(state[:, :, 0])
-    entering = []
-    for c in range(n_chunks):
-        entering.append(carry)
-        carry = chunk_decay[:, :, c] * carry + state[:, :, c]
+    if n_chunks > 1:
+        # pass 1: chunk-final states from a zero start
+        for t in range(chunk):
+            state = step(state, t)
+        # carry: state entering chunk c = decay(c-1) * entering(c-1) + local final(c-1)
+        chunk_decay = torch.exp(delta_t.sum(0) * A)  # (B, D, n_chunks, N)
+        carry = torch.zeros_like(state[:, :, 0])
+        entering = []
+        for c in range(n_chunks):
+            entering.append(carry)
+            carry = chunk_decay[:, :, c] * carry + state[:, :, c]
+        state = torch.stack(entering, dim=2)
     # pass 2: the true states, read out through C
-    state = torch.stack(entering, dim=2)
     ys = []
     for t in range(chunk):
         state = step(state, t)
@@ -170,6 +173,14 @@ def selective_scan_portable(
     if return_last_state:
         return y, state[:, :, -1]
     return y
+
+
+def _default_chunk(length: int) -> int:
+    """Short sequences: one chunk (a single pass; the steps are cheap). Long ones: ~sqrt(L) steps
+    per chunk, so two passes of sqrt(L) steps replace L sequential steps."""
+    if length <= SINGLE_PASS_MAX:
+        return max(length, 1)
+    return math.isqrt(length - 1) + 1
 
 
 def _per_step(M: Tensor, dim: int, steps):

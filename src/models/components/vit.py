@@ -21,6 +21,8 @@ class Attention(nn.Module):
         super().__init__()
         if attention not in ATTENTION:
             raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
+        if dim % num_heads:
+            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.attention = attention
         self.scale = (dim // num_heads) ** -0.5

@@ -1,0 +1,42 @@
+"""Evaluate a checkpoint on the test split:  python src/eval.py experiment=<name> ckpt_path=<.ckpt>"""
+
+from __future__ import annotations
+
+import rootutils
+
+rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True)
+
+import hydra  # noqa: E402
+import lightning as L  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from src.utils import entry  # noqa: E402
+from src.utils.instantiators import instantiate_group  # noqa: E402
+from src.utils.utils import extras, task_wrapper, user_errors_exit  # noqa: E402
+
+
+@task_wrapper
+def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.check()
+    checkpoint = entry.existing_checkpoint(cfg.ckpt_path)
+    model = hydra.utils.instantiate(cfg.model, pretrained=None)  # weights come from the checkpoint
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)
+    trainer.test(model=model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    entry.write_run_summary(cfg, trainer, metrics)
+    return metrics, {"cfg": cfg, "model": model, "trainer": trainer}
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="eval.yaml")
+@user_errors_exit
+def main(cfg: DictConfig) -> None:
+    extras(cfg)
+    metrics, _ = evaluate(cfg)
+    print(" ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if k.startswith("test/")))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Which patches the SSL objectives mask (official_ssamba.md 2.2).
+
+Every strategy returns a (B, L) bool mask with exactly `num_mask` True per row; the masked
+positions as a (B, num_mask) index tensor are `mask_indices(mask)`.
+
+- "official": SSAST/SSAMBA's gen_maskid_patch ported line by line (Python's `random`, a set,
+  its quirks: patch 0 is never masked, a hard-coded row width of 64 patches, clusters that wrap
+  across rows, truncation of a CPython int set). One Python loop per sample, for parity only.
+- "cluster": the same idea vectorised over the batch: square clusters of 3-5 patches on the
+  real (f, t) grid, no wrap-around, exactly num_mask per sample.
+- "random": uniformly random patches.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from torch import Tensor
+
+STRATEGIES = ("official", "cluster", "random")
+
+
+def official_mask_ids(num_patches: int, num_mask: int, rng: random.Random, row_width: int = 64) -> list[int]:
+    """gen_maskid_patch exactly as the official code runs it."""
+    mask_id: list[int] = []
+    cur_clus = rng.randrange(3) + 3  # cluster side in {3, 4, 5}, fixed for the sample
+    while len(list(set(mask_id))) <= num_mask:
+        start_id = rng.randrange(num_patches)
+        cur_mask = []
+        for i in range(cur_clus):
+            for j in range(cur_clus):
+                cand = start_id + row_width * i + j
+                if 0 < cand < num_patches:
+                    cur_mask.append(cand)
+        mask_id = mask_id + cur_mask
+    return list(set(mask_id))[:num_mask]
+
+
+def cluster_mask(batch: int, grid: tuple[int, int], num_mask: int, generator=None, device=None) -> Tensor:
+    """Vectorised cluster masking on an (f, t) patch grid: (B, f*t) bool, num_mask True per row."""
+    f_dim, t_dim = grid
+    num_patches = f_dim * t_dim
+    _check(num_mask, num_patches)
+    side = torch.randint(3, 6, (batch, 1, 1), generator=generator, device=device)  # (B, 1, 1)
+    starts = -(-3 * num_mask // 9) + 4  # enough clusters of the smallest size to cover num_mask
+    f0 = torch.randint(0, f_dim, (batch, starts, 1), generator=generator, device=device)
+    t0 = torch.randint(0, t_dim, (batch, starts, 1), generator=generator, device=device)
+    offsets = torch.arange(25, device=device)  # a 5x5 square, cut to `side`
+    di, dj = offsets // 5, offsets % 5  # (25,)
+    f = f0 + di  # (B, starts, 25)
+    t = t0 + dj
+    keep = (di < side) & (dj < side) & (f < f_dim) & (t < t_dim)
+    flat = torch.where(keep, f * t_dim + t, num_patches)  # out-of-grid -> a dump slot
+    # like the official loop: clusters are taken in order until num_mask patches are covered, so
+    # rank each patch by the first cluster covering it; the last cluster may be cut; if the
+    # clusters cover too few, random other patches fill up
+    cluster_id = torch.arange(starts, device=device).view(1, starts, 1).expand_as(flat)
+    first = torch.full((batch, num_patches + 1), starts, device=device)
+    first.scatter_reduce_(1, flat.reshape(batch, -1), cluster_id.reshape(batch, -1), reduce="amin")
+    first = first[:, :num_patches]
+    noise = torch.rand(batch, num_patches, generator=generator, device=device)
+    score = torch.where(first < starts, (starts - first).float() + noise, noise - 1)
+    return _top(score, num_mask)
+
+
+def random_mask(batch: int, num_patches: int, num_mask: int, generator=None, device=None) -> Tensor:
+    _check(num_mask, num_patches)
+    return _top(torch.rand(batch, num_patches, generator=generator, device=device), num_mask)
+
+
+def official_mask(batch: int, num_patches: int, num_mask: int, rng: random.Random, device=None) -> Tensor:
+    _check(num_mask, num_patches - 2)  # its loop needs more than num_mask candidates, patch 0 excluded
+    mask = torch.zeros(batch, num_patches, dtype=torch.bool)
+    for b in range(batch):
+        mask[b, official_mask_ids(num_patches, num_mask, rng)] = True
+    return mask.to(device)
+
+
+def make_mask(strategy: str, batch: int, grid, num_mask: int, rng: random.Random | None = None, device=None):
+    if strategy == "official":
+        return official_mask(batch, grid[0] * grid[1], num_mask, rng or random.Random(), device)
+    if strategy == "cluster":
+        return cluster_mask(batch, grid, num_mask, device=device)
+    if strategy == "random":
+        return random_mask(batch, grid[0] * grid[1], num_mask, device=device)
+    raise ValueError(f"unknown masking {strategy!r}; choose one of {STRATEGIES}")
+
+
+def mask_indices(mask: Tensor) -> Tensor:
+    """(B, L) bool with the same count per row -> (B, M) positions, ascending."""
+    return mask.nonzero()[:, 1].view(mask.shape[0], -1)
+
+
+def _top(score: Tensor, k: int) -> Tensor:
+    mask = torch.zeros_like(score, dtype=torch.bool)
+    return mask.scatter_(1, score.topk(k, dim=1).indices, True)
+
+
+def _check(num_mask: int, available: int) -> None:
+    if not 0 < num_mask <= available:
+        raise ValueError(
+            f"cannot mask {num_mask} of {available} patches; lower model.mask_patches or use a longer input"
+        )

@@ -1,0 +1,44 @@
+"""Optimiser pieces both LightningModules use: the official warm-up and Adam/AdamW from plain dicts
+(plain values, not partials, so checkpoints stay loadable with weights_only=True)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+def make_optimizer(param_groups, name: str = "adamw", lr: float = 1e-4, weight_decay: float = 0.0, betas=(0.9, 0.999)):
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[name](param_groups, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+
+
+def warmup_factor(step: int, warmup_steps: int, staircase: bool = True) -> float:
+    """Official warm-up: lr = step / warmup_steps * lr, updated every 50 steps (a staircase that
+    starts at 0); staircase=False ramps every step and starts at 1 / warmup_steps."""
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return 1.0
+    if staircase:
+        return (step // 50 * 50) / warmup_steps
+    return (step + 1) / warmup_steps
+
+
+def apply_warmup(optimizer, step: int, warmup_steps: int, staircase: bool = True) -> None:
+    """Scale every group's lr from its `base_lr` while warming up (call before each step)."""
+    if warmup_steps <= 0 or step > warmup_steps:
+        return
+    factor = warmup_factor(step, warmup_steps, staircase)
+    for group in optimizer.param_groups:
+        group.setdefault("base_lr", group["lr"])
+        group["lr"] = group["base_lr"] * factor
+
+
+def cosine_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Linear warm-up then cosine decay to zero."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.5 * (1 + math.cos(math.pi * progress))

@@ -1,0 +1,157 @@
+"""Self-supervised pretraining: masked spectrogram patch modelling (SSAST/SSAMBA, official_ssamba.md 2).
+
+Masked patches are replaced by a learned mask embedding; from the encoder's outputs at those
+positions a discriminative head predicts the patch among the clip's masked patches (InfoNCE) and
+a generative head reconstructs it (MSE). loss = nce + gen_weight * mse.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics import MaxMetric, MeanMetric
+
+from src.models.components import build_encoder
+from src.models.components.losses import info_nce, masked_mse, patchify
+from src.models.components.masking import make_mask, mask_indices
+from src.models.export import save_encoder
+from src.models.optim import apply_warmup, cosine_factor, make_optimizer
+
+
+def prediction_head(dim: int, out: int) -> nn.Sequential:
+    """Linear-ReLU-Linear, as the official cpredlayer / gpredlayer."""
+    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, out))
+
+
+class SSLModule(L.LightningModule):
+    def __init__(
+        self,
+        encoder: dict,
+        mask_patches: int = 400,
+        val_mask_patches: int | None = 400,
+        masking: str = "cluster",
+        nce_softmax_dim: int = -1,
+        gen_weight: float = 10.0,
+        two_passes: bool = True,
+        optimizer: dict | None = None,
+        scheduler: dict | None = None,
+        warmup_steps: int = 1000,
+        staircase_warmup: bool = True,
+        export_dir: str | None = None,
+        compile: bool = False,
+    ):
+        """encoder: build_encoder kwargs (backbone, size, overrides). masking: official | cluster |
+        random. two_passes: the official two encoder passes with independent masks (one per
+        objective), or one shared pass. val_mask_patches: the official code always validates
+        with 400. scheduler: {"name": "plateau", "factor": 0.5, "patience": 2} (official, on
+        val/acc at every validation) or {"name": "cosine"} or {"name": "none"}."""
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.encoder = build_encoder(**{**encoder, "mask_token": True})
+        dim = self.encoder.embed_dim
+        patch_values = self.encoder.patch_shape[0] * self.encoder.patch_shape[1]
+        self.cpredlayer = prediction_head(dim, patch_values)
+        self.gpredlayer = prediction_head(dim, patch_values)
+        self.optimizer_cfg = {"name": "adamw", "lr": 1e-4, "weight_decay": 5e-8, "betas": (0.95, 0.999)}
+        self.optimizer_cfg.update(optimizer or {})
+        self.scheduler_cfg = {"name": "plateau", "factor": 0.5, "patience": 2, **(scheduler or {})}
+        self.metrics = nn.ModuleDict(
+            {f"{s}_{k}": MeanMetric() for s in ("train", "val") for k in ("loss", "nce", "mse", "acc")}
+        )
+        self.val_acc_best = MaxMetric()
+        self._rng = random.Random()  # the official masking's Python RNG
+        self._plateau = None
+
+    # ---- the objective -------------------------------------------------------------------------
+    def masked_outputs(self, spec: Tensor, num_mask: int) -> tuple[Tensor, Tensor]:
+        """Encoder outputs at num_mask masked patches and those patches' true values: (B, M, D), (B, M, P)."""
+        grid = self.encoder.grid_for(spec.shape[2], spec.shape[3])
+        mask = make_mask(self.hparams.masking, spec.shape[0], grid, num_mask, self._rng, spec.device)
+        idx = mask_indices(mask)  # (B, M)
+        tokens = self.encoder(spec, mask=mask)[:, self.encoder.num_prefix_tokens :]  # (B, L, D)
+        hidden = tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        patches = patchify(spec, self.encoder.patch_shape, self.encoder.patch_stride)  # (B, L, P)
+        target = patches.gather(1, idx.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+        return hidden, target.detach()
+
+    def losses(self, spec: Tensor, num_mask: int) -> dict[str, Tensor]:
+        hidden, target = self.masked_outputs(spec, num_mask)
+        nce, acc = info_nce(self.cpredlayer(hidden), target, self.hparams.nce_softmax_dim)
+        if self.hparams.two_passes:
+            hidden, target = self.masked_outputs(spec, num_mask)
+        mse = masked_mse(self.gpredlayer(hidden), target)
+        return {"loss": nce + self.hparams.gen_weight * mse, "nce": nce, "mse": mse, "acc": acc}
+
+    # ---- Lightning -----------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.hparams.compile and stage == "fit":
+            self.encoder = torch.compile(self.encoder)
+
+    def on_train_start(self) -> None:
+        self.val_acc_best.reset()
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        if self.scheduler_cfg["name"] != "cosine":
+            apply_warmup(self.optimizers(), self.global_step, self.hparams.warmup_steps, self.hparams.staircase_warmup)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        out = self.losses(batch["fbank"], self.hparams.mask_patches)
+        self._log("train", out, on_step=True)
+        return out["loss"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self.losses(batch["fbank"], self.hparams.val_mask_patches or self.hparams.mask_patches)
+        self._log("val", out, on_step=False)
+
+    def _log(self, stage: str, out: dict, on_step: bool) -> None:
+        for key, value in out.items():
+            metric = self.metrics[f"{stage}_{key}"]
+            metric(value.detach())
+            self.log(f"{stage}/{key}", metric, on_step=on_step, on_epoch=True, prog_bar=key in ("loss", "acc"))
+
+    def on_validation_epoch_end(self) -> None:
+        acc = self.metrics["val_acc"].compute()
+        self.val_acc_best(acc)
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
+        if self._plateau is not None and not self.trainer.sanity_checking:
+            self._plateau.step(acc.item())  # official: ReduceLROnPlateau(max) on masked-patch accuracy
+
+    def configure_optimizers(self):
+        cfg = dict(self.optimizer_cfg)
+        optimizer = make_optimizer(self.parameters(), **cfg)
+        name = self.scheduler_cfg["name"]
+        if name == "plateau":
+            self._plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="max", factor=self.scheduler_cfg["factor"], patience=self.scheduler_cfg["patience"]
+            )
+            return optimizer
+        if name == "cosine":
+            total, warmup = self.trainer.estimated_stepping_batches, self.hparams.warmup_steps
+            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_factor(s, total, warmup))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        if name == "none":
+            return optimizer
+        raise ValueError(f"unknown scheduler {name!r}; use plateau, cosine or none")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._plateau is not None:
+            checkpoint["plateau_scheduler"] = self._plateau.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._plateau_state = checkpoint.get("plateau_scheduler")
+
+    def on_fit_start(self) -> None:
+        state = getattr(self, "_plateau_state", None)
+        if state is not None and self._plateau is not None:
+            self._plateau.load_state_dict(state)
+
+    def on_train_end(self) -> None:
+        if self.hparams.export_dir and self.trainer.is_global_zero:
+            encoder = getattr(self.encoder, "_orig_mod", self.encoder)
+            save_encoder(
+                encoder, Path(self.hparams.export_dir), extra={"ssl": {"mask_patches": self.hparams.mask_patches}}
+            )

@@ -1,0 +1,76 @@
+"""Train (pretrain or fine-tune) from a Hydra config:  python src/train.py experiment=<name> [overrides]
+
+Examples:
+    python src/train.py experiment=pretrain_demo
+    python src/train.py experiment=ks2 model.pretrained=logs/pretrain/runs/<run>/encoder
+    python src/train.py experiment=ks2 encoder=ssast trainer=ddp_bf16 trainer.devices=4
+    python src/train.py -m experiment=esc50          # all five folds, then their mean
+"""
+
+from __future__ import annotations
+
+import rootutils
+
+rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True)
+
+import hydra  # noqa: E402
+import lightning as L  # noqa: E402
+from lightning.pytorch.callbacks import LearningRateMonitor  # noqa: E402
+from lightning.pytorch.plugins.environments import SLURMEnvironment  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from src.utils import entry  # noqa: E402
+from src.utils.instantiators import instantiate_group  # noqa: E402
+from src.utils.pylogger import RankedLogger  # noqa: E402
+from src.utils.utils import extras, get_metric_value, task_wrapper, user_errors_exit  # noqa: E402
+
+log = RankedLogger(__name__)
+
+
+@task_wrapper
+def train(cfg: DictConfig) -> tuple[dict, dict]:
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    log.info(f"data: {cfg.data._target_}")
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.check()  # a missing dataset stops here, with how to get it
+    log.info(f"model: {cfg.model._target_} ({cfg.encoder.backbone}-{cfg.encoder.size})")
+    model = hydra.utils.instantiate(cfg.model)
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    if not loggers:  # nothing to monitor the learning rate into
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    plugins = []
+    if SLURMEnvironment.detect():  # one task per device; submitit, not Lightning, handles requeue
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins
+    )
+    entry.check_devices(cfg, trainer)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    ckpt_path = entry.resume_path(cfg, trainer)
+    if cfg.get("train"):
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("test"):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not best:
+            log.warning("no best checkpoint: testing the current weights")
+        trainer.test(model=model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+    entry.write_run_summary(cfg, trainer, metrics)
+    return metrics, {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train.yaml")
+@user_errors_exit
+def main(cfg: DictConfig) -> float | None:
+    extras(cfg)
+    metrics, _ = train(cfg)
+    return get_metric_value(metrics, cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""What src/train.py and src/eval.py share around the Lightning calls."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+from lightning_utilities.core.rank_zero import rank_zero_only
+from omegaconf import DictConfig
+
+from src.utils.io import write_json
+from src.utils.pylogger import RankedLogger
+
+log = RankedLogger(__name__)
+
+
+def check_devices(cfg: DictConfig, trainer: L.Trainer) -> None:
+    batch = cfg.data.get("batch_size")
+    if batch and batch % trainer.world_size:
+        raise ValueError(
+            f"data.batch_size={batch} is not divisible by the {trainer.world_size} devices; "
+            f"use a multiple of {trainer.world_size} (it is the global batch size)"
+        )
+
+
+def existing_checkpoint(path) -> str:
+    if not path or not Path(str(path)).exists():
+        raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint; pass the path of a .ckpt file")
+    return str(path)
+
+
+def resume_path(cfg: DictConfig, trainer: L.Trainer) -> str | None:
+    """ckpt_path as given; "last" (or a SLURM requeue) resumes from this run's last.ckpt if it exists."""
+    path = cfg.get("ckpt_path")
+    requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+    if path == "last" or (path is None and requeued):
+        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        if last.exists():
+            log.info(f"resuming from {last}")
+            return str(last)
+        log.info("no last.ckpt yet: starting from scratch")
+        return None
+    return existing_checkpoint(path) if path else None
+
+
+@rank_zero_only
+def write_run_summary(cfg: DictConfig, trainer: L.Trainer, metrics: dict) -> None:
+    """<output>/metrics.json: final metrics plus where the checkpoints and logs are."""
+    ckpt = trainer.checkpoint_callback
+    summary = {
+        **metrics,
+        "fold": cfg.data.get("fold"),
+        "best_checkpoint": getattr(ckpt, "best_model_path", None) or None,
+        "last_checkpoint": getattr(ckpt, "last_model_path", None) or None,
+        "tensorboard": next((lg.log_dir for lg in trainer.loggers if hasattr(lg, "log_dir")), None),
+        "output_dir": cfg.paths.output_dir,
+    }
+    write_json(Path(cfg.paths.output_dir) / "metrics.json", summary)
+    export = Path(cfg.paths.output_dir) / "encoder"
+    lines = [f"run folder:       {cfg.paths.output_dir}"]
+    lines += [f"best checkpoint:  {summary['best_checkpoint']}"] if summary["best_checkpoint"] else []
+    lines += [f"last checkpoint:  {summary['last_checkpoint']}"] if summary["last_checkpoint"] else []
+    lines += [f"encoder export:   {export}"] if (export / "config.json").exists() else []
+    lines += [f"tensorboard:      tensorboard --logdir {summary['tensorboard']}"] if summary["tensorboard"] else []
+    lines += [f"{k}: {v:.4f}" for k, v in sorted(metrics.items()) if k.startswith("test/")]
+    print("\n".join(lines))

@@ -1,0 +1,81 @@
+"""Template utilities: extras before a run, the task wrapper, the optimised metric."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from functools import wraps
+
+from lightning_utilities.core.rank_zero import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from src.utils.pylogger import RankedLogger
+
+log = RankedLogger(__name__)
+
+
+def extras(cfg: DictConfig) -> None:
+    """Optional conveniences: silence warnings, require tags in multiruns, print the config."""
+    options = cfg.get("extras") or {}
+    if options.get("ignore_warnings"):
+        warnings.filterwarnings("ignore")
+    if options.get("enforce_tags") and not cfg.get("tags"):
+        raise ValueError("set tags=[...] before launching (every experiment config sets them)")
+    if options.get("print_config"):
+        print_config(cfg)
+
+
+@rank_zero_only
+def print_config(cfg: DictConfig) -> None:
+    shown = {k: cfg[k] for k in ("data", "encoder", "model", "trainer", "callbacks", "logger", "paths") if k in cfg}
+    text = OmegaConf.to_yaml(OmegaConf.create({k: OmegaConf.to_container(v, resolve=True) for k, v in shown.items()}))
+    log.info("config:\n" + text)
+
+
+# problems a user fixes by changing a config or preparing data: one line, no traceback
+USER_ERRORS = (FileNotFoundError, ValueError)
+
+
+def user_errors_exit(func):
+    """For the @hydra.main function: a user error prints one line to stderr and exits with 2
+    (SSAMBA_TRACEBACK=1 shows the traceback instead)."""
+
+    @wraps(func)
+    def wrap(cfg: DictConfig):
+        try:
+            return func(cfg)
+        except USER_ERRORS as e:
+            if os.environ.get("SSAMBA_TRACEBACK"):
+                raise
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrap
+
+
+def task_wrapper(task_func):
+    """Log the output folder whatever happens; re-raise failures after logging them."""
+
+    @wraps(task_func)
+    def wrap(cfg: DictConfig):
+        try:
+            return task_func(cfg=cfg)
+        except USER_ERRORS as e:
+            log.error(f"run stopped: {e}")
+            raise
+        except Exception:
+            log.exception("run failed")
+            raise
+        finally:
+            log.info(f"output folder: {cfg.paths.output_dir}")
+
+    return wrap
+
+
+def get_metric_value(metric_dict: dict, metric_name: str | None) -> float | None:
+    if not metric_name:
+        return None
+    if metric_name not in metric_dict:
+        raise ValueError(f"metric {metric_name!r} was not logged; set optimized_metric to one of {sorted(metric_dict)}")
+    return float(metric_dict[metric_name])

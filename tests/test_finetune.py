@@ -1,0 +1,105 @@
+import lightning as L
+import pytest
+import torch
+
+from src.models.export import encoder_from_checkpoint, from_pretrained, save_encoder
+from src.models.finetune_module import AudioSetModule, ESC50Module, FinetuneModule, KS2Module
+from src.models.ssl_module import SSLModule
+
+ENC = dict(backbone="ssamba", size="tiny", embed_dim=32, depth=2, input_tdim=160)
+
+
+def pretrained_ssl():
+    return SSLModule(ENC, mask_patches=20)
+
+
+def test_handover_from_an_export_copies_weights_and_adapts_the_grid(tmp_path):
+    ssl = pretrained_ssl()
+    save_encoder(ssl.encoder, tmp_path / "export")
+    ft = KS2Module(encoder={}, pretrained=str(tmp_path / "export"), input_tdim=128, fstride=10, tstride=10)
+    src, dst = ssl.encoder, ft.encoder
+    torch.testing.assert_close(dst.patch_embed.proj.weight, src.patch_embed.proj.weight)
+    assert dst.patch_embed.proj.stride == (10, 10) and dst.grid == (12, 12)
+    torch.testing.assert_close(dst.layers[1].mixer.A_b_log, src.layers[1].mixer.A_b_log)
+    torch.testing.assert_close(dst.pos_embed[:, 0], src.pos_embed[:, 0])  # cls entry kept
+    assert dst.pos_embed.shape == (1, 1 + 144, 32)
+    assert dst.mask_embed is None  # the mask embedding is not part of the fine-tuned encoder
+
+
+def test_handover_from_a_lightning_checkpoint_loads_with_weights_only(tmp_path):
+    ssl = pretrained_ssl()
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(ssl)
+    trainer.save_checkpoint(tmp_path / "ssl.ckpt")
+    config, state = encoder_from_checkpoint(tmp_path / "ssl.ckpt")  # torch.load(weights_only=True) inside
+    assert config["embed_dim"] == 32 and "layers.0.mixer.in_proj.weight" in state
+    ft = ESC50Module(encoder={}, pretrained=str(tmp_path / "ssl.ckpt"), input_tdim=512, num_classes=50)
+    torch.testing.assert_close(ft.encoder.layers[0].mixer.in_proj.weight, ssl.encoder.layers[0].mixer.in_proj.weight)
+    assert ft.encoder.grid == (12, 50)
+
+
+def test_export_round_trip_without_lightning(tmp_path):
+    ssl = pretrained_ssl().eval()
+    save_encoder(ssl.encoder, tmp_path / "e")
+    enc = from_pretrained(tmp_path / "e")
+    x = torch.randn(1, 1, 128, 160)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), ssl.encoder(x))
+
+
+def test_checkpoint_that_does_not_fit_is_explained(tmp_path):
+    save_encoder(pretrained_ssl().encoder, tmp_path / "e")
+    (tmp_path / "e" / "config.json").write_text('{"encoder": {"backbone": "ssamba", "size": "tiny", "depth": 4}}')
+    with pytest.raises(ValueError, match="does not fit the model"):
+        from_pretrained(tmp_path / "e")
+
+
+def test_linear_probe_freezes_the_encoder_and_head_lr_multiplier():
+    ft = KS2Module(encoder=ENC, num_classes=5, freeze_encoder=True, input_tdim=128)
+    assert not any(p.requires_grad for p in ft.encoder.parameters())
+    ft.trainer = None
+    opt = ft.configure_optimizers()["optimizer"]
+    assert len(opt.param_groups) == 1  # head only
+    ft = AudioSetModule(encoder=ENC, num_classes=5, head_lr_mult=3.0, input_tdim=128)
+    groups = ft.configure_optimizers()["optimizer"].param_groups
+    assert groups[1]["lr"] == pytest.approx(3 * groups[0]["lr"])
+
+
+def test_pooling_mean_excludes_cls_and_cls_pooling_takes_it():
+    ft = KS2Module(encoder=ENC, num_classes=3, input_tdim=128, fstride=16, tstride=16).eval()
+    spec = torch.randn(2, 1, 128, 128)
+    with torch.no_grad():
+        tokens = ft.encoder(spec)
+        torch.testing.assert_close(ft(spec), ft.head(tokens[:, 1:].mean(1)))
+        ft.hparams.pooling = "cls"
+        torch.testing.assert_close(ft(spec), ft.head(tokens[:, 0]))
+
+
+def test_accuracy_metric_and_losses_are_right():
+    ft = ESC50Module(encoder=ENC, num_classes=3, input_tdim=128, fstride=16, tstride=16)
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0], [5.0, 0.0, 0.0]])
+    target = torch.eye(3)[[0, 1, 0, 0]]
+    ft.scores["val_score"](logits, target.argmax(-1))
+    assert ft.scores["val_score"].compute() == pytest.approx(3 / 4)
+    torch.testing.assert_close(ft.loss(logits, target), torch.nn.functional.cross_entropy(logits, target.argmax(-1)))
+    ks = KS2Module(encoder=ENC, num_classes=3, input_tdim=128, fstride=16, tstride=16)
+    soft = torch.tensor([[0.6, 0.4, 0.0]]).repeat(4, 1)
+    torch.testing.assert_close(
+        ks.loss(logits, soft), torch.nn.functional.binary_cross_entropy_with_logits(logits, soft)
+    )
+
+
+def test_map_metric_is_macro_average_precision():
+    ft = AudioSetModule(encoder=ENC, num_classes=2, input_tdim=128, fstride=16, tstride=16)
+    scores = torch.tensor([[0.9, 0.1], [0.8, 0.7], [0.3, 0.2], [0.1, 0.9]])
+    labels = torch.tensor([[1, 0], [0, 1], [1, 0], [0, 1]])
+    ft.scores["test_score"](scores, labels)
+    # class 0: positives ranked 1st and 3rd -> AP = (1 + 2/3) / 2; class 1: ranked 1st and 2nd -> AP = 1
+    assert ft.scores["test_score"].compute().item() == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
+
+
+def test_task_modules_name_their_loss_and_metric():
+    assert KS2Module.LOSS == "bce" and ESC50Module.LOSS == "ce"
+    assert AudioSetModule.MULTILABEL and not KS2Module.MULTILABEL
+    with pytest.raises(ValueError, match="pooling"):
+        FinetuneModule(encoder=ENC, pooling="max")

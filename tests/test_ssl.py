@@ -1,0 +1,131 @@
+import random
+
+import pytest
+import torch
+
+from src.models.components.losses import info_nce, masked_mse, patchify
+from src.models.components.masking import (
+    cluster_mask,
+    make_mask,
+    mask_indices,
+    official_mask,
+    official_mask_ids,
+    random_mask,
+)
+from src.models.ssl_module import SSLModule
+
+SMALL_ENCODER = dict(backbone="ssamba", size="tiny", embed_dim=32, depth=2, input_tdim=160)
+
+
+def reference_mpc(pred, target, softmax_dim=-1):
+    """The official mpc loop: per sample torch.mm, LogSoftmax over dim -1, diagonal, argmax over dim 0."""
+    B, M, _ = pred.shape
+    nce, correct = 0.0, 0
+    for i in range(B):
+        total = torch.mm(target[i], pred[i].T)
+        sm = torch.nn.Softmax(dim=softmax_dim)(total)
+        correct += torch.sum(torch.eq(torch.argmax(sm, dim=0), torch.arange(0, M)))
+        nce += torch.sum(torch.diag(torch.nn.LogSoftmax(dim=softmax_dim)(total)))
+    return nce / (-1.0 * B * M), correct / (B * M)
+
+
+@pytest.mark.parametrize("softmax_dim", [-1, 0])
+def test_info_nce_matches_the_official_loop(softmax_dim):
+    pred, target = torch.randn(3, 7, 16), torch.randn(3, 7, 16)
+    nce, acc = info_nce(pred, target, softmax_dim)
+    ref_nce, ref_acc = reference_mpc(pred, target, softmax_dim)
+    torch.testing.assert_close(nce, ref_nce)
+    torch.testing.assert_close(acc, ref_acc.float())
+
+
+def test_info_nce_axes_differ_and_perfect_predictions_score():
+    pred, target = torch.randn(2, 6, 8), torch.randn(2, 6, 8)
+    assert not torch.isclose(info_nce(pred, target, -1)[0], info_nce(pred, target, 0)[0])
+    target = torch.eye(6).repeat(2, 1, 1) * 10
+    nce, acc = info_nce(target.clone(), target)
+    assert acc == 1.0 and nce < 1e-3
+    with pytest.raises(ValueError, match="nce_softmax_dim"):
+        info_nce(pred, target[..., :8], 1)
+
+
+def test_mse_is_the_mean_over_all_values():
+    pred, target = torch.randn(2, 5, 4), torch.randn(2, 5, 4)
+    torch.testing.assert_close(masked_mse(pred, target), ((pred - target) ** 2).mean())
+
+
+def test_patchify_matches_token_order():
+    spec = torch.arange(2 * 32 * 48.0).view(2, 1, 32, 48)
+    patches = patchify(spec, (16, 16), (16, 16))  # (2, 2*3, 256)
+    assert patches.shape == (2, 6, 256)
+    # token 4 = frequency row 1, time column 1; values frequency-major inside the patch
+    torch.testing.assert_close(patches[1, 4], spec[1, 0, 16:32, 16:32].reshape(-1))
+
+
+@pytest.mark.parametrize("num_mask", [250, 300, 400])
+def test_official_mask_count_uniqueness_and_quirks(num_mask):
+    rng = random.Random(0)
+    for _ in range(20):
+        ids = official_mask_ids(512, num_mask, rng)
+        assert len(ids) == len(set(ids)) == num_mask
+        assert 0 not in ids and max(ids) < 512
+
+
+def test_official_mask_under_masks_the_lowest_frequency_row():
+    rng = random.Random(1)
+    mask = official_mask(300, 512, 400, rng).view(300, 8, 64).float()
+    per_row = mask.mean(dim=(0, 2))
+    assert per_row[0] < 0.6 and per_row[3:7].min() > 0.8  # spec: row 0 ~0.42, rows 3-6 ~0.88
+
+
+@pytest.mark.parametrize("num_mask", [24, 250, 400])
+def test_cluster_mask_exact_count_and_clusters(num_mask):
+    torch.manual_seed(0)
+    mask = cluster_mask(16, (8, 64), num_mask)
+    assert mask.dtype == torch.bool and (mask.sum(1) == num_mask).all()
+    idx = mask_indices(mask)
+    assert idx.shape == (16, num_mask) and (idx.diff(dim=1) > 0).all()  # ascending, no duplicates
+    grid = mask.view(16, 8, 64)
+    neighbours = torch.zeros_like(grid)
+    neighbours[:, 1:] |= grid[:, :-1]
+    neighbours[:, :-1] |= grid[:, 1:]
+    neighbours[:, :, 1:] |= grid[:, :, :-1]
+    neighbours[:, :, :-1] |= grid[:, :, 1:]
+    clustered = (grid & neighbours).sum() / grid.sum()
+    random_grid = random_mask(16, 512, num_mask).view(16, 8, 64)
+    rn = torch.zeros_like(random_grid)
+    rn[:, 1:] |= random_grid[:, :-1]
+    rn[:, :-1] |= random_grid[:, 1:]
+    rn[:, :, 1:] |= random_grid[:, :, :-1]
+    rn[:, :, :-1] |= random_grid[:, :, 1:]
+    assert clustered > 0.95 and clustered >= (random_grid & rn).sum() / random_grid.sum()
+
+
+def test_masking_errors_are_explained():
+    with pytest.raises(ValueError, match="lower model.mask_patches"):
+        make_mask("cluster", 2, (8, 8), 65)
+    with pytest.raises(ValueError, match="unknown masking"):
+        make_mask("blocks", 2, (8, 8), 10)
+
+
+@pytest.mark.parametrize("masking", ["official", "cluster", "random"])
+@pytest.mark.parametrize("two_passes", [True, False])
+def test_ssl_step_trains_every_part(masking, two_passes):
+    module = SSLModule(SMALL_ENCODER, mask_patches=20, val_mask_patches=20, masking=masking, two_passes=two_passes)
+    spec = torch.randn(2, 1, 128, 160)
+    out = module.losses(spec, 20)
+    assert set(out) == {"loss", "nce", "mse", "acc"}
+    torch.testing.assert_close(out["loss"], out["nce"] + 10 * out["mse"])
+    out["loss"].backward()
+    assert module.encoder.mask_embed.grad.abs().sum() > 0
+    assert module.cpredlayer[2].weight.grad.abs().sum() > 0 and module.gpredlayer[2].weight.grad.abs().sum() > 0
+
+
+def test_ssl_masked_outputs_read_the_right_patches():
+    module = SSLModule(SMALL_ENCODER, mask_patches=10)
+    spec = torch.randn(3, 1, 128, 160)
+    hidden, target = module.masked_outputs(spec, 10)
+    assert hidden.shape == (3, 10, 32) and target.shape == (3, 10, 256)
+    patches = patchify(spec, (16, 16), (16, 16))
+    for b in range(3):  # every target row is one of the clip's own patches
+        match = (patches[b][None] == target[b][:, None]).all(-1).any(-1)
+        assert match.all()

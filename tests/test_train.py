@@ -1,0 +1,96 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import open_dict
+
+from src.train import train
+from tests.helpers.hydra_cfg import compose_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
+
+
+def test_every_experiment_is_tested():
+    assert len(EXPERIMENTS) == 13
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_fast_dev_run_every_experiment(experiment, data_root, tmp_path):
+    cfg = compose_cfg("train.yaml", [f"experiment={experiment}"], data_root, tmp_path)
+    with open_dict(cfg):
+        cfg.trainer.fast_dev_run = True
+    metrics, objects = train(cfg)
+    stage = "val" if experiment.startswith("pretrain") else "test"
+    assert any(k.startswith(f"{stage}/") for k in metrics), metrics
+    assert (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("experiment", ["ks2_demo", "pretrain_demo"])
+def test_ssast_backbone_in_experiments(experiment, data_root, tmp_path):
+    cfg = compose_cfg(
+        "train.yaml", [f"experiment={experiment}", "encoder=ssast", "++encoder.num_heads=2"], data_root, tmp_path
+    )
+    with open_dict(cfg):
+        cfg.trainer.fast_dev_run = True
+    _, objects = train(cfg)
+    assert type(objects["model"].encoder).__name__ == "SSASTEncoder"
+
+
+@pytest.mark.parametrize("experiment", ["pretrain_demo", "ks2_demo"])
+def test_ddp_simulation_two_ranks(experiment, data_root, tmp_path):
+    cfg = compose_cfg("train.yaml", [f"experiment={experiment}", "trainer=ddp_sim"], data_root, tmp_path)
+    with open_dict(cfg):
+        cfg.trainer.devices = 2
+        cfg.trainer.strategy = "ddp_spawn"
+        cfg.trainer.max_epochs = 1
+        cfg.trainer.limit_train_batches = 2
+        cfg.trainer.limit_val_batches = 1
+        cfg.trainer.limit_test_batches = 1
+        cfg.trainer.num_sanity_val_steps = 0
+        cfg.data.batch_size = 4
+    metrics, _ = train(cfg)
+    assert "val/acc" in metrics
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+
+def test_pretrain_then_finetune_hand_over(data_root, tmp_path):
+    cfg = compose_cfg("train.yaml", ["experiment=pretrain_demo"], data_root, tmp_path / "pre")
+    with open_dict(cfg):
+        cfg.trainer.max_epochs = 1
+        cfg.trainer.limit_train_batches = 2
+        cfg.trainer.limit_val_batches = 1
+    train(cfg)
+    export = tmp_path / "pre" / "encoder"
+    assert (export / "encoder.safetensors").exists() and (export / "config.json").exists()
+    for pretrained in (export, tmp_path / "pre" / "checkpoints" / "last.ckpt"):
+        cfg = compose_cfg(
+            "train.yaml", ["experiment=ks2_demo", f"model.pretrained={pretrained}"], data_root, tmp_path / "ft"
+        )
+        with open_dict(cfg):
+            cfg.trainer.fast_dev_run = True
+        _, objects = train(cfg)
+        assert objects["model"].encoder.embed_dim == 32
+
+
+def run_cli(*args, cwd=ROOT, env=None, timeout=300):
+    return subprocess.run(
+        [sys.executable, "src/train.py", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def test_real_recipe_without_data_says_how_to_get_it(tmp_path):
+    result = run_cli("experiment=ks2", f"paths.data_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert "Speech Commands v0.02 is not prepared" in result.stderr
+    assert "python -m src.data.prepare speechcommands" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_experiment_is_a_one_line_error(tmp_path):
+    result = run_cli("experiment=ks3", f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0 and "Could not find 'experiment/ks3'" in result.stderr
