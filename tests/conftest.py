@@ -38,7 +38,7 @@ def data_root(tmp_path_factory):
         build(prepared / name / "manifest.jsonl", root / "features" / name, target_length=1024, workers=1)
     demo = root / "demo"
     finalize(PREPARERS["speechcommands"](sc, task="ks2"), demo / "prepared" / "speechcommands-ks2", workers=2)
-    build(demo / "prepared" / "speechcommands-ks2" / "manifest.jsonl", demo / "features" / "speechcommands-ks2", 128)
-    # the demo pretraining store: enough clips for 2 ranks x 2 batches
-    build(demo / "prepared" / "speechcommands-ks2" / "manifest.jsonl", demo / "features" / "librispeech", 400, workers=1)
+    keywords = demo / "prepared" / "speechcommands-ks2" / "manifest.jsonl"
+    build(keywords, demo / "features" / "speechcommands-ks2", 128)
+    build(keywords, demo / "features" / "librispeech", 400, workers=1)  # enough clips for 2 ranks x 2 batches
     return root

@@ -87,3 +87,16 @@ def test_fused_and_portable_encoder_agree_in_bf16(monkeypatch):
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
             outs[backend] = encoder(x)
     assert rel_err(outs["fused"], outs["portable"]) < 2e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("frames", [1024, 8192])  # 512 tokens (one chunk) and 4096 (chunked)
+def test_one_launch_inference_matches_the_per_direction_kernels(dtype, frames, monkeypatch):
+    encoder = build_encoder("ssamba", "tiny", depth=4, input_tdim=frames).cuda().eval()
+    x = torch.randn(2, 1, 128, frames, device="cuda")
+    outs = {}
+    for backend in ("auto", "fused"):  # auto: one Triton launch for both directions; fused: mamba-ssm
+        monkeypatch.setenv("SSAMBA_KERNELS", backend)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            outs[backend] = encoder(x)
+    assert rel_err(outs["auto"], outs["fused"]) < (1e-3 if dtype == torch.float32 else 3e-2)

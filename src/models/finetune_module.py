@@ -46,15 +46,19 @@ class FinetuneModule(L.LightningModule):
         lr_schedule: dict | None = None,
         warmup_steps: int = 0,
         staircase_warmup: bool = True,
+        loss: str | None = None,
         compile: bool = False,
     ):
-        """encoder: build_encoder kwargs, used when not starting from `pretrained` (a .ckpt of
+        """loss: "ce" or "bce"; None keeps the task's recipe (LOSS). encoder: build_encoder kwargs, used when not starting from `pretrained` (a .ckpt of
         SSLModule or an export folder), whose own encoder config then wins. num_classes: None
         takes the count from the datamodule, else the task's NUM_CLASSES. lr_schedule: MultiStepLR
         per epoch with milestones range(start, 1000, step) and gamma (official)."""
         super().__init__()
         if pooling not in ("mean", "cls"):
             raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+        if loss not in (None, "ce", "bce"):
+            raise ValueError(f"loss must be 'ce' or 'bce', got {loss!r}")
+        self.loss_name = loss or self.LOSS
         self.save_hyperparameters(logger=False)
         if pretrained:
             config, state = encoder_from_checkpoint(pretrained)
@@ -108,7 +112,7 @@ class FinetuneModule(L.LightningModule):
         return self.head(pooled)
 
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
-        if self.LOSS == "bce":
+        if self.loss_name == "bce":
             return F.binary_cross_entropy_with_logits(logits, target)
         return F.cross_entropy(logits, target.argmax(-1))
 

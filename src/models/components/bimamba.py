@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from src.models.components.scan import causal_conv1d, selective_scan
+from src.models.components.scan import causal_conv1d, selective_scan, use_bidirectional_kernel
 
 BACKWARD_DT_INITS = ("zero", "mamba")
 
@@ -81,9 +81,17 @@ class BiMambaMixer(nn.Module):
             self.out_proj.weight /= math.sqrt(n_layer)
         for p in (self.A_log, self.A_b_log, self.D, self.D_b):
             p._no_weight_decay = True
+        # scan directions of (fwd, bwd) parameter sets: row 0 normal, row 1 reversed (a buffer, so
+        # CUDA-graph capture never copies from the host)
+        self.register_buffer("directions", torch.tensor([[0, 1], [1, 0]], dtype=torch.int32), persistent=False)
 
-    def forward(self, hidden_states: Tensor) -> Tensor:
-        """(B, L, d_model) -> (B, L, d_model)."""
+    def forward(self, hidden_states: Tensor, reverse: bool = False) -> Tensor:
+        """(B, L, d_model) -> (B, L, d_model). reverse=True gives flip(mixer(flip(x))) (the official
+        layer-pair flipping) without flipping: each parameter set scans the other way."""
+        if use_bidirectional_kernel(hidden_states):
+            return self._forward_one_launch(hidden_states, reverse)
+        if reverse:
+            return self.forward(hidden_states.flip(1)).flip(1)
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (B, 2E, L)
         x, z = xz.chunk(2, dim=1)  # (B, E, L) each
         y_fwd = self._scan(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
@@ -92,6 +100,37 @@ class BiMambaMixer(nn.Module):
         if self.divide_out:
             y = y / 2
         return self.out_proj(y.transpose(1, 2))  # (B, L, d_model)
+
+    def _forward_one_launch(self, hidden_states: Tensor, reverse: bool) -> Tensor:
+        """Inference on CUDA: both directions in one Triton launch, the backward one as an
+        anti-causal conv and a right-to-left scan, so nothing is flipped."""
+        from src.models.components.triton_scan import bidirectional_scan
+
+        xz = self.in_proj(hidden_states).transpose(1, 2)  # (B, 2E, L)
+        x, z = xz.chunk(2, dim=1)  # (B, E, L) each
+        sets = ((self.conv1d, self.x_proj, self.dt_proj), (self.conv1d_b, self.x_proj_b, self.dt_proj_b))
+        us, dts, Bs, Cs = [], [], [], []
+        for backwards, (conv1d, x_proj, dt_proj) in zip((reverse, not reverse), sets):
+            u = _directional_conv(x, conv1d, backwards)  # (B, E, L)
+            dt, B, C = x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+            us.append(u)
+            dts.append(F.linear(dt, dt_proj.weight).transpose(1, 2))  # (B, E, L)
+            Bs.append(B.transpose(1, 2))  # (B, N, L)
+            Cs.append(C.transpose(1, 2))
+        y = bidirectional_scan(
+            torch.stack(us),
+            torch.stack(dts),
+            torch.stack(Bs),
+            torch.stack(Cs),
+            z,
+            -torch.exp(torch.stack([self.A_log, self.A_b_log]).float()),
+            torch.stack([self.D, self.D_b]),
+            torch.stack([self.dt_proj.bias, self.dt_proj_b.bias]),
+            self.directions[int(reverse)],
+        ).sum(0)  # (B, E, L)
+        if self.divide_out:
+            y = y / 2
+        return self.out_proj(y.transpose(1, 2))
 
     def _scan(self, x, z, conv1d, x_proj, dt_proj, A_log, D) -> Tensor:
         """One direction: conv -> x_proj -> (dt, B, C) -> selective scan gated by silu(z); (B, E, L)."""
@@ -111,6 +150,15 @@ class BiMambaMixer(nn.Module):
             delta_bias=dt_proj.bias.float(),
             delta_softplus=True,
         )
+
+
+def _directional_conv(x: Tensor, conv1d: nn.Conv1d, backwards: bool) -> Tensor:
+    """silu(depthwise conv): causal, or anti-causal (what the causal conv of a flipped sequence is,
+    read back in the original order)."""
+    width = conv1d.weight.shape[-1]
+    weight = conv1d.weight.flip(-1) if backwards else conv1d.weight
+    y = F.conv1d(x, weight.to(x.dtype), conv1d.bias.to(x.dtype), padding=width - 1, groups=x.shape[1])
+    return F.silu(y[..., width - 1 :] if backwards else y[..., : x.shape[-1]])
 
 
 def _s4d_real_A_log(d_inner: int, d_state: int) -> Tensor:

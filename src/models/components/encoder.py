@@ -55,9 +55,10 @@ class MambaBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
         self.residual_in_fp32 = residual_in_fp32
 
-    def forward(self, hidden: Tensor, residual: Tensor | None):
+    def forward(self, hidden: Tensor, residual: Tensor | None, reverse: bool = False):
+        """reverse=True: this block as if run on the flipped sequence, results in the original order."""
         residual = hidden if residual is None else residual + self.drop_path(hidden)
-        hidden = self.mixer(self.norm(residual.to(self.norm.weight.dtype)))
+        hidden = self.mixer(self.norm(residual.to(self.norm.weight.dtype)), reverse=reverse)
         if self.residual_in_fp32:
             residual = residual.float()
         return hidden, residual
@@ -129,9 +130,10 @@ class AudioMambaEncoder(PatchEncoder):
         states = []
         if self.pair_flip:
             for fwd, bwd in zip(self.layers[0::2], self.layers[1::2]):
+                # the second layer of a pair reads the sequence reversed (official if_bidirectional)
                 hidden_f, residual_f = fwd(hidden, residual)
-                hidden_b, residual_b = bwd(hidden.flip(1), None if residual is None else residual.flip(1))
-                hidden, residual = hidden_f + hidden_b.flip(1), residual_f + residual_b.flip(1)
+                hidden_b, residual_b = bwd(hidden, residual, reverse=True)
+                hidden, residual = hidden_f + hidden_b, residual_f + residual_b
                 if return_hidden:
                     states.append(residual + hidden)
         else:

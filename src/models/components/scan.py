@@ -70,6 +70,23 @@ def resolve_backend(x: Tensor, backend: str | None = None) -> str:
     return "fused" if fused_ok else "portable"
 
 
+@functools.cache
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def use_bidirectional_kernel(x: Tensor) -> bool:
+    """The one-launch bidirectional Triton scan serves inference on CUDA (it has no backward):
+    no autograd, CUDA tensors, Triton importable, and not forced to a path. SSAMBA_KERNELS=fused
+    keeps the per-direction mamba-ssm kernels (for comparisons)."""
+    choice = os.environ.get(ENV_VAR, "auto")
+    return choice == "auto" and x.is_cuda and not torch.is_grad_enabled() and _triton_available()
+
+
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, backend: str | None = None) -> Tensor:
     """silu(depthwise causal conv1d): x (B, D, L), weight (D, 1, K) or (D, K) -> (B, D, L)."""
     weight = weight.reshape(weight.shape[0], -1)  # (D, K)

@@ -1,0 +1,239 @@
+"""Encoder inference time and peak memory against sequence length: SSAMBA vs SSAST.
+
+    python benchmarks/efficiency.py [--sizes tiny small base] [--out docs]
+
+Batch 4, random (B, 1, 128, frames) inputs with 16x16 patches (tokens = 8 x frames / 16).
+For each model, size, precision and mode: warm-up runs, then the median of repeats (CUDA events),
+and the peak of torch.cuda.max_memory_allocated during one forward (weights included, as the paper
+measured). A series stops after an out-of-memory or a run over --max-seconds.
+
+Modes:  ssamba/fused        mamba-ssm's per-direction kernels with flips (the training path)
+        ssamba/one-launch   both directions in one Triton launch, no flips (inference default)
+        ssamba/one-launch+graph   the same, replayed as a CUDA graph
+        ssast/explicit      softmax(QK^T)V materialised, as SSAST and the paper's baseline
+        ssast/sdpa          torch's scaled_dot_product_attention (flash / memory-efficient)
+        ssast/sdpa+graph    the same, replayed as a CUDA graph
+Writes <out>/benchmarks/efficiency.json, <out>/figures/efficiency_*.png and the tables in
+<out>/benchmarks/efficiency.md (docs/benchmarks.md quotes them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from src.models.components import build_encoder  # noqa: E402
+from src.utils.io import write_json, write_text  # noqa: E402
+
+TOKENS = [512, 1024, 2048, 4096, 8192, 12288, 16384, 22000, 44000, 75000]
+SSAST_MAX_TOKENS = 22000
+BATCH = 4
+
+
+def frames_for(tokens: int) -> int:
+    return 16 * (tokens // 8)
+
+
+def card() -> dict:
+    props = torch.cuda.get_device_properties(0)
+    return {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1), "torch": torch.__version__}
+
+
+def measure_bandwidth_and_matmul() -> dict:
+    """The card's copy bandwidth (GB/s, read + write) and bf16 matmul rate (TFLOP/s), measured."""
+    x = torch.empty(2**30 // 2, dtype=torch.bfloat16, device="cuda")
+    y = torch.empty_like(x)
+    copy_ms = _time(lambda: y.copy_(x), warmup=3, repeats=20)
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    mm_ms = _time(lambda: a @ a, warmup=3, repeats=20)
+    return {"copy_GBps": 2 * x.numel() * 2 / copy_ms / 1e6, "bf16_matmul_TFLOPs": 2 * 8192**3 / mm_ms / 1e9}
+
+
+def _time(fn, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def _graphed(fn, x):
+    """Capture fn(x) once as a CUDA graph; return a callable that replays it."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn(x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn(x)
+    return graph.replay
+
+
+def run_point(model, mode: str, tokens: int, precision: str, warmup: int, repeats: int) -> dict:
+    x = torch.randn(BATCH, 1, 128, frames_for(tokens), device="cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def forward(inp):
+        with torch.no_grad(), autocast:
+            return model(inp)
+
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    forward(x)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    call = _graphed(forward, x) if mode.endswith("+graph") else (lambda: forward(x))
+    ms = _time(call, warmup, repeats)
+    return {"ms": ms, "peak_mib": peak / 2**20}
+
+
+def series(backbone: str, size: str, mode: str, precision: str, args) -> list[dict]:
+    os.environ["SSAMBA_KERNELS"] = "fused" if mode == "fused" else "auto"
+    overrides = {} if backbone == "ssamba" else {"attention": "explicit" if mode == "explicit" else "sdpa"}
+    model = build_encoder(backbone, size, **overrides).cuda().eval()
+    limit = max(args.tokens) if backbone == "ssamba" else min(max(args.tokens), SSAST_MAX_TOKENS)
+    points = []
+    for tokens in [t for t in args.tokens if t <= limit]:
+        start = time.monotonic()
+        try:
+            point = run_point(model, mode, tokens, precision, args.warmup, args.repeats)
+        except torch.OutOfMemoryError:
+            points.append({"tokens": tokens, "oom": True})
+            print(f"{backbone}-{size} {mode} {precision} {tokens}: out of memory", flush=True)
+            break
+        points.append({"tokens": tokens, **point})
+        print(
+            f"{backbone}-{size} {mode} {precision} {tokens}: {point['ms']:.2f} ms {point['peak_mib']:.0f} MiB",
+            flush=True,
+        )
+        if point["ms"] / 1000 > args.max_seconds or time.monotonic() - start > 4 * args.max_seconds:
+            break
+    del model
+    torch.cuda.empty_cache()
+    return points
+
+
+MODES = {
+    "ssamba": ["fused", "one-launch", "one-launch+graph"],
+    "ssast": ["explicit", "sdpa", "sdpa+graph"],
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "small", "base"])
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--tokens", nargs="+", type=int, default=TOKENS)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--max-seconds", type=float, default=2.0)
+    parser.add_argument("--out", type=Path, default=Path("docs"))
+    parser.add_argument("--report", type=Path, help="only write the tables and plots from this JSON")
+    args = parser.parse_args(argv)
+    if args.report:
+        report(json.loads(args.report.read_text()), args.out)
+        return 0
+    if not torch.cuda.is_available():
+        print("this benchmark needs a CUDA GPU", file=sys.stderr)
+        return 2
+
+    results = {"card": card(), "batch": BATCH, "floors": measure_bandwidth_and_matmul(), "series": []}
+    for size in args.sizes:
+        for precision in args.precisions:
+            for backbone, modes in MODES.items():
+                for mode in modes:
+                    if size != "tiny" and mode in ("fused", "sdpa+graph", "one-launch+graph"):
+                        continue  # the full mode set for tiny; the main ones for small and base
+                    points = series(backbone, size, mode, precision, args)
+                    results["series"].append(
+                        {"backbone": backbone, "size": size, "mode": mode, "precision": precision, "points": points}
+                    )
+                    write_json(args.out / "benchmarks" / "efficiency.json", results)  # partial results survive
+    write_json(args.out / "benchmarks" / "efficiency.json", results)
+    try:
+        report(results, args.out)
+    except ImportError as e:  # a bare GPU machine may lack matplotlib: `--report JSON` later
+        print(f"no report ({e}); run: python benchmarks/efficiency.py --report {args.out}/benchmarks/efficiency.json")
+    return 0
+
+
+def _lookup(results, backbone, size, mode, precision) -> dict[int, dict]:
+    for s in results["series"]:
+        if (s["backbone"], s["size"], s["mode"], s["precision"]) == (backbone, size, mode, precision):
+            return {p["tokens"]: p for p in s["points"] if not p.get("oom")}
+    return {}
+
+
+def report(results: dict, out: Path) -> None:
+    """Tables (markdown) and curves (PNG) from the JSON."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    name = results["card"]["name"]
+    lines = [f"Card: {name}, torch {results['card']['torch']}, batch {results['batch']}. "
+             f"Measured copy bandwidth {results['floors']['copy_GBps']:.0f} GB/s, "
+             f"bf16 matmul {results['floors']['bf16_matmul_TFLOPs']:.0f} TFLOP/s.", ""]  # fmt: skip
+    for precision in ("fp32", "bf16"):
+        for size in ("tiny", "small", "base"):
+            columns = [(b, m) for b, modes in MODES.items() for m in modes if _lookup(results, b, size, m, precision)]
+            if not columns:
+                continue
+            tables = {c: _lookup(results, *c[:1], size, c[1], precision) for c in columns}
+            tokens = sorted({t for table in tables.values() for t in table})
+            lines += [f"### {size}, {precision}: time (ms) / peak memory (MiB)", ""]
+            lines += ["| tokens | " + " | ".join(f"{b} {m}" for b, m in columns) + " |"]
+            lines += ["| --- |" + " --- |" * len(columns)]
+            for t in tokens:
+                cells = [f"{tables[c][t]['ms']:.1f} / {tables[c][t]['peak_mib']:.0f}" if t in tables[c] else "-"
+                         for c in columns]  # fmt: skip
+                lines += [f"| {t} | " + " | ".join(cells) + " |"]
+            lines += [""]
+    write_text(out / "benchmarks" / "efficiency.md", "\n".join(lines) + "\n")
+
+    for precision in ("fp32", "bf16"):
+        fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.5))
+        for s in results["series"]:
+            if s["precision"] != precision:
+                continue
+            pts = [p for p in s["points"] if not p.get("oom")]
+            if not pts:
+                continue
+            label = f"{s['backbone']}-{s['size']} {s['mode']}"
+            style = "-" if s["backbone"] == "ssamba" else "--"
+            ax_t.plot([p["tokens"] for p in pts], [p["ms"] for p in pts], style, marker="o", ms=3, label=label)
+            ax_m.plot([p["tokens"] for p in pts], [p["peak_mib"] / 1024 for p in pts], style, marker="o", ms=3)
+        for ax, title in ((ax_t, "inference time (ms)"), (ax_m, "peak memory (GiB)")):
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("tokens")
+            ax.set_title(f"{title}, {precision}, batch {results['batch']}, {name}")
+            ax.grid(alpha=0.3, which="both")
+        ax_t.legend(fontsize=7)
+        fig.tight_layout()
+        (out / "figures").mkdir(parents=True, exist_ok=True)
+        fig.savefig(out / "figures" / f"efficiency_{precision}.png", dpi=110)
+        plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

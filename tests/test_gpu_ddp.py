@@ -1,0 +1,59 @@
+"""DDP on 2 GPUs gives the gradients of one GPU on the same global batch (GPU machine only)."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from src.models.finetune_module import KS2Module
+
+pytestmark = pytest.mark.gpu
+ENC = dict(backbone="ssamba", size="tiny", embed_dim=64, depth=2, input_tdim=128, drop_path_rate=0.0)
+
+
+def make_model(device):
+    torch.manual_seed(0)
+    return KS2Module(encoder=ENC, num_classes=5, input_tdim=128, fstride=16, tstride=16).to(device)
+
+
+def make_batch():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 1, 128, 128, generator=g)
+    y = torch.nn.functional.one_hot(torch.randint(0, 5, (8,), generator=g), 5).float()
+    return x, y
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("nccl", rank=rank, world_size=world)
+    torch.cuda.set_device(rank)
+    model = make_model(f"cuda:{rank}")
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rank])
+    x, y = make_batch()
+    per_rank = len(x) // world
+    part = slice(rank * per_rank, (rank + 1) * per_rank)
+    loss = model.loss(ddp(x[part].cuda()), y[part].cuda())
+    loss.backward()  # DDP averages the per-rank mean losses' gradients = the global mean's gradient
+    if rank == 0:
+        torch.save({k: p.grad.cpu() for k, p in model.named_parameters()}, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_two_gpu_ddp_gradients_equal_one_gpu(tmp_path):
+    model = make_model("cuda:0")
+    x, y = make_batch()
+    model.loss(model(x.cuda()), y.cuda()).backward()
+    single = {k: p.grad.cpu() for k, p in model.named_parameters()}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "ddp_grads.pt")
+    mp.spawn(_worker, args=(2, port, out), nprocs=2, join=True)
+    ddp = torch.load(out, weights_only=True)
+    for name, grad in single.items():
+        err = (ddp[name] - grad).abs().max() / grad.abs().max().clamp_min(1e-6)
+        assert err < 1e-3, f"{name}: relative difference {err:.2e}"
