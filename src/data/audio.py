@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 import torchaudio
 from torch import Tensor
@@ -44,6 +43,7 @@ def load_audio(path: str | Path, offset: float = 0.0, duration: float | None = N
     """Decode WAV/FLAC/OGG, mix to mono, resample to 16 kHz: (1, samples) float32 in [-1, 1]."""
     path = Path(path)
     _exists(path)
+    sf = _soundfile()
     try:
         with sf.SoundFile(str(path)) as f:
             sr = f.samplerate
@@ -68,6 +68,7 @@ def load_audio(path: str | Path, offset: float = 0.0, duration: float | None = N
 def audio_duration(path: str | Path) -> float:
     """Seconds of audio, from the header (no decoding)."""
     _exists(Path(path))
+    sf = _soundfile()
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
@@ -78,6 +79,13 @@ def audio_duration(path: str | Path) -> float:
 
 
 KALDI = FbankConfig()
+
+
+def _soundfile():
+    """soundfile, imported on first decode: training from feature stores needs no audio library."""
+    import soundfile
+
+    return soundfile
 
 
 def _exists(path: Path) -> None:

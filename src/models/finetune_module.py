@@ -49,10 +49,11 @@ class FinetuneModule(L.LightningModule):
         loss: str | None = None,
         compile: bool = False,
     ):
-        """loss: "ce" or "bce"; None keeps the task's recipe (LOSS). encoder: build_encoder kwargs, used when not starting from `pretrained` (a .ckpt of
+        """encoder: build_encoder kwargs, used when not starting from `pretrained` (a .ckpt of
         SSLModule or an export folder), whose own encoder config then wins. num_classes: None
         takes the count from the datamodule, else the task's NUM_CLASSES. lr_schedule: MultiStepLR
-        per epoch with milestones range(start, 1000, step) and gamma (official)."""
+        per epoch with milestones range(start, 1000, step) and gamma (official). loss: "ce" or
+        "bce"; None keeps the task's recipe (LOSS)."""
         super().__init__()
         if pooling not in ("mean", "cls"):
             raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")

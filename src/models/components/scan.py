@@ -6,7 +6,9 @@ This is the one place that decides which implementation runs:
 - "portable": the same math in plain PyTorch (fp32 accumulation, differentiable, chunked), used on
   CPU and wherever the kernels are missing.
 The choice can be forced with the `backend=` argument or the SSAMBA_KERNELS environment variable
-(auto | fused | portable), e.g. to compare the two paths in tests and benchmarks.
+(auto | fused | portable | triton), e.g. to compare the paths in tests and benchmarks. Inference
+without autograd may also run both directions of a mixer in one Triton launch (triton_scan.py,
+see use_bidirectional_kernel).
 
 Shapes follow mamba-ssm's selective_scan_fn:
     u, delta, z: (B, D, L)   A: (D, N) real
@@ -25,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-BACKENDS = ("auto", "fused", "portable")
+BACKENDS = ("auto", "fused", "portable", "triton")  # triton: the one-launch inference scan
 ENV_VAR = "SSAMBA_KERNELS"
 SINGLE_PASS_MAX = 128  # portable scan: sequences up to this length run in one chunk
+ONE_LAUNCH_MAX_TOKENS = 2048  # auto: the one-launch Triton scan up to this length, mamba-ssm's above
 INSTALL_HINT = (
     "install the CUDA kernels with `pip install -e '.[cuda]' --no-build-isolation` "
     "(mamba-ssm and causal-conv1d matching your torch and CUDA)"
@@ -63,6 +66,7 @@ def resolve_backend(x: Tensor, backend: str | None = None) -> str:
         raise ValueError(f"unknown kernel backend {choice!r} (from backend= or ${ENV_VAR}); use one of {BACKENDS}")
     if choice == "portable":
         return "portable"
+    choice = "auto" if choice == "triton" else choice  # training under "triton" uses the fused kernels
     fused_ok = x.is_cuda and _fused_selective_scan() is not None
     if choice == "fused" and not fused_ok:
         where = "the tensors are on the CPU" if not x.is_cuda else "mamba-ssm does not import"
@@ -80,11 +84,14 @@ def _triton_available() -> bool:
 
 
 def use_bidirectional_kernel(x: Tensor) -> bool:
-    """The one-launch bidirectional Triton scan serves inference on CUDA (it has no backward):
-    no autograd, CUDA tensors, Triton importable, and not forced to a path. SSAMBA_KERNELS=fused
-    keeps the per-direction mamba-ssm kernels (for comparisons)."""
+    """Whether a mixer runs both directions in one Triton launch (triton_scan.py). It has no
+    backward, so only without autograd, on CUDA. Under SSAMBA_KERNELS=auto only up to
+    ONE_LAUNCH_MAX_TOKENS, where it was measured at least as fast as the per-direction mamba-ssm
+    kernels (docs/benchmarks.md); SSAMBA_KERNELS=triton forces it at every length."""
     choice = os.environ.get(ENV_VAR, "auto")
-    return choice == "auto" and x.is_cuda and not torch.is_grad_enabled() and _triton_available()
+    if choice not in ("auto", "triton") or not x.is_cuda or torch.is_grad_enabled() or not _triton_available():
+        return False
+    return choice == "triton" or x.shape[1] <= ONE_LAUNCH_MAX_TOKENS
 
 
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, backend: str | None = None) -> Tensor:
