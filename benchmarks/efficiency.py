@@ -173,6 +173,33 @@ def main(argv=None) -> int:
     return 0
 
 
+WIDTH = {"tiny": 192, "small": 384, "base": 768}
+
+
+def floors(size: str, tokens: int, copy_gbps: float, matmul_tflops: float, depth: int = 24, d_state: int = 16):
+    """Lower bounds for one bf16 forward of SSAMBA at batch 4: bytes that must move, FLOPs that must
+    be done, for the selective scans alone and for the whole encoder (minimum traffic: each layer
+    reads and writes its hidden and residual streams, the scans read u, delta, z, B, C and write y)."""
+    d = WIDTH[size]
+    e, r, n = 2 * d, -(-d // 16), d_state
+    bl = BATCH * (tokens + 1)
+    scan_bytes = depth * 2 * (4 * e + 2 * n) * bl * 2  # two directions, bf16
+    scan_flops = depth * 2 * 6 * bl * e * n
+    matmul_flops = depth * 2 * bl * (d * 2 * e + 2 * e * (r + 2 * n) + 2 * r * e + e * d)
+    layer_io_bytes = depth * 4 * d * bl * 2
+    bandwidth = copy_gbps * 1e9
+    scan_ms = 1e3 * max(scan_bytes / bandwidth, scan_flops / (matmul_tflops * 1e12 / 16))  # CUDA cores ~1/16
+    encoder_ms = 1e3 * max((scan_bytes + layer_io_bytes) / bandwidth, matmul_flops / (matmul_tflops * 1e12)) + scan_ms
+    return {
+        "scan_GB": scan_bytes / 1e9,
+        "scan_GFLOP": scan_flops / 1e9,
+        "encoder_GB": (scan_bytes + layer_io_bytes) / 1e9,
+        "encoder_GFLOP": (matmul_flops + scan_flops) / 1e9,
+        "scan_floor_ms": scan_ms,
+        "encoder_floor_ms": encoder_ms,
+    }
+
+
 def _lookup(results, backbone, size, mode, precision) -> dict[int, dict]:
     for s in results["series"]:
         if (s["backbone"], s["size"], s["mode"], s["precision"]) == (backbone, size, mode, precision):
@@ -206,30 +233,53 @@ def report(results: dict, out: Path) -> None:
                          for c in columns]  # fmt: skip
                 lines += [f"| {t} | " + " | ".join(cells) + " |"]
             lines += [""]
+    f = results["floors"]
+    lines += ["### How far SSAMBA (bf16, fastest mode) sits from its floor", ""]
+    lines += [
+        "| size | tokens | scan GB | scan GFLOP | encoder GB | encoder GFLOP | floor ms | measured ms | x floor |"
+    ]
+    lines += ["| --- |" + " --- |" * 8]
+    for size in ("tiny", "small", "base"):
+        modes = [_lookup(results, "ssamba", size, m, "bf16") for m in MODES["ssamba"]]
+        for t in (512, 4096, 22000, 75000):
+            measured = [m[t]["ms"] for m in modes if t in m]
+            if not measured:
+                continue
+            fl = floors(size, t, f["copy_GBps"], f["bf16_matmul_TFLOPs"])
+            lines += [f"| {size} | {t} | {fl['scan_GB']:.2f} | {fl['scan_GFLOP']:.0f} | {fl['encoder_GB']:.2f} | "
+                      f"{fl['encoder_GFLOP']:.0f} | {fl['encoder_floor_ms']:.2f} | {min(measured):.1f} | "
+                      f"{min(measured) / fl['encoder_floor_ms']:.0f} |"]  # fmt: skip
+    lines += [""]
     write_text(out / "benchmarks" / "efficiency.md", "\n".join(lines) + "\n")
 
+    styles = {
+        "fused": ("tab:blue", "-"), "one-launch": ("tab:green", "-"), "one-launch+graph": ("tab:olive", "-"),
+        "explicit": ("tab:red", "--"), "sdpa": ("tab:purple", "--"), "sdpa+graph": ("tab:pink", "--"),
+    }  # fmt: skip
     for precision in ("fp32", "bf16"):
-        fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.5))
-        for s in results["series"]:
-            if s["precision"] != precision:
-                continue
-            pts = [p for p in s["points"] if not p.get("oom")]
-            if not pts:
-                continue
-            label = f"{s['backbone']}-{s['size']} {s['mode']}"
-            style = "-" if s["backbone"] == "ssamba" else "--"
-            ax_t.plot([p["tokens"] for p in pts], [p["ms"] for p in pts], style, marker="o", ms=3, label=label)
-            ax_m.plot([p["tokens"] for p in pts], [p["peak_mib"] / 1024 for p in pts], style, marker="o", ms=3)
-        for ax, title in ((ax_t, "inference time (ms)"), (ax_m, "peak memory (GiB)")):
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("tokens")
-            ax.set_title(f"{title}, {precision}, batch {results['batch']}, {name}")
-            ax.grid(alpha=0.3, which="both")
-        ax_t.legend(fontsize=7)
+        fig, axes = plt.subplots(2, 3, figsize=(15, 8), squeeze=False)
+        for col, size in enumerate(("tiny", "small", "base")):
+            ax_t, ax_m = axes[0][col], axes[1][col]
+            for s in results["series"]:
+                pts = [p for p in s["points"] if not p.get("oom")]
+                if s["precision"] != precision or s["size"] != size or not pts:
+                    continue
+                color, style = styles[s["mode"]]
+                label = f"{s['backbone']} {s['mode']}"
+                x = [p["tokens"] for p in pts]
+                ax_t.plot(x, [p["ms"] for p in pts], style, color=color, marker="o", ms=3, label=label)
+                ax_m.plot(x, [p["peak_mib"] / 1024 for p in pts], style, color=color, marker="o", ms=3, label=label)
+            for ax, title in ((ax_t, "time (ms)"), (ax_m, "peak memory (GiB)")):
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+                ax.set_xlabel("tokens")
+                ax.set_title(f"{size}: {title}")
+                ax.grid(alpha=0.3, which="both")
+            ax_t.legend(fontsize=7)
+        fig.suptitle(f"encoder inference, {precision}, batch {results['batch']}, {name}")
         fig.tight_layout()
         (out / "figures").mkdir(parents=True, exist_ok=True)
-        fig.savefig(out / "figures" / f"efficiency_{precision}.png", dpi=110)
+        fig.savefig(out / "figures" / f"efficiency_{precision}.png", dpi=100)
         plt.close(fig)
 
 
