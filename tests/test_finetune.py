@@ -103,3 +103,23 @@ def test_task_modules_name_their_loss_and_metric():
     assert AudioSetModule.MULTILABEL and not KS2Module.MULTILABEL
     with pytest.raises(ValueError, match="pooling"):
         FinetuneModule(encoder=ENC, pooling="max")
+
+
+def test_export_cli_writes_a_fine_tuned_encoder_that_loads_alone(tmp_path):
+    from src.export import export
+
+    ssl = pretrained_ssl()
+    save_encoder(ssl.encoder, tmp_path / "pre")
+    ft = KS2Module(encoder={}, pretrained=str(tmp_path / "pre"), num_classes=4, input_tdim=128, fstride=10, tstride=10)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(ft)
+    trainer.save_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    (tmp_path / "pre" / "encoder.safetensors").unlink()  # the checkpoint must not need it any more
+    reloaded = KS2Module.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert reloaded.encoder.grid == (12, 12)
+    out = export(str(tmp_path / "run" / "checkpoints" / "last.ckpt"), None, -6.8, 5.6, 128)
+    assert out == tmp_path / "run" / "encoder_export"
+    enc = from_pretrained(out)
+    x = torch.randn(1, 1, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), ft.encoder.eval()(x))

@@ -70,6 +70,9 @@ class FinetuneModule(L.LightningModule):
         else:
             self.encoder = build_encoder(**encoder)
         self.encoder.resize_input(input_fdim, input_tdim, fstride, tstride)
+        # checkpoints describe the encoder they hold (so they load without the pretrained file)
+        self.hparams.encoder = dict(self.encoder.config)
+        self.hparams.pretrained, self.hparams.pretrained_from = None, pretrained
         if freeze_encoder:
             self.encoder.requires_grad_(False)
         self.head: nn.Module | None = None

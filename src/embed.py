@@ -1,0 +1,74 @@
+"""Embed a folder of audio files:  python src/embed.py --model EXPORT --input DIR --output DIR
+
+For every WAV/FLAC/OGG file under --input (decoded, mixed to mono, resampled to 16 kHz) writes
+<output>/<relative path>.npy: the scene embedding (D,), and with --timestamps also
+<name>.timestamps.npy (T, D) and <name>.times_ms.npy (T,). Uses the HEAR API of src/hear.py, on
+CUDA when available (--device to choose). Unreadable files are skipped and listed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from src import hear  # noqa: E402
+from src.data.audio import AUDIO_EXTENSIONS, AudioError, load_audio  # noqa: E402
+from src.utils.io import atomic_path  # noqa: E402
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+
+
+def embed_folder(model, input_dir: Path, output_dir: Path, timestamps: bool = False) -> list[str]:
+    files = sorted(p for p in input_dir.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+    if not files:
+        raise FileNotFoundError(f"{input_dir}: no .wav, .flac or .ogg files")
+    skipped = []
+    for path in tqdm(files, desc="embed", unit="file"):
+        try:
+            audio = load_audio(path)[0]
+        except AudioError as e:
+            skipped.append(str(e))
+            continue
+        emb, times = model.timestamp_embeddings(audio)
+        stem = output_dir / path.relative_to(input_dir)
+        _save(stem.with_suffix(".npy"), emb.mean(0).cpu().numpy())
+        if timestamps:
+            _save(stem.with_suffix(".timestamps.npy"), emb.cpu().numpy())
+            _save(stem.with_suffix(".times_ms.npy"), times.cpu().numpy())
+    return skipped
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python src/embed.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="an export folder (python src/export.py ckpt_path=...)")
+    parser.add_argument("--input", type=Path, required=True)
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--timestamps", action="store_true", help="also write per-timestamp embeddings")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    try:
+        model = hear.load_model(args.model)
+        model.to(args.device)
+        skipped = embed_folder(model, args.input, args.output, args.timestamps)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"embeddings in {args.output}")
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable files:\n  " + "\n  ".join(skipped))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Official SSAMBA and SSAST checkpoints -> this project's encoder (and heads), strictly.
+
+    python -m src.models.convert ssamba --ckpt amba_tiny_400.pth --out exports/amba_tiny_400
+    python -m src.models.convert ssamba --ckpt best_audio_model.pth --out exports/ks2 \
+        --input-tdim 128 --fstride 10 --tstride 10         # a fine-tuned one: say its input and stride
+    python -m src.models.convert ssast --ckpt SSAST-Tiny-Patch-400.pth --out exports/ssast_tiny
+
+The checkpoint is read with torch.load(weights_only=True). Every key is mapped or dropped with a
+reason (printed); an unknown key stops the conversion. The result is an export folder (see
+src/models/export.py) that `from_pretrained` and `model.pretrained=` read, plus `heads.safetensors`
+with the SSL heads (cpredlayer, gpredlayer) or the fine-tuned mlp_head, when present.
+
+Layouts (official_ssamba.md 1.8): `module.` from nn.DataParallel; the encoder under `v.`
+(v.head is Vim's unused classifier); `p_input_fdim` / `p_input_tdim` give the pretraining input;
+`mask_embed`, `cpredlayer.*`, `gpredlayer.*` in pretraining checkpoints; `mlp_head.0/1` (LayerNorm,
+Linear) in fine-tuned ones. LayerNorm or RMSNorm is told apart by `layers.0.norm.bias`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from src.models.components import build_encoder
+from src.models.export import load_strict, read_checkpoint, save_encoder
+from src.utils.io import atomic_path
+
+HEAD_PREFIXES = ("cpredlayer.", "gpredlayer.", "mlp_head.")
+
+
+def _strip(state: dict) -> dict:
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def _grid_input(state: dict, patch, fstride, tstride, input_fdim, input_tdim, num_prefix) -> tuple[int, int, int, int]:
+    """(input_fdim, input_tdim, fstride, tstride): from p_input_* (pretraining checkpoints, stride =
+    patch), or as given, checked against the positional embedding's length."""
+    if "p_input_fdim" in state:
+        input_fdim, input_tdim = int(state["p_input_fdim"]), int(state["p_input_tdim"])
+        fstride, tstride = fstride or patch[0], tstride or patch[1]
+    if not (input_fdim and input_tdim and fstride and tstride):
+        raise ValueError(
+            "this checkpoint has no p_input_fdim/p_input_tdim (a fine-tuned one): pass --input-tdim, "
+            "--fstride and --tstride as used for fine-tuning (e.g. 128 / 10 / 10 for Speech Commands)"
+        )
+    f = (input_fdim - patch[0]) // fstride + 1
+    t = (input_tdim - patch[1]) // tstride + 1
+    tokens = state["v.pos_embed"].shape[1] - num_prefix
+    if f * t != tokens:
+        raise ValueError(
+            f"input {input_fdim}x{input_tdim} with stride {fstride}x{tstride} gives {f}x{t} = {f * t} patches, "
+            f"but the checkpoint's positional embedding has {tokens}; check --input-tdim / --fstride / --tstride"
+        )
+    return input_fdim, input_tdim, fstride, tstride
+
+
+def convert_ssamba(state: dict, input_fdim=None, input_tdim=None, fstride=None, tstride=None):
+    """(encoder, heads state, report) from an official SSAMBA (AMBAModel) state dict."""
+    state = _strip(state)
+    if "v.layers.0.mixer.A_b_log" not in state:
+        raise ValueError("not an SSAMBA checkpoint (no v.layers.0.mixer.A_b_log); for SSAST use `ssast`")
+    dim = state["v.cls_token"].shape[-1]
+    depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"v\.layers\.(\d+)\.", k)))
+    patch = tuple(state["v.patch_embed.proj.weight"].shape[-2:])
+    d_inner, d_state = state["v.layers.0.mixer.A_log"].shape
+    grid = _grid_input(state, patch, fstride, tstride, input_fdim, input_tdim, 1)
+    config = {
+        "backbone": "ssamba",
+        "size": "tiny",
+        "quirks": "official",
+        "embed_dim": dim,
+        "depth": depth,
+        "d_state": d_state,
+        "expand": d_inner // dim,
+        "d_conv": state["v.layers.0.mixer.conv1d.weight"].shape[-1],
+        "norm": "layernorm" if "v.layers.0.norm.bias" in state else "rmsnorm",
+        "fshape": patch[0],
+        "tshape": patch[1],
+        "input_fdim": grid[0],
+        "input_tdim": grid[1],
+        "fstride": grid[2],
+        "tstride": grid[3],
+    }
+    return _assemble(state, config, {"v.head.weight", "v.head.bias"})
+
+
+def convert_ssast(state: dict, input_fdim=None, input_tdim=None, fstride=None, tstride=None):
+    """(encoder, heads state, report) from an official SSAST (ASTModel) state dict."""
+    state = _strip(state)
+    if "v.blocks.0.attn.qkv.weight" not in state:
+        raise ValueError("not an SSAST checkpoint (no v.blocks.0.attn.qkv.weight)")
+    dim = state["v.cls_token"].shape[-1]
+    depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"v\.blocks\.(\d+)\.", k)))
+    patch = tuple(state["v.patch_embed.proj.weight"].shape[-2:])
+    heads = {192: 3, 384: 6, 768: 12}.get(dim)
+    if heads is None:
+        raise ValueError(f"SSAST width {dim} is not tiny/small/base (192/384/768)")
+    if "v.dist_token" not in state:
+        raise ValueError("SSAST checkpoints without a distillation token (base_nokd) are not supported")
+    grid = _grid_input(state, patch, fstride, tstride, input_fdim, input_tdim, 2)
+    config = {
+        "backbone": "ssast",
+        "size": {192: "tiny", 384: "small", 768: "base"}[dim],
+        "depth": depth,
+        "fshape": patch[0],
+        "tshape": patch[1],
+        "input_fdim": grid[0],
+        "input_tdim": grid[1],
+        "fstride": grid[2],
+        "tstride": grid[3],
+    }
+    return _assemble(state, config, {"v.head.weight", "v.head.bias", "v.head_dist.weight", "v.head_dist.bias"})
+
+
+def _assemble(state: dict, config: dict, unused: set[str]):
+    encoder_state, heads, report = {}, {}, []
+    for key, value in state.items():
+        if key.startswith("v."):
+            if key in unused:
+                report.append(f"dropped {key}: the backbone's unused ImageNet-style classifier")
+            else:
+                encoder_state[key[2:]] = value
+        elif key == "mask_embed":
+            encoder_state["mask_embed"] = value
+        elif key in ("p_input_fdim", "p_input_tdim"):
+            report.append(f"read {key} = {int(value)} (the pretraining input size)")
+        elif key.startswith(HEAD_PREFIXES):
+            heads[key] = value
+        else:
+            raise ValueError(f"unknown key {key!r}: not an official SSAMBA/SSAST layout this converter knows")
+    has_mask = "mask_embed" in encoder_state
+    encoder = build_encoder(**config, mask_token=has_mask)
+    load_strict(encoder, encoder_state, "the official checkpoint")
+    encoder.config = dict(config)  # mask_token is a training detail, not part of the export
+    if heads:
+        report.append(f"kept heads: {sorted({k.split('.')[0] for k in heads})}")
+    return encoder, heads, report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m src.models.convert", description=__doc__.split("\n\n")[0])
+    parser.add_argument("kind", choices=["ssamba", "ssast"])
+    parser.add_argument("--ckpt", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--input-fdim", type=int, default=128)
+    parser.add_argument("--input-tdim", type=int)
+    parser.add_argument("--fstride", type=int)
+    parser.add_argument("--tstride", type=int)
+    args = parser.parse_args(argv)
+    convert = convert_ssamba if args.kind == "ssamba" else convert_ssast
+    try:
+        state = read_checkpoint(args.ckpt)
+        encoder, heads, report = convert(state, args.input_fdim, args.input_tdim, args.fstride, args.tstride)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    save_encoder(encoder, args.out, extra={"converted_from": str(args.ckpt)})
+    if heads:
+        with atomic_path(args.out / "heads.safetensors") as tmp:
+            save_file({k: v.contiguous() for k, v in heads.items()}, str(tmp))
+    for line in report:
+        print(line)
+    print(f"wrote {args.out} ({sum(p.numel() for p in encoder.parameters()):,} encoder parameters)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
