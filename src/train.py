@@ -25,6 +25,10 @@ from src.utils.pylogger import RankedLogger  # noqa: E402
 from src.utils.utils import extras, get_metric_value, task_wrapper, user_errors_exit  # noqa: E402
 
 log = RankedLogger(__name__)
+# SLURM / submitit asks for GPUs only when the trainer uses them
+OmegaConf.register_new_resolver(
+    "gpus_for", lambda accelerator, devices: 0 if accelerator == "cpu" else devices, replace=True
+)
 
 
 @task_wrapper
@@ -52,8 +56,18 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
     ckpt_path = entry.resume_path(cfg, trainer)
     if cfg.get("train"):
-        trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        try:
+            trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except RuntimeError as e:
+            if ckpt_path and ("size mismatch" in str(e) or "Missing key" in str(e) or "Unexpected key" in str(e)):
+                first = str(e).strip().splitlines()[0]
+                raise ValueError(
+                    f"ckpt_path={ckpt_path} does not fit the model ({first}); resume with the encoder and model "
+                    "config of the run that saved it"
+                ) from e
+            raise
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    entry.write_rank_record(cfg, trainer, ckpt_path)
     if cfg.get("test"):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not best:

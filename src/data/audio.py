@@ -6,6 +6,7 @@ input and torchaudio's SpecAugment layout.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def load_audio(path: str | Path, offset: float = 0.0, duration: float | None = N
     _exists(path)
     sf = _soundfile()
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(os.fsencode(path)) as f:  # bytes: names that are not valid UTF-8 work too
             sr = f.samplerate
             if offset:
                 f.seek(int(offset * sr))
@@ -70,7 +71,7 @@ def audio_duration(path: str | Path) -> float:
     _exists(Path(path))
     sf = _soundfile()
     try:
-        info = sf.info(str(path))
+        info = sf.info(os.fsencode(path))
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
         raise AudioError(f"{path}: cannot read the audio header ({e})") from e
     if info.frames <= 0:

@@ -65,3 +65,20 @@ def write_run_summary(cfg: DictConfig, trainer: L.Trainer, metrics: dict) -> Non
     lines += [f"tensorboard:      tensorboard --logdir {summary['tensorboard']}"] if summary["tensorboard"] else []
     lines += [f"{k}: {v:.4f}" for k, v in sorted(metrics.items()) if k.startswith("test/")]
     print("\n".join(lines))
+
+
+def write_rank_record(cfg: DictConfig, trainer: L.Trainer, ckpt_path: str | None) -> None:
+    """<output>/ranks/rank<N>.json from every rank: who ran, in which environment, resumed from what."""
+    record = {
+        "global_rank": trainer.global_rank,
+        "world_size": trainer.world_size,
+        "cluster_environment": type(trainer.strategy.cluster_environment).__name__
+        if getattr(trainer.strategy, "cluster_environment", None) is not None
+        else None,
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_procid": os.environ.get("SLURM_PROCID"),
+        "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
+        "resumed_from": ckpt_path,
+        "global_step": trainer.global_step,
+    }
+    write_json(Path(cfg.paths.output_dir) / "ranks" / f"rank{trainer.global_rank}.json", record)

@@ -7,6 +7,7 @@ import sys
 import warnings
 from functools import wraps
 
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning_utilities.core.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -50,6 +51,9 @@ def user_errors_exit(func):
                 raise
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        except SIGTERMException:  # stopped by SIGTERM / pre-emption after saving last.ckpt
+            print("stopped by a signal; run again with ckpt_path=last to resume", file=sys.stderr)
+            sys.exit(143)
 
     return wrap
 

@@ -1,0 +1,191 @@
+"""What happens when things go wrong: kills, bad input, bad configs, unsafe files, a failing rank.
+docs/reliability.md lists these cases; each row names its test here."""
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.data.prepare import PREPARERS
+from src.data.prepare.common import finalize
+from src.data.shards import FeatureStore, build
+from src.utils.io import read_jsonl
+from tests.helpers import audio_files as af
+from tests.helpers import layouts
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["experiment=ks2_demo", "++encoder.embed_dim=32", "++encoder.depth=2", "data.num_workers=0",
+         "data.batch_size=2", "data.freqm=0", "data.timem=0", "logger=[]", "test=false",
+         "trainer.max_epochs=100", "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0"]  # fmt: skip
+STEPS = 40
+
+
+def train_cmd(data_root, run_dir, *extra):
+    return [sys.executable, "src/train.py", *SMALL, f"paths.data_dir={data_root}", f"hydra.run.dir={run_dir}",
+            f"trainer.max_steps={STEPS}", "callbacks.model_checkpoint.every_n_train_steps=5", *extra]  # fmt: skip
+
+
+def final_state(run_dir):
+    ckpt = torch.load(Path(run_dir) / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_root, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("straight")
+    subprocess.run(train_cmd(data_root, run_dir), cwd=ROOT, check=True, capture_output=True, timeout=300)
+    return final_state(run_dir)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGUSR2])
+def test_killed_training_resumes_where_it_stopped(sig, data_root, tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(train_cmd(data_root, run_dir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before it could be interrupted"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    stopped_at = final_state(run_dir)["global_step"]
+    assert 0 < stopped_at < STEPS
+    if sig != signal.SIGKILL:
+        assert b"ckpt_path=last" in err  # the signal handler saved last.ckpt at a batch boundary
+    subprocess.run(train_cmd(data_root, run_dir, "ckpt_path=last"), cwd=ROOT, check=True, capture_output=True,
+                   timeout=300)  # fmt: skip
+    resumed = final_state(run_dir)
+    assert resumed["global_step"] == uninterrupted["global_step"] == STEPS
+    # same data order, same optimizer and scheduler state: the same weights at the end
+    for name, value in uninterrupted["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+    opt_a, opt_b = resumed["optimizer_states"][0], uninterrupted["optimizer_states"][0]
+    assert [s["step"] for s in opt_a["state"].values()] == [s["step"] for s in opt_b["state"].values()]
+    assert resumed["lr_schedulers"][0]["last_epoch"] == uninterrupted["lr_schedulers"][0]["last_epoch"]
+
+
+def test_checkpoint_that_does_not_fit_is_a_one_line_error(data_root, tmp_path, uninterrupted):
+    # the module fixture's checkpoint is for embed_dim 32; ask for 48
+    ckpt = tmp_path / "c.ckpt"
+    torch.save(uninterrupted, ckpt)
+    result = subprocess.run(train_cmd(data_root, tmp_path / "r", f"ckpt_path={ckpt}", "++encoder.embed_dim=48"),
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 2
+    assert "does not fit the model" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_planted_malicious_checkpoint_is_refused_without_running_it(data_root, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    bad = tmp_path / "evil.ckpt"
+    with open(bad, "wb") as f:
+        pickle.dump({"state_dict": {}, "hyper_parameters": {"encoder": Payload()}}, f)
+    result = subprocess.run(train_cmd(data_root, tmp_path / "r", f"model.pretrained={bad}"), cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 2 and "refused to load" in result.stderr
+    assert not marker.exists()
+
+
+def test_a_rank_that_raises_stops_the_whole_ddp_job(data_root, tmp_path):
+    script = tmp_path / "ddp_fail.py"
+    store = str(data_root / "demo" / "features" / "librispeech")
+    script.write_text(
+        "import sys, torch, lightning as L\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from tests.helpers.recorder import Recorder\n"
+        "from src.data.datamodules import PretrainDataModule\n"
+        "class Failing(Recorder):\n"
+        "    def training_step(self, batch, i):\n"
+        "        if self.global_rank == 1 and i == 2:\n"
+        "            raise RuntimeError('boom on rank 1')\n"
+        "        return super().training_step(batch, i)\n"
+        f"dm = PretrainDataModule([{{'path': {store!r}}}], crop_frames=64, batch_size=4, num_workers=0)\n"
+        "L.Trainer(accelerator='cpu', devices=2, strategy='ddp_spawn', max_epochs=3, logger=False,"
+        " enable_checkpointing=False, enable_progress_bar=False).fit(Failing('.'), datamodule=dm)\n"
+    )
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert result.returncode != 0
+    assert "boom on rank 1" in result.stderr
+    assert time.monotonic() - start < 180
+
+
+@pytest.mark.parametrize(
+    "make,outcome",
+    [
+        (lambda p: af.tone(p, subtype="PCM_U8", fmt="WAV"), "converted"),
+        (lambda p: af.tone(p, subtype="PCM_24"), "converted"),
+        (lambda p: af.tone(p, sr=48000, channels=2), "converted"),
+        (lambda p: af.tone(p, sr=8000), "converted"),
+        (lambda p: af.tone(p, seconds=0.1), "converted"),
+        (af.empty_file, "skipped"),
+        (af.truncated_wav, "skipped"),
+        (af.text_as_wav, "skipped"),
+        (af.nan_wav, "skipped"),
+    ],
+)
+def test_bad_audio_through_preparer_store_and_datamodule(make, outcome, tmp_path):
+    root = layouts.esc50(tmp_path / "esc")
+    make(root / "audio" / "1-10000-A-0.wav")  # replace one listed clip
+    finalize(PREPARERS["esc50"](root), tmp_path / "prep", workers=2)
+    build(tmp_path / "prep" / "manifest.jsonl", tmp_path / "feat", target_length=64, workers=1)
+    store = FeatureStore(tmp_path / "feat")
+    ids = {r["id"] for r in store.index}
+    skipped = {r["id"] for r in read_jsonl(tmp_path / "prep" / "bad_files.jsonl")}
+    skipped |= {r["id"] for r in read_jsonl(tmp_path / "feat" / "bad_files.jsonl")}
+    assert ("1-10000-A-0" in ids) == (outcome == "converted")
+    assert ("1-10000-A-0" in skipped) == (outcome == "skipped")
+    assert len(ids) == 4 - (outcome == "skipped")  # nothing else lost (the layout has one other bad clip)
+    if outcome == "converted":
+        spec = store[[r["id"] for r in store.index].index("1-10000-A-0")]
+        assert torch.isfinite(spec).all() and spec.shape == (1, 128, 64)
+
+
+def test_names_that_are_not_utf8_and_missing_files(tmp_path):
+    root = layouts.speech_commands(tmp_path / "sc", words=("yes", "no"), per_word=3)
+    odd = os.path.join(os.fsencode(root / "yes"), b"caf\xe9_nohash_0.wav")
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(odd, np.zeros(16000, np.float32), 16000)
+    (root / "no" / "00000002_nohash_0.wav").unlink()  # listed nowhere, simply gone
+    finalize(PREPARERS["speechcommands"](root, task="ks2"), tmp_path / "prep", workers=2)
+    manifest = read_jsonl(tmp_path / "prep" / "manifest.jsonl")
+    assert any(os.fsencode(r["path"]) == odd for r in manifest)
+    build(tmp_path / "prep" / "manifest.jsonl", tmp_path / "feat", target_length=32, workers=1)
+    assert len(FeatureStore(tmp_path / "feat")) == len(manifest)
+    # an entry whose file disappears after preparation is skipped and listed by the store
+    entry = manifest[0]
+    os.unlink(os.fsencode(entry["path"]))
+    build(tmp_path / "prep" / "manifest.jsonl", tmp_path / "feat2", target_length=32, workers=1)
+    gone = read_jsonl(tmp_path / "feat2" / "bad_files.jsonl")
+    assert [g["id"] for g in gone] == [entry["id"]] and "file is gone" in gone[0]["reason"]
+
+
+@pytest.mark.slow
+def test_an_hour_long_file_is_cut_to_the_target_length(tmp_path):
+    path = af.tone(tmp_path / "long.wav", seconds=3600.0, sr=16000)
+    from src.data.audio import audio_duration
+
+    assert audio_duration(path) == pytest.approx(3600.0)
+    finalize(PREPARERS["librispeech"](layouts.librispeech(tmp_path / "ls")), tmp_path / "prep", workers=2)
+    rows = read_jsonl(tmp_path / "prep" / "manifest.jsonl")
+    rows.append({"id": "long", "path": str(path), "labels": [], "split": "train", "duration": 3600.0, "offset": 0.0})
+    from src.utils.io import write_jsonl
+
+    write_jsonl(tmp_path / "prep" / "manifest.jsonl", rows)
+    build(tmp_path / "prep" / "manifest.jsonl", tmp_path / "feat", target_length=1024, workers=1)
+    store = FeatureStore(tmp_path / "feat")
+    rec = next(r for r in store.index if r["id"] == "long")
+    assert rec["n_frames"] == 1024 and store[store.index.index(rec)].shape == (1, 128, 1024)

@@ -1,0 +1,86 @@
+"""Hydra multirun through a real one-node SLURM cluster (tests/slurm/cluster.sh; .ci/run starts it).
+
+Skipped, with the reason, where no cluster answers."""
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slurm
+
+
+def _cluster_idle() -> bool:
+    if not shutil.which("sinfo"):
+        return False
+    result = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20)
+    return result.returncode == 0 and "idle" in result.stdout.split()
+
+
+@pytest.fixture(autouse=True)
+def _needs_cluster():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    if not _cluster_idle():
+        pytest.skip("no SLURM test cluster: start it with `tests/slurm/cluster.sh start` (.ci/run does)")
+
+
+def slurm_cmd(data_root, sweep, *extra):
+    return [
+        sys.executable, "src/train.py", "-m", "hydra/launcher=slurm", "experiment=ks2_demo",
+        "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+        "++encoder.embed_dim=32", "++encoder.depth=2", "data.num_workers=0", "data.batch_size=4",
+        "data.freqm=0", "data.timem=0", "logger=[]", "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0",
+        "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10", "hydra.launcher.mem_gb=null",
+        f"paths.data_dir={data_root}", f"hydra.sweep.dir={sweep}", *extra,
+    ]  # fmt: skip
+
+
+def ranks(job_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((job_dir / "ranks").glob("rank*.json"))]
+
+
+def test_sweep_runs_ddp_jobs_on_slurm(data_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = subprocess.run(
+        slurm_cmd(data_root, sweep, "trainer.max_epochs=1", "model.optimizer.lr=1e-3,2e-3"),
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    for job in ("0", "1"):
+        records = ranks(sweep / job)
+        assert [r["global_rank"] for r in records] == [0, 1]  # both ranks wrote into the same run folder
+        assert {r["world_size"] for r in records} == {2}
+        assert {r["cluster_environment"] for r in records} == {"SLURMEnvironment"}
+        assert len({r["slurm_job_id"] for r in records}) == 1 and {r["slurm_procid"] for r in records} == {"0", "1"}
+        assert (sweep / job / "checkpoints" / "last.ckpt").exists()
+    summary = json.loads((sweep / "summary.json").read_text())  # gathered by the launching process
+    assert len(summary["jobs"]) == 2 and all("val/acc" in j["metrics"] for j in summary["jobs"])
+    assert "sweep: 2 jobs finished" in result.stdout
+
+
+def test_requeued_job_resumes_from_its_checkpoint(data_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    steps = 60
+    proc = subprocess.Popen(
+        slurm_cmd(data_root, sweep, f"trainer.max_steps={steps}", "trainer.max_epochs=100",
+                  "callbacks.model_checkpoint.every_n_train_steps=5"),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    last = sweep / "0" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert last.exists(), "the job wrote no checkpoint"
+    job_id = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()[0]
+    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-4000:]
+    record = ranks(sweep / "0")[0]
+    assert record["slurm_restart_count"] >= 1
+    assert record["resumed_from"] and record["resumed_from"].endswith("last.ckpt")
+    assert record["global_step"] == steps
