@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src import hear  # noqa: E402
 from src.data.audio import AUDIO_EXTENSIONS, AudioError, load_audio  # noqa: E402
+from src.utils.errors import USER_ERRORS, user_error
 from src.utils.io import atomic_path  # noqa: E402
 
 
@@ -61,9 +62,8 @@ def main(argv=None) -> int:
         model = hear.load_model(args.model)
         model.to(args.device)
         skipped = embed_folder(model, args.input, args.output, args.timestamps)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as e:
+        return user_error(e)
     print(f"embeddings in {args.output}")
     if skipped:
         print(f"skipped {len(skipped)} unreadable files:\n  " + "\n  ".join(skipped))

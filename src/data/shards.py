@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from src.data.audio import KALDI, AudioError, FbankConfig, fbank, load_audio, pad_or_cut
+from src.utils.errors import USER_ERRORS, user_error
 from src.utils.io import atomic_path, read_jsonl, write_json, write_jsonl
 
 FORMAT_VERSION = 1
@@ -305,9 +306,8 @@ def main(argv=None) -> int:
         else:
             mean, std = stats(args.root, args.split)
             print(json.dumps({"mean": round(mean, 7), "std": round(std, 7)}))
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as e:
+        return user_error(e)
     return 0
 
 

@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 
 from src.models.components import build_encoder
 from src.models.export import load_strict, read_checkpoint, save_encoder
+from src.utils.errors import USER_ERRORS, user_error
 from src.utils.io import atomic_path
 
 HEAD_PREFIXES = ("cpredlayer.", "gpredlayer.", "mlp_head.")
@@ -60,14 +61,19 @@ def _grid_input(state: dict, patch, fstride, tstride, input_fdim, input_tdim, nu
     return input_fdim, input_tdim, fstride, tstride
 
 
+def _read_layout(state: dict, marker: str, blocks: str, kind: str):
+    """(state without module., width, depth, patch shape), checking the layout by a marker key."""
+    state = _strip(state)
+    if marker not in state:
+        raise ValueError(f"not an {kind} checkpoint (no {marker}); use the other converter kind")
+    dim = state["v.cls_token"].shape[-1]
+    depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(rf"v\.{blocks}\.(\d+)\.", k)))
+    return state, dim, depth, tuple(state["v.patch_embed.proj.weight"].shape[-2:])
+
+
 def convert_ssamba(state: dict, input_fdim=None, input_tdim=None, fstride=None, tstride=None):
     """(encoder, heads state, report) from an official SSAMBA (AMBAModel) state dict."""
-    state = _strip(state)
-    if "v.layers.0.mixer.A_b_log" not in state:
-        raise ValueError("not an SSAMBA checkpoint (no v.layers.0.mixer.A_b_log); for SSAST use `ssast`")
-    dim = state["v.cls_token"].shape[-1]
-    depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"v\.layers\.(\d+)\.", k)))
-    patch = tuple(state["v.patch_embed.proj.weight"].shape[-2:])
+    state, dim, depth, patch = _read_layout(state, "v.layers.0.mixer.A_b_log", "layers", "SSAMBA")
     d_inner, d_state = state["v.layers.0.mixer.A_log"].shape
     grid = _grid_input(state, patch, fstride, tstride, input_fdim, input_tdim, 1)
     config = {
@@ -92,12 +98,7 @@ def convert_ssamba(state: dict, input_fdim=None, input_tdim=None, fstride=None, 
 
 def convert_ssast(state: dict, input_fdim=None, input_tdim=None, fstride=None, tstride=None):
     """(encoder, heads state, report) from an official SSAST (ASTModel) state dict."""
-    state = _strip(state)
-    if "v.blocks.0.attn.qkv.weight" not in state:
-        raise ValueError("not an SSAST checkpoint (no v.blocks.0.attn.qkv.weight)")
-    dim = state["v.cls_token"].shape[-1]
-    depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"v\.blocks\.(\d+)\.", k)))
-    patch = tuple(state["v.patch_embed.proj.weight"].shape[-2:])
+    state, dim, depth, patch = _read_layout(state, "v.blocks.0.attn.qkv.weight", "blocks", "SSAST")
     heads = {192: 3, 384: 6, 768: 12}.get(dim)
     if heads is None:
         raise ValueError(f"SSAST width {dim} is not tiny/small/base (192/384/768)")
@@ -157,9 +158,8 @@ def main(argv=None) -> int:
     try:
         state = read_checkpoint(args.ckpt)
         encoder, heads, report = convert(state, args.input_fdim, args.input_tdim, args.fstride, args.tstride)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as e:
+        return user_error(e)
     save_encoder(encoder, args.out, extra={"converted_from": str(args.ckpt)})
     if heads:
         with atomic_path(args.out / "heads.safetensors") as tmp:

@@ -11,6 +11,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning_utilities.core.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from src.utils.errors import USER_ERRORS, user_error
 from src.utils.pylogger import RankedLogger
 
 log = RankedLogger(__name__)
@@ -34,10 +35,6 @@ def print_config(cfg: DictConfig) -> None:
     log.info("config:\n" + text)
 
 
-# problems a user fixes by changing a config or preparing data: one line, no traceback
-USER_ERRORS = (FileNotFoundError, ValueError)
-
-
 def user_errors_exit(func):
     """For the @hydra.main function: a user error prints one line to stderr and exits with 2
     (SSAMBA_TRACEBACK=1 shows the traceback instead)."""
@@ -49,8 +46,7 @@ def user_errors_exit(func):
         except USER_ERRORS as e:
             if os.environ.get("SSAMBA_TRACEBACK"):
                 raise
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(user_error(e))
         except SIGTERMException:  # stopped by SIGTERM / pre-emption after saving last.ckpt
             print("stopped by a signal; run again with ckpt_path=last to resume", file=sys.stderr)
             sys.exit(143)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from src.data.prepare import PREPARERS, download
 from src.data.prepare.common import finalize
+from src.utils.errors import USER_ERRORS, user_error
 
 DOWNLOADERS = {
     "speechcommands": lambda root, a: download.download_speechcommands(root, a.version),
@@ -46,9 +47,8 @@ def main(argv=None) -> int:
         prepared = PREPARERS[args.dataset](root, **kwargs)
         out = args.out or Path("data/prepared") / prepared.name
         finalize(prepared, out, args.workers)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as e:
+        return user_error(e)
     return 0
 
 
