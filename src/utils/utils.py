@@ -7,6 +7,7 @@ import sys
 import warnings
 from functools import wraps
 
+from hydra.errors import InstantiationException
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning_utilities.core.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -35,6 +36,13 @@ def print_config(cfg: DictConfig) -> None:
     log.info("config:\n" + text)
 
 
+def _user_cause(e: BaseException) -> Exception | None:
+    """The user error behind e (Hydra wraps errors raised while instantiating a config), or None."""
+    while e is not None and not isinstance(e, USER_ERRORS):
+        e = e.__cause__
+    return e
+
+
 def user_errors_exit(func):
     """For the @hydra.main function: a user error prints one line to stderr and exits with 2
     (SSAMBA_TRACEBACK=1 shows the traceback instead)."""
@@ -43,10 +51,11 @@ def user_errors_exit(func):
     def wrap(cfg: DictConfig):
         try:
             return func(cfg)
-        except USER_ERRORS as e:
-            if os.environ.get("SSAMBA_TRACEBACK"):
+        except (*USER_ERRORS, InstantiationException) as e:
+            cause = _user_cause(e)
+            if cause is None or os.environ.get("SSAMBA_TRACEBACK"):
                 raise
-            sys.exit(user_error(e))
+            sys.exit(user_error(cause))
         except SIGTERMException:  # stopped by SIGTERM / pre-emption after saving last.ckpt
             print("stopped by a signal; run again with ckpt_path=last to resume", file=sys.stderr)
             sys.exit(143)
@@ -61,8 +70,12 @@ def task_wrapper(task_func):
     def wrap(cfg: DictConfig):
         try:
             return task_func(cfg=cfg)
-        except USER_ERRORS as e:
-            log.error(f"run stopped: {e}")
+        except (*USER_ERRORS, InstantiationException) as e:
+            cause = _user_cause(e)
+            if cause is None:
+                log.exception("run failed")
+            else:
+                log.error(f"run stopped: {cause}")
             raise
         except Exception:
             log.exception("run failed")
