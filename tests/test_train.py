@@ -93,3 +93,16 @@ def test_real_recipe_without_data_says_how_to_get_it(tmp_path):
 def test_unknown_experiment_is_a_one_line_error(tmp_path):
     result = run_cli("experiment=ks3", f"hydra.run.dir={tmp_path}")
     assert result.returncode != 0 and "Could not find 'experiment/ks3'" in result.stderr
+
+
+def test_eval_reproduces_the_test_metric_of_a_checkpoint(data_root, tmp_path):
+    from src.eval import evaluate
+
+    cfg = compose_cfg("train.yaml", ["experiment=ks2_demo"], data_root, tmp_path / "train")
+    with open_dict(cfg):
+        cfg.trainer.max_epochs = 1
+    metrics, objects = train(cfg)
+    best = objects["trainer"].checkpoint_callback.best_model_path
+    cfg = compose_cfg("eval.yaml", ["experiment=ks2_demo", f"ckpt_path={best}"], data_root, tmp_path / "eval")
+    eval_metrics, _ = evaluate(cfg)
+    assert eval_metrics["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
