@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# Without a GPU, Triton kernels run in its numpy interpreter. Set before anything imports triton:
+# its own jit helpers (tl.zeros, tl.sum, ...) are built in the mode that is on at import.
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,20 +1,13 @@
 """The one-launch bidirectional scan (Triton) against the portable scan: compiled on a GPU machine,
 interpreted (TRITON_INTERPRET=1, numpy) elsewhere."""
 
-# isort: off
-import importlib
-
 import pytest
 import torch
 
-from tests.helpers.triton_cpu import INTERPRETED  # sets TRITON_INTERPRET before triton_scan loads
-from src.models.components import triton_scan
 from src.models.components.bimamba import BiMambaMixer
 from src.models.components.scan import selective_scan_portable
-
-# isort: on
-# if another module imported triton_scan before the interpreter was switched on, rebuild its kernels
-bidirectional_scan = importlib.reload(triton_scan).bidirectional_scan
+from src.models.components.triton_scan import bidirectional_scan
+from tests.helpers.triton_cpu import INTERPRETED  # conftest switched the interpreter on without a GPU
 
 DEVICE = "cpu" if INTERPRETED else "cuda"
 

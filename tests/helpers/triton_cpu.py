@@ -1,4 +1,5 @@
 """Run Triton kernels on the CPU through TRITON_INTERPRET=1 (numpy), for kernel tests without a GPU.
+tests/conftest.py sets TRITON_INTERPRET before anything imports triton.
 
 triton 3.6's interpreter converts scalar kernel arguments with int(array of shape (1,)), which
 numpy >= 2.3 refuses; the patch below converts through .reshape(-1)[0] instead."""
