@@ -39,9 +39,9 @@ def _strip(state: dict) -> dict:
     return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
-def _grid_input(state: dict, patch, fstride, tstride, input_fdim, input_tdim, num_prefix) -> tuple[int, int, int, int]:
-    """(input_fdim, input_tdim, fstride, tstride): from p_input_* (pretraining checkpoints, stride =
-    patch), or as given, checked against the positional embedding's length."""
+def _grid_input(state: dict, patch, fstride, tstride, input_fdim, input_tdim, num_prefix) -> dict:
+    """Patch shape, input size and stride (encoder arguments): from p_input_* (pretraining
+    checkpoints, stride = patch), or as given, checked against the positional embedding's length."""
     if "p_input_fdim" in state:
         input_fdim, input_tdim = int(state["p_input_fdim"]), int(state["p_input_tdim"])
         fstride, tstride = fstride or patch[0], tstride or patch[1]
@@ -58,7 +58,8 @@ def _grid_input(state: dict, patch, fstride, tstride, input_fdim, input_tdim, nu
             f"input {input_fdim}x{input_tdim} with stride {fstride}x{tstride} gives {f}x{t} = {f * t} patches, "
             f"but the checkpoint's positional embedding has {tokens}; check --input-tdim / --fstride / --tstride"
         )
-    return input_fdim, input_tdim, fstride, tstride
+    return {"fshape": patch[0], "tshape": patch[1], "input_fdim": input_fdim, "input_tdim": input_tdim,
+            "fstride": fstride, "tstride": tstride}  # fmt: skip
 
 
 def _read_layout(state: dict, marker: str, blocks: str, kind: str):
@@ -86,12 +87,7 @@ def convert_ssamba(state: dict, input_fdim=None, input_tdim=None, fstride=None, 
         "expand": d_inner // dim,
         "d_conv": state["v.layers.0.mixer.conv1d.weight"].shape[-1],
         "norm": "layernorm" if "v.layers.0.norm.bias" in state else "rmsnorm",
-        "fshape": patch[0],
-        "tshape": patch[1],
-        "input_fdim": grid[0],
-        "input_tdim": grid[1],
-        "fstride": grid[2],
-        "tstride": grid[3],
+        **grid,
     }
     return _assemble(state, config, {"v.head.weight", "v.head.bias"})
 
@@ -109,12 +105,7 @@ def convert_ssast(state: dict, input_fdim=None, input_tdim=None, fstride=None, t
         "backbone": "ssast",
         "size": {192: "tiny", 384: "small", 768: "base"}[dim],
         "depth": depth,
-        "fshape": patch[0],
-        "tshape": patch[1],
-        "input_fdim": grid[0],
-        "input_tdim": grid[1],
-        "fstride": grid[2],
-        "tstride": grid[3],
+        **grid,
     }
     return _assemble(state, config, {"v.head.weight", "v.head.bias", "v.head_dist.weight", "v.head_dist.bias"})
 
