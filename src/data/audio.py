@@ -125,11 +125,3 @@ def pad_or_cut(spec: Tensor, target_length: int) -> Tensor:
 def normalize(spec: Tensor, mean: float, std: float) -> Tensor:
     """SSAST's (x - mean) / (2 std)."""
     return (spec - mean) / (2 * std)
-
-
-def frames_for(seconds: float, config: FbankConfig = KALDI) -> int:
-    """Number of kaldi frames (snip_edges) for a clip of this length."""
-    samples = int(round(seconds * config.sample_rate))
-    window = int(config.sample_rate * config.frame_length / 1000)
-    shift = int(config.sample_rate * config.frame_shift / 1000)
-    return max(1, 1 + (samples - window) // shift) if samples >= window else 1
