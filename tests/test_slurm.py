@@ -15,11 +15,18 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slurm
 
 
-def _cluster_idle() -> bool:
+def _cluster_idle(wait_s: float = 90) -> bool:
+    """True once the node is idle (jobs of an earlier test may still be completing)."""
     if not shutil.which("sinfo"):
         return False
-    result = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20)
-    return result.returncode == 0 and "idle" in result.stdout.split()
+    deadline = time.monotonic() + wait_s
+    while True:
+        result = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20)
+        if result.returncode == 0 and "idle" in result.stdout.split():
+            return True
+        if result.returncode != 0 or time.monotonic() > deadline:
+            return False
+        time.sleep(1)
 
 
 @pytest.fixture(autouse=True)
