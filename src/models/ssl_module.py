@@ -7,7 +7,6 @@ a generative head reconstructs it (MSE). loss = nce + gen_weight * mse.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import lightning as L
@@ -63,14 +62,15 @@ class SSLModule(L.LightningModule):
             {f"{s}_{k}": MeanMetric() for s in ("train", "val") for k in ("loss", "nce", "mse", "acc")}
         )
         self.val_acc_best = MaxMetric()
-        self._rng = random.Random()  # the official masking's Python RNG
+        # masks are drawn from (seed, rank, step, pass): a resumed run draws the masks it would have
+        self._mask_seed = torch.initial_seed() % 2**31
         self._plateau = None
 
     # ---- the objective -------------------------------------------------------------------------
-    def masked_outputs(self, spec: Tensor, num_mask: int) -> tuple[Tensor, Tensor]:
+    def masked_outputs(self, spec: Tensor, num_mask: int, seed: int | None = None) -> tuple[Tensor, Tensor]:
         """Encoder outputs at num_mask masked patches and those patches' true values: (B, M, D), (B, M, P)."""
         grid = self.encoder.grid_for(spec.shape[2], spec.shape[3])
-        mask = make_mask(self.hparams.masking, spec.shape[0], grid, num_mask, self._rng, spec.device)
+        mask = make_mask(self.hparams.masking, spec.shape[0], grid, num_mask, seed, spec.device)
         idx = mask_indices(mask)  # (B, M)
         tokens = self.encoder(spec, mask=mask)[:, self.encoder.num_prefix_tokens :]  # (B, L, D)
         hidden = tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
@@ -78,11 +78,12 @@ class SSLModule(L.LightningModule):
         target = patches.gather(1, idx.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
         return hidden, target.detach()
 
-    def losses(self, spec: Tensor, num_mask: int) -> dict[str, Tensor]:
-        hidden, target = self.masked_outputs(spec, num_mask)
+    def losses(self, spec: Tensor, num_mask: int, seed: int | None = None) -> dict[str, Tensor]:
+        """seed: masks of the two passes from seed and seed + 1 (None: fresh random masks)."""
+        hidden, target = self.masked_outputs(spec, num_mask, seed)
         nce, acc = info_nce(self.cpredlayer(hidden), target, self.hparams.nce_softmax_dim)
         if self.hparams.two_passes:
-            hidden, target = self.masked_outputs(spec, num_mask)
+            hidden, target = self.masked_outputs(spec, num_mask, None if seed is None else seed + 1)
         mse = masked_mse(self.gpredlayer(hidden), target)
         return {"loss": nce + self.hparams.gen_weight * mse, "nce": nce, "mse": mse, "acc": acc}
 
@@ -99,13 +100,17 @@ class SSLModule(L.LightningModule):
             apply_warmup(self.optimizers(), self.global_step, self.hparams.warmup_steps, self.hparams.staircase_warmup)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        out = self.losses(batch["fbank"], self.hparams.mask_patches)
+        out = self.losses(batch["fbank"], self.hparams.mask_patches, self._step_seed(self.global_step))
         self._log("train", out, on_step=True)
         return out["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        out = self.losses(batch["fbank"], self.hparams.val_mask_patches or self.hparams.mask_patches)
+        seed = self._step_seed(-1 - batch_idx)  # the same validation masks every time
+        out = self.losses(batch["fbank"], self.hparams.val_mask_patches or self.hparams.mask_patches, seed)
         self._log("val", out, on_step=False)
+
+    def _step_seed(self, step: int) -> int:
+        return (self._mask_seed * 1_000_003 + 2 * step + 7_919 * self.global_rank) % 2**62
 
     def _log(self, stage: str, out: dict, on_step: bool) -> None:
         for key, value in out.items():
@@ -138,11 +143,13 @@ class SSLModule(L.LightningModule):
         raise ValueError(f"unknown scheduler {name!r}; use plateau, cosine or none")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["mask_seed"] = self._mask_seed
         if self._plateau is not None:
             checkpoint["plateau_scheduler"] = self._plateau.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._plateau_state = checkpoint.get("plateau_scheduler")
+        self._mask_seed = checkpoint.get("mask_seed", self._mask_seed)
 
     def on_fit_start(self) -> None:
         state = getattr(self, "_plateau_state", None)

@@ -77,13 +77,17 @@ def official_mask(batch: int, num_patches: int, num_mask: int, rng: random.Rando
     return mask.to(device)
 
 
-def make_mask(strategy: str, batch: int, grid, num_mask: int, rng: random.Random | None = None, device=None):
+def make_mask(strategy: str, batch: int, grid, num_mask: int, seed: int | None = None, device=None):
+    """Masks for a batch; a seed makes them reproducible (e.g. the same masks after a resume)."""
     if strategy == "official":
-        return official_mask(batch, grid[0] * grid[1], num_mask, rng or random.Random(), device)
+        return official_mask(batch, grid[0] * grid[1], num_mask, random.Random(seed), device)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device or "cpu").manual_seed(seed)
     if strategy == "cluster":
-        return cluster_mask(batch, grid, num_mask, device=device)
+        return cluster_mask(batch, grid, num_mask, generator=generator, device=device)
     if strategy == "random":
-        return random_mask(batch, grid[0] * grid[1], num_mask, device=device)
+        return random_mask(batch, grid[0] * grid[1], num_mask, generator=generator, device=device)
     raise ValueError(f"unknown masking {strategy!r}; choose one of {STRATEGIES}")
 
 
