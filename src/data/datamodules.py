@@ -32,6 +32,16 @@ def _missing(path: Path, what: str, how: str) -> FileNotFoundError:
     return FileNotFoundError(f"{path}: {what} not found. {how}")
 
 
+def per_device_batch(batch_size: int, world: int) -> int:
+    """data.batch_size is the global batch: split it across the devices, or say how to fix it."""
+    if batch_size % world:
+        raise ValueError(
+            f"data.batch_size={batch_size} is not divisible by the {world} devices; "
+            f"set data.batch_size to a multiple of {world} (it is the global batch size)"
+        )
+    return batch_size // world
+
+
 class PretrainDataset(Dataset):
     """Fixed-length crops of one feature store's clips, normalised; no augmentation."""
 
@@ -144,13 +154,7 @@ class _ResumableDataModule(L.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def per_device_batch_size(self) -> int:
-        _, world = self._world()
-        if self.batch_size % world:
-            raise ValueError(
-                f"data.batch_size={self.batch_size} is not divisible by the {world} devices; "
-                f"set data.batch_size to a multiple of {world} (it is the global batch size)"
-            )
-        return self.batch_size // world
+        return per_device_batch(self.batch_size, self._world()[1])
 
     def _loader(self, dataset: Dataset, train: bool, weights=None, draws=None) -> DataLoader:
         rank, world = self._world()

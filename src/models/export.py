@@ -77,10 +77,11 @@ def encoder_from_checkpoint(path: str | Path) -> tuple[dict, dict]:
     return dict(hparams["encoder"]), state
 
 
-def load_strict(module: nn.Module, state: dict, source: str, allow_missing=(), allow_unexpected=()) -> list[str]:
-    """load_state_dict(strict=True) with a readable error; returns the keys it deliberately dropped."""
+def load_strict(module: nn.Module, state: dict, source: str, allow_unexpected=()) -> list[str]:
+    """load_state_dict(strict=True) with a readable error; keys named in allow_unexpected may be
+    left out of the model, and are returned as dropped."""
     own = module.state_dict()
-    missing = [k for k in own if k not in state and k not in allow_missing]
+    missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own and k not in allow_unexpected]
     wrong = [
         f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
@@ -94,5 +95,5 @@ def load_strict(module: nn.Module, state: dict, source: str, allow_missing=(), a
             "patch stride) matches the checkpoint"
         )
     dropped = [k for k in state if k not in own]
-    module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=not allow_missing)
+    module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
     return dropped

@@ -9,6 +9,7 @@ import lightning as L
 from lightning_utilities.core.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
+from src.data.datamodules import per_device_batch
 from src.utils.io import write_json
 from src.utils.pylogger import RankedLogger
 
@@ -16,12 +17,9 @@ log = RankedLogger(__name__)
 
 
 def check_devices(cfg: DictConfig, trainer: L.Trainer) -> None:
-    batch = cfg.data.get("batch_size")
-    if batch and batch % trainer.world_size:
-        raise ValueError(
-            f"data.batch_size={batch} is not divisible by the {trainer.world_size} devices; "
-            f"use a multiple of {trainer.world_size} (it is the global batch size)"
-        )
+    """Before any process is launched: the global batch must split across the devices."""
+    if cfg.data.get("batch_size"):
+        per_device_batch(cfg.data.batch_size, trainer.world_size)
 
 
 def existing_checkpoint(path) -> str:
