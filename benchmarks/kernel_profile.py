@@ -1,0 +1,127 @@
+"""Where the GPU time of one encoder forward or one SSL training step goes, kernel by kernel.
+
+    python benchmarks/kernel_profile.py --backbone ssamba --size tiny --tokens 22000 [--phase train]
+
+Runs warm-up iterations, then profiles --iters more with torch.profiler and writes, per kernel
+name, the GPU time per iteration and the launches per iteration, biggest first, to
+<out>/profile_<backbone>_<size>_<phase>_<tokens>.json and .md. The totals say how much of the
+wall time the GPU was busy (the rest is launch and Python overhead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from src.models.components import build_encoder  # noqa: E402
+from src.models.ssl_module import SSLModule  # noqa: E402
+from src.utils.io import write_json, write_text  # noqa: E402
+
+
+def make_step(args):
+    frames = 16 * (args.tokens // 8)
+    x = torch.randn(args.batch, 1, 128, frames, device="cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    if args.phase == "inference":
+        overrides = {"attention": args.attention} if args.backbone == "ssast" else {}
+        model = build_encoder(args.backbone, args.size, **overrides).cuda().eval()
+
+        def step():
+            with torch.no_grad(), autocast:
+                model(x)
+
+        return step
+    module = SSLModule({"backbone": args.backbone, "size": args.size, "input_tdim": frames}).cuda()
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, weight_decay=5e-8, betas=(0.95, 0.999))
+    num_mask = min(400, int(0.75 * args.tokens))
+
+    def step():
+        with autocast:
+            loss = module.losses(x, num_mask)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def kernel_table(prof, iters: int) -> list[dict]:
+    rows: dict[str, dict] = defaultdict(lambda: {"us": 0.0, "launches": 0})
+    for event in prof.events():
+        # device-side spans of record_function (e.g. "Optimizer.step#AdamW.step") overlap the
+        # kernels they contain: not kernels, left out
+        if event.device_type == torch.autograd.DeviceType.CUDA and not getattr(event, "is_user_annotation", False):
+            row = rows[event.name]
+            row["us"] += event.device_time_total / iters
+            row["launches"] += 1 / iters
+    return sorted(({"kernel": k, **v} for k, v in rows.items()), key=lambda r: -r["us"])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone", default="ssamba", choices=["ssamba", "ssast"])
+    parser.add_argument("--size", default="tiny")
+    parser.add_argument("--tokens", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument("--phase", default="inference", choices=["inference", "train"])
+    parser.add_argument("--attention", default="sdpa", help="SSAST only: sdpa or explicit")
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/profiles"))
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("this profile needs a CUDA GPU", file=sys.stderr)
+        return 2
+    step = make_step(args)
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(args.iters):
+        step()
+    torch.cuda.synchronize()
+    wall_ms = 1e3 * (time.perf_counter() - start) / args.iters
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(args.iters):
+            step()
+        torch.cuda.synchronize()
+    rows = kernel_table(prof, args.iters)
+    gpu_ms = sum(r["us"] for r in rows) / 1e3
+    name = f"profile_{args.backbone}_{args.size}_{args.phase}_{args.tokens}"
+    result = {
+        "card": torch.cuda.get_device_name(),
+        "kernels_env": os.environ.get("SSAMBA_KERNELS", "auto"),
+        **{k: v for k, v in vars(args).items() if k not in ("out", "top")},
+        "wall_ms": wall_ms,
+        "gpu_busy_ms": gpu_ms,
+        "launches": sum(r["launches"] for r in rows),
+        "kernels": rows,
+    }
+    write_json(args.out / f"{name}.json", result)
+    lines = [
+        f"{args.backbone}-{args.size} {args.phase}, {args.tokens} tokens, batch {args.batch}, {args.precision}, "
+        f"{result['card']}: wall {wall_ms:.2f} ms per iteration (unprofiled), GPU busy {gpu_ms:.2f} ms, "
+        f"{result['launches']:.0f} kernel launches",
+        "",
+        "| kernel | us / iter | launches / iter | share |",
+        "| --- | --- | --- | --- |",
+    ]
+    for r in rows[: args.top]:
+        lines.append(f"| `{r['kernel'][:90]}` | {r['us']:.0f} | {r['launches']:.0f} | {r['us'] / 10 / gpu_ms:.1f}% |")
+    write_text(args.out / f"{name}.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
