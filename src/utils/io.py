@@ -9,6 +9,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _umask() -> int:
+    umask = os.umask(0)  # read once, at import: os.umask can only be read by setting it
+    os.umask(umask)
+    return umask
+
+
+# what open() gives a new file under the process umask; mkstemp's own is 0600
+FILE_MODE = 0o666 & ~_umask()
+
+
 @contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path next to `path`; on success it is renamed onto `path`."""
@@ -18,6 +28,7 @@ def atomic_path(path: str | Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, FILE_MODE)  # shared lab folders: others read results as with a plain write
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
