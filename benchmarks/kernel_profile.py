@@ -22,36 +22,30 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.efficiency import frames_for  # noqa: E402
+from benchmarks.throughput import ssl_optimizer, train_step  # noqa: E402
 from src.models.components import build_encoder  # noqa: E402
 from src.models.ssl_module import SSLModule  # noqa: E402
 from src.utils.io import write_json, write_text  # noqa: E402
 
 
 def make_step(args):
-    frames = 16 * (args.tokens // 8)
+    frames = frames_for(args.tokens)
     x = torch.randn(args.batch, 1, 128, frames, device="cuda")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    bf16 = args.precision == "bf16"
     if args.phase == "inference":
         overrides = {"attention": args.attention} if args.backbone == "ssast" else {}
         model = build_encoder(args.backbone, args.size, **overrides).cuda().eval()
 
         def step():
-            with torch.no_grad(), autocast:
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
                 model(x)
 
         return step
     module = SSLModule({"backbone": args.backbone, "size": args.size, "input_tdim": frames}).cuda()
-    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, weight_decay=5e-8, betas=(0.95, 0.999))
+    optimizer = ssl_optimizer(module)
     num_mask = min(400, int(0.75 * args.tokens))
-
-    def step():
-        with autocast:
-            loss = module.losses(x, num_mask)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
+    return lambda: train_step(lambda spec: module.losses(spec, num_mask)["loss"], optimizer, x, bf16)
 
 
 def kernel_table(prof, iters: int) -> list[dict]:

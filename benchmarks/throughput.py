@@ -50,7 +50,7 @@ def model_throughput(args) -> None:
         net = Objective(module)
         if distributed:
             net = torch.nn.parallel.DistributedDataParallel(net)
-        optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, weight_decay=5e-8, betas=(0.95, 0.999))
+        optimizer = ssl_optimizer(module)
         x = torch.randn(args.batch_per_gpu, 1, 128, 1024, device="cuda")
         seconds = time_steps(net, optimizer, x, args.warmup, args.steps)
         samples = args.steps * args.batch_per_gpu * world
@@ -74,22 +74,28 @@ def model_throughput(args) -> None:
         torch.distributed.destroy_process_group()
 
 
+def ssl_optimizer(module: torch.nn.Module) -> torch.optim.Optimizer:
+    """The pretraining recipe's AdamW."""
+    return torch.optim.AdamW(module.parameters(), lr=1e-4, weight_decay=5e-8, betas=(0.95, 0.999))
+
+
+def train_step(loss_fn, optimizer, x, bf16: bool = True) -> None:
+    """One full step: forward (bf16-mixed), backward, optimizer."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        loss = loss_fn(x)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def time_steps(net, optimizer, x, warmup: int, steps: int) -> float:
     """Seconds for `steps` full training steps after `warmup` ones."""
-
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = net(x)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
     for _ in range(warmup):
-        step()
+        train_step(net, optimizer, x)
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(steps):
-        step()
+        train_step(net, optimizer, x)
     torch.cuda.synchronize()
     return time.perf_counter() - start
 
