@@ -1,4 +1,5 @@
-"""DDP on 2 GPUs gives the gradients of one GPU on the same global batch (GPU machine only)."""
+"""DDP on 2 GPUs gives the gradients of one GPU on the same global batch, in fp32 and under bf16
+autocast, on the default kernels (the Triton scan and conv on CUDA) (GPU machine only)."""
 
 import os
 import socket
@@ -26,7 +27,12 @@ def make_batch():
     return x, y
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def loss_of(model, forward, x, y, bf16: bool):
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        return model.loss(forward(x.cuda()), y.cuda())
+
+
+def _worker(rank: int, world: int, port: int, out: str, bf16: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("nccl", rank=rank, world_size=world)
     torch.cuda.set_device(rank)
@@ -35,7 +41,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     x, y = make_batch()
     per_rank = len(x) // world
     part = slice(rank * per_rank, (rank + 1) * per_rank)
-    loss = model.loss(ddp(x[part].cuda()), y[part].cuda())
+    loss = loss_of(model, ddp, x[part], y[part], bf16)
     loss.backward()  # DDP averages the per-rank mean losses' gradients = the global mean's gradient
     if rank == 0:
         torch.save({k: p.grad.cpu() for k, p in model.named_parameters()}, out)
@@ -43,17 +49,19 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
-def test_two_gpu_ddp_gradients_equal_one_gpu(tmp_path):
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
+def test_two_gpu_ddp_gradients_equal_one_gpu(tmp_path, bf16):
     model = make_model("cuda:0")
     x, y = make_batch()
-    model.loss(model(x.cuda()), y.cuda()).backward()
+    loss_of(model, model, x, y, bf16).backward()
     single = {k: p.grad.cpu() for k, p in model.named_parameters()}
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = str(tmp_path / "ddp_grads.pt")
-    mp.spawn(_worker, args=(2, port, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, port, out, bf16), nprocs=2, join=True)
     ddp = torch.load(out, weights_only=True)
     for name, grad in single.items():
         err = (ddp[name] - grad).abs().max() / grad.abs().max().clamp_min(1e-6)
-        assert err < 1e-3, f"{name}: relative difference {err:.2e}"
+        # fp32: only the order of the sums differs; bf16: so do the roundings of per-rank activations
+        assert err < (2e-2 if bf16 else 1e-3), f"{name}: relative difference {err:.2e}"

@@ -37,6 +37,23 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     return y, state
 
 
+def stacked_scan_reference(u, delta, A, B, C, D, z, delta_bias, reverse, delta_softplus=True):
+    """The stacked-sets layout of scan.selective_scan ((S, B, L, E) etc.; z shared; a reversed set
+    runs from the last step to the first), one set at a time through selective_scan_reference."""
+    ys = []
+    for s, backwards in enumerate(reverse):
+
+        def order(x, backwards=backwards):  # (B, L, X) -> (B, X, L) in scan order
+            return None if x is None else (x.transpose(1, 2).flip(-1) if backwards else x.transpose(1, 2))
+
+        y, _ = selective_scan_reference(
+            order(u[s]), order(delta[s]), A[s], order(B[s]), order(C[s]),
+            None if D is None else D[s], order(z), None if delta_bias is None else delta_bias[s], delta_softplus,
+        )  # fmt: skip
+        ys.append((y.flip(-1) if backwards else y).transpose(1, 2))
+    return torch.stack(ys)
+
+
 def bimamba_reference(mixer, hidden):
     """The bimamba-v2 forward of a mixer module, from its parameters (see mixer_reference)."""
     p = mixer.state_dict()

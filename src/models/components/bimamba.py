@@ -11,10 +11,9 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
-from src.models.components.scan import causal_conv1d, selective_scan, use_bidirectional_kernel
+from src.models.components.scan import depthwise_conv_silu, selective_scan
 
 BACKWARD_DT_INITS = ("zero", "mamba")
 
@@ -46,6 +45,7 @@ class BiMambaMixer(nn.Module):
         self.d_state = d_state
         self.d_inner = expand * d_model
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.dt_rank_pad = -self.dt_rank % 8  # x_proj's output gets this many zero columns after dt's
         self.divide_out = divide_out
         d_inner = self.d_inner
 
@@ -81,84 +81,44 @@ class BiMambaMixer(nn.Module):
             self.out_proj.weight /= math.sqrt(n_layer)
         for p in (self.A_log, self.A_b_log, self.D, self.D_b):
             p._no_weight_decay = True
-        # scan directions of (fwd, bwd) parameter sets: row 0 normal, row 1 reversed (a buffer, so
-        # CUDA-graph capture never copies from the host)
-        self.register_buffer("directions", torch.tensor([[0, 1], [1, 0]], dtype=torch.int32), persistent=False)
 
     def forward(self, hidden_states: Tensor, reverse: bool = False) -> Tensor:
         """(B, L, d_model) -> (B, L, d_model). reverse=True gives flip(mixer(flip(x))) (the official
-        layer-pair flipping) without flipping: each parameter set scans the other way."""
-        if use_bidirectional_kernel(hidden_states):
-            return self._forward_one_launch(hidden_states, reverse)
-        if reverse:
-            return self.forward(hidden_states.flip(1)).flip(1)
-        xz = self.in_proj(hidden_states).transpose(1, 2)  # (B, 2E, L)
-        x, z = xz.chunk(2, dim=1)  # (B, E, L) each
-        y_fwd = self._scan(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
-        y_bwd = self._scan(x.flip(-1), z.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)
-        y = y_fwd + y_bwd.flip(-1)  # (B, E, L)
-        if self.divide_out:
-            y = y / 2
-        return self.out_proj(y.transpose(1, 2))  # (B, L, d_model)
-
-    def _forward_one_launch(self, hidden_states: Tensor, reverse: bool) -> Tensor:
-        """Inference on CUDA: both directions in one Triton launch, the backward one as an
-        anti-causal conv and a right-to-left scan, so nothing is flipped."""
-        from src.models.components.triton_scan import bidirectional_scan
-
-        xz = self.in_proj(hidden_states).transpose(1, 2)  # (B, 2E, L)
-        x, z = xz.chunk(2, dim=1)  # (B, E, L) each
-        sets = ((self.conv1d, self.x_proj, self.dt_proj), (self.conv1d_b, self.x_proj_b, self.dt_proj_b))
-        us, dts, Bs, Cs = [], [], [], []
-        for backwards, (conv1d, x_proj, dt_proj) in zip((reverse, not reverse), sets):
-            u = _directional_conv(x, conv1d, backwards)  # (B, E, L)
-            dt, B, C = x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-            us.append(u)
-            dts.append(F.linear(dt, dt_proj.weight).transpose(1, 2))  # (B, E, L)
-            Bs.append(B.transpose(1, 2))  # (B, N, L)
-            Cs.append(C.transpose(1, 2))
-        y = bidirectional_scan(
-            torch.stack(us),
-            torch.stack(dts),
-            torch.stack(Bs),
-            torch.stack(Cs),
-            z,
-            -torch.exp(torch.stack([self.A_log, self.A_b_log]).float()),
+        layer-pair flipping) without flipping: each parameter set runs the other way."""
+        batch, length, _ = hidden_states.shape
+        E, R, N = self.d_inner, self.dt_rank, self.d_state
+        xz = self.in_proj(hidden_states)  # (B, L, 2E)
+        x, z = xz.chunk(2, dim=-1)  # (B, L, E) each, views
+        # set 0 holds conv1d, x_proj, ... and reads forward; set 1 holds the `_b` ones and reads backward
+        backwards = (reverse, not reverse)
+        conv_weight = torch.stack([self.conv1d.weight, self.conv1d_b.weight]).squeeze(2)  # (2, E, K)
+        if self.conv1d.bias is not None:
+            conv_bias = torch.stack([self.conv1d.bias, self.conv1d_b.bias])  # (2, E)
+        else:
+            conv_bias = x.new_zeros(2, E)
+        u = depthwise_conv_silu(x, conv_weight, conv_bias, backwards)  # (2, B, L, E)
+        x_proj = torch.stack([self.x_proj.weight, self.x_proj_b.weight])  # (2, R + 2N, E)
+        if self.dt_rank_pad:  # zero rows after dt's: B's and C's rows of x_dbl start 16-byte aligned
+            x_proj = torch.cat([x_proj[:, :R], x_proj.new_zeros(2, self.dt_rank_pad, E), x_proj[:, R:]], dim=1)
+        x_dbl = torch.bmm(u.view(2, batch * length, E), x_proj.transpose(1, 2).to(u.dtype))  # (2, B*L, R' + 2N)
+        dt, _, B, C = x_dbl.split([R, self.dt_rank_pad, N, N], dim=-1)  # views
+        dt_proj = torch.stack([self.dt_proj.weight, self.dt_proj_b.weight]).transpose(1, 2)  # (2, R, E)
+        delta = torch.bmm(dt, dt_proj.to(dt.dtype))  # (2, B*L, E); the bias goes in as delta_bias
+        y = selective_scan(
+            u,
+            delta.view(2, batch, length, E),
+            -torch.exp(torch.stack([self.A_log, self.A_b_log]).float()),  # (2, E, N)
+            B.view(2, batch, length, N),
+            C.view(2, batch, length, N),
             torch.stack([self.D, self.D_b]),
+            z,
             torch.stack([self.dt_proj.bias, self.dt_proj_b.bias]),
-            self.directions[int(reverse)],
-        ).sum(0)  # (B, E, L)
+            backwards,
+        )  # (2, B, L, E)
+        y = y[0] + y[1]
         if self.divide_out:
             y = y / 2
-        return self.out_proj(y.transpose(1, 2))
-
-    def _scan(self, x, z, conv1d, x_proj, dt_proj, A_log, D) -> Tensor:
-        """One direction: conv -> x_proj -> (dt, B, C) -> selective scan gated by silu(z); (B, E, L)."""
-        x = causal_conv1d(x, conv1d.weight, conv1d.bias)  # (B, E, L)
-        x_dbl = x_proj(x.transpose(1, 2))  # (B, L, R + 2N)
-        dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, dt_proj.weight).transpose(1, 2)  # (B, E, L); bias goes in as delta_bias
-        A = -torch.exp(A_log.float())  # (E, N)
-        return selective_scan(
-            x,
-            dt,
-            A,
-            B.transpose(1, 2),  # (B, N, L)
-            C.transpose(1, 2),  # (B, N, L)
-            D.float(),
-            z=z,
-            delta_bias=dt_proj.bias.float(),
-            delta_softplus=True,
-        )
-
-
-def _directional_conv(x: Tensor, conv1d: nn.Conv1d, backwards: bool) -> Tensor:
-    """silu(depthwise conv): causal, or anti-causal (what the causal conv of a flipped sequence is,
-    read back in the original order)."""
-    width = conv1d.weight.shape[-1]
-    weight = conv1d.weight.flip(-1) if backwards else conv1d.weight
-    y = F.conv1d(x, weight.to(x.dtype), conv1d.bias.to(x.dtype), padding=width - 1, groups=x.shape[1])
-    return F.silu(y[..., width - 1 :] if backwards else y[..., : x.shape[-1]])
+        return self.out_proj(y)  # (B, L, d_model)
 
 
 def _s4d_real_A_log(d_inner: int, d_state: int) -> Tensor:

@@ -1,20 +1,22 @@
-"""Selective scan (Mamba's S6 recurrence) and the causal depthwise conv that feeds it.
+"""The selective scan (Mamba's S6 recurrence) of a bimamba-v2 layer and the depthwise conv that
+feeds it, and the one place that chooses their implementation.
 
-This is the one place that decides which implementation runs:
-- "fused": the CUDA kernels of mamba-ssm (selective_scan_fn) and causal-conv1d, used whenever the
-  tensors are on CUDA and the packages import;
-- "portable": the same math in plain PyTorch (fp32 accumulation, differentiable, chunked), used on
-  CPU and wherever the kernels are missing.
-The choice can be forced with the `backend=` argument or the SSAMBA_KERNELS environment variable
-(auto | fused | portable | triton), e.g. to compare the paths in tests and benchmarks. Inference
-without autograd may also run both directions of a mixer in one Triton launch (triton_scan.py,
-see use_bidirectional_kernel).
+Layout: the S parameter sets of a layer (bimamba-v2: the forward and the backward direction) stacked
+in front, in the (B, L, ...) order the projections produce:
+    x: (B, L, E), the conv's input, shared     conv weight: (S, E, K)   conv bias: (S, E)
+    u, delta: (S, B, L, E)   B, C: (S, B, L, N)   z: (B, L, E), shared   A: (S, E, N)   D, delta_bias: (S, E)
+    reverse: S bools; a reversed set runs from the last step to the first (the anti-causal conv and a
+    right-to-left scan), which is what the official code gets by flipping the sequence.
+    y_t = (C_t . h_t + D u_t) * silu(z_t),  h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t,
+    dt_t = softplus(delta_t + delta_bias);  -> y: (S, B, L, E) in u's dtype.
 
-Shapes follow mamba-ssm's selective_scan_fn:
-    u, delta, z: (B, D, L)   A: (D, N) real
-    B, C: (D, N) time-invariant, (B, N, L) time-varying, or (B, G, N, L) time-varying in G groups
-    D, delta_bias: (D,)
-    returns y (B, D, L) in u's dtype, and the final state (B, D, N) in fp32 if return_last_state.
+Backends, from the `backend=` argument, else $SSAMBA_KERNELS, else "auto":
+- "triton": the project's kernels (scan_triton.py, conv_triton.py): every set in one launch per
+  pass, straight on this layout, forward and backward. "auto" picks it on CUDA.
+- "mamba": mamba-ssm's selective_scan_fn and causal-conv1d, one launch per set on the (B, E, L)
+  layout they want: inputs transposed, reversed sets flipped, results flipped and transposed back.
+  The reference the Triton kernels are tested and benchmarked against.
+- "portable": plain PyTorch (a chunked scan, differentiable); "auto" picks it on the CPU.
 """
 
 from __future__ import annotations
@@ -22,60 +24,33 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-BACKENDS = ("auto", "fused", "portable", "triton")  # triton: the one-launch inference scan
+BACKENDS = ("auto", "triton", "mamba", "portable")
 ENV_VAR = "SSAMBA_KERNELS"
 SINGLE_PASS_MAX = 128  # portable scan: sequences up to this length run in one chunk
-ONE_LAUNCH_MAX_TOKENS = 2048  # auto: the one-launch Triton scan up to this length, mamba-ssm's above
 INSTALL_HINT = (
-    "install the CUDA kernels with `pip install -e '.[cuda]' --no-build-isolation` "
-    "(mamba-ssm and causal-conv1d matching your torch and CUDA)"
+    "install mamba-ssm and causal-conv1d with `pip install -e '.[cuda]' --no-build-isolation` "
+    "(built for your torch and CUDA)"
 )
 
 
 @functools.cache
-def _fused_selective_scan():
+def _mamba_ops() -> tuple[Callable, Callable] | None:
     try:
+        from causal_conv1d import causal_conv1d_fn
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
     except Exception:  # ImportError, or a wheel built for another torch/CUDA
         return None
-    return selective_scan_fn
+    return selective_scan_fn, causal_conv1d_fn
 
 
 @functools.cache
-def _fused_causal_conv1d():
-    try:
-        from causal_conv1d import causal_conv1d_fn
-    except Exception:
-        return None
-    return causal_conv1d_fn
-
-
-def fused_kernels_available() -> bool:
-    return torch.cuda.is_available() and _fused_selective_scan() is not None
-
-
-def resolve_backend(x: Tensor, backend: str | None = None) -> str:
-    """'fused' or 'portable' for a tensor, honouring the argument, then SSAMBA_KERNELS."""
-    choice = backend or os.environ.get(ENV_VAR, "auto")
-    if choice not in BACKENDS:
-        raise ValueError(f"unknown kernel backend {choice!r} (from backend= or ${ENV_VAR}); use one of {BACKENDS}")
-    if choice == "portable":
-        return "portable"
-    choice = "auto" if choice == "triton" else choice  # training under "triton" uses the fused kernels
-    fused_ok = x.is_cuda and _fused_selective_scan() is not None
-    if choice == "fused" and not fused_ok:
-        where = "the tensors are on the CPU" if not x.is_cuda else "mamba-ssm does not import"
-        raise RuntimeError(f"fused kernels were requested but {where}; {INSTALL_HINT}, or use {ENV_VAR}=portable")
-    return "fused" if fused_ok else "portable"
-
-
-@functools.cache
-def _triton_available() -> bool:
+def _triton_importable() -> bool:
     try:
         import triton  # noqa: F401
     except Exception:
@@ -83,26 +58,50 @@ def _triton_available() -> bool:
     return True
 
 
-def use_bidirectional_kernel(x: Tensor) -> bool:
-    """Whether a mixer runs both directions in one Triton launch (triton_scan.py). It has no
-    backward, so only without autograd, on CUDA. Under SSAMBA_KERNELS=auto only up to
-    ONE_LAUNCH_MAX_TOKENS, where it was measured at least as fast as the per-direction mamba-ssm
-    kernels (docs/benchmarks.md); SSAMBA_KERNELS=triton forces it at every length."""
-    choice = os.environ.get(ENV_VAR, "auto")
-    if choice not in ("auto", "triton") or not x.is_cuda or torch.is_grad_enabled() or not _triton_available():
-        return False
-    return choice == "triton" or x.shape[1] <= ONE_LAUNCH_MAX_TOKENS
+def mamba_kernels_available() -> bool:
+    return torch.cuda.is_available() and _mamba_ops() is not None
 
 
-def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, backend: str | None = None) -> Tensor:
-    """silu(depthwise causal conv1d): x (B, D, L), weight (D, 1, K) or (D, K) -> (B, D, L)."""
-    weight = weight.reshape(weight.shape[0], -1)  # (D, K)
-    fused_conv = _fused_causal_conv1d()
-    if resolve_backend(x, backend) == "fused" and fused_conv is not None:
-        return fused_conv(x, weight, bias, activation="silu")
-    width = weight.shape[1]
-    y = F.conv1d(x, weight.unsqueeze(1), bias, padding=width - 1, groups=x.shape[1])
-    return F.silu(y[..., : x.shape[-1]])
+def resolve_backend(x: Tensor, backend: str | None = None) -> str:
+    """ "triton", "mamba" or "portable" for tensors on x's device: the argument, else $SSAMBA_KERNELS,
+    else auto (Triton on CUDA, portable elsewhere). Triton also runs on the CPU under
+    TRITON_INTERPRET=1 (its interpreter: for tests)."""
+    choice = backend or os.environ.get(ENV_VAR, "auto")
+    if choice not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {choice!r} (from backend= or ${ENV_VAR}); use one of {BACKENDS}")
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    triton_ok = _triton_importable() and (x.is_cuda or interpreted)
+    if choice == "auto":
+        return "triton" if x.is_cuda and triton_ok else "portable"
+    if choice == "triton" and not triton_ok:
+        where = "triton does not import" if x.is_cuda else "the tensors are on the CPU"
+        raise RuntimeError(f"the Triton kernels were requested but {where}; use {ENV_VAR}=portable")
+    if choice == "mamba" and not (x.is_cuda and _mamba_ops() is not None):
+        where = "the tensors are on the CPU" if not x.is_cuda else "mamba-ssm or causal-conv1d does not import"
+        raise RuntimeError(f"mamba-ssm's kernels were requested but {where}; {INSTALL_HINT}, or use {ENV_VAR}=triton")
+    return choice
+
+
+def depthwise_conv_silu(
+    x: Tensor, weight: Tensor, bias: Tensor, reverse: Sequence[bool], backend: str | None = None
+) -> Tensor:
+    """silu(depthwise conv) per set: x (B, L, E), weight (S, E, K), bias (S, E) -> (S, B, L, E);
+    causal for a set that runs forward, anti-causal for a reversed one."""
+    chosen = resolve_backend(x, backend)
+    if chosen == "triton":
+        from src.models.components.conv_triton import depthwise_conv_silu_triton
+
+        return depthwise_conv_silu_triton(x, weight, bias, tuple(reverse))
+    outs = []
+    for s, backwards in enumerate(reverse):
+        xs = _scan_order(x, backwards)  # (B, E, L) in this set's order
+        w, b = weight[s].to(x.dtype), bias[s].to(x.dtype)
+        if chosen == "mamba":
+            u = _mamba_ops()[1](xs.contiguous(), w, b, activation="silu")
+        else:
+            u = F.silu(F.conv1d(xs, w.unsqueeze(1), b, padding=w.shape[-1] - 1, groups=w.shape[0])[..., : x.shape[1]])
+        outs.append(_time_order(u, backwards))
+    return torch.stack(outs)
 
 
 def selective_scan(
@@ -111,22 +110,47 @@ def selective_scan(
     A: Tensor,
     B: Tensor,
     C: Tensor,
-    D: Tensor | None = None,
-    z: Tensor | None = None,
-    delta_bias: Tensor | None = None,
-    delta_softplus: bool = False,
-    return_last_state: bool = False,
+    D: Tensor | None,
+    z: Tensor | None,
+    delta_bias: Tensor | None,
+    reverse: Sequence[bool],
+    delta_softplus: bool = True,
     backend: str | None = None,
-):
-    """y_t = C_t . s_t + D u_t with s_t = exp(delta_t A) s_{t-1} + delta_t B_t u_t, gated by silu(z)."""
+) -> Tensor:
+    """The gated selective scan of every set: shapes in the module docstring; returns (S, B, L, E)."""
     if A.is_complex():
         raise ValueError("complex A is not supported; SSAMBA uses real A = -exp(A_log)")
-    if resolve_backend(u, backend) == "fused":
-        return _fused_selective_scan()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    return selective_scan_portable(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    chosen = resolve_backend(u, backend)
+    if chosen == "triton":
+        from src.models.components.scan_triton import selective_scan_triton
+
+        return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, tuple(reverse), delta_softplus)
+    scan_bel = _mamba_ops()[0] if chosen == "mamba" else scan_portable_bel
+    ys = []
+    for s, backwards in enumerate(reverse):
+        u_s, delta_s, B_s, C_s, z_s = (
+            None if t is None else _scan_order(t, backwards).contiguous() for t in (u[s], delta[s], B[s], C[s], z)
+        )
+        y = scan_bel(
+            u_s, delta_s, A[s].float(), B_s, C_s, None if D is None else D[s].float(), z_s,
+            None if delta_bias is None else delta_bias[s].float(), delta_softplus,
+        )  # fmt: skip
+        ys.append(_time_order(y, backwards))
+    return torch.stack(ys)
 
 
-def selective_scan_portable(
+def _scan_order(x: Tensor, backwards: bool) -> Tensor:
+    """(B, L, X) -> (B, X, L) in a set's scan order."""
+    x = x.transpose(1, 2)
+    return x.flip(-1) if backwards else x
+
+
+def _time_order(x: Tensor, backwards: bool) -> Tensor:
+    """The inverse of _scan_order: (B, X, L) in scan order -> (B, L, X)."""
+    return (x.flip(-1) if backwards else x).transpose(1, 2)
+
+
+def scan_portable_bel(
     u: Tensor,
     delta: Tensor,
     A: Tensor,
@@ -136,11 +160,11 @@ def selective_scan_portable(
     z: Tensor | None = None,
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
-    return_last_state: bool = False,
     chunk_size: int | None = None,
-):
-    """The recurrence in chunks of ~sqrt(L) steps, all chunks advanced together: about 2 sqrt(L)
-    vectorised steps instead of L, on tensors of (B, D, n_chunks, N), never (B, D, L, N).
+) -> Tensor:
+    """One set in mamba-ssm's layout (u, delta, z: (B, E, L); B, C: (B, N, L); A: (E, N)), scanned
+    left to right in chunks of ~sqrt(L) steps, all chunks advanced together: about 2 sqrt(L)
+    vectorised steps instead of L, on tensors of (B, E, n_chunks, N), never (B, E, L, N).
     Sequences of at most SINGLE_PASS_MAX steps run as one chunk (pass 2 alone).
       pass 1: scan every chunk from a zero state; keep only its final state;
       carry:  walk the chunk ends to get the true state entering each chunk;
@@ -161,13 +185,14 @@ def selective_scan_portable(
         x = F.pad(x, (0, pad)).unflatten(-1, (n_chunks, chunk))
         return x.movedim(-1, 0).contiguous()
 
-    delta_t = steps(delta).unsqueeze(-1)  # (T, B, D, n_chunks, 1)
-    delta_u_t = steps(delta * u).unsqueeze(-1)  # (T, B, D, n_chunks, 1)
-    A = A[None, :, None, :]  # (1, D, 1, N)
-    B_at, C_at = _per_step(B, dim, steps), _per_step(C, dim, steps)
+    delta_t = steps(delta).unsqueeze(-1)  # (T, B, E, n_chunks, 1)
+    delta_u_t = steps(delta * u).unsqueeze(-1)  # (T, B, E, n_chunks, 1)
+    A = A[None, :, None, :]  # (1, E, 1, N)
+    B_t = steps(B.float().unsqueeze(1)).transpose(-1, -2)  # (T, B, 1, n_chunks, N)
+    C_t = steps(C.float().unsqueeze(1)).transpose(-1, -2)
 
     def step(state: Tensor, t: int) -> Tensor:
-        return torch.exp(delta_t[t] * A) * state + delta_u_t[t] * B_at(t)  # (B, D, n_chunks, N)
+        return torch.exp(delta_t[t] * A) * state + delta_u_t[t] * B_t[t]  # (B, E, n_chunks, N)
 
     state = u.new_zeros(batch, dim, n_chunks, A.shape[-1])
     if n_chunks > 1:
@@ -175,7 +200,7 @@ def selective_scan_portable(
         for t in range(chunk):
             state = step(state, t)
         # carry: state entering chunk c = decay(c-1) * entering(c-1) + local final(c-1)
-        chunk_decay = torch.exp(delta_t.sum(0) * A)  # (B, D, n_chunks, N)
+        chunk_decay = torch.exp(delta_t.sum(0) * A)  # (B, E, n_chunks, N)
         carry = torch.zeros_like(state[:, :, 0])
         entering = []
         for c in range(n_chunks):
@@ -186,17 +211,14 @@ def selective_scan_portable(
     ys = []
     for t in range(chunk):
         state = step(state, t)
-        ys.append((state * C_at(t)).sum(-1))  # (B, D, n_chunks)
-    y = torch.stack(ys, dim=-1).flatten(-2)[..., :length]  # (B, D, L)
+        ys.append((state * C_t[t]).sum(-1))  # (B, E, n_chunks)
+    y = torch.stack(ys, dim=-1).flatten(-2)[..., :length]  # (B, E, L)
 
     if D is not None:
         y = y + D.float()[:, None] * u
     if z is not None:
         y = y * F.silu(z.float())
-    y = y.to(out_dtype)
-    if return_last_state:
-        return y, state[:, :, -1]
-    return y
+    return y.to(out_dtype)
 
 
 def _default_chunk(length: int) -> int:
@@ -205,16 +227,3 @@ def _default_chunk(length: int) -> int:
     if length <= SINGLE_PASS_MAX:
         return max(length, 1)
     return math.isqrt(length - 1) + 1
-
-
-def _per_step(M: Tensor, dim: int, steps):
-    """B or C as a function of the step t, broadcastable to (B, D, n_chunks, N)."""
-    if M.dim() == 2:  # (D, N): time-invariant
-        constant = M.float()[None, :, None, :]
-        return lambda t: constant
-    grouped = M.float() if M.dim() == 4 else M.float().unsqueeze(1)  # (B, G, N, L)
-    per_group = dim // grouped.shape[1]
-    at = steps(grouped).transpose(-1, -2)  # (T, B, G, n_chunks, N)
-    if per_group == dim:
-        return lambda t: at[t]
-    return lambda t: at[t].repeat_interleave(per_group, dim=1)

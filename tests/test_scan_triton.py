@@ -1,0 +1,122 @@
+"""The Triton scan and conv kernels against float64 references and the portable path: compiled on a
+GPU machine, interpreted (TRITON_INTERPRET=1, numpy) elsewhere. Shapes are small and launch shapes
+tiny (2-step tiles, a checkpoint every 4 steps, 4 channels per program) so that every path runs: several
+checkpoint segments, chunks with carries, tiles and chunks cut short by the sequence's end, masked
+channels and states."""
+
+import pytest
+import torch
+
+from src.models.components.bimamba import BiMambaMixer
+from src.models.components.scan import depthwise_conv_silu
+from src.models.components.scan_triton import ScanTiling, default_tilings, selective_scan_triton
+from tests.helpers.reference import stacked_scan_reference
+from tests.helpers.triton_cpu import INTERPRETED  # conftest switched the interpreter on without a GPU
+
+DEVICE = "cpu" if INTERPRETED else "cuda"
+NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
+
+
+def tiny(min_programs):
+    return ScanTiling(block_d=4, tile_len=2, ckpt_every=4, min_programs=min_programs)
+
+
+CASES = {
+    # name: (length, channels, states, z, reverse, tiling); 2 sets x batch 2 x ceil(E/4) blocks of programs
+    "one chunk, odd length": (13, 8, 4, True, (False, True), tiny(1)),
+    "chunks ending on a boundary": (16, 8, 4, True, (True, False), tiny(64)),
+    "last chunk one step long": (17, 6, 3, False, (False, True), tiny(64)),
+    "one step": (1, 8, 4, True, (True, False), tiny(64)),
+    "one set": (11, 5, 4, True, (True,), ScanTiling(block_d=8, tile_len=4, ckpt_every=8, min_programs=1)),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_scan_output_and_every_gradient_match_the_float64_reference(case):
+    length, dim, d_state, with_z, reverse, tiling = CASES[case]
+    sets, batch = len(reverse), 2
+    inputs = dict(
+        u=torch.randn(sets, batch, length, dim, dtype=torch.float64),
+        delta=0.5 * torch.randn(sets, batch, length, dim, dtype=torch.float64),
+        A=-3 * torch.rand(sets, dim, d_state, dtype=torch.float64) - 0.1,
+        B=torch.randn(sets, batch, length, d_state, dtype=torch.float64),
+        C=torch.randn(sets, batch, length, d_state, dtype=torch.float64),
+        D=torch.randn(sets, dim, dtype=torch.float64),
+        z=torch.randn(batch, length, dim, dtype=torch.float64) if with_z else None,
+        delta_bias=0.5 * torch.randn(sets, dim, dtype=torch.float64),
+    )
+    ref_leaves = {k: v.clone().requires_grad_() for k, v in inputs.items() if v is not None}
+    leaves = {k: v.float().to(DEVICE).requires_grad_() for k, v in inputs.items() if v is not None}
+    y_ref = stacked_scan_reference(**{**inputs, **ref_leaves}, reverse=reverse)
+    y = selective_scan_triton(**{**inputs, **leaves}, reverse=reverse, tiling=tiling)
+    torch.testing.assert_close(y.cpu().double(), y_ref, rtol=1e-4, atol=1e-5)
+    grad_y = torch.randn_like(y_ref)
+    names = [k for k in NAMES if k in leaves]
+    grads_ref = torch.autograd.grad(y_ref, [ref_leaves[k] for k in names], grad_y)
+    grads = torch.autograd.grad(y, [leaves[k] for k in names], grad_y.float().to(DEVICE))
+    for name, g, g_ref in zip(names, grads, grads_ref):
+        torch.testing.assert_close(g.cpu().double(), g_ref, rtol=1e-4, atol=1e-4, msg=lambda m, n=name: f"d{n}: {m}")
+
+
+def test_scan_of_bf16_inputs_without_autograd_returns_bf16_close_to_the_reference():
+    args = [torch.randn(2, 1, 9, 8), 0.5 * torch.randn(2, 1, 9, 8), -torch.rand(2, 8, 4), torch.randn(2, 1, 9, 4)]
+    u, delta, A, B = (t.to(DEVICE) for t in args)
+    low = [t.bfloat16() for t in (u, delta, B)]
+    with torch.no_grad():
+        y = selective_scan_triton(low[0], low[1], A, low[2], low[2], None, None, None, (False, True), tiling=tiny(1))
+    assert y.dtype == torch.bfloat16
+    ref = stacked_scan_reference(*(t.cpu().double() for t in (low[0], low[1], A, low[2], low[2])), None, None, None,
+                                 reverse=(False, True))  # fmt: skip
+    torch.testing.assert_close(y.cpu().double(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_forward_and_backward_tilings_must_share_checkpoints():
+    u = torch.zeros(2, 1, 4, 4, device=DEVICE)
+    mismatched = (tiny(1), ScanTiling(block_d=4, tile_len=2, ckpt_every=8))
+    with pytest.raises(ValueError, match="ckpt_every"):
+        selective_scan_triton(
+            u, u, torch.zeros(2, 4, 2), u[..., :2], u[..., :2], None, None, None, (0, 1), tiling=mismatched
+        )
+
+
+def test_default_tilings_follow_the_measured_rules():
+    # tiny at batch 64: 32-channel programs would be too few -> 16 channels, backward register cap
+    forward, backward = default_tilings(2, 64, 384, 513)
+    assert (forward.block_d, backward.block_d, backward.max_registers) == (16, 16, 168)
+    # base at batch 64: enough 32-channel programs, no chunks
+    forward, backward = default_tilings(2, 64, 1536, 513)
+    assert forward.block_d == backward.block_d == 32 and forward.min_programs == 2048
+    # long sequences: 32 channels, chunks until 8192 programs
+    assert default_tilings(2, 4, 384, 22001)[0] == ScanTiling(block_d=32, min_programs=8192)
+
+
+@pytest.mark.parametrize("reverse", [(False, True), (True, False)])
+def test_conv_kernel_matches_the_portable_conv(reverse):
+    x = torch.randn(2, 37, 12)
+    weight, bias = torch.randn(2, 12, 4), torch.randn(2, 12)
+    grad = torch.randn(2, 2, 37, 12)
+    results = {}
+    for backend, device in (("portable", "cpu"), ("triton", DEVICE)):
+        leaves = [t.to(device).requires_grad_() for t in (x, weight, bias)]
+        u = depthwise_conv_silu(*leaves, reverse, backend=backend)
+        results[backend] = [t.cpu() for t in (u, *torch.autograd.grad(u, leaves, grad.to(device)))]
+    for name, got, want in zip(["u", "dx", "dweight", "dbias"], results["triton"], results["portable"]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_mixer_on_the_triton_kernels_matches_the_portable_mixer(reverse, monkeypatch):
+    mixer = BiMambaMixer(16, d_state=4, backward_dt_init="mamba").to(DEVICE)
+    hidden = torch.randn(2, 23, 16, device=DEVICE)
+    results = {}
+    for backend in ("portable", "triton"):
+        monkeypatch.setenv("SSAMBA_KERNELS", backend)
+        mixer.zero_grad()
+        out = mixer(hidden, reverse=reverse)
+        out.pow(2).sum().backward()
+        results[backend] = (out.detach(), {k: p.grad.clone() for k, p in mixer.named_parameters()})
+    torch.testing.assert_close(results["triton"][0], results["portable"][0], rtol=1e-4, atol=1e-5)
+    for name, g in results["portable"][1].items():
+        torch.testing.assert_close(
+            results["triton"][1][name], g, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}"
+        )
