@@ -11,8 +11,8 @@ in front, in the (B, L, ...) order the projections produce:
     dt_t = softplus(delta_t + delta_bias);  -> y: (S, B, L, E) in u's dtype.
 
 Backends, from the `backend=` argument, else $SSAMBA_KERNELS, else "auto":
-- "triton": the project's kernels (scan_kernels.py via scan_triton.py, conv_triton.py): every set in one launch per
-  pass, straight on this layout, forward and backward. "auto" picks it on CUDA.
+- "triton": the project's kernels (scan_kernels.py via scan_triton.py, conv_triton.py): every set
+  in one launch per pass, straight on this layout, forward and backward. "auto" picks it on CUDA.
 - "mamba": mamba-ssm's selective_scan_fn and causal-conv1d, one launch per set on the (B, E, L)
   layout they want: inputs transposed, reversed sets flipped, results flipped and transposed back.
   The reference the Triton kernels are tested and benchmarked against.
