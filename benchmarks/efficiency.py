@@ -7,9 +7,9 @@ For each model, size, precision and mode: warm-up runs, then the median of repea
 and the peak of torch.cuda.max_memory_allocated during one forward (weights included, as the paper
 measured). A series stops after an out-of-memory or a run over --max-seconds.
 
-Modes:  ssamba/fused        mamba-ssm's per-direction kernels with flips (the training path)
-        ssamba/one-launch   both directions in one Triton launch, no flips (inference default)
-        ssamba/one-launch+graph   the same, replayed as a CUDA graph
+Modes:  ssamba/mamba        mamba-ssm's per-direction kernels, with the transposes and flips they need
+        ssamba/triton       the project's Triton kernels: both directions per launch, no flips (default)
+        ssamba/triton+graph the same, replayed as a CUDA graph
         ssast/explicit      softmax(QK^T)V materialised, as SSAST and the paper's baseline
         ssast/sdpa          torch's scaled_dot_product_attention (flash / memory-efficient)
         ssast/sdpa+graph    the same, replayed as a CUDA graph
@@ -105,7 +105,7 @@ def run_point(model, mode: str, tokens: int, precision: str, warmup: int, repeat
 
 
 def series(backbone: str, size: str, mode: str, precision: str, args) -> list[dict]:
-    os.environ["SSAMBA_KERNELS"] = "fused" if mode == "fused" else "triton"
+    os.environ["SSAMBA_KERNELS"] = mode.removesuffix("+graph") if backbone == "ssamba" else "auto"
     overrides = {} if backbone == "ssamba" else {"attention": "explicit" if mode == "explicit" else "sdpa"}
     model = build_encoder(backbone, size, **overrides).cuda().eval()
     limit = max(args.tokens) if backbone == "ssamba" else min(max(args.tokens), SSAST_MAX_TOKENS)
@@ -130,7 +130,7 @@ def series(backbone: str, size: str, mode: str, precision: str, args) -> list[di
 
 
 MODES = {
-    "ssamba": ["fused", "one-launch", "one-launch+graph"],
+    "ssamba": ["mamba", "triton", "triton+graph"],
     "ssast": ["explicit", "sdpa", "sdpa+graph"],
 }
 
@@ -253,7 +253,7 @@ def report(results: dict, out: Path) -> None:
     write_text(out / "benchmarks" / "efficiency.md", "\n".join(lines) + "\n")
 
     styles = {
-        "fused": ("tab:blue", "-"), "one-launch": ("tab:green", "-"), "one-launch+graph": ("tab:olive", "-"),
+        "mamba": ("tab:blue", "-"), "triton": ("tab:green", "-"), "triton+graph": ("tab:olive", "-"),
         "explicit": ("tab:red", "--"), "sdpa": ("tab:purple", "--"), "sdpa+graph": ("tab:pink", "--"),
     }  # fmt: skip
     for precision in ("fp32", "bf16"):

@@ -1,0 +1,346 @@
+"""The selective scan of one bimamba-v2 layer, both directions: the project's Triton kernels
+against mamba-ssm's, forward and forward + backward.
+
+    python benchmarks/scan.py [--shapes 64x384x513 4x384x22001 64x1536x513] [--sweep]
+
+Shapes are batch x channels (E = expand * d_model) x length, d_state 16, bf16 inputs laid out as
+the mixer's projections produce them: u and delta (2, B, L, E); B and C views into x_proj's
+(2, B, L, R + 2N) output; z a view into in_proj's (B, L, 2E) output. Timed with CUDA events, the
+median of --repeats after --warmup, for:
+  triton          selective_scan(backend="triton"): both directions, one launch per pass
+  mamba kernel    mamba-ssm's selective_scan_fn twice, on inputs already in its (B, E, L) layout
+                  and already flipped for the backward direction: the kernel alone
+  mamba in model  selective_scan(backend="mamba"): the same kernels with the transposes and flips
+                  the model needs around them
+"forward" is inference (no autograd); "forward + backward" runs the forward and the gradients of
+every input, as training does. Every run also checks the
+Triton results against mamba-ssm's (max relative difference, output and each gradient).
+--sweep times a grid of launch shapes (tile length, channels per program, warps, chunking) too.
+
+Writes <out>/scan.json and <out>/scan.md, docs/figures/scan.png, and the table into
+docs/benchmarks.md between its `scan` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from src.models.components.scan import mamba_kernels_available, selective_scan  # noqa: E402
+from src.models.components.scan_triton import ScanTiling, default_tilings, selective_scan_triton  # noqa: E402
+from src.utils.io import write_json, write_text  # noqa: E402
+
+D_STATE = 16
+REVERSE = (False, True)
+SWEEP = [  # (forward, backward) launch shapes around the defaults
+    (ScanTiling(block_d=16), ScanTiling(block_d=16, max_registers=regs)) for regs in (144, 168, 192, None)
+] + [(ScanTiling(block_d=32, min_programs=p), ScanTiling(block_d=32, min_programs=p)) for p in (2048, 8192)]
+
+
+def make_inputs(batch: int, dim: int, length: int, dtype=torch.bfloat16, aligned_rank: bool = True) -> dict:
+    """One layer's scan inputs in the mixer's layout, with realistic magnitudes. x_proj's output
+    holds dt_rank columns, then B, then C; aligned_rank pads dt_rank to a multiple of 8 (16 bytes),
+    as the mixer does, so rows of B and C start 16-byte aligned."""
+    dev = "cuda"
+    rank = -(-dim // 32)  # dt_rank = ceil(d_model / 16), d_model = dim / 2
+    if aligned_rank:
+        rank = -(-rank // 8) * 8
+    xz = torch.randn(batch, length, 2 * dim, device=dev, dtype=dtype)
+    x_dbl = torch.randn(2, batch, length, rank + 2 * D_STATE, device=dev, dtype=dtype)
+    inputs = dict(
+        u=torch.nn.functional.silu(torch.randn(2, batch, length, dim, device=dev, dtype=dtype)),
+        delta=0.5 * torch.randn(2, batch, length, dim, device=dev, dtype=dtype),
+        A=-torch.arange(1, D_STATE + 1, device=dev, dtype=torch.float32).repeat(2, dim, 1),
+        B=x_dbl[..., rank : rank + D_STATE],
+        C=x_dbl[..., rank + D_STATE :],
+        D=torch.ones(2, dim, device=dev),
+        z=xz[..., dim:],
+        delta_bias=torch.log(torch.expm1(torch.full((2, dim), 0.01, device=dev))),
+    )
+    return inputs
+
+
+def leaves(inputs: dict) -> dict:
+    """Fresh inputs that need gradients; views stay views (of a fresh base), as in the model."""
+    out, bases = {}, {}
+    for k, v in inputs.items():
+        if v._base is None:
+            out[k] = v.detach().requires_grad_()
+        else:
+            base = bases.setdefault(id(v._base), v._base.detach().requires_grad_())
+            out[k] = base.as_strided(v.shape, v.stride(), v.storage_offset())
+    return out
+
+
+def mamba_layout(inputs: dict) -> list[dict]:
+    """Per direction, the inputs mamba-ssm's kernel wants: (B, E, L) contiguous, flipped if reversed."""
+    sets = []
+    for s, backwards in enumerate(REVERSE):
+
+        def lay(x, backwards=backwards):
+            x = x.transpose(1, 2)
+            return (x.flip(-1) if backwards else x).contiguous().detach().requires_grad_()
+
+        sets.append(dict(
+            u=lay(inputs["u"][s]), delta=lay(inputs["delta"][s]), A=inputs["A"][s].clone().requires_grad_(),
+            B=lay(inputs["B"][s]), C=lay(inputs["C"][s]), D=inputs["D"][s].clone().requires_grad_(),
+            z=lay(inputs["z"]), delta_bias=inputs["delta_bias"][s].clone().requires_grad_(),
+        ))  # fmt: skip
+    return sets
+
+
+def time_ms(fn, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def runners(inputs: dict, tiling: tuple[ScanTiling, ScanTiling] | None = None) -> dict:
+    """name -> (forward, forward + backward) callables."""
+    grad_y = torch.randn(2, *inputs["u"].shape[1:], device="cuda", dtype=inputs["u"].dtype)
+
+    def triton_fwd(a):
+        if tiling is None:
+            return selective_scan(**a, reverse=REVERSE, backend="triton")
+        return selective_scan_triton(**a, reverse=REVERSE, tiling=tiling)
+
+    def fwd_bwd(call, a):
+        y = call(a)
+        params = [v for v in a.values() if v.requires_grad]
+        return torch.autograd.grad(y, params, grad_y, allow_unused=True)
+
+    def inference(call, a):
+        with torch.no_grad():
+            return call(a)
+
+    def pair(call):
+        """(inference, forward + backward) of a scan, each on its own fresh leaves."""
+        a_inf, a_train = leaves(inputs), leaves(inputs)
+        return (lambda: inference(call, a_inf)), (lambda: fwd_bwd(call, a_train))
+
+    out = {"triton": pair(triton_fwd)}
+    if mamba_kernels_available() and tiling is None:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+        per_set = mamba_layout(inputs)
+        grad_sets = [g.transpose(1, 2).contiguous() for g in grad_y]
+
+        def kernel_fwd():
+            with torch.no_grad():
+                return [selective_scan_fn(**p, delta_softplus=True) for p in per_set]
+
+        def kernel_fwd_bwd():
+            for p, g in zip(per_set, grad_sets):
+                y = selective_scan_fn(**p, delta_softplus=True)
+                torch.autograd.grad(y, list(p.values()), g)
+
+        def model_fwd(a):
+            return selective_scan(**a, reverse=REVERSE, backend="mamba")
+
+        out["mamba kernel"] = (kernel_fwd, kernel_fwd_bwd)
+        out["mamba in model"] = pair(model_fwd)
+    return out
+
+
+def agreement(inputs: dict) -> dict:
+    """Max relative difference, Triton vs mamba-ssm (in model), of y and every gradient."""
+    grad_y = torch.randn(2, *inputs["u"].shape[1:], device="cuda", dtype=inputs["u"].dtype)
+    results = {}
+    for backend in ("triton", "mamba"):
+        a = leaves(inputs)
+        y = selective_scan(**a, reverse=REVERSE, backend=backend)
+        names = list(a)
+        grads = torch.autograd.grad(y, [a[k] for k in names], grad_y)
+        results[backend] = {"y": y, **dict(zip(names, grads))}
+
+    def rel(x, ref):
+        return ((x.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-6)).item()
+
+    return {k: rel(results["triton"][k], results["mamba"][k]) for k in results["triton"]}
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    batch, dim, length = (int(v) for v in text.lower().split("x"))
+    return batch, dim, length
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", default=["64x384x513", "4x384x22001", "64x1536x513"])
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--sweep", action="store_true", help="also time a grid of Triton launch shapes")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
+    parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "figures" / "scan.png")
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite the table in docs/benchmarks.md")
+    parser.add_argument(
+        "--from-json", type=Path, help="render the table, plot and docs from a scan.json, measure nothing"
+    )
+    args = parser.parse_args(argv)
+    if args.from_json:
+        return render(json.loads(args.from_json.read_text()), args)
+    if not torch.cuda.is_available():
+        parser.error("needs a CUDA GPU")
+    record = {
+        "card": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "d_state": D_STATE,
+        "dtype": "bfloat16",
+        "shapes": [],
+    }
+    for shape in map(parse_shape, args.shapes):
+        torch.manual_seed(0)
+        inputs = make_inputs(*shape)
+        forward, backward = default_tilings(2, *shape)
+        row = {"batch": shape[0], "dim": shape[1], "length": shape[2], "ms": {},
+               "tiling": {"forward": vars(forward), "backward": vars(backward)}}  # fmt: skip
+        for name, (fwd, fwd_bwd) in runners(inputs).items():
+            row["ms"][name] = {
+                "forward": time_ms(fwd, args.warmup, args.repeats),
+                "forward_backward": time_ms(fwd_bwd, args.warmup, args.repeats),
+            }
+        if mamba_kernels_available():
+            row["max_rel_diff_vs_mamba"] = agreement(inputs)
+        if args.sweep:
+            row["sweep"] = sweep(inputs, args)
+            unaligned = runners(make_inputs(*shape, aligned_rank=False))["triton"]
+            row["unaligned_rank_ms"] = {"forward": time_ms(unaligned[0], 2, args.repeats),
+                                        "forward_backward": time_ms(unaligned[1], 2, args.repeats)}  # fmt: skip
+            print("  unaligned dt_rank:", row["unaligned_rank_ms"], flush=True)
+        print(summary_line(row), flush=True)
+        record["shapes"].append(row)
+        del inputs
+        torch.cuda.empty_cache()
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "scan.json", record)
+    return render(record, args)
+
+
+def render(record: dict, args) -> int:
+    table = markdown(record)
+    write_text(args.out / "scan.md", table)
+    plot(record, args.figure)
+    if not args.no_docs:
+        update_docs(ROOT / "docs" / "benchmarks.md", table)
+    print(table)
+    return 0
+
+
+def sweep(inputs: dict, args) -> list[dict]:
+    batch, length, dim = inputs["u"].shape[1:]
+    rows = []
+    for forward, backward in SWEEP:
+        row = {"forward_tiling": vars(forward), "backward_tiling": vars(backward)}
+        try:
+            fwd, fwd_bwd = runners(inputs, (forward, backward))["triton"]
+            row.update(
+                forward=time_ms(fwd, 2, args.repeats // 2), forward_backward=time_ms(fwd_bwd, 2, args.repeats // 2)
+            )
+        except Exception as error:  # a launch shape the compiler cannot fit: record it and go on
+            row["error"] = f"{type(error).__name__}: {str(error)[:200]}"
+        rows.append(row)
+        print("  sweep", row, flush=True)
+    return rows
+
+
+def summary_line(row: dict) -> str:
+    ms = row["ms"]
+    parts = [f"{row['batch']}x{row['dim']}x{row['length']}:"]
+    for name, t in ms.items():
+        parts.append(f"{name} fwd {t['forward']:.3f} fwd+bwd {t['forward_backward']:.3f} ms;")
+    return " ".join(parts)
+
+
+def speedup(row: dict, against: str, phase: str) -> str:
+    if against not in row["ms"]:
+        return "-"
+    return f"{row['ms'][against][phase] / row['ms']['triton'][phase]:.2f}x"
+
+
+def markdown(record: dict) -> str:
+    lines = [
+        f"One bimamba-v2 layer's scans (both directions), bf16, d_state {record['d_state']}, "
+        f"{record['card']}, torch {record['torch']}; ms, median of the timed runs; the Triton kernels "
+        "with their default launch shapes (default_tilings).",
+        "",
+        "| batch x E x L | phase | Triton | mamba-ssm kernel | mamba-ssm in model | speed-up vs kernel | vs in model |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in record["shapes"]:
+        shape = f"{row['batch']} x {row['dim']} x {row['length']}"
+        for phase, label in (("forward", "forward"), ("forward_backward", "fwd + bwd")):
+            cells = [
+                f"{row['ms'][n][phase]:.3f}" if n in row["ms"] else "-"
+                for n in ("triton", "mamba kernel", "mamba in model")
+            ]
+            lines.append(f"| {shape} | {label} | {' | '.join(cells)} | {speedup(row, 'mamba kernel', phase)} | "
+                         f"{speedup(row, 'mamba in model', phase)} |")  # fmt: skip
+    diffs = [(row, row.get("max_rel_diff_vs_mamba")) for row in record["shapes"] if row.get("max_rel_diff_vs_mamba")]
+    if diffs:
+        lines += ["", "Largest relative difference, Triton vs mamba-ssm, bf16 (max |a - b| / max |b|):", ""]
+        names = list(diffs[0][1])
+        lines += ["| batch x E x L | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
+        for row, d in diffs:
+            lines.append(
+                f"| {row['batch']} x {row['dim']} x {row['length']} | "
+                + " | ".join(f"{d[n]:.1e}" for n in names)
+                + " |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(record: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["triton", "mamba kernel", "mamba in model"]
+    fig, axes = plt.subplots(1, len(record["shapes"]), figsize=(4.5 * len(record["shapes"]), 3.6), squeeze=False)
+    for ax, row in zip(axes[0], record["shapes"]):
+        present = [n for n in names if n in row["ms"]]
+        for i, phase in enumerate(("forward", "forward_backward")):
+            values = [row["ms"][n][phase] for n in present]
+            ax.bar([j + 0.4 * i for j in range(len(present))], values, width=0.4, label=phase.replace("_", " + "))
+        ax.set_xticks([j + 0.2 for j in range(len(present))], present, fontsize=8)
+        ax.set_title(f"{row['batch']} x {row['dim']} x {row['length']}", fontsize=9)
+        ax.set_ylabel("ms")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"bimamba-v2 layer scan, both directions, bf16, {record['card']}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
+    plt.close(fig)
+
+
+def update_docs(path: Path, table: str) -> None:
+    begin, end = "<!-- scan:begin -->", "<!-- scan:end -->"
+    text = path.read_text()
+    if begin not in text or end not in text:
+        print(f"{path} has no {begin} ... {end} markers; the table is in the JSON and .md only")
+        return
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    write_text(path, f"{head}{begin}\n{table}{end}{tail}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
