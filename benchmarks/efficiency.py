@@ -51,13 +51,14 @@ def measure_bandwidth_and_matmul() -> dict:
     """The card's copy bandwidth (GB/s, read + write) and bf16 matmul rate (TFLOP/s), measured."""
     x = torch.empty(2**30 // 2, dtype=torch.bfloat16, device="cuda")
     y = torch.empty_like(x)
-    copy_ms = _time(lambda: y.copy_(x), warmup=3, repeats=20)
+    copy_ms = time_ms(lambda: y.copy_(x), warmup=3, repeats=20)
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    mm_ms = _time(lambda: a @ a, warmup=3, repeats=20)
+    mm_ms = time_ms(lambda: a @ a, warmup=3, repeats=20)
     return {"copy_GBps": 2 * x.numel() * 2 / copy_ms / 1e6, "bf16_matmul_TFLOPs": 2 * 8192**3 / mm_ms / 1e9}
 
 
-def _time(fn, warmup: int, repeats: int) -> float:
+def time_ms(fn, warmup: int, repeats: int) -> float:
+    """Median milliseconds of fn over `repeats` runs after `warmup`, by CUDA events."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -100,7 +101,7 @@ def run_point(model, mode: str, tokens: int, precision: str, warmup: int, repeat
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated()
     call = _graphed(forward, x) if mode.endswith("+graph") else (lambda: forward(x))
-    ms = _time(call, warmup, repeats)
+    ms = time_ms(call, warmup, repeats)
     return {"ms": ms, "peak_mib": peak / 2**20}
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.efficiency import time_ms  # noqa: E402
 from src.models.components.scan import mamba_kernels_available, selective_scan  # noqa: E402
 from src.models.components.scan_triton import ScanTiling, default_tilings, selective_scan_triton  # noqa: E402
 from src.utils.io import write_json, write_text  # noqa: E402
@@ -95,20 +95,6 @@ def mamba_layout(inputs: dict) -> list[dict]:
             z=lay(inputs["z"]), delta_bias=inputs["delta_bias"][s].clone().requires_grad_(),
         ))  # fmt: skip
     return sets
-
-
-def time_ms(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def runners(inputs: dict, tiling: tuple[ScanTiling, ScanTiling] | None = None) -> dict:
