@@ -3,6 +3,10 @@
 One in_proj, out_proj and z gate are shared; the forward and the reversed sequence each have their
 own conv1d, x_proj, dt_proj, A_log and D (the reversed ones end in `_b`). Parameter names equal
 the official ones, so an official checkpoint converts by renaming prefixes only.
+
+The forward computes in the (B, L, E) layout in_proj produces, the two parameter sets stacked in
+front, (2, B, L, E), from the conv to the scan: no transposes, and no flips (the reversed set runs
+an anti-causal conv and a right-to-left scan). scan.py chooses the kernels.
 """
 
 from __future__ import annotations
