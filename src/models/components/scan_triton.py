@@ -57,9 +57,8 @@ def chunking(sets: int, batch: int, dim: int, length: int, tiling: ScanTiling) -
 
 
 def _strides(x: Tensor, sets_dim: bool = True) -> tuple[int, ...]:
-    """(set, batch, time) strides of a (S, B, L, X) tensor, or (batch, time) of a (B, L, X) one."""
-    if x.stride(-1) != 1:
-        raise ValueError(f"the scan needs unit stride along the last dimension, got strides {x.stride()}")
+    """(set, batch, time) strides of a (S, B, L, X) tensor, or (batch, time) of a (B, L, X) one; its
+    last stride is 1 (_unit_last)."""
     return tuple(x.stride()[:3] if sets_dim else x.stride()[:2])
 
 
@@ -68,13 +67,16 @@ def _unit_last(x: Tensor | None) -> Tensor | None:
 
 
 class _Launch:
-    """What the forward and backward launches share: shapes, strides, chunking, grid."""
+    """What the forward and backward launches share: shapes, strides, chunking, grid, the inputs
+    every kernel takes first (u, delta, B, C, z, A, D, delta_bias; a missing z or D stands in as
+    another tensor, unread) and the compile-time flags."""
 
-    def __init__(self, u, delta, B, C, z, A, reverse, tiling: ScanTiling):
+    def __init__(self, u, delta, A, B, C, D, z, delta_bias, reverse, delta_softplus, tiling: ScanTiling):
         self.sets, self.batch, self.length, self.dim = u.shape
         self.device = u.device
         self.d_state = A.shape[1]  # A is (S, N, E) here
-        self.tiling = tiling
+        self.A, self.D_or_bias = A, D if D is not None else delta_bias
+        self.inputs = (u, delta, B, C, z if z is not None else u, A, self.D_or_bias, delta_bias)
         if tiling.ckpt_every % tiling.tile_len:
             raise ValueError(f"ckpt_every must be a multiple of tile_len, got {tiling}")
         self.chunk_len, self.n_chunks = chunking(self.sets, self.batch, self.dim, self.length, tiling)
@@ -85,19 +87,20 @@ class _Launch:
         z_strides = _strides(z, sets_dim=False) if z is not None else (0, 0)
         self.strides = _strides(u) + _strides(delta) + _strides(B) + _strides(C) + z_strides
         self.shape = dict(DIM=self.dim, N=self.d_state, BN=triton.next_power_of_2(self.d_state), BD=tiling.block_d)
-        self.meta = dict(T=tiling.tile_len, CK=tiling.ckpt_every, num_warps=1, **self.shape)
+        self.flags = dict(SOFTPLUS=delta_softplus, HAS_Z=z is not None, HAS_D=D is not None)
+        self.flags.update(T=tiling.tile_len, CK=tiling.ckpt_every, num_warps=1, **self.shape)
         if tiling.max_registers:
-            self.meta["maxnreg"] = tiling.max_registers
+            self.flags["maxnreg"] = tiling.max_registers
         self.sizes = (self.batch, self.length, self.chunk_len, self.n_chunks, self.n_ckpts)
 
     def states(self, *lead: int) -> Tensor:
         """A buffer of (..., N, E) fp32 states: channels contiguous, as the threads hold them."""
         return torch.empty(*lead, self.d_state, self.dim, device=self.device, dtype=torch.float32)
 
-    def carry(self, local: Tensor, dt_sum: Tensor, A: Tensor, D: Tensor, backward: bool) -> Tensor:
+    def carry(self, local: Tensor, dt_sum: Tensor, backward: bool) -> Tensor:
         entering = torch.empty_like(local)
         chunk_carry_kernel[self.grid[:2]](
-            local, dt_sum, A, D, D, entering, self.batch, self.n_chunks, 0,
+            local, dt_sum, self.A, self.D_or_bias, self.D_or_bias, entering, self.batch, self.n_chunks, 0,
             BACKWARD=backward, num_warps=1, **self.shape,
         )  # fmt: skip
         return entering
@@ -106,37 +109,30 @@ class _Launch:
 def scan_forward(u, delta, A, B, C, D, z, delta_bias, reverse, delta_softplus, tiling, checkpoints=True):
     """y (S, B, L, E) in u's dtype, and the states every ckpt_every steps (S*B, n_ckpts, N, E) fp32
     that the backward restarts from (an empty tensor without `checkpoints`)."""
-    run = _Launch(u, delta, B, C, z, A, reverse, tiling)
+    run = _Launch(u, delta, A, B, C, D, z, delta_bias, reverse, delta_softplus, tiling)
     y = torch.empty(u.shape, device=u.device, dtype=u.dtype)
     ckpt = run.states(run.sets * run.batch, run.n_ckpts) if checkpoints else y.new_empty(0, dtype=torch.float32)
-    flags = dict(SOFTPLUS=delta_softplus, HAS_Z=z is not None, HAS_D=D is not None, **run.meta)
-    D_arg = D if D is not None else delta_bias
-    z_arg = z if z is not None else u
     h_start = None
     if run.n_chunks > 1:
         h_end = run.states(run.sets * run.batch, run.n_chunks)
         dt_sum = torch.empty(run.sets * run.batch, run.n_chunks, run.dim, device=u.device, dtype=torch.float32)
         scan_forward_kernel[run.grid](
-            u, delta, B, C, z_arg, A, D_arg, delta_bias, y, h_end, ckpt, h_end, dt_sum,
-            *run.sizes, run.rev_mask, 0, *run.strides,
-            HAS_H_START=False, WRITE_Y=False, WRITE_CKPT=False, WRITE_END=True, **flags,
+            *run.inputs, y, h_end, ckpt, h_end, dt_sum, *run.sizes, run.rev_mask, 0, *run.strides,
+            HAS_H_START=False, WRITE_Y=False, WRITE_CKPT=False, WRITE_END=True, **run.flags,
         )  # fmt: skip
-        h_start = run.carry(h_end, dt_sum, A, D_arg, backward=False)
+        h_start = run.carry(h_end, dt_sum, backward=False)
     scan_forward_kernel[run.grid](
-        u, delta, B, C, z_arg, A, D_arg, delta_bias, y, h_start if h_start is not None else ckpt, ckpt, ckpt, ckpt,
+        *run.inputs, y, h_start if h_start is not None else ckpt, ckpt, ckpt, ckpt,
         *run.sizes, run.rev_mask, 0, *run.strides,
-        HAS_H_START=h_start is not None, WRITE_Y=True, WRITE_CKPT=checkpoints, WRITE_END=False, **flags,
+        HAS_H_START=h_start is not None, WRITE_Y=True, WRITE_CKPT=checkpoints, WRITE_END=False, **run.flags,
     )  # fmt: skip
     return y, ckpt
 
 
 def scan_backward(dy, ckpt, u, delta, A, B, C, D, z, delta_bias, reverse, delta_softplus, tiling):
     """Gradients of u, delta, A, B, C, D, z, delta_bias (None where the input was None)."""
-    run = _Launch(u, delta, B, C, z, A, reverse, tiling)
+    run = _Launch(u, delta, A, B, C, D, z, delta_bias, reverse, delta_softplus, tiling)
     S, batch, L, E = u.shape
-    flags = dict(SOFTPLUS=delta_softplus, HAS_Z=z is not None, HAS_D=D is not None, **run.meta)
-    D_arg = D if D is not None else delta_bias
-    z_arg = z if z is not None else u
     dy_strides = _strides(dy)
     du = torch.empty(u.shape, device=u.device, dtype=u.dtype)
     ddelta = torch.empty(delta.shape, device=u.device, dtype=delta.dtype)
@@ -154,16 +150,16 @@ def scan_backward(dy, ckpt, u, delta, A, B, C, D, z, delta_bias, reverse, delta_
         g_out = run.states(S * batch, run.n_chunks)
         dt_sum = torch.empty_like(dD_part)
         scan_backward_kernel[run.grid](
-            u, delta, B, C, z_arg, A, D_arg, delta_bias, dy, ckpt, g_out, scratch,
+            *run.inputs, dy, ckpt, g_out, scratch,
             du, ddelta, du, dB_blocks, dC_blocks, dA_part, dD_part, dbias_part, g_out, dt_sum,
-            *run.sizes, run.rev_mask, 0, *run.strides, *dy_strides, HAS_G_START=False, CARRY_ONLY=True, **flags,
+            *run.sizes, run.rev_mask, 0, *run.strides, *dy_strides, HAS_G_START=False, CARRY_ONLY=True, **run.flags,
         )  # fmt: skip
-        g_start = run.carry(g_out, dt_sum, A, D_arg, backward=True)
+        g_start = run.carry(g_out, dt_sum, backward=True)
     scan_backward_kernel[run.grid](
-        u, delta, B, C, z_arg, A, D_arg, delta_bias, dy, ckpt, g_start if g_start is not None else ckpt, scratch,
+        *run.inputs, dy, ckpt, g_start if g_start is not None else ckpt, scratch,
         du, ddelta, dz_sets if dz_sets is not None else du, dB_blocks, dC_blocks, dA_part, dD_part, dbias_part,
         ckpt, ckpt, *run.sizes, run.rev_mask, 0, *run.strides, *dy_strides,
-        HAS_G_START=g_start is not None, CARRY_ONLY=False, **flags,
+        HAS_G_START=g_start is not None, CARRY_ONLY=False, **run.flags,
     )  # fmt: skip
     dB = dB_blocks.sum(0).view(S, batch, L, run.d_state).to(B.dtype)
     dC = dC_blocks.sum(0).view(S, batch, L, run.d_state).to(C.dtype)
