@@ -145,6 +145,31 @@ def test_triton_and_mamba_encoder_agree_in_bf16(frames, monkeypatch):
     assert rel_err(outs["triton"], outs["mamba"]) < 3e-2
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_and_mamba_encoder_gradients_agree(dtype, monkeypatch):
+    """Training through the whole encoder: the fused mixer and the fused add + norm (Triton) against
+    mamba-ssm's kernels with torch's add and norm, output and every parameter's gradient."""
+    torch.manual_seed(0)
+    encoder = build_encoder("ssamba", "tiny", depth=4, input_tdim=512, drop_path_rate=0.0).cuda().train()
+    x = torch.randn(3, 1, 128, 512, device="cuda")
+    fwd_tol, grad_tol = VS_MAMBA[dtype]
+    results = {}
+    for backend in ("triton", "mamba"):
+        monkeypatch.setenv("SSAMBA_KERNELS", backend)
+        encoder.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out = encoder(x)
+        out.float().pow(2).mean().backward()
+        results[backend] = (
+            out.detach(),
+            {k: p.grad.clone() for k, p in encoder.named_parameters() if p.grad is not None},
+        )
+    assert rel_err(results["triton"][0], results["mamba"][0]) < fwd_tol
+    assert results["triton"][1].keys() == results["mamba"][1].keys()
+    for name, g in results["triton"][1].items():
+        assert rel_err(g, results["mamba"][1][name]) < grad_tol, name
+
+
 def test_ssl_step_on_cuda_with_seeded_masks():
     from src.models.components.masking import make_mask
     from src.models.ssl_module import SSLModule

@@ -92,9 +92,9 @@ def test_default_tilings_follow_the_measured_rules():
 
 @pytest.mark.parametrize("reverse", [(False, True), (True, False)])
 def test_conv_kernel_matches_the_portable_conv(reverse):
-    x = torch.randn(2, 37, 12)
+    x = torch.randn(2, 270, 12)  # more steps than one program of the weight-gradient pass takes (256)
     weight, bias = torch.randn(2, 12, 4), torch.randn(2, 12)
-    grad = torch.randn(2, 2, 37, 12)
+    grad = torch.randn(2, 2, 270, 12)
     results = {}
     for backend, device in (("portable", "cpu"), ("triton", DEVICE)):
         leaves = [t.to(device).requires_grad_() for t in (x, weight, bias)]
@@ -104,19 +104,26 @@ def test_conv_kernel_matches_the_portable_conv(reverse):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
 
 
-@pytest.mark.parametrize("reverse", [False, True])
-def test_mixer_on_the_triton_kernels_matches_the_portable_mixer(reverse, monkeypatch):
-    mixer = BiMambaMixer(16, d_state=4, backward_dt_init="mamba").to(DEVICE)
-    hidden = torch.randn(2, 23, 16, device=DEVICE)
+@pytest.mark.parametrize("reverse, divide_out", [(False, True), (True, False)])
+def test_fused_mixer_on_the_triton_kernels_matches_the_portable_mixer(reverse, divide_out, monkeypatch):
+    """The one-Function mixer (recomputing u and delta in its backward, the average folded into C and D)
+    against the step-by-step portable one: output, every parameter's gradient, the input's gradient;
+    and without autograd the same output."""
+    mixer = BiMambaMixer(16, d_state=4, backward_dt_init="mamba", divide_out=divide_out).to(DEVICE)
+    hidden = torch.randn(2, 13, 16, device=DEVICE)
     results = {}
     for backend in ("portable", "triton"):
         monkeypatch.setenv("SSAMBA_KERNELS", backend)
         mixer.zero_grad()
-        out = mixer(hidden, reverse=reverse)
+        leaf = hidden.clone().requires_grad_()
+        out = mixer(leaf, reverse=reverse)
         out.pow(2).sum().backward()
-        results[backend] = (out.detach(), {k: p.grad.clone() for k, p in mixer.named_parameters()})
-    torch.testing.assert_close(results["triton"][0], results["portable"][0], rtol=1e-4, atol=1e-5)
-    for name, g in results["portable"][1].items():
-        torch.testing.assert_close(
-            results["triton"][1][name], g, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}"
-        )
+        grads = {k: p.grad.clone() for k, p in mixer.named_parameters()}
+        with torch.no_grad():
+            inference = mixer(hidden, reverse=reverse)
+        results[backend] = (out.detach(), inference, leaf.grad, grads)
+    want, got = results["portable"], results["triton"]
+    for name, a, b in zip(("output", "no-grad output", "input grad"), got[:3], want[:3]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+    for name, g in want[3].items():
+        torch.testing.assert_close(got[3][name], g, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")

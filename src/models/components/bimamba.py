@@ -6,7 +6,9 @@ the official ones, so an official checkpoint converts by renaming prefixes only.
 
 The forward computes in the (B, L, E) layout in_proj produces, the two parameter sets stacked in
 front, (2, B, L, E), from the conv to the scan: no transposes, and no flips (the reversed set runs
-an anti-causal conv and a right-to-left scan). scan.py chooses the kernels.
+an anti-causal conv and a right-to-left scan). scan.py chooses the kernels; on the Triton ones the
+whole stretch from in_proj to out_proj is one autograd Function (mixer_triton.py) that stores no
+(2, B, L, E) activation and recomputes them in its backward, as mamba-ssm's mamba_inner_fn does.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from src.models.components.scan import depthwise_conv_silu, selective_scan
+from src.models.components.scan import depthwise_conv_silu, resolve_backend, selective_scan
 
 BACKWARD_DT_INITS = ("zero", "mamba")
 
@@ -49,7 +51,6 @@ class BiMambaMixer(nn.Module):
         self.d_state = d_state
         self.d_inner = expand * d_model
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
-        self.dt_rank_pad = -self.dt_rank % 8  # x_proj's output gets this many zero columns after dt's
         self.divide_out = divide_out
         d_inner = self.d_inner
 
@@ -89,40 +90,54 @@ class BiMambaMixer(nn.Module):
     def forward(self, hidden_states: Tensor, reverse: bool = False) -> Tensor:
         """(B, L, d_model) -> (B, L, d_model). reverse=True gives flip(mixer(flip(x))) (the official
         layer-pair flipping) without flipping: each parameter set runs the other way."""
-        batch, length, _ = hidden_states.shape
-        E, R, N = self.d_inner, self.dt_rank, self.d_state
         xz = self.in_proj(hidden_states)  # (B, L, 2E)
-        x, z = xz.chunk(2, dim=-1)  # (B, L, E) each, views
         # set 0 holds conv1d, x_proj, ... and reads forward; set 1 holds the `_b` ones and reads backward
         backwards = (reverse, not reverse)
-        conv_weight = torch.stack([self.conv1d.weight, self.conv1d_b.weight]).squeeze(2)  # (2, E, K)
-        if self.conv1d.bias is not None:
-            conv_bias = torch.stack([self.conv1d.bias, self.conv1d_b.bias])  # (2, E)
+        sets = (
+            torch.stack([self.conv1d.weight, self.conv1d_b.weight]).squeeze(2),  # (2, E, K)
+            self._conv_bias(xz),  # (2, E)
+            torch.stack([self.x_proj.weight, self.x_proj_b.weight]),  # (2, R + 2N, E)
+            torch.stack([self.dt_proj.weight, self.dt_proj_b.weight]),  # (2, E, R)
+            -torch.exp(torch.stack([self.A_log, self.A_b_log]).float()),  # (2, E, N)
+            torch.stack([self.D, self.D_b]),  # (2, E)
+            torch.stack([self.dt_proj.bias, self.dt_proj_b.bias]),  # (2, E)
+        )
+        scale = 0.5 if self.divide_out else 1.0
+        if resolve_backend(xz) == "triton":  # one fused Function, recomputing in its backward
+            from src.models.components.mixer_triton import bimamba_inner_triton  # imports triton
+
+            y = bimamba_inner_triton(xz, *sets, backwards, self.dt_rank, scale)
         else:
-            conv_bias = x.new_zeros(2, E)
+            y = self._inner(xz, *sets, backwards, scale)
+        return self.out_proj(y)  # (B, L, d_model)
+
+    def _conv_bias(self, like: Tensor) -> Tensor:
+        if self.conv1d.bias is None:
+            return like.new_zeros(2, self.d_inner, dtype=torch.float32)
+        return torch.stack([self.conv1d.bias, self.conv1d_b.bias])
+
+    def _inner(self, xz, conv_weight, conv_bias, x_proj, dt_proj, A, D, dt_bias, backwards, scale) -> Tensor:
+        """What bimamba_inner_triton computes, as differentiable steps on scan.py's kernels (the
+        portable scan, or mamba-ssm's as the reference): (B, L, 2E) -> (B, L, E)."""
+        batch, length, _ = xz.shape
+        E, R, N = self.d_inner, self.dt_rank, self.d_state
+        x, z = xz.chunk(2, dim=-1)  # (B, L, E) each, views
         u = depthwise_conv_silu(x, conv_weight, conv_bias, backwards)  # (2, B, L, E)
-        x_proj = torch.stack([self.x_proj.weight, self.x_proj_b.weight])  # (2, R + 2N, E)
-        if self.dt_rank_pad:  # zero rows after dt's: B's and C's rows of x_dbl start 16-byte aligned
-            x_proj = torch.cat([x_proj[:, :R], x_proj.new_zeros(2, self.dt_rank_pad, E), x_proj[:, R:]], dim=1)
-        x_dbl = torch.bmm(u.view(2, batch * length, E), x_proj.transpose(1, 2).to(u.dtype))  # (2, B*L, R' + 2N)
-        dt, _, B, C = x_dbl.split([R, self.dt_rank_pad, N, N], dim=-1)  # views
-        dt_proj = torch.stack([self.dt_proj.weight, self.dt_proj_b.weight]).transpose(1, 2)  # (2, R, E)
-        delta = torch.bmm(dt, dt_proj.to(dt.dtype))  # (2, B*L, E); the bias goes in as delta_bias
+        x_dbl = torch.bmm(u.view(2, batch * length, E), x_proj.transpose(1, 2).to(u.dtype))  # (2, B*L, R + 2N)
+        dt, B, C = x_dbl.split([R, N, N], dim=-1)  # views
+        delta = torch.bmm(dt, dt_proj.transpose(1, 2).to(dt.dtype))  # (2, B*L, E); the bias goes in as delta_bias
         y = selective_scan(
             u,
             delta.view(2, batch, length, E),
-            -torch.exp(torch.stack([self.A_log, self.A_b_log]).float()),  # (2, E, N)
+            A,
             B.view(2, batch, length, N),
             C.view(2, batch, length, N),
-            torch.stack([self.D, self.D_b]),
+            D,
             z,
-            torch.stack([self.dt_proj.bias, self.dt_proj_b.bias]),
+            dt_bias,
             backwards,
         )  # (2, B, L, E)
-        y = y[0] + y[1]
-        if self.divide_out:
-            y = y / 2
-        return self.out_proj(y)  # (B, L, d_model)
+        return (y[0] + y[1]) * scale
 
 
 def _s4d_real_A_log(d_inner: int, d_state: int) -> Tensor:

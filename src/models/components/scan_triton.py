@@ -129,8 +129,9 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, reverse, delta_softplus, t
     return y, ckpt
 
 
-def scan_backward(dy, ckpt, u, delta, A, B, C, D, z, delta_bias, reverse, delta_softplus, tiling):
-    """Gradients of u, delta, A, B, C, D, z, delta_bias (None where the input was None)."""
+def scan_backward(dy, ckpt, u, delta, A, B, C, D, z, delta_bias, reverse, delta_softplus, tiling, dz=None):
+    """Gradients of u, delta, A, B, C, D, z, delta_bias (None where the input was None); dz may be
+    given as a (B, L, E) view to write z's gradient into."""
     run = _Launch(u, delta, A, B, C, D, z, delta_bias, reverse, delta_softplus, tiling)
     S, batch, L, E = u.shape
     dy_strides = _strides(dy)
@@ -166,7 +167,8 @@ def scan_backward(dy, ckpt, u, delta, A, B, C, D, z, delta_bias, reverse, delta_
     dA = dA_part.view(S, -1, run.d_state, E).sum(1).transpose(1, 2)
     dD = dD_part.view(S, -1, E).sum(1) if D is not None else None
     dbias = dbias_part.view(S, -1, E).sum(1)
-    dz = dz_sets.sum(0, dtype=torch.float32).to(z.dtype) if z is not None else None
+    if z is not None:  # the sets share z: their gradients add up (in fp32, rounded once)
+        dz = torch.sum(dz_sets, 0, out=dz) if dz is not None else dz_sets.sum(0)
     return du, ddelta, dA, dB, dC, dD, dz, dbias
 
 
