@@ -13,6 +13,7 @@ from torch import Tensor
 
 from src.models.components.bimamba import BiMambaMixer
 from src.models.components.patching import PatchEncoder
+from src.models.components.scan import resolve_backend
 
 SIZES = {"tiny": 192, "small": 384, "base": 768}
 QUIRKS = {
@@ -31,10 +32,19 @@ class DropPath(nn.Module):
         self.p = p
 
     def forward(self, x: Tensor) -> Tensor:
+        keep = self.draw(x)
+        return x if keep is None else x * keep.view(-1, *(1,) * (x.dim() - 1)) / (1 - self.p)
+
+    def draw(self, x: Tensor) -> Tensor | None:
+        """Which samples keep their branch: (B,) of 0 and 1 in x's dtype, or None when nothing is dropped."""
         if self.p == 0.0 or not self.training:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
+            return None
+        return x.new_empty(x.shape[0]).bernoulli_(1 - self.p)
+
+    def scales(self, x: Tensor) -> Tensor | None:
+        """What forward multiplies each sample by, (B,) fp32 (keep / (1 - p)), or None."""
+        keep = self.draw(x)
+        return None if keep is None else keep.float() / (1 - self.p)
 
 
 def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
@@ -43,6 +53,39 @@ def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
     if kind == "rmsnorm":
         return nn.RMSNorm(dim, eps=eps)
     raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {kind!r}")
+
+
+def add_norm(
+    hidden: Tensor,
+    residual: Tensor | None,
+    norm: nn.Module,
+    drop_path: DropPath,
+    residual_in_fp32: bool,
+    out_dtype: torch.dtype | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The residual stream's step: residual + drop_path(hidden) (hidden alone for the first layer),
+    then norm. Returns (normed, residual); the residual in fp32 with residual_in_fp32; normed in
+    out_dtype (None: the autocast dtype where autocast is on, else the norm's). On the Triton kernels
+    the add and the norm are one kernel each way (norm_triton.py)."""
+    if resolve_backend(hidden) == "triton":
+        from src.models.components.norm_triton import add_norm_triton  # imports triton
+
+        if residual_in_fp32:
+            residual_dtype = torch.float32
+        else:
+            residual_dtype = hidden.dtype if residual is None else torch.promote_types(hidden.dtype, residual.dtype)
+        if out_dtype is None:
+            on = torch.is_autocast_enabled(hidden.device.type)
+            out_dtype = torch.get_autocast_dtype(hidden.device.type) if on else norm.weight.dtype
+        scale = drop_path.scales(hidden) if residual is not None else None
+        bias = getattr(norm, "bias", None)
+        rms = isinstance(norm, nn.RMSNorm)
+        return add_norm_triton(hidden, residual, scale, norm.weight, bias, norm.eps, rms, residual_dtype, out_dtype)
+    residual = hidden if residual is None else residual + drop_path(hidden)
+    normed = norm(residual.to(norm.weight.dtype))
+    if out_dtype is not None:
+        normed = normed.to(out_dtype)
+    return normed, residual.float() if residual_in_fp32 else residual
 
 
 class MambaBlock(nn.Module):
@@ -57,11 +100,8 @@ class MambaBlock(nn.Module):
 
     def forward(self, hidden: Tensor, residual: Tensor | None, reverse: bool = False):
         """reverse=True: this block as if run on the flipped sequence, results in the original order."""
-        residual = hidden if residual is None else residual + self.drop_path(hidden)
-        hidden = self.mixer(self.norm(residual.to(self.norm.weight.dtype)), reverse=reverse)
-        if self.residual_in_fp32:
-            residual = residual.float()
-        return hidden, residual
+        normed, residual = add_norm(hidden, residual, self.norm, self.drop_path, self.residual_in_fp32)
+        return self.mixer(normed, reverse=reverse), residual
 
 
 class AudioMambaEncoder(PatchEncoder):
@@ -141,8 +181,7 @@ class AudioMambaEncoder(PatchEncoder):
                 hidden, residual = layer(hidden, residual)
                 if return_hidden:
                     states.append(residual + hidden)
-        residual = residual + self.drop_path(hidden)
-        out = self.norm_f(residual.to(self.norm_f.weight.dtype))
+        out, _ = add_norm(hidden, residual, self.norm_f, self.drop_path, False, out_dtype=self.norm_f.weight.dtype)
         if self.double_final_norm:
             out = self.norm_f(out)
         return (out, states) if return_hidden else out
