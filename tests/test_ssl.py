@@ -61,6 +61,15 @@ def test_patchify_matches_token_order():
     torch.testing.assert_close(patches[1, 4], spec[1, 0, 16:32, 16:32].reshape(-1))
 
 
+@pytest.mark.parametrize("stride", [(16, 16), (10, 10)])
+def test_patchify_equals_unfold_with_ragged_edges(stride):
+    """The reshape path (patches that do not overlap) and unfold (overlapping ones) give unfold's result,
+    also when the input is not a whole number of patches."""
+    spec = torch.randn(3, 1, 40, 57)
+    want = torch.nn.functional.unfold(spec, kernel_size=(16, 16), stride=stride).transpose(1, 2)
+    torch.testing.assert_close(patchify(spec, (16, 16), stride), want, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("num_mask", [250, 300, 400])
 def test_official_mask_count_uniqueness_and_quirks(num_mask):
     rng = random.Random(0)

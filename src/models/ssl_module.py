@@ -80,11 +80,17 @@ class SSLModule(L.LightningModule):
 
     def losses(self, spec: Tensor, num_mask: int, seed: int | None = None) -> dict[str, Tensor]:
         """seed: masks of the two passes from seed and seed + 1 (None: fresh random masks)."""
-        hidden, target = self.masked_outputs(spec, num_mask, seed)
-        nce, acc = info_nce(self.cpredlayer(hidden), target, self.hparams.nce_softmax_dim)
+        hidden_nce, target_nce = self.masked_outputs(spec, num_mask, seed)
         if self.hparams.two_passes:
-            hidden, target = self.masked_outputs(spec, num_mask, None if seed is None else seed + 1)
-        mse = masked_mse(self.gpredlayer(hidden), target)
+            hidden_mse, target_mse = self.masked_outputs(spec, num_mask, None if seed is None else seed + 1)
+        else:
+            hidden_mse, target_mse = hidden_nce, target_nce
+        return self.objective(hidden_nce, target_nce, hidden_mse, target_mse)
+
+    def objective(self, hidden_nce: Tensor, target_nce: Tensor, hidden_mse: Tensor, target_mse: Tensor) -> dict:
+        """The heads and losses on the masked positions' outputs (B, M, D) and true patches (B, M, P)."""
+        nce, acc = info_nce(self.cpredlayer(hidden_nce), target_nce, self.hparams.nce_softmax_dim)
+        mse = masked_mse(self.gpredlayer(hidden_mse), target_mse)
         return {"loss": nce + self.hparams.gen_weight * mse, "nce": nce, "mse": mse, "acc": acc}
 
     # ---- Lightning -----------------------------------------------------------------------------

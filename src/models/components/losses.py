@@ -11,8 +11,16 @@ from torch import Tensor
 
 
 def patchify(spec: Tensor, patch_shape, patch_stride) -> Tensor:
-    """(B, 1, F, T) -> (B, L, fshape * tshape): every patch flattened frequency-major, in token order."""
-    return F.unfold(spec, kernel_size=tuple(patch_shape), stride=tuple(patch_stride)).transpose(1, 2)
+    """(B, C, F, T) -> (B, L, C * fshape * tshape): every patch flattened frequency-major, in token
+    order, as F.unfold gives them. Patches that do not overlap (pretraining's) are one reshape and
+    copy; unfold would launch a kernel per sample."""
+    fshape, tshape = patch_shape
+    if tuple(patch_stride) != tuple(patch_shape):
+        return F.unfold(spec, kernel_size=tuple(patch_shape), stride=tuple(patch_stride)).transpose(1, 2)
+    batch, channels, freq, time = spec.shape
+    f_dim, t_dim = freq // fshape, time // tshape
+    grid = spec[:, :, : f_dim * fshape, : t_dim * tshape].reshape(batch, channels, f_dim, fshape, t_dim, tshape)
+    return grid.permute(0, 2, 4, 1, 3, 5).reshape(batch, f_dim * t_dim, channels * fshape * tshape)
 
 
 def info_nce(pred: Tensor, target: Tensor, softmax_dim: int = -1) -> tuple[Tensor, Tensor]:
