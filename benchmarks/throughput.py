@@ -1,13 +1,15 @@
 """Pretraining throughput on GPUs, and what the data loader delivers.
 
-    python benchmarks/throughput.py model [--sizes tiny small base] [--batch-per-gpu 32]
+    python benchmarks/throughput.py model [--sizes tiny small base] [--batch-per-gpu 64]
     torchrun --nproc-per-node 2 benchmarks/throughput.py model ...        # DDP, one process per GPU
     python benchmarks/throughput.py loader --store DIR [--workers 8]      # samples/s from fp16 shards
+    python benchmarks/throughput.py train --store DIR [--devices 1 2]  # src/train.py itself, loader included
     python benchmarks/throughput.py synthetic-store --out DIR [--clips 4096]
 
 `model` times full SSL steps (two masked passes, InfoNCE + 10 MSE, backward, AdamW) in bf16-mixed
-with fp32 parameters on the fused kernels, after warm-up; it appends its result to
---json (default docs/benchmarks/throughput.json). `loader` reads a feature store through the
+with fp32 parameters on the fused kernels, after warm-up, for SSAMBA and SSAST of each size in one
+invocation, and prints SSAMBA's throughput and peak memory as a ratio of SSAST's; it appends the
+run to --json (default docs/benchmarks/throughput.json). `loader` reads a feature store through the
 pretraining Dataset and a DataLoader as training does.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,17 +26,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from src.data.datamodules import PretrainDataset  # noqa: E402
 from src.data.shards import FeatureStore  # noqa: E402
+from src.models.optim import make_optimizer  # noqa: E402
 from src.models.ssl_module import SSLModule  # noqa: E402
 from src.utils.io import write_json, write_jsonl  # noqa: E402
 
 
-def _append(path: Path, record: dict) -> None:
-    rows = json.loads(path.read_text()) if path.exists() else []
-    write_json(path, rows + [record])
+def _append(path: Path, run: dict) -> None:
+    """Add one invocation's records to the file's list of runs."""
+    runs = json.loads(path.read_text())["runs"] if path.exists() else []
+    write_json(path, {"runs": runs + [run]})
 
 
 def model_throughput(args) -> None:
@@ -44,39 +50,71 @@ def model_throughput(args) -> None:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     else:
         rank, world = 0, 1
+    records = []
     for size in args.sizes:
-        torch.manual_seed(0)
-        module = SSLModule({"backbone": args.backbone, "size": size, "input_tdim": 1024}, mask_patches=400).cuda()
-        net = Objective(module)
-        if distributed:
-            net = torch.nn.parallel.DistributedDataParallel(net)
-        optimizer = ssl_optimizer(module)
-        x = torch.randn(args.batch_per_gpu, 1, 128, 1024, device="cuda")
-        seconds = time_steps(net, optimizer, x, args.warmup, args.steps)
-        samples = args.steps * args.batch_per_gpu * world
-        record = {
-            "what": "ssl_pretraining_step",
-            "backbone": args.backbone,
-            "size": size,
-            "gpus": world,
-            "batch_per_gpu": args.batch_per_gpu,
-            "samples_per_s": samples / seconds,
-            "ms_per_step": 1000 * seconds / args.steps,
-            "peak_mib": torch.cuda.max_memory_allocated() / 2**20,
-            "card": torch.cuda.get_device_name(),
-        }
-        if rank == 0:
-            print(json.dumps(record), flush=True)
-            _append(args.json, record)
-        del module, net, optimizer
-        torch.cuda.empty_cache()
+        for backbone in args.backbones:
+            record = measure_ssl_step(backbone, size, args.batch_per_gpu, args.warmup, args.steps, world, args.compile)
+            records.append(record)
+            if rank == 0:
+                print(json.dumps(record), flush=True)
+    ratios = ratio_lines(records)
+    if rank == 0:
+        print("\n".join(ratios))
+        card = torch.cuda.get_device_name()
+        run = {"run": args.label or f"{card} x{world}", "card": card, "records": records, "ratios": ratios}
+        _append(args.json, run)
     if distributed:
         torch.distributed.destroy_process_group()
 
 
+def measure_ssl_step(backbone: str, size: str, batch: int, warmup: int, steps: int, world: int, compile: str) -> dict:
+    """Full SSL steps (two masked passes of 400 of 512 patches, InfoNCE + 10 MSE, backward, the
+    recipe's AdamW) of one model, bf16-mixed, after warm-up."""
+    torch.manual_seed(0)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    module = SSLModule({"backbone": backbone, "size": size, "input_tdim": 1024}, mask_patches=400).cuda()
+    if compile == "objective":
+        module.objective = torch.compile(module.objective)
+    net = Objective(module)
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(net)
+    optimizer = ssl_optimizer(module)
+    x = torch.randn(batch, 1, 128, 1024, device="cuda")
+    seconds = time_steps(net, optimizer, x, warmup, steps)
+    return {
+        "what": "ssl_pretraining_step",
+        "backbone": backbone,
+        "size": size,
+        "gpus": world,
+        "batch_per_gpu": batch,
+        "compile": compile,
+        "samples_per_s": steps * batch * world / seconds,
+        "ms_per_step": 1000 * seconds / steps,
+        "peak_mib": torch.cuda.max_memory_allocated() / 2**20,
+        "card": torch.cuda.get_device_name(),
+        "kernels": os.environ.get("SSAMBA_KERNELS", "auto"),
+    }
+
+
+def ratio_lines(records: list[dict]) -> list[str]:
+    """SSAMBA against SSAST of the same size: samples/s and peak memory."""
+    lines = []
+    for mamba in (r for r in records if r["backbone"] == "ssamba"):
+        ast = next((r for r in records if r["backbone"] == "ssast" and r["size"] == mamba["size"]), None)
+        if ast is not None:
+            lines.append(
+                f"{mamba['size']}: SSAMBA {mamba['samples_per_s']:.0f} samples/s, SSAST {ast['samples_per_s']:.0f}: "
+                f"{mamba['samples_per_s'] / ast['samples_per_s']:.2f}x SSAST's throughput; peak memory "
+                f"{mamba['peak_mib'] / 1024:.1f} GiB vs {ast['peak_mib'] / 1024:.1f} GiB: "
+                f"{mamba['peak_mib'] / ast['peak_mib']:.2f}x"
+            )
+    return lines
+
+
 def ssl_optimizer(module: torch.nn.Module) -> torch.optim.Optimizer:
-    """The pretraining recipe's AdamW."""
-    return torch.optim.AdamW(module.parameters(), lr=1e-4, weight_decay=5e-8, betas=(0.95, 0.999))
+    """The pretraining recipe's AdamW (fused on CUDA), as the SSL module builds it."""
+    return make_optimizer(module.parameters(), "adamw", lr=1e-4, weight_decay=5e-8, betas=(0.95, 0.999))
 
 
 def train_step(loss_fn, optimizer, x, bf16: bool = True) -> None:
@@ -132,7 +170,36 @@ def loader_throughput(args) -> None:
     seconds = time.perf_counter() - start
     record = {"what": "loader", "workers": args.workers, "batch": args.batch, "samples_per_s": n / seconds}
     print(json.dumps(record), flush=True)
-    _append(args.json, record)
+    _append(args.json, {"run": args.label or "loader", "records": [record]})
+
+
+def train_throughput(args) -> None:
+    """The real entry point, src/train.py, on a feature store, for each device count: samples/s as
+    the Throughput callback measures them (loader, DDP and logging included)."""
+    records = []
+    for devices in args.devices:
+        run_dir = Path(args.runs) / f"{args.experiment}_devices{devices}"
+        command = [
+            sys.executable, "src/train.py", f"experiment={args.experiment}", "callbacks=throughput",
+            f"data.sources=[{{path:'{Path(args.store).resolve()}',split:null,weight:1.0}}]", "data.val_source=null",
+            f"data.num_workers={args.workers}", f"trainer.devices={devices}", f"trainer.max_steps={args.steps}",
+            "trainer.num_sanity_val_steps=0", f"callbacks.throughput.warmup_steps={args.warmup}",
+            f"hydra.run.dir={run_dir}", *args.overrides,
+        ]  # fmt: skip
+        print(" ".join(command), flush=True)
+        subprocess.run(command, check=True, cwd=ROOT)
+        result = json.loads((run_dir / "throughput.json").read_text())
+        records.append({"what": "src/train.py", "experiment": args.experiment, **result})
+        print(json.dumps(records[-1]), flush=True)
+    one = next((r for r in records if r["devices"] == 1), None)
+    lines = [
+        f"{r['devices']} GPUs: {r['samples_per_s'] / one['samples_per_s']:.2f}x one GPU's samples/s"
+        for r in records
+        if one is not None and r is not one
+    ]
+    print("\n".join(lines))
+    run = {"run": args.label or f"src/train.py {args.experiment}", "card": records[0]["card"], "records": records}
+    _append(args.json, {**run, "ratios": lines})
 
 
 def synthetic_store(args) -> None:
@@ -163,8 +230,10 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("model")
     m.add_argument("--sizes", nargs="+", default=["tiny", "small", "base"])
-    m.add_argument("--backbone", default="ssamba")
-    m.add_argument("--batch-per-gpu", type=int, default=32)
+    m.add_argument("--backbones", nargs="+", default=["ssamba", "ssast"], choices=["ssamba", "ssast"])
+    m.add_argument("--compile", default="none", choices=["none", "objective"], help="torch.compile the heads + losses")
+    m.add_argument("--label", default="")
+    m.add_argument("--batch-per-gpu", type=int, default=64)
     m.add_argument("--warmup", type=int, default=5)
     m.add_argument("--steps", type=int, default=20)
     m.add_argument("--json", type=Path, default=Path("docs/benchmarks/throughput.json"))
@@ -173,12 +242,25 @@ def main(argv=None) -> int:
     ld.add_argument("--workers", type=int, default=8)
     ld.add_argument("--batch", type=int, default=64)
     ld.add_argument("--batches", type=int, default=60)
+    ld.add_argument("--label", default="")
     ld.add_argument("--json", type=Path, default=Path("docs/benchmarks/throughput.json"))
+    t = sub.add_parser("train", help="src/train.py on a feature store, per device count")
+    t.add_argument("--store", required=True)
+    t.add_argument("--experiment", default="pretrain_tiny")
+    t.add_argument("--devices", nargs="+", type=int, default=[1, 2])
+    t.add_argument("--steps", type=int, default=60)
+    t.add_argument("--warmup", type=int, default=10)
+    t.add_argument("--workers", type=int, default=8)
+    t.add_argument("--runs", default="logs/throughput")
+    t.add_argument("--label", default="")
+    t.add_argument("--json", type=Path, default=Path("docs/benchmarks/throughput.json"))
+    t.add_argument("overrides", nargs="*", help="more Hydra overrides for src/train.py")
     s = sub.add_parser("synthetic-store")
     s.add_argument("--out", required=True)
     s.add_argument("--clips", type=int, default=4096)
     args = parser.parse_args(argv)
-    {"model": model_throughput, "loader": loader_throughput, "synthetic-store": synthetic_store}[args.command](args)
+    commands = {"model": model_throughput, "loader": loader_throughput, "train": train_throughput}
+    {**commands, "synthetic-store": synthetic_store}[args.command](args)
     return 0
 
 

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -54,6 +55,22 @@ def test_ddp_simulation_two_ranks(experiment, data_root, tmp_path):
     metrics, _ = train(cfg)
     assert "val/acc" in metrics
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+
+def test_throughput_callback_times_the_steps_after_warm_up(data_root, tmp_path):
+    cfg = compose_cfg(
+        "train.yaml",
+        ["experiment=pretrain_demo", "callbacks=throughput", "callbacks.throughput.warmup_steps=1"],
+        data_root,
+        tmp_path,
+    )
+    with open_dict(cfg):
+        cfg.trainer.max_steps = 4
+        cfg.trainer.limit_val_batches = 0
+    train(cfg)
+    result = json.loads((tmp_path / "throughput.json").read_text())
+    assert result["steps_timed"] == 3 and result["devices"] == 1 and result["card"] == "cpu"
+    assert result["samples_per_s"] == pytest.approx(2 * 1000 / result["ms_per_step"])
 
 
 def test_pretrain_then_finetune_hand_over(data_root, tmp_path):

@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from src.utils.io import write_json
 from src.utils.pylogger import RankedLogger
 
 log = RankedLogger(__name__)
@@ -73,3 +75,53 @@ class CheckpointOnSignal(L.Callback):
         log.info(f"stopped by a signal at step {trainer.global_step}: saved {path}; resume with ckpt_path=last")
         if self._usr2 and callable(self._previous):
             self._previous(signal.SIGUSR2, None)
+
+
+class Throughput(L.Callback):
+    """Training speed as the whole run sees it (data loading, DDP and logging included): samples/s
+    and ms per step over the steps after `warmup_steps`, and the peak GPU memory. Logged as perf/*
+    and, by rank 0 at the end of fit, written to `out` as JSON."""
+
+    def __init__(self, warmup_steps: int = 10, out: str | None = None):
+        self.warmup_steps, self.out = warmup_steps, out
+        self._start = self._samples = self._steps = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.warmup_steps and self._start is None:
+            _synchronize(pl_module)
+            self._start, self._samples, self._steps = time.perf_counter(), 0, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._start is not None:
+            self._samples += _batch_size(batch) * trainer.world_size
+            self._steps += 1
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not self._steps:
+            log.warning(f"throughput: the run ended before step {self.warmup_steps + 1}; nothing measured")
+            return
+        _synchronize(pl_module)
+        seconds = time.perf_counter() - self._start
+        cuda = pl_module.device.type == "cuda"
+        result = {
+            "samples_per_s": self._samples / seconds,
+            "ms_per_step": 1000 * seconds / self._steps,
+            "steps_timed": self._steps,
+            "devices": trainer.world_size,
+            "precision": str(trainer.precision),
+            "peak_mib": torch.cuda.max_memory_allocated(pl_module.device) / 2**20 if cuda else None,
+            "card": torch.cuda.get_device_name(pl_module.device) if cuda else "cpu",
+        }
+        log.info(f"throughput: {result['samples_per_s']:.1f} samples/s, {result['ms_per_step']:.1f} ms per step")
+        if trainer.is_global_zero and self.out:
+            write_json(self.out, result)
+
+
+def _batch_size(batch) -> int:
+    tensor = next(iter(batch.values())) if isinstance(batch, dict) else batch[0]
+    return tensor.shape[0]
+
+
+def _synchronize(pl_module) -> None:
+    if pl_module.device.type == "cuda":
+        torch.cuda.synchronize(pl_module.device)
