@@ -174,16 +174,19 @@ def loader_throughput(args) -> None:
 
 
 def train_throughput(args) -> None:
-    """The real entry point, src/train.py, on a feature store, for each device count: samples/s as
-    the Throughput callback measures them (loader, DDP and logging included)."""
+    """The real entry point, src/train.py, on a feature store, for each device count at the same batch
+    per GPU (data.batch_size is the global batch), training only: samples/s as the Throughput callback
+    measures them (loader, DDP and logging included)."""
     records = []
     for devices in args.devices:
         run_dir = Path(args.runs) / f"{args.experiment}_devices{devices}"
         command = [
             sys.executable, "src/train.py", f"experiment={args.experiment}", "callbacks=throughput",
             f"data.sources=[{{path:'{Path(args.store).resolve()}',split:null,weight:1.0}}]", "data.val_source=null",
-            f"data.num_workers={args.workers}", f"trainer.devices={devices}", f"trainer.max_steps={args.steps}",
-            "trainer.num_sanity_val_steps=0", f"callbacks.throughput.warmup_steps={args.warmup}",
+            f"data.num_workers={args.workers}", f"data.batch_size={args.batch_per_gpu * devices}",
+            f"trainer.devices={devices}", f"trainer.max_steps={args.steps}",
+            f"callbacks.throughput.warmup_steps={args.warmup}",
+            "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "optimized_metric=train/loss",
             f"hydra.run.dir={run_dir}", *args.overrides,
         ]  # fmt: skip
         print(" ".join(command), flush=True)
@@ -248,6 +251,7 @@ def main(argv=None) -> int:
     t.add_argument("--store", required=True)
     t.add_argument("--experiment", default="pretrain_tiny")
     t.add_argument("--devices", nargs="+", type=int, default=[1, 2])
+    t.add_argument("--batch-per-gpu", type=int, default=64, help="data.batch_size is the global batch: this x devices")
     t.add_argument("--steps", type=int, default=60)
     t.add_argument("--warmup", type=int, default=10)
     t.add_argument("--workers", type=int, default=8)

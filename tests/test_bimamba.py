@@ -70,3 +70,24 @@ def test_backward_direction_reads_the_sequence_reversed():
     (grad,) = torch.autograd.grad(out[0, 4].sum(), hidden)
     assert grad[0, :4].abs().max() < 1e-6 * grad[0, 4:].abs().max() + 1e-12
     assert grad[0, 5:].abs().max() > 0
+
+
+def test_inference_weights_are_kept_until_a_parameter_changes():
+    """Under no_grad the stacked kernel weights are built once; an in-place update (an optimizer step)
+    or a loaded state dict builds them again, so outputs always follow the parameters."""
+    mixer = BiMambaMixer(16, d_state=4).eval()
+    x = torch.randn(2, 9, 16)
+    with torch.no_grad():
+        first = mixer.kernel_weights(torch.float32)
+        assert all(a is b for a, b in zip(first, mixer.kernel_weights(torch.float32)))
+        before = mixer(x)
+        mixer.D.add_(1.0)
+        torch.testing.assert_close(mixer.kernel_weights(torch.float32)[5], torch.stack([mixer.D, mixer.D_b]) * 0.5)
+        changed = mixer(x)
+        assert not torch.allclose(before, changed)
+        other = BiMambaMixer(16, d_state=4)
+        mixer.load_state_dict(other.state_dict())
+        torch.testing.assert_close(mixer(x), other.eval()(x), rtol=0, atol=0)
+    # with autograd on, the weights are built fresh and carry gradients to the parameters
+    mixer(x).sum().backward()
+    assert mixer.x_proj.weight.grad is not None and mixer.A_b_log.grad is not None

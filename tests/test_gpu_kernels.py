@@ -119,18 +119,27 @@ def test_triton_conv_matches_causal_conv1d(dtype):
 def test_triton_and_mamba_mixer_agree(dtype, reverse, monkeypatch):
     mixer = BiMambaMixer(64, backward_dt_init="mamba").cuda()
     hidden = torch.randn(2, 300, 64, device="cuda")
+    assert_backends_agree(mixer, lambda: mixer(hidden, reverse=reverse), dtype, monkeypatch)
+
+
+def assert_backends_agree(module, forward, dtype, monkeypatch, backends=("triton", "mamba")):
+    """forward() and the gradients of every parameter of module, on the first backend against the
+    second, under bf16 autocast for dtype bf16, within VS_MAMBA's tolerances."""
     fwd_tol, grad_tol = VS_MAMBA[dtype]
     results = {}
-    for backend in ("triton", "mamba"):
+    for backend in backends:
         monkeypatch.setenv("SSAMBA_KERNELS", backend)
-        mixer.zero_grad()
+        module.zero_grad()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            out = mixer(hidden, reverse=reverse)
+            out = forward()
         out.float().pow(2).mean().backward()
-        results[backend] = (out.detach(), {k: p.grad.clone() for k, p in mixer.named_parameters()})
-    assert rel_err(results["triton"][0], results["mamba"][0]) < fwd_tol
-    for name, g in results["triton"][1].items():
-        assert rel_err(g, results["mamba"][1][name]) < grad_tol, name
+        grads = {k: p.grad.clone() for k, p in module.named_parameters() if p.grad is not None}
+        results[backend] = (out.detach(), grads)
+    (ours, our_grads), (ref, ref_grads) = (results[b] for b in backends)
+    assert rel_err(ours, ref) < fwd_tol
+    assert our_grads.keys() == ref_grads.keys()
+    for name, g in our_grads.items():
+        assert rel_err(g, ref_grads[name]) < grad_tol, name
 
 
 @pytest.mark.parametrize("frames", [1024, 8192])  # 512 tokens and 4096 (chunked)
@@ -152,22 +161,7 @@ def test_triton_and_mamba_encoder_gradients_agree(dtype, monkeypatch):
     torch.manual_seed(0)
     encoder = build_encoder("ssamba", "tiny", depth=4, input_tdim=512, drop_path_rate=0.0).cuda().train()
     x = torch.randn(3, 1, 128, 512, device="cuda")
-    fwd_tol, grad_tol = VS_MAMBA[dtype]
-    results = {}
-    for backend in ("triton", "mamba"):
-        monkeypatch.setenv("SSAMBA_KERNELS", backend)
-        encoder.zero_grad()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            out = encoder(x)
-        out.float().pow(2).mean().backward()
-        results[backend] = (
-            out.detach(),
-            {k: p.grad.clone() for k, p in encoder.named_parameters() if p.grad is not None},
-        )
-    assert rel_err(results["triton"][0], results["mamba"][0]) < fwd_tol
-    assert results["triton"][1].keys() == results["mamba"][1].keys()
-    for name, g in results["triton"][1].items():
-        assert rel_err(g, results["mamba"][1][name]) < grad_tol, name
+    assert_backends_agree(encoder, lambda: encoder(x), dtype, monkeypatch)
 
 
 def test_ssl_step_on_cuda_with_seeded_masks():

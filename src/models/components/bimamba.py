@@ -93,43 +93,64 @@ class BiMambaMixer(nn.Module):
         xz = self.in_proj(hidden_states)  # (B, L, 2E)
         # set 0 holds conv1d, x_proj, ... and reads forward; set 1 holds the `_b` ones and reads backward
         backwards = (reverse, not reverse)
-        sets = (
-            torch.stack([self.conv1d.weight, self.conv1d_b.weight]).squeeze(2),  # (2, E, K)
-            self._conv_bias(xz),  # (2, E)
-            torch.stack([self.x_proj.weight, self.x_proj_b.weight]),  # (2, R + 2N, E)
-            torch.stack([self.dt_proj.weight, self.dt_proj_b.weight]),  # (2, E, R)
-            -torch.exp(torch.stack([self.A_log, self.A_b_log]).float()),  # (2, E, N)
-            torch.stack([self.D, self.D_b]),  # (2, E)
-            torch.stack([self.dt_proj.bias, self.dt_proj_b.bias]),  # (2, E)
-        )
-        scale = 0.5 if self.divide_out else 1.0
+        weights = self.kernel_weights(xz.dtype)
         if resolve_backend(xz) == "triton":  # one fused Function, recomputing in its backward
             from src.models.components.mixer_triton import bimamba_inner_triton  # imports triton
 
-            y = bimamba_inner_triton(xz, *sets, backwards, self.dt_rank, scale)
+            y = bimamba_inner_triton(xz, *weights, backwards, self.dt_rank)
         else:
-            y = self._inner(xz, *sets, backwards, scale)
+            y = self._inner(xz, *weights, backwards)
         return self.out_proj(y)  # (B, L, d_model)
 
-    def _conv_bias(self, like: Tensor) -> Tensor:
-        if self.conv1d.bias is None:
-            return like.new_zeros(2, self.d_inner, dtype=torch.float32)
-        return torch.stack([self.conv1d.bias, self.conv1d_b.bias])
+    def kernel_weights(self, dtype: torch.dtype) -> tuple[Tensor, ...]:
+        """Both sets' parameters stacked as the kernels read them:
+            conv weight (2, E, K), conv bias (2, E)                          fp32
+            x_proj (2, R' + 2N, E): zero rows after dt's up to R', a multiple
+              of 8 (B's and C's columns of x_dbl start 16-byte aligned)      dtype
+            dt_proj (2, E, R)                                                dtype
+            A = -exp(A_log) (2, N, E), channels contiguous; D, dt bias (2, E)  fp32
+        With divide_out, C's rows and D are halved: each set's y comes out halved, the average is a sum
+        (exact: halving is). Differentiable; under no_grad kept until a parameter changes, as inference
+        on short inputs is bound by kernel launches."""
+        if torch.is_grad_enabled():
+            return self._stack_weights(dtype)
+        key = (dtype, *((p.data_ptr(), p._version) for p in self.parameters()))
+        if getattr(self, "_weights_cache", (None,))[0] != key:
+            self._weights_cache = (key, self._stack_weights(dtype))
+        return self._weights_cache[1]
 
-    def _inner(self, xz, conv_weight, conv_bias, x_proj, dt_proj, A, D, dt_bias, backwards, scale) -> Tensor:
+    def _stack_weights(self, dtype: torch.dtype) -> tuple[Tensor, ...]:
+        R, N, scale = self.dt_rank, self.d_state, 0.5 if self.divide_out else 1.0
+        x_proj = torch.stack([self.x_proj.weight, self.x_proj_b.weight]).to(dtype)  # (2, R + 2N, E)
+        pad = x_proj.new_zeros(2, -R % 8, self.d_inner)
+        if self.conv1d.bias is None:
+            conv_bias = self.A_log.new_zeros(2, self.d_inner)
+        else:
+            conv_bias = torch.stack([self.conv1d.bias, self.conv1d_b.bias]).float()
+        return (
+            torch.stack([self.conv1d.weight, self.conv1d_b.weight]).squeeze(2).float(),  # (2, E, K)
+            conv_bias,  # (2, E)
+            torch.cat([x_proj[:, :R], pad, x_proj[:, R : R + N], x_proj[:, R + N :] * scale], dim=1),
+            torch.stack([self.dt_proj.weight, self.dt_proj_b.weight]).to(dtype),  # (2, E, R)
+            -torch.exp(torch.stack([self.A_log, self.A_b_log]).float()).transpose(1, 2).contiguous(),  # (2, N, E)
+            torch.stack([self.D, self.D_b]).float() * scale,  # (2, E)
+            torch.stack([self.dt_proj.bias, self.dt_proj_b.bias]).float(),  # (2, E)
+        )
+
+    def _inner(self, xz, conv_weight, conv_bias, x_proj, dt_proj, A, D, dt_bias, backwards) -> Tensor:
         """What bimamba_inner_triton computes, as differentiable steps on scan.py's kernels (the
         portable scan, or mamba-ssm's as the reference): (B, L, 2E) -> (B, L, E)."""
         batch, length, _ = xz.shape
         E, R, N = self.d_inner, self.dt_rank, self.d_state
         x, z = xz.chunk(2, dim=-1)  # (B, L, E) each, views
         u = depthwise_conv_silu(x, conv_weight, conv_bias, backwards)  # (2, B, L, E)
-        x_dbl = torch.bmm(u.view(2, batch * length, E), x_proj.transpose(1, 2).to(u.dtype))  # (2, B*L, R + 2N)
-        dt, B, C = x_dbl.split([R, N, N], dim=-1)  # views
-        delta = torch.bmm(dt, dt_proj.transpose(1, 2).to(dt.dtype))  # (2, B*L, E); the bias goes in as delta_bias
+        x_dbl = torch.bmm(u.view(2, batch * length, E), x_proj.transpose(1, 2))  # (2, B*L, R' + 2N)
+        dt, _, B, C = x_dbl.split([R, x_proj.shape[1] - R - 2 * N, N, N], dim=-1)  # views
+        delta = torch.bmm(dt, dt_proj.transpose(1, 2))  # (2, B*L, E); the bias goes in as delta_bias
         y = selective_scan(
             u,
             delta.view(2, batch, length, E),
-            A,
+            A.transpose(1, 2),
             B.view(2, batch, length, N),
             C.view(2, batch, length, N),
             D,
@@ -137,7 +158,7 @@ class BiMambaMixer(nn.Module):
             dt_bias,
             backwards,
         )  # (2, B, L, E)
-        return (y[0] + y[1]) * scale
+        return y[0] + y[1]
 
 
 def _s4d_real_A_log(d_inner: int, d_state: int) -> Tensor:
