@@ -5,10 +5,11 @@
     scene = hear.get_scene_embeddings(audio, model)            # audio: (n_sounds, n_samples), 16 kHz
     emb, ts = hear.get_timestamp_embeddings(audio, model)      # (n, T, D) and centres in ms
 
-Audio is cut into windows of the pretraining length (1024 frames = 10.24 s by default), each window
-encoded, and every time column of patches averaged over frequency: one embedding per patch stride
-(160 ms for 16x16 patches, 100 ms with stride 10), stamped at the centre of its patch. The scene
-embedding is the mean of the timestamp embeddings.
+Audio is cut into windows of the pretraining length (1024 frames = 10.24 s by default) whose patch
+columns tile time on one grid (src/windows.py), each window encoded, and every time column of
+patches averaged over frequency: one embedding per patch stride (160 ms for 16x16 patches, 100 ms
+with stride 10), stamped at the centre of its patch, for every column centred inside the audio. The
+scene embedding is the mean of the timestamp embeddings.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from src.data.audio import FbankConfig, fbank, normalize, pad_or_cut
 from src.models.export import from_pretrained, read_export
+from src.windows import grid_of
 
 SAMPLE_RATE = 16000
-FRAME_MS = 10.0
 
 
 class EmbeddingModel(nn.Module):
@@ -32,35 +32,26 @@ class EmbeddingModel(nn.Module):
         super().__init__()
         self.encoder = encoder.eval()
         self.mean, self.std, self.window_frames, self.batch_windows = mean, std, window_frames, batch_windows
+        self.grid = grid_of(encoder, window_frames)
         self.scene_embedding_size = self.timestamp_embedding_size = encoder.embed_dim
-
-    def windows(self, audio: Tensor) -> tuple[Tensor, int]:
-        """(n_samples,) -> (n_windows, 1, 128, window_frames) normalised fbanks and the real frame count."""
-        spec = fbank(audio.float().unsqueeze(0).cpu(), FbankConfig())  # (1, 128, frames)
-        frames = spec.shape[-1]
-        n_windows = max(1, -(-frames // self.window_frames))
-        spec = pad_or_cut(spec, n_windows * self.window_frames)
-        spec = normalize(spec, self.mean, self.std)
-        return spec.view(1, 128, n_windows, self.window_frames).permute(2, 0, 1, 3).contiguous(), frames
 
     @torch.no_grad()
     def timestamp_embeddings(self, audio: Tensor) -> tuple[Tensor, Tensor]:
-        """One sound: (T, D) embeddings and (T,) centres in ms."""
-        wins, frames = self.windows(audio)
+        """One sound: (T, D) embeddings, one per patch column whose centre lies inside the audio, and
+        (T,) those centres in ms, a regular hop of tstride frames."""
+        n_columns = self.grid.columns_inside(audio.shape[-1])
+        wins = self.grid.windows(audio, self.mean, self.std, n_columns)  # (n, 1, F, window)
         device = next(self.encoder.parameters()).device
-        f_dim, t_dim = self.encoder.grid_for(128, self.window_frames)
+        f_dim, _ = self.encoder.grid_for(wins.shape[2], self.window_frames)
         prefix = self.encoder.num_prefix_tokens
-        columns = []
-        for start in range(0, len(wins), self.batch_windows):
-            tokens = self.encoder(wins[start : start + self.batch_windows].to(device))[:, prefix:]  # (w, f*t, D)
-            columns.append(tokens.reshape(tokens.shape[0], f_dim, t_dim, -1).mean(1).flatten(0, 1))  # (w*t, D)
-        emb = torch.cat(columns).float()
-        fshape, tshape = self.encoder.patch_shape
-        tstride = self.encoder.patch_stride[1]
-        starts = torch.cat([w * self.window_frames + tstride * torch.arange(t_dim) for w in range(len(wins))])
-        keep = starts < frames
-        centres = (starts[keep] + tshape / 2) * FRAME_MS
-        return emb[keep.to(emb.device)], centres.float()
+        tokens = torch.cat(
+            [
+                self.encoder(wins[i : i + self.batch_windows].to(device))[:, prefix:]
+                for i in range(0, len(wins), self.batch_windows)
+            ]
+        )  # (n, f * columns, D)
+        emb = self.grid.column_tokens(tokens, f_dim, n_columns).mean(1)  # (T, D): frequency patches averaged
+        return emb.float(), self.grid.centres_ms(n_columns).to(emb.device)
 
 
 def load_model(model_file_path: str = "", **model_options) -> EmbeddingModel:

@@ -8,7 +8,7 @@ from src import hear
 from src.embed import main as embed_main
 from src.models.components import build_encoder
 from src.models.export import save_encoder
-from src.s3prl_upstream.hubconf import ssamba_local
+from src.s3prl_upstream.hubconf import ssamba_local, ssamba_patch16
 from tests.helpers import audio_files as af
 
 
@@ -23,14 +23,34 @@ def export_dir(tmp_path_factory):
 def test_hear_api_shapes_timestamps_and_attributes(export_dir):
     model = hear.load_model(str(export_dir))
     assert model.sample_rate == 16000 and model.scene_embedding_size == model.timestamp_embedding_size == 32
-    audio = torch.randn(3, 16000 * 3) * 0.1  # 3 s = 298 frames: two windows of 256
+    audio = torch.randn(3, 16000 * 3) * 0.1  # 3 s: two windows of 256 frames
     emb, ts = hear.get_timestamp_embeddings(audio, model)
-    # 16 columns per window of 256 frames (stride 16), kept while the column starts inside the audio
+    # one column every 160 ms whose centre is inside the 3000 ms: centres 87.5, 247.5, ..., 2967.5
     assert emb.shape == (3, 19, 32) and ts.shape == (3, 19)
-    torch.testing.assert_close(ts[0, :3], torch.tensor([80.0, 240.0, 400.0]))  # centres: (16 k + 8) * 10 ms
-    assert (ts.diff(dim=1) > 0).all()
+    torch.testing.assert_close(ts[0, :3], torch.tensor([87.5, 247.5, 407.5]))
     scene = hear.get_scene_embeddings(audio, model)
     torch.testing.assert_close(scene, emb.mean(1))
+
+
+@pytest.mark.parametrize("stride", [16, 10])
+@pytest.mark.parametrize("seconds", [1.07, 1.98, 4.0, 12.3])
+def test_hear_timestamps_are_regular_inside_the_audio_and_at_patch_centres(export_dir, stride, seconds):
+    """hear-validator's lengths (1.07, 1.98, 4.0 s) and a clip of several windows: every hop equals the
+    patch stride, also across window boundaries; the last timestamp is inside the audio and the next
+    one would not be; each timestamp is the centre of its patch's frames (frame i spans
+    [10 i, 10 i + 25) ms, so a 16-frame patch starting at frame s is centred at 10 s + 87.5 ms)."""
+    model = hear.load_model(str(export_dir))
+    if stride != 16:
+        model.encoder.resize_input(128, 256, stride, stride)
+        model = hear.EmbeddingModel(model.encoder, model.mean, model.std, 256)
+    n_samples = round(16000 * seconds)
+    emb, ts = hear.get_timestamp_embeddings(torch.randn(1, n_samples) * 0.1, model)
+    hop = 10.0 * stride
+    assert emb.shape[:2] == ts.shape and torch.isfinite(emb).all()
+    torch.testing.assert_close(ts.diff(dim=1), torch.full((1, ts.shape[1] - 1), hop))
+    torch.testing.assert_close(ts[0, 0], torch.tensor(87.5))
+    duration_ms = 1000 * n_samples / 16000
+    assert ts[0, -1] < duration_ms <= ts[0, -1] + hop
 
 
 def test_any_length_works_including_shorter_than_a_patch(export_dir):
@@ -59,19 +79,41 @@ def test_embed_cli_agrees_with_the_api(export_dir, tmp_path):
 
 def test_s3prl_upstream_as_the_runner_drives_it(export_dir):
     """What s3prl's runner and Featurizer do: build from a ckpt, feed a list of variable-length 16 kHz
-    wavs, read hidden_states (all the same shape, time-major), check the length against
-    get_downsample_rates within 5 frames, and back-propagate when the upstream is trainable (-f)."""
+    wavs, read hidden_states (all the same shape, time-major, as long as the longest wav needs), and
+    back-propagate when the upstream is trainable (-f)."""
     upstream = ssamba_local(str(export_dir))
     rate = upstream.get_downsample_rates("hidden_states")
     assert rate == 1600  # SSAMBA's s3prl setup: stride 10 -> 100 ms
-    probe = upstream([torch.randn(16000)])["hidden_states"]
-    assert abs(round(16000 / rate) - probe[0].shape[1]) < 5
     wavs = [torch.randn(16000 * 3), torch.randn(16000 * 2)]
     hidden = upstream(wavs)["hidden_states"]
     assert len(hidden) == upstream.encoder.depth // 2 + 1  # one per layer pair (official stack) + the output
     shapes = {tuple(h.shape) for h in hidden}
     assert len(shapes) == 1
     batch, frames, features = shapes.pop()
-    assert batch == 2 and frames == len(range(0, 16000 * 3, rate)) and features == 12 * 32  # 12 freq patches
+    assert batch == 2 and frames == 16000 * 3 // rate and features == 12 * 32  # 12 freq patches
     sum(h.sum() for h in hidden).backward()
     assert upstream.encoder.patch_embed.proj.weight.grad is not None
+
+
+@pytest.mark.parametrize("entry, rate", [(ssamba_local, 1600), (ssamba_patch16, 2560)])
+def test_s3prl_frame_counts_follow_the_downsample_rate_at_every_length(export_dir, entry, rate):
+    """ceil(samples / rate) frames from 0.1 s to 120 s: s3prl's Featurizer asserts it (the old windows
+    fell one frame behind per 10 s window with stride 10)."""
+    upstream = entry(str(export_dir), window_frames=256)
+    assert upstream.get_downsample_rates("hidden_states") == rate
+    for seconds in (0.1, 0.99, 2.56, 2.57, 10.0, 50.0, 60.0, 120.0):
+        n = round(16000 * seconds)
+        with torch.no_grad():
+            hidden = upstream([torch.randn(n) * 0.1])["hidden_states"][-1]
+        assert hidden.shape[1] == -(-n // rate), seconds
+
+
+def test_s3prl_features_do_not_depend_on_the_other_utterances(export_dir):
+    upstream = ssamba_local(str(export_dir), window_frames=256).eval()
+    short = torch.randn(16000) * 0.1
+    with torch.no_grad():
+        alone = upstream([short])["hidden_states"]
+        batched = upstream([torch.randn(40000) * 0.1, short, torch.randn(59200) * 0.1])["hidden_states"]
+    frames = alone[0].shape[1]
+    for a, b in zip(alone, batched):
+        torch.testing.assert_close(b[1, :frames], a[0], rtol=1e-5, atol=1e-5)

@@ -1,0 +1,77 @@
+"""Audio of any length for a patch encoder trained on fixed-length inputs: windows of the training
+length whose patch columns tile time on one regular grid. The HEAR API and the s3prl upstream both
+embed through it.
+
+A window of W frames holds `columns` = (W - tshape) // tstride + 1 patch columns. Consecutive windows
+start `hop` = columns * tstride frames apart (they overlap when tstride does not divide W - tshape +
+tstride), so column j of window k starts at frame (k * columns + j) * tstride: one column every
+tstride frames across the whole clip, wherever the windows meet. The fbank of the clip alone is cut,
+so what a clip gives never depends on the clips batched with it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from src.data.audio import KALDI, FbankConfig, fbank, normalize, pad_or_cut
+
+
+@dataclass(frozen=True)
+class WindowGrid:
+    window_frames: int
+    tshape: int
+    tstride: int
+    fbank_config: FbankConfig = KALDI
+
+    @property
+    def columns(self) -> int:
+        """Patch columns per window."""
+        return (self.window_frames - self.tshape) // self.tstride + 1
+
+    @property
+    def hop(self) -> int:
+        """Frames between the starts of consecutive windows."""
+        return self.columns * self.tstride
+
+    @property
+    def samples_per_column(self) -> int:
+        return round(self.fbank_config.sample_rate * self.fbank_config.frame_shift / 1000) * self.tstride
+
+    def centres_ms(self, n_columns: int) -> Tensor:
+        """(n_columns,) the centre of each column's patch in ms: frame i spans [i shift, i shift +
+        length) ms, so a patch of frames [s, s + tshape) is centred at s shift + ((tshape - 1) shift +
+        length) / 2."""
+        shift, length = self.fbank_config.frame_shift, self.fbank_config.frame_length
+        starts = torch.arange(n_columns, dtype=torch.float64) * self.tstride
+        return (starts * shift + ((self.tshape - 1) * shift + length) / 2).float()
+
+    def columns_inside(self, n_samples: int) -> int:
+        """How many columns have their centre inside n_samples of audio (at least one)."""
+        duration_ms = 1000 * n_samples / self.fbank_config.sample_rate
+        first = float(self.centres_ms(1)[0])
+        step_ms = self.tstride * self.fbank_config.frame_shift
+        return max(1, math.ceil((duration_ms - first) / step_ms))
+
+    def windows(self, wave: Tensor, mean: float, std: float, n_columns: int) -> Tensor:
+        """One clip (n_samples,) -> (n_windows, 1, mel bins, window_frames): its fbank zero-padded at
+        the end (then normalised, as training pads) to cover n_columns columns, cut into windows."""
+        spec = fbank(wave.float().reshape(1, -1).cpu(), self.fbank_config)  # (1, F, frames)
+        n_windows = math.ceil(n_columns / self.columns)
+        spec = normalize(pad_or_cut(spec, (n_windows - 1) * self.hop + self.window_frames), mean, std)
+        return spec.unfold(-1, self.window_frames, self.hop).permute(2, 0, 1, 3).contiguous()
+
+    def column_tokens(self, tokens: Tensor, f_dim: int, n_columns: int) -> Tensor:
+        """Encoder patch tokens of a clip's windows, (n_windows, f_dim * columns, D), frequency-major
+        -> (n_columns, f_dim, D): the clip's columns in time order."""
+        n_windows, _, dim = tokens.shape
+        grid = tokens.reshape(n_windows, f_dim, self.columns, dim).transpose(1, 2)  # (n, columns, f, D)
+        return grid.reshape(n_windows * self.columns, f_dim, dim)[:n_columns]
+
+
+def grid_of(encoder, window_frames: int) -> WindowGrid:
+    """The window grid of an encoder's patches for windows of window_frames frames."""
+    return WindowGrid(window_frames, encoder.patch_shape[1], encoder.patch_stride[1])
