@@ -1,6 +1,8 @@
 """Official checkpoints, made with random values in the official key layout, converted and compared
 with reference forwards written from the spec."""
 
+import json
+
 import pytest
 import torch
 
@@ -65,6 +67,39 @@ def test_pretraining_checkpoint_recovers_grid_norm_and_heads(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), encoder.eval()(x))
     assert (tmp_path / "export" / "heads.safetensors").exists()
+
+
+def test_converted_config_names_the_size_of_its_width(tmp_path):
+    source = randomize(build_encoder("ssamba", "small", depth=2, input_tdim=128))
+    torch.save(official_layout(source, 384), tmp_path / "official.pth")
+    assert convert_main(["ssamba", "--ckpt", str(tmp_path / "official.pth"), "--out", str(tmp_path / "export")]) == 0
+    config = json.loads((tmp_path / "export" / "config.json").read_text())["encoder"]
+    assert config["size"] == "small" and config["embed_dim"] == 384
+
+
+def test_ssl_continues_from_a_converted_pretraining_checkpoint(tmp_path, capsys):
+    """The export keeps the official mask embedding (and the parameter count printed is what it holds);
+    SSLModule(init_from=export) starts from the official encoder, mask embedding and heads."""
+    from safetensors.torch import load_file
+
+    from src.models.ssl_module import SSLModule
+
+    source = randomize(build_encoder("ssamba", "tiny", embed_dim=32, depth=2, input_tdim=256))
+    sd = official_layout(source, 32)
+    torch.save(sd, tmp_path / "official.pth")
+    assert convert_main(["ssamba", "--ckpt", str(tmp_path / "official.pth"), "--out", str(tmp_path / "export")]) == 0
+    held = load_file(str(tmp_path / "export" / "encoder.safetensors"))
+    printed = int(capsys.readouterr().out.split("(")[-1].split(" encoder parameters")[0].replace(",", ""))
+    assert printed == sum(v.numel() for v in held.values())
+    torch.testing.assert_close(held["mask_embed"], sd["module.mask_embed"])
+    module = SSLModule(encoder={}, init_from=str(tmp_path / "export"), mask_patches=20)
+    torch.testing.assert_close(module.encoder.mask_embed.detach(), sd["module.mask_embed"])
+    torch.testing.assert_close(module.gpredlayer[2].weight.detach(), sd["module.gpredlayer.2.weight"])
+    torch.testing.assert_close(module.encoder.layers[1].mixer.A_b_log.detach(), sd["module.v.layers.1.mixer.A_b_log"])
+    assert module.hparams.encoder["embed_dim"] == 32 and module.hparams.init_from is None
+    assert torch.isfinite(module.losses(torch.randn(2, 1, 128, 256), 20, seed=0)["loss"])
+    # a downstream encoder leaves the mask embedding out
+    assert from_pretrained(tmp_path / "export").mask_embed is None
 
 
 def test_ssast_checkpoint_converts_and_matches_the_spec():

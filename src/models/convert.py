@@ -31,6 +31,7 @@ from src.utils.errors import USER_ERRORS, user_error
 from src.utils.io import atomic_path
 
 HEAD_PREFIXES = ("cpredlayer.", "gpredlayer.", "mlp_head.")
+SIZE_OF_WIDTH = {192: "tiny", 384: "small", 768: "base"}
 
 
 def _strip(state: dict) -> dict:
@@ -79,7 +80,7 @@ def convert_ssamba(state: dict, input_fdim=None, input_tdim=None, fstride=None, 
     grid = _grid_input(state, patch, fstride, tstride, input_fdim, input_tdim, 1)
     config = {
         "backbone": "ssamba",
-        "size": "tiny",
+        "size": SIZE_OF_WIDTH.get(dim, "tiny"),  # a width off the presets: tiny's other settings, this width
         "quirks": "official",
         "embed_dim": dim,
         "depth": depth,
@@ -103,7 +104,7 @@ def convert_ssast(state: dict, input_fdim=None, input_tdim=None, fstride=None, t
     grid = _grid_input(state, patch, fstride, tstride, input_fdim, input_tdim, 2)
     config = {
         "backbone": "ssast",
-        "size": {192: "tiny", 384: "small", 768: "base"}[dim],
+        "size": SIZE_OF_WIDTH[dim],
         "depth": depth,
         **grid,
     }
@@ -157,7 +158,8 @@ def main(argv=None) -> int:
             save_file({k: v.contiguous() for k, v in heads.items()}, str(tmp))
     for line in report:
         print(line)
-    print(f"wrote {args.out} ({sum(p.numel() for p in encoder.parameters()):,} encoder parameters)")
+    kept = "" if encoder.mask_embed is None else ", the SSL mask embedding included"
+    print(f"wrote {args.out} ({sum(p.numel() for p in encoder.parameters()):,} encoder parameters{kept})")
     return 0
 
 

@@ -1,7 +1,9 @@
 """Encoder weights in and out, without Lightning or Hydra.
 
-An export is a folder with `encoder.safetensors` and `config.json` ({"encoder": build_encoder
-kwargs, "data": {mean, std, target_length, ...}}). `from_pretrained(path)` rebuilds the encoder.
+An export is a folder with `encoder.safetensors` (with the SSL mask embedding when the encoder has
+one) and `config.json` ({"encoder": build_encoder kwargs, "data": {mean, std, target_length, ...}});
+a converted pretraining checkpoint adds `heads.safetensors` (the SSL heads). `from_pretrained(path)`
+rebuilds the encoder.
 Lightning checkpoints are read with torch.load(weights_only=True): no pickled code runs.
 """
 
@@ -25,7 +27,8 @@ def save_encoder(encoder: nn.Module, out_dir: str | Path, extra: dict | None = N
     out_dir.mkdir(parents=True, exist_ok=True)
     config = dict(getattr(encoder, "config", {}))
     config.pop("mask_token", None)
-    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items() if k != "mask_embed"}
+    # the mask embedding goes along when the encoder has one (SSL can continue from the export)
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     with atomic_path(out_dir / WEIGHTS) as tmp:
         save_file(state, str(tmp))
     write_json(out_dir / CONFIG, {"encoder": config, **(extra or {})})
@@ -41,10 +44,14 @@ def read_export(path: str | Path) -> tuple[dict, dict]:
     return json.loads((folder / CONFIG).read_text()), load_file(str(folder / WEIGHTS))
 
 
-def from_pretrained(path: str | Path, **overrides) -> nn.Module:
-    """Rebuild an exported encoder (strict: every weight must fit)."""
+def from_pretrained(path: str | Path, mask_token: bool = False, **overrides) -> nn.Module:
+    """Rebuild an exported encoder (strict: every weight must fit). The SSL mask embedding, which an
+    export of pretraining holds, is loaded with mask_token=True (to continue SSL: then it must be
+    there) and otherwise left out, as nothing but the SSL objective reads it."""
     config, state = read_export(path)
-    encoder = build_encoder(**{**config["encoder"], **overrides})
+    if not mask_token:
+        state.pop("mask_embed", None)
+    encoder = build_encoder(**{**config["encoder"], **overrides}, mask_token=mask_token)
     load_strict(encoder, state, source=str(path))
     return encoder.eval()
 

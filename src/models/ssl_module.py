@@ -11,13 +11,14 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 
 from src.models.components import build_encoder
 from src.models.components.losses import info_nce, masked_mse, patchify
 from src.models.components.masking import make_mask, mask_indices
-from src.models.export import save_encoder
+from src.models.export import from_pretrained, load_strict, save_encoder
 from src.models.optim import apply_warmup, cosine_factor, make_optimizer
 
 
@@ -42,16 +43,25 @@ class SSLModule(L.LightningModule):
         staircase_warmup: bool = True,
         export_dir: str | None = None,
         compile: bool = False,
+        init_from: str | None = None,
     ):
         """encoder: build_encoder kwargs (backbone, size, overrides). masking: official | cluster |
         random. two_passes: the official two encoder passes with independent masks (one per
         objective), or one shared pass. val_mask_patches: the official code always validates
         with 400. scheduler: {"name": "plateau", "factor": 0.5, "patience": 2} (official, on
         val/acc at every validation) or {"name": "cosine"} or {"name": "none"}. compile: torch.compile
-        the heads and losses (`objective`) for training."""
+        the heads and losses (`objective`) for training. init_from: an export folder to continue SSL
+        from (src/export.py, or src.models.convert of an official pretraining checkpoint): its encoder
+        with the mask embedding, and the heads from heads.safetensors when it is there."""
         super().__init__()
         self.save_hyperparameters(logger=False)
-        self.encoder = build_encoder(**{**encoder, "mask_token": True})
+        if init_from:
+            self.encoder = from_pretrained(init_from, mask_token=True).train()
+            # checkpoints describe the encoder they hold (so they load without the export)
+            self.hparams.encoder = dict(self.encoder.config)
+            self.hparams.init_from, self.hparams.init_from_path = None, init_from
+        else:
+            self.encoder = build_encoder(**{**encoder, "mask_token": True})
         dim = self.encoder.embed_dim
         patch_values = self.encoder.patch_shape[0] * self.encoder.patch_shape[1]
         self.cpredlayer = prediction_head(dim, patch_values)
@@ -59,6 +69,8 @@ class SSLModule(L.LightningModule):
         self.optimizer_cfg = {"name": "adamw", "lr": 1e-4, "weight_decay": 5e-8, "betas": (0.95, 0.999)}
         self.optimizer_cfg.update(optimizer or {})
         self.scheduler_cfg = {"name": "plateau", "factor": 0.5, "patience": 2, **(scheduler or {})}
+        if init_from:
+            self._load_heads(Path(init_from) / "heads.safetensors")
         self.metrics = nn.ModuleDict(
             {f"{s}_{k}": MeanMetric() for s in ("train", "val") for k in ("loss", "nce", "mse", "acc")}
         )
@@ -66,6 +78,14 @@ class SSLModule(L.LightningModule):
         # masks are drawn from (seed, rank, step, pass): a resumed run draws the masks it would have
         self._mask_seed = torch.initial_seed() % 2**31
         self._plateau = None
+
+    def _load_heads(self, path: Path) -> None:
+        """The SSL heads of a converted official checkpoint (official key names: cpredlayer.0.weight, ...)."""
+        if not path.exists():
+            return
+        state = load_file(str(path))
+        for name, head in (("cpredlayer", self.cpredlayer), ("gpredlayer", self.gpredlayer)):
+            load_strict(head, {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}, str(path))
 
     # ---- the objective -------------------------------------------------------------------------
     def masked_outputs(self, spec: Tensor, num_mask: int, seed: int | None = None) -> tuple[Tensor, Tensor]:
