@@ -53,12 +53,18 @@ def one_set(length=77):
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("chunk_size", [1, 3, 16, 200])
-def test_portable_scan_does_not_depend_on_chunking(chunk_size):
+@pytest.mark.parametrize("steps_per_block", [1, 3, 16, 200])
+@pytest.mark.parametrize("grad", [False, True])
+def test_portable_scan_does_not_depend_on_its_blocks(steps_per_block, grad):
+    """Blocks of 1, 3, 16 steps and one block of the whole sequence, with autograd on (a state per
+    step kept) and off (in place): the same outputs as the float64 reference."""
     inputs = one_set()
-    expected = scan_portable_bel(**inputs, delta_softplus=True)
-    got = scan_portable_bel(**inputs, delta_softplus=True, chunk_size=chunk_size)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    expected, _ = selective_scan_reference(**inputs, delta_softplus=True)
+    with torch.set_grad_enabled(grad):
+        if grad:
+            inputs["u"].requires_grad_()
+        got = scan_portable_bel(**inputs, delta_softplus=True, block_states=steps_per_block * 2 * 4 * 8)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_portable_scan_keeps_input_dtype_and_accumulates_in_fp32():
@@ -70,7 +76,7 @@ def test_portable_scan_keeps_input_dtype_and_accumulates_in_fp32():
 
 
 def test_state_decays_without_overflow_on_long_sequences():
-    # large steps make exp(-cumsum) tricks overflow; the chunked scan must stay finite and exact
+    # large steps make exp(-cumsum) tricks overflow; the scan must stay finite and exact
     inputs = one_set(3000)
     inputs["delta"].fill_(5.0)
     inputs["A"] = -torch.arange(1, 9.0).repeat(4, 1)

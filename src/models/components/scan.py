@@ -16,13 +16,13 @@ Backends, from the `backend=` argument, else $SSAMBA_KERNELS, else "auto":
 - "mamba": mamba-ssm's selective_scan_fn and causal-conv1d, one launch per set on the (B, E, L)
   layout they want: inputs transposed, reversed sets flipped, results flipped and transposed back.
   The reference the Triton kernels are tested and benchmarked against.
-- "portable": plain PyTorch (a chunked scan, differentiable); "auto" picks it on the CPU.
+- "portable": plain PyTorch (blocks of steps, one fused multiply-add per step, differentiable);
+  "auto" picks it on the CPU.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import os
 from collections.abc import Callable, Sequence
 
@@ -32,7 +32,7 @@ from torch import Tensor
 
 BACKENDS = ("auto", "triton", "mamba", "portable")
 ENV_VAR = "SSAMBA_KERNELS"
-SINGLE_PASS_MAX = 128  # portable scan: sequences up to this length run in one chunk
+BLOCK_STATES = 2**21  # portable scan: states per block of time steps (8 MiB of fp32)
 INSTALL_HINT = (
     "install mamba-ssm and causal-conv1d with `pip install -e '.[cuda]' --no-build-isolation` "
     "(built for your torch and CUDA)"
@@ -160,15 +160,14 @@ def scan_portable_bel(
     z: Tensor | None = None,
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
-    chunk_size: int | None = None,
+    block_states: int = BLOCK_STATES,
 ) -> Tensor:
     """One set in mamba-ssm's layout (u, delta, z: (B, E, L); B, C: (B, N, L); A: (E, N)), scanned
-    left to right in chunks of ~sqrt(L) steps, all chunks advanced together: about 2 sqrt(L)
-    vectorised steps instead of L, on tensors of (B, E, n_chunks, N), never (B, E, L, N).
-    Sequences of at most SINGLE_PASS_MAX steps run as one chunk (pass 2 alone).
-      pass 1: scan every chunk from a zero state; keep only its final state;
-      carry:  walk the chunk ends to get the true state entering each chunk;
-      pass 2: scan every chunk again from that state, reading out y at each step."""
+    left to right. Time runs in blocks: for a block of steps the decays exp(dt A) and the inputs
+    dt u B are computed at once, vectorised over steps, channels and states; then each step is one
+    fused multiply-add on the (B, E, N) state; then the block's outputs are read through C in one
+    batched product. Blocks hold about block_states states, which bounds the memory; autograd works
+    through every step (the CPU training path)."""
     out_dtype = u.dtype
     batch, dim, length = u.shape
     u, delta, A = u.float(), delta.float(), A.float()
@@ -176,54 +175,26 @@ def scan_portable_bel(
         delta = delta + delta_bias.float()[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
-
-    chunk = chunk_size or _default_chunk(length)
-    n_chunks = -(-length // chunk)
-    pad = n_chunks * chunk - length  # padded steps have delta = 0: decay 1, no input
-
-    def steps(x: Tensor) -> Tensor:  # (..., L) -> (chunk, ..., n_chunks): step t of every chunk
-        x = F.pad(x, (0, pad)).unflatten(-1, (n_chunks, chunk))
-        return x.movedim(-1, 0).contiguous()
-
-    delta_t = steps(delta).unsqueeze(-1)  # (T, B, E, n_chunks, 1)
-    delta_u_t = steps(delta * u).unsqueeze(-1)  # (T, B, E, n_chunks, 1)
-    A = A[None, :, None, :]  # (1, E, 1, N)
-    B_t = steps(B.float().unsqueeze(1)).transpose(-1, -2)  # (T, B, 1, n_chunks, N)
-    C_t = steps(C.float().unsqueeze(1)).transpose(-1, -2)
-
-    def step(state: Tensor, t: int) -> Tensor:
-        return torch.exp(delta_t[t] * A) * state + delta_u_t[t] * B_t[t]  # (B, E, n_chunks, N)
-
-    state = u.new_zeros(batch, dim, n_chunks, A.shape[-1])
-    if n_chunks > 1:
-        # pass 1: chunk-final states from a zero start
-        for t in range(chunk):
-            state = step(state, t)
-        # carry: state entering chunk c = decay(c-1) * entering(c-1) + local final(c-1)
-        chunk_decay = torch.exp(delta_t.sum(0) * A)  # (B, E, n_chunks, N)
-        carry = torch.zeros_like(state[:, :, 0])
-        entering = []
-        for c in range(n_chunks):
-            entering.append(carry)
-            carry = chunk_decay[:, :, c] * carry + state[:, :, c]
-        state = torch.stack(entering, dim=2)
-    # pass 2: the true states, read out through C
+    # time-major and contiguous: products of permuted views keep their strides, and a step's slice
+    # of a strided block takes elementwise ops' slow path
+    delta_t = delta.permute(2, 0, 1).contiguous()  # (L, B, E)
+    delta_u_t = (delta * u).permute(2, 0, 1).contiguous()  # (L, B, E)
+    B_t, C_t = (x.float().permute(2, 0, 1).contiguous() for x in (B, C))  # (L, B, N)
+    steps_per_block = max(1, block_states // (batch * dim * A.shape[-1]))
+    state = u.new_zeros(batch, dim, A.shape[-1])  # (B, E, N)
     ys = []
-    for t in range(chunk):
-        state = step(state, t)
-        ys.append((state * C_t[t]).sum(-1))  # (B, E, n_chunks)
-    y = torch.stack(ys, dim=-1).flatten(-2)[..., :length]  # (B, E, L)
-
+    for t0 in range(0, length, steps_per_block):
+        t1 = min(length, t0 + steps_per_block)
+        decay = torch.exp(delta_t[t0:t1, :, :, None] * A)  # (T, B, E, N)
+        inputs = delta_u_t[t0:t1, :, :, None] * B_t[t0:t1, :, None, :]  # (T, B, E, N)
+        states = []
+        for i in range(t1 - t0):  # a fresh tensor per step: in place into a shared buffer is slower
+            state = torch.addcmul(inputs[i], decay[i], state)
+            states.append(state)
+        ys.append(torch.stack(states).flatten(0, 1) @ C_t[t0:t1].flatten(0, 1)[..., None])  # (T * B, E, 1)
+    y = torch.cat(ys).view(length, batch, dim).permute(1, 2, 0)  # (B, E, L)
     if D is not None:
         y = y + D.float()[:, None] * u
     if z is not None:
         y = y * F.silu(z.float())
     return y.to(out_dtype)
-
-
-def _default_chunk(length: int) -> int:
-    """Short sequences: one chunk (a single pass; the steps are cheap). Long ones: ~sqrt(L) steps
-    per chunk, so two passes of sqrt(L) steps replace L sequential steps."""
-    if length <= SINGLE_PASS_MAX:
-        return max(length, 1)
-    return math.isqrt(length - 1) + 1
