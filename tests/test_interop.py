@@ -1,5 +1,10 @@
 """The embedding API (HEAR), the embed CLI and the s3prl upstream, on a small exported encoder."""
 
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -117,3 +122,51 @@ def test_s3prl_features_do_not_depend_on_the_other_utterances(export_dir):
     frames = alone[0].shape[1]
     for a, b in zip(alone, batched):
         torch.testing.assert_close(b[1, :frames], a[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("s3prl") is None, reason="s3prl is not installed: pip install -e '.[superb]'"
+)
+def test_s3prl_featurizer_runs_over_the_upstream(export_dir):
+    """s3prl's own Featurizer (what run_downstream.py puts between upstream and downstream), on this
+    stack through the shims of src.s3prl_upstream.superb: it builds on the upstream, takes a batch of
+    mixed lengths up to a minute (its length assertion held 495 frames against 500 before), and
+    back-propagates into its layer weights and the upstream."""
+    from src.s3prl_upstream.superb import prepare_s3prl
+
+    hub = prepare_s3prl()
+    from s3prl.upstream.interfaces import Featurizer
+
+    upstream = hub.ssamba_local(str(export_dir), window_frames=256)
+    featurizer = Featurizer(upstream, "hidden_states", "cpu")
+    assert featurizer.downsample_rate == 1600 and featurizer.layer_num == upstream.encoder.depth // 2 + 1
+    wavs = [torch.randn(16000 * 60) * 0.1, torch.randn(16000) * 0.1]
+    upstream.train()
+    features = featurizer(wavs, upstream(wavs))
+    assert [f.shape for f in features] == [(600, 12 * 32), (10, 12 * 32)]
+    sum(f.sum() for f in features).backward()
+    assert featurizer.weights.grad is not None and upstream.encoder.patch_embed.proj.weight.grad is not None
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("s3prl") is None, reason="s3prl is not installed: pip install -e '.[superb]'"
+)
+def test_superb_command_runs_s3prls_runner_with_absolute_paths_and_local_results(tmp_path, monkeypatch):
+    import runpy
+
+    from src.s3prl_upstream import superb
+
+    seen = {}
+    monkeypatch.setattr(
+        runpy, "run_path", lambda path, run_name: seen.update(path=path, argv=list(sys.argv), cwd=os.getcwd())
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["x"])
+    superb.main(["-m", "train", "-n", "ks1_try", "-u", "ssamba_local", "-k", "exports/enc", "-d", "speech_commands"])
+    assert seen["path"].endswith("s3prl/run_downstream.py") and Path(seen["cwd"]) == Path(seen["path"]).parent
+    argv = seen["argv"]
+    assert argv[argv.index("-k") + 1] == str(tmp_path / "exports" / "enc")
+    assert argv[argv.index("-p") + 1] == str(tmp_path / "result" / "downstream" / "ks1_try")
+    import s3prl.hub as hub
+
+    assert hub.ssamba_local.__module__ == "src.s3prl_upstream.hubconf"

@@ -1,6 +1,5 @@
-"""s3prl hub entries. Copy src/s3prl_upstream to s3prl/s3prl/upstream/ssamba (with this project
-installed in the same environment) and add `from s3prl.upstream.ssamba.hubconf import *` to
-s3prl/hub.py; then `run_downstream.py -u ssamba_local -k <export folder> ...` (docs/interop.md)."""
+"""s3prl hub entries: `python -m src.s3prl_upstream.superb -u ssamba_local -k <export folder> ...`
+registers them in s3prl.hub and runs s3prl's runner (docs/interop.md)."""
 
 from src.s3prl_upstream.expert import UpstreamExpert
 

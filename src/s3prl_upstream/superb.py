@@ -1,0 +1,87 @@
+"""s3prl's SUPERB runner with this project's upstream, nothing copied into site-packages:
+
+    pip install -e '.[superb]'
+    python -m src.s3prl_upstream.superb -m train -n sid_ssamba -u ssamba_local -k exports/amba_tiny_400 \
+        -d voxceleb1 -s hidden_states -f
+
+Before s3prl is imported, `prepare_s3prl` supplies what s3prl 0.4.18 expects and this stack no longer
+has (torchaudio 2.11 removed `set_audio_backend` and `sox_effects`, which s3prl calls or imports at
+import time; huggingface_hub 1.x removed `HfFolder` and
+`Repository`), and registers the upstream entries
+(`ssamba_local`, `ssamba_patch16`) in `s3prl.hub`, where the runner looks them up. `main` then runs
+s3prl's `run_downstream.py` from s3prl's folder (its downstream configs are paths relative to it),
+with the paths given by -k, -e and -p made absolute first and, unless -p is given, the results in
+./result/downstream/<name> where the command was started. Paths inside -o overrides (dataset
+folders) must be absolute.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+import types
+from pathlib import Path
+
+
+def _unavailable(*args, **kwargs):
+    raise RuntimeError("torchaudio 2.11 has no sox_effects: this s3prl feature cannot run with this stack")
+
+
+def prepare_s3prl():
+    """Shim the removed APIs, import s3prl, register the upstream; returns the s3prl.hub module."""
+    import huggingface_hub
+    import torchaudio
+
+    if not hasattr(torchaudio, "set_audio_backend"):
+        torchaudio.set_audio_backend = lambda *args, **kwargs: None  # decoding goes through soundfile
+    if "torchaudio.sox_effects" not in sys.modules and not hasattr(torchaudio, "sox_effects"):
+        sox = types.ModuleType("torchaudio.sox_effects")
+        sox.apply_effects_tensor = sox.apply_effects_file = _unavailable
+        sys.modules["torchaudio.sox_effects"] = torchaudio.sox_effects = sox
+    if not hasattr(huggingface_hub, "HfFolder"):
+
+        class HfFolder:
+            @staticmethod
+            def get_token():
+                return huggingface_hub.get_token()
+
+        huggingface_hub.HfFolder = HfFolder
+    if not hasattr(huggingface_hub, "Repository"):  # only for pushing results to the Hub
+
+        class Repository:
+            def __init__(self, *args, **kwargs):
+                raise RuntimeError("huggingface_hub 1.x has no Repository: pushing to the Hub is unavailable")
+
+        huggingface_hub.Repository = Repository
+
+    import s3prl.hub as hub
+
+    from src.s3prl_upstream import hubconf
+
+    hub.ssamba_local, hub.ssamba_patch16 = hubconf.ssamba_local, hubconf.ssamba_patch16
+    return hub
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prepare_s3prl()
+    import s3prl
+
+    here = Path.cwd()
+    for flags in (("-k", "--upstream_ckpt"), ("-e", "--past_exp"), ("-p", "--expdir")):
+        for flag in flags:
+            if flag in argv and argv.index(flag) + 1 < len(argv):
+                i = argv.index(flag) + 1
+                argv[i] = str((here / argv[i]).resolve())
+    named = [argv[argv.index(f) + 1] for f in ("-n", "--expname") if f in argv and argv.index(f) + 1 < len(argv)]
+    if named and not {"-p", "--expdir"} & set(argv):  # results where the user is, not in s3prl's folder
+        argv += ["-p", str(here / "result" / "downstream" / named[0])]
+    root = Path(s3prl.__file__).parent
+    os.chdir(root)
+    sys.argv = [str(root / "run_downstream.py"), *argv]
+    runpy.run_path(str(root / "run_downstream.py"), run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
