@@ -170,3 +170,40 @@ def test_superb_command_runs_s3prls_runner_with_absolute_paths_and_local_results
     import s3prl.hub as hub
 
     assert hub.ssamba_local.__module__ == "src.s3prl_upstream.hubconf"
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("s3prl") is None, reason="s3prl is not installed: pip install -e '.[superb]'"
+)
+def test_superb_ks1_trains_a_few_steps_through_the_command(export_dir, tmp_path):
+    """SUPERB's keyword spotting (speech_commands, KS1) through `python -m src.s3prl_upstream.superb`:
+    4 training steps, then dev and test, on miniature Speech Commands layouts (the runner does not
+    skip unreadable files, so these have none; the test set uses KS1's class folders)."""
+    import shutil
+    import subprocess
+
+    from tests.helpers.layouts import speech_commands
+
+    for root, words in (
+        ("train", ("yes", "no", "up", "bed", "wow")),
+        ("test", ("yes", "no", "_unknown_", "_silence_")),
+    ):
+        speech_commands(tmp_path / root, words=words, per_word=4 if root == "train" else 2)
+        (tmp_path / root / "no" / "deadbeef_nohash_9.wav").unlink()
+        (tmp_path / root / "_background_noise_" / "README.wav").unlink()
+    shutil.rmtree(tmp_path / "test" / "_background_noise_")
+    datarc = "config.downstream_expert.datarc"
+    overrides = ",,".join([
+        "config.runner.total_steps=4", "config.runner.log_step=2", "config.runner.eval_step=4",
+        "config.runner.save_step=4", f"{datarc}.speech_commands_root={tmp_path / 'train'}",
+        f"{datarc}.speech_commands_test_root={tmp_path / 'test'}", f"{datarc}.num_workers=0", f"{datarc}.batch_size=4",
+    ])  # fmt: skip
+    command = [sys.executable, "-m", "src.s3prl_upstream.superb", "-m", "train", "-n", "ks1", "-u", "ssamba_local",
+               "-k", str(export_dir), "-d", "speech_commands", "-s", "hidden_states", "--device", "cpu",
+               "-o", overrides]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = (tmp_path / "result" / "downstream" / "ks1" / "log.log").read_text()
+    assert "train at step 4" in log and "dev at step 4" in log and "test at step 4" in log
+    assert (tmp_path / "result" / "downstream" / "ks1" / "states-4.ckpt").exists()

@@ -6,26 +6,61 @@
 
 Before s3prl is imported, `prepare_s3prl` supplies what s3prl 0.4.18 expects and this stack no longer
 has (torchaudio 2.11 removed `set_audio_backend` and `sox_effects`, which s3prl calls or imports at
-import time; huggingface_hub 1.x removed `HfFolder` and
-`Repository`), and registers the upstream entries
+import time, and decodes only through torchcodec; huggingface_hub 1.x removed `HfFolder` and
+`Repository`): audio is read with soundfile and the sox effects SUPERB's datasets use (mono,
+resampling, gain) are done in torch. It also registers the upstream entries
 (`ssamba_local`, `ssamba_patch16`) in `s3prl.hub`, where the runner looks them up. `main` then runs
 s3prl's `run_downstream.py` from s3prl's folder (its downstream configs are paths relative to it),
 with the paths given by -k, -e and -p made absolute first and, unless -p is given, the results in
-./result/downstream/<name> where the command was started. Paths inside -o overrides (dataset
-folders) must be absolute.
+./result/downstream/<name> where the command was started. s3prl's PyPI package ships no downstream
+configs: for -d speech_commands, voxceleb1 and emotion the runner gets s3prl 0.4.18's own from
+configs/ here unless -c is given. Paths inside -o overrides (dataset folders) must be absolute.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import runpy
 import sys
 import types
 from pathlib import Path
 
+CONFIGS = Path(__file__).parent / "configs"  # SUPERB's KS1, SID and ER configs from s3prl 0.4.18
 
-def _unavailable(*args, **kwargs):
-    raise RuntimeError("torchaudio 2.11 has no sox_effects: this s3prl feature cannot run with this stack")
+
+def _load(path, *args, **kwargs):
+    """torchaudio.load through soundfile: ((channels, samples) float32, sample rate)."""
+    import soundfile as sf
+    import torch
+
+    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    return torch.from_numpy(data.T.copy()), rate
+
+
+def _no_sox(*args, **kwargs):
+    raise RuntimeError("torchaudio 2.11 has no sox_effects.apply_effects_tensor")
+
+
+def _no_catalyst(*args, **kwargs):
+    raise RuntimeError("SUPERB's speech_commands task under DDP needs catalyst, which does not install with this pip")
+
+
+def _apply_effects_file(path, effects, *args, **kwargs):
+    """The sox effects SUPERB's datasets ask for (channels 1, rate, gain in dB), without sox."""
+    import torchaudio
+
+    wav, rate = _load(path)
+    for name, *values in effects:
+        if name == "channels" and values == ["1"]:
+            wav = wav.mean(0, keepdim=True)
+        elif name == "rate":
+            wav, rate = torchaudio.functional.resample(wav, rate, int(values[0])), int(values[0])
+        elif name == "gain":
+            wav = wav * 10 ** (float(values[0]) / 20)
+        else:
+            raise RuntimeError(f"sox effect {name!r} is not available with torchaudio 2.11 (no sox_effects)")
+    return wav, rate
 
 
 def prepare_s3prl():
@@ -37,8 +72,11 @@ def prepare_s3prl():
         torchaudio.set_audio_backend = lambda *args, **kwargs: None  # decoding goes through soundfile
     if "torchaudio.sox_effects" not in sys.modules and not hasattr(torchaudio, "sox_effects"):
         sox = types.ModuleType("torchaudio.sox_effects")
-        sox.apply_effects_tensor = sox.apply_effects_file = _unavailable
+        sox.apply_effects_file = _apply_effects_file
+        sox.apply_effects_tensor = _no_sox  # imported by the MOS upstream, not used by SUPERB's tasks
         sys.modules["torchaudio.sox_effects"] = torchaudio.sox_effects = sox
+    if importlib.util.find_spec("torchcodec") is None:  # torchaudio 2.11 decodes through torchcodec
+        torchaudio.load = _load
     if not hasattr(huggingface_hub, "HfFolder"):
 
         class HfFolder:
@@ -54,6 +92,11 @@ def prepare_s3prl():
                 raise RuntimeError("huggingface_hub 1.x has no Repository: pushing to the Hub is unavailable")
 
         huggingface_hub.Repository = Repository
+
+    if importlib.util.find_spec("catalyst") is None:  # KS1's expert imports it for DDP only; it no longer installs
+        for name in ("catalyst", "catalyst.data", "catalyst.data.sampler"):
+            sys.modules.setdefault(name, types.ModuleType(name))
+        sys.modules["catalyst.data.sampler"].DistributedSamplerWrapper = _no_catalyst
 
     import s3prl.hub as hub
 
@@ -75,6 +118,10 @@ def main(argv: list[str] | None = None) -> None:
                 i = argv.index(flag) + 1
                 argv[i] = str((here / argv[i]).resolve())
     named = [argv[argv.index(f) + 1] for f in ("-n", "--expname") if f in argv and argv.index(f) + 1 < len(argv)]
+    task = [argv[argv.index(f) + 1] for f in ("-d", "--downstream") if f in argv and argv.index(f) + 1 < len(argv)]
+    shipped = CONFIGS / f"{task[0]}.yaml" if task else None
+    if shipped is not None and shipped.exists() and not {"-c", "--config"} & set(argv):
+        argv += ["-c", str(shipped)]  # s3prl's PyPI package has no downstream configs
     if named and not {"-p", "--expdir"} & set(argv):  # results where the user is, not in s3prl's folder
         argv += ["-p", str(here / "result" / "downstream" / named[0])]
     root = Path(s3prl.__file__).parent
