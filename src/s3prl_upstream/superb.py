@@ -93,7 +93,9 @@ def prepare_s3prl():
 
         huggingface_hub.Repository = Repository
 
-    if importlib.util.find_spec("catalyst") is None:  # KS1's expert imports it for DDP only; it no longer installs
+    if (
+        "catalyst" not in sys.modules and importlib.util.find_spec("catalyst") is None
+    ):  # KS1's expert imports it for DDP only; it no longer installs
         for name in ("catalyst", "catalyst.data", "catalyst.data.sampler"):
             sys.modules.setdefault(name, types.ModuleType(name))
         sys.modules["catalyst.data.sampler"].DistributedSamplerWrapper = _no_catalyst
