@@ -41,20 +41,22 @@ class WindowGrid:
     def samples_per_column(self) -> int:
         return round(self.fbank_config.sample_rate * self.fbank_config.frame_shift / 1000) * self.tstride
 
+    @property
+    def first_centre_ms(self) -> float:
+        """Frame i spans [i shift, i shift + length) ms, so a patch of frames [s, s + tshape) is centred
+        at s shift + ((tshape - 1) shift + length) / 2; this is that centre for s = 0."""
+        return ((self.tshape - 1) * self.fbank_config.frame_shift + self.fbank_config.frame_length) / 2
+
     def centres_ms(self, n_columns: int) -> Tensor:
-        """(n_columns,) the centre of each column's patch in ms: frame i spans [i shift, i shift +
-        length) ms, so a patch of frames [s, s + tshape) is centred at s shift + ((tshape - 1) shift +
-        length) / 2."""
-        shift, length = self.fbank_config.frame_shift, self.fbank_config.frame_length
+        """(n_columns,) the centre of each column's patch in ms."""
         starts = torch.arange(n_columns, dtype=torch.float64) * self.tstride
-        return (starts * shift + ((self.tshape - 1) * shift + length) / 2).float()
+        return (starts * self.fbank_config.frame_shift + self.first_centre_ms).float()
 
     def columns_inside(self, n_samples: int) -> int:
         """How many columns have their centre inside n_samples of audio (at least one)."""
         duration_ms = 1000 * n_samples / self.fbank_config.sample_rate
-        first = float(self.centres_ms(1)[0])
         step_ms = self.tstride * self.fbank_config.frame_shift
-        return max(1, math.ceil((duration_ms - first) / step_ms))
+        return max(1, math.ceil((duration_ms - self.first_centre_ms) / step_ms))
 
     def windows(self, wave: Tensor, mean: float, std: float, n_columns: int) -> Tensor:
         """One clip (n_samples,) -> (n_windows, 1, mel bins, window_frames): its fbank zero-padded at

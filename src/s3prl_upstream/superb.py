@@ -108,6 +108,14 @@ def prepare_s3prl():
     return hub
 
 
+def _value_at(argv: list[str], flags: tuple[str, ...]) -> int | None:
+    """The index in argv of the value given to any of flags, or None."""
+    for flag in flags:
+        if flag in argv and argv.index(flag) + 1 < len(argv):
+            return argv.index(flag) + 1
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     prepare_s3prl()
@@ -115,17 +123,15 @@ def main(argv: list[str] | None = None) -> None:
 
     here = Path.cwd()
     for flags in (("-k", "--upstream_ckpt"), ("-e", "--past_exp"), ("-p", "--expdir")):
-        for flag in flags:
-            if flag in argv and argv.index(flag) + 1 < len(argv):
-                i = argv.index(flag) + 1
-                argv[i] = str((here / argv[i]).resolve())
-    named = [argv[argv.index(f) + 1] for f in ("-n", "--expname") if f in argv and argv.index(f) + 1 < len(argv)]
-    task = [argv[argv.index(f) + 1] for f in ("-d", "--downstream") if f in argv and argv.index(f) + 1 < len(argv)]
-    shipped = CONFIGS / f"{task[0]}.yaml" if task else None
-    if shipped is not None and shipped.exists() and not {"-c", "--config"} & set(argv):
+        i = _value_at(argv, flags)
+        if i is not None:
+            argv[i] = str((here / argv[i]).resolve())
+    task, name = _value_at(argv, ("-d", "--downstream")), _value_at(argv, ("-n", "--expname"))
+    shipped = CONFIGS / f"{argv[task]}.yaml" if task is not None else None
+    if shipped is not None and shipped.exists() and _value_at(argv, ("-c", "--config")) is None:
         argv += ["-c", str(shipped)]  # s3prl's PyPI package has no downstream configs
-    if named and not {"-p", "--expdir"} & set(argv):  # results where the user is, not in s3prl's folder
-        argv += ["-p", str(here / "result" / "downstream" / named[0])]
+    if name is not None and _value_at(argv, ("-p", "--expdir")) is None:  # results where the user is
+        argv += ["-p", str(here / "result" / "downstream" / argv[name])]
     root = Path(s3prl.__file__).parent
     os.chdir(root)
     sys.argv = [str(root / "run_downstream.py"), *argv]

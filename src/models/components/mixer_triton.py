@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from src.models.components.conv_triton import conv_backward, conv_forward, reverse_mask
-from src.models.components.scan_triton import default_tilings, scan_backward, scan_forward
+from src.models.components.scan_triton import default_tilings, scan_backward, scan_forward, sum_sets
 
 
 def _weight_grad(grad_out: Tensor, inp: Tensor) -> Tensor:
@@ -31,7 +31,7 @@ class BiMambaInner(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, xz, conv_weight, conv_bias, x_proj, dt_proj, A, D, dt_bias, reverse, dt_rank, keep):
-        batch, length, two_e = xz.shape
+        batch, length, _ = xz.shape
         sets, d_state, dim = A.shape
         x, z = xz[..., :dim], xz[..., dim:]  # (B, L, E) views
         tilings = default_tilings(sets, batch, dim, length)
@@ -47,7 +47,7 @@ class BiMambaInner(torch.autograd.Function):
         if keep:
             ctx.save_for_backward(xz, conv_weight, conv_bias, x_proj, dt_proj, A, D, dt_bias, x_dbl, ckpt)
             ctx.config = (reverse, rev, dt_rank, tilings[1])
-        return torch.add(y[0], y[1]) if sets == 2 else y.sum(0)  # (B, L, E)
+        return sum_sets(y)  # (B, L, E)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")

@@ -129,6 +129,14 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, reverse, delta_softplus, t
     return y, ckpt
 
 
+def sum_sets(x: Tensor, out: Tensor | None = None) -> Tensor:
+    """(S, ...) -> (...), summed in fp32 and rounded once; two sets as one elementwise add, faster
+    than a reduction over a dimension of 2. out: a view to write into."""
+    if x.shape[0] == 2:
+        return torch.add(x[0], x[1], out=out) if out is not None else torch.add(x[0], x[1])
+    return torch.sum(x, 0, out=out) if out is not None else x.sum(0)
+
+
 def scan_backward(dy, ckpt, u, delta, A, B, C, D, z, delta_bias, reverse, delta_softplus, tiling, dz=None):
     """Gradients of u, delta, A, B, C, D, z, delta_bias (None where the input was None); dz may be
     given as a (B, L, E) view to write z's gradient into."""
@@ -167,11 +175,8 @@ def scan_backward(dy, ckpt, u, delta, A, B, C, D, z, delta_bias, reverse, delta_
     dA = dA_part.view(S, -1, run.d_state, E).sum(1).transpose(1, 2)
     dD = dD_part.view(S, -1, E).sum(1) if D is not None else None
     dbias = dbias_part.view(S, -1, E).sum(1)
-    if z is not None:  # the sets share z: their gradients add up (in fp32, rounded once)
-        if S == 2:  # an elementwise add: faster than a reduction over a dimension of 2
-            dz = torch.add(dz_sets[0], dz_sets[1], out=dz) if dz is not None else torch.add(dz_sets[0], dz_sets[1])
-        else:
-            dz = torch.sum(dz_sets, 0, out=dz) if dz is not None else dz_sets.sum(0)
+    if z is not None:  # the sets share z: their gradients add up
+        dz = sum_sets(dz_sets, out=dz)
     return du, ddelta, dA, dB, dC, dD, dz, dbias
 
 
