@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src import hear  # noqa: E402
 from src.embed import embed_folder  # noqa: E402
-from src.models.components import build_encoder  # noqa: E402
+from src.models.components import build_encoder, encoder_config  # noqa: E402
 from src.models.components.scan import scan_portable_bel  # noqa: E402
-from src.models.export import save_encoder  # noqa: E402
+from src.models.pretrained import save_encoder  # noqa: E402
 from src.utils.io import write_json, write_text  # noqa: E402
 
 SHAPES = [(2, 384, 513), (1, 384, 60000)]
@@ -88,8 +88,8 @@ def embed_row(minutes: float) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        encoder = build_encoder("ssamba", "tiny", input_tdim=1024)  # full depth: 24 layers
-        save_encoder(encoder, tmp / "export", extra={"data": {"mean": -4.27, "std": 4.57, "target_length": 1024}})
+        encoder = build_encoder(encoder_config("ssamba", "tiny", target_length=1024))  # full depth: 24 layers
+        save_encoder(encoder, tmp / "export", data={"mean": -4.27, "std": 4.57})
         rng = np.random.default_rng(0)
         (tmp / "in").mkdir()
         sf.write(

@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.models.components import build_encoder  # noqa: E402
+from src.models.components import build_encoder, encoder_config  # noqa: E402
 from src.utils.io import write_json, write_text  # noqa: E402
 
 TOKENS = [512, 1024, 2048, 4096, 8192, 12288, 16384, 22000, 44000, 75000]
@@ -108,7 +108,7 @@ def run_point(model, mode: str, tokens: int, precision: str, warmup: int, repeat
 def series(backbone: str, size: str, mode: str, precision: str, args) -> list[dict]:
     os.environ["SSAMBA_KERNELS"] = mode.removesuffix("+graph") if backbone == "ssamba" else "auto"
     overrides = {} if backbone == "ssamba" else {"attention": "explicit" if mode == "explicit" else "sdpa"}
-    model = build_encoder(backbone, size, **overrides).cuda().eval()
+    model = build_encoder(encoder_config(backbone, size, **overrides)).cuda().eval()
     limit = max(args.tokens) if backbone == "ssamba" else min(max(args.tokens), SSAST_MAX_TOKENS)
     points = []
     for tokens in [t for t in args.tokens if t <= limit]:

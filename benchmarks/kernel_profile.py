@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.efficiency import frames_for  # noqa: E402
 from benchmarks.throughput import ssl_optimizer, train_step  # noqa: E402
-from src.models.components import build_encoder  # noqa: E402
+from src.models.components import build_encoder, encoder_config  # noqa: E402
 from src.models.ssl_module import SSLModule  # noqa: E402
 from src.utils.io import write_json, write_text  # noqa: E402
 
@@ -35,14 +35,14 @@ def make_step(args):
     bf16 = args.precision == "bf16"
     if args.phase == "inference":
         overrides = {"attention": args.attention} if args.backbone == "ssast" else {}
-        model = build_encoder(args.backbone, args.size, **overrides).cuda().eval()
+        model = build_encoder(encoder_config(args.backbone, args.size, **overrides)).cuda().eval()
 
         def step():
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
                 model(x)
 
         return step
-    module = SSLModule({"backbone": args.backbone, "size": args.size, "input_tdim": frames}).cuda()
+    module = SSLModule({"backbone": args.backbone, "size": args.size, "target_length": frames}).cuda()
     optimizer = ssl_optimizer(module)
     num_mask = min(400, int(0.75 * args.tokens))
     return lambda: train_step(lambda spec: module.losses(spec, num_mask)["loss"], optimizer, x, bf16)

@@ -73,7 +73,7 @@ def measure_ssl_step(backbone: str, size: str, batch: int, warmup: int, steps: i
     torch.manual_seed(0)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    module = SSLModule({"backbone": backbone, "size": size, "input_tdim": 1024}, mask_patches=400).cuda()
+    module = SSLModule({"backbone": backbone, "size": size, "target_length": 1024}, mask_patches=400).cuda()
     if compile == "objective":
         module.objective = torch.compile(module.objective)
     net = Objective(module)
@@ -223,8 +223,8 @@ def synthetic_store(args) -> None:
         base = {"n_frames": 1024, "labels": [], "split": "train", "fold": None}
         index += [{"id": f"c{k}_{r}", "shard": k, "row": r, **base} for r in range(rows)]
     write_jsonl(out / "index.jsonl", index)
-    write_json(out / "meta.json", {"complete": True, "num_shards": n_shards, "clips": args.clips, "shape": [128, 1024],
-                                   "classes": [], "manifest": "synthetic", "manifest_sha256": ""})  # fmt: skip
+    meta = {"complete": True, "num_shards": n_shards, "clips": args.clips, "shape": [128, 1024], "target_length": 1024}
+    write_json(out / "meta.json", {**meta, "classes": [], "manifest": "synthetic", "manifest_sha256": ""})
     print(f"synthetic store with {args.clips} clips at {out}")
 
 
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     ld.add_argument("--json", type=Path, default=Path("docs/benchmarks/throughput.json"))
     t = sub.add_parser("train", help="src/train.py on a feature store, per device count")
     t.add_argument("--store", required=True)
-    t.add_argument("--experiment", default="pretrain_tiny")
+    t.add_argument("--experiment", default="pretrain")
     t.add_argument("--devices", nargs="+", type=int, default=[1, 2])
     t.add_argument("--batch-per-gpu", type=int, default=64, help="data.batch_size is the global batch: this x devices")
     t.add_argument("--steps", type=int, default=60)

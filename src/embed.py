@@ -2,7 +2,8 @@
 
 For every WAV/FLAC/OGG file under --input (decoded, mixed to mono, resampled to 16 kHz) writes
 <output>/<relative path>.npy: the scene embedding (D,), and with --timestamps also
-<name>.timestamps.npy (T, D) and <name>.times_ms.npy (T,). Uses the HEAR API of src/hear.py, on
+<name>.timestamps.npy (T, D) and <name>.times_ms.npy (T,). Uses the HEAR API of
+src/embedding/hear.py (the export's own normalisation and input length), on
 CUDA when available (--device to choose). Unreadable files are skipped and listed at the end.
 """
 
@@ -18,9 +19,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src import hear  # noqa: E402
 from src.data.audio import AUDIO_EXTENSIONS, AudioError, load_audio  # noqa: E402
-from src.utils.errors import USER_ERRORS, user_error
+from src.embedding import hear  # noqa: E402
+from src.utils.errors import MissingInput, UserError, report  # noqa: E402
 from src.utils.io import atomic_path  # noqa: E402
 
 
@@ -33,7 +34,7 @@ def _save(path: Path, array: np.ndarray) -> None:
 def embed_folder(model, input_dir: Path, output_dir: Path, timestamps: bool = False) -> list[str]:
     files = sorted(p for p in input_dir.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
     if not files:
-        raise FileNotFoundError(f"{input_dir}: no .wav, .flac or .ogg files")
+        raise MissingInput(f"{input_dir}: no .wav, .flac or .ogg files")
     skipped = []
     for path in tqdm(files, desc="embed", unit="file"):
         try:
@@ -62,8 +63,8 @@ def main(argv=None) -> int:
         model = hear.load_model(args.model)
         model.to(args.device)
         skipped = embed_folder(model, args.input, args.output, args.timestamps)
-    except USER_ERRORS as e:
-        return user_error(e)
+    except UserError as e:
+        return report(e)
     print(f"embeddings in {args.output}")
     if skipped:
         print(f"skipped {len(skipped)} unreadable files:\n  " + "\n  ".join(skipped))

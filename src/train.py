@@ -56,16 +56,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
     ckpt_path = entry.resume_path(cfg, trainer)
     if cfg.get("train"):
-        try:
-            trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        except RuntimeError as e:
-            if ckpt_path and ("size mismatch" in str(e) or "Missing key" in str(e) or "Unexpected key" in str(e)):
-                first = str(e).strip().splitlines()[0]
-                raise ValueError(
-                    f"ckpt_path={ckpt_path} does not fit the model ({first}); resume with the encoder and model "
-                    "config of the run that saved it"
-                ) from e
-            raise
+        # a checkpoint that does not fit the model stops in the modules' on_load_checkpoint (a UserError)
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     entry.write_rank_record(cfg, trainer, ckpt_path)
     if cfg.get("test"):

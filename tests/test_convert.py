@@ -6,10 +6,11 @@ import json
 import pytest
 import torch
 
-from src.models.components import build_encoder
+from src.models.components import encoder_config
 from src.models.convert import convert_ssamba, convert_ssast
 from src.models.convert import main as convert_main
-from src.models.export import from_pretrained
+from src.models.pretrained import from_pretrained
+from tests.helpers.encoders import make_encoder
 from tests.helpers.reference import official_ssamba_reference, official_ssast_reference
 
 
@@ -39,7 +40,7 @@ def official_layout(encoder, dim, classes=None, pretraining=True, extra_v_head=T
 
 
 def test_finetuned_ssamba_checkpoint_converts_and_matches_the_spec():
-    source = randomize(build_encoder("ssamba", "tiny", embed_dim=32, depth=4, input_tdim=128, fstride=10, tstride=10))
+    source = randomize(make_encoder("ssamba", None, embed_dim=32, depth=4, target_length=128, fstride=10, tstride=10))
     sd = official_layout(source, 32, classes=5, pretraining=False)
     encoder, heads, report = convert_ssamba(sd, 128, 128, 10, 10)
     assert any("dropped v.head.weight" in line for line in report)
@@ -52,7 +53,7 @@ def test_finetuned_ssamba_checkpoint_converts_and_matches_the_spec():
 
 
 def test_pretraining_checkpoint_recovers_grid_norm_and_heads(tmp_path):
-    source = randomize(build_encoder("ssamba", "tiny", embed_dim=32, depth=2, input_tdim=256, norm="rmsnorm"))
+    source = randomize(make_encoder("ssamba", None, embed_dim=32, depth=2, target_length=256, norm="rmsnorm"))
     sd = official_layout(source, 32)
     encoder, heads, report = convert_ssamba(sd)
     assert encoder.grid == (8, 16) and encoder.patch_stride == (16, 16)
@@ -69,12 +70,15 @@ def test_pretraining_checkpoint_recovers_grid_norm_and_heads(tmp_path):
     assert (tmp_path / "export" / "heads.safetensors").exists()
 
 
-def test_converted_config_names_the_size_of_its_width(tmp_path):
-    source = randomize(build_encoder("ssamba", "small", depth=2, input_tdim=128))
+def test_converted_config_is_the_preset_of_its_width_with_the_official_normalisation(tmp_path):
+    source = randomize(make_encoder("ssamba", "small", depth=2, target_length=128))
     torch.save(official_layout(source, 384), tmp_path / "official.pth")
     assert convert_main(["ssamba", "--ckpt", str(tmp_path / "official.pth"), "--out", str(tmp_path / "export")]) == 0
-    config = json.loads((tmp_path / "export" / "config.json").read_text())["encoder"]
-    assert config["size"] == "small" and config["embed_dim"] == 384
+    saved = json.loads((tmp_path / "export" / "config.json").read_text())
+    config = saved["encoder"]
+    assert config["embed_dim"] == 384
+    assert config == {**encoder_config("ssamba", "small", depth=2, target_length=128, mask_token=True).to_dict()}
+    assert saved["data"] == {"mean": -4.2677393, "std": 4.5689974}  # the official pretraining's (AudioSet)
 
 
 def test_ssl_continues_from_a_converted_pretraining_checkpoint(tmp_path, capsys):
@@ -84,7 +88,7 @@ def test_ssl_continues_from_a_converted_pretraining_checkpoint(tmp_path, capsys)
 
     from src.models.ssl_module import SSLModule
 
-    source = randomize(build_encoder("ssamba", "tiny", embed_dim=32, depth=2, input_tdim=256))
+    source = randomize(make_encoder("ssamba", None, embed_dim=32, depth=2, target_length=256))
     sd = official_layout(source, 32)
     torch.save(sd, tmp_path / "official.pth")
     assert convert_main(["ssamba", "--ckpt", str(tmp_path / "official.pth"), "--out", str(tmp_path / "export")]) == 0
@@ -103,7 +107,7 @@ def test_ssl_continues_from_a_converted_pretraining_checkpoint(tmp_path, capsys)
 
 
 def test_ssast_checkpoint_converts_and_matches_the_spec():
-    source = randomize(build_encoder("ssast", "tiny", depth=2, input_tdim=128, fstride=10, tstride=10))
+    source = randomize(make_encoder("ssast", "tiny", depth=2, target_length=128, fstride=10, tstride=10))
     sd = official_layout(source, 192, classes=3, pretraining=False)
     sd["module.v.head_dist.weight"], sd["module.v.head_dist.bias"] = torch.randn(1000, 192), torch.randn(1000)
     encoder, heads, _ = convert_ssast(sd, 128, 128, 10, 10)
@@ -116,13 +120,13 @@ def test_ssast_checkpoint_converts_and_matches_the_spec():
 
 
 def test_unknown_keys_and_wrong_grids_are_refused():
-    source = build_encoder("ssamba", "tiny", embed_dim=32, depth=2, input_tdim=128)
+    source = make_encoder("ssamba", None, embed_dim=32, depth=2, target_length=128)
     sd = official_layout(source, 32)
     sd["module.some_new_layer.weight"] = torch.zeros(1)
     with pytest.raises(ValueError, match="unknown key 'some_new_layer.weight'"):
         convert_ssamba(sd)
     sd = official_layout(source, 32, classes=2, pretraining=False)
-    with pytest.raises(ValueError, match="pass --input-tdim"):
+    with pytest.raises(ValueError, match="pass --target-length"):
         convert_ssamba(sd)
     with pytest.raises(ValueError, match="positional embedding has 64"):
         convert_ssamba(sd, 128, 128, 10, 10)

@@ -122,7 +122,7 @@ def test_missing_prepared_data_is_explained(tmp_path):
 def test_pretrain_mixes_sources_by_weight(prepared):
     dm = PretrainDataModule(
         [{"path": str(prepared / "feat"), "weight": 3.0}, {"path": str(prepared / "feat_ls"), "weight": 1.0}],
-        crop_frames=96,
+        target_length=96,
         batch_size=8,
         num_workers=0,
         samples_per_epoch=4000,
@@ -136,7 +136,9 @@ def test_pretrain_mixes_sources_by_weight(prepared):
 
 
 def _pretrain_dm(prepared, batch_size=4):
-    return PretrainDataModule([{"path": str(prepared / "feat")}], crop_frames=64, batch_size=batch_size, num_workers=0)
+    return PretrainDataModule(
+        [{"path": str(prepared / "feat")}], target_length=64, batch_size=batch_size, num_workers=0
+    )
 
 
 def _trainer(tmp_path, **kw):

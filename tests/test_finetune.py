@@ -2,21 +2,27 @@ import lightning as L
 import pytest
 import torch
 
-from src.models.export import encoder_from_checkpoint, from_pretrained, save_encoder
-from src.models.finetune_module import AudioSetModule, ESC50Module, FinetuneModule, KS2Module
+from src.models.finetune_module import FinetuneModule
+from src.models.pretrained import from_pretrained, read_pretrained, save_encoder
 from src.models.ssl_module import SSLModule
 
-ENC = dict(backbone="ssamba", size="tiny", embed_dim=32, depth=2, input_tdim=160)
+ENC = dict(backbone="ssamba", size=None, embed_dim=32, depth=2, target_length=160)
 
 
 def pretrained_ssl():
     return SSLModule(ENC, mask_patches=20)
 
 
+def finetune(target_length: int = 128, **kwargs) -> FinetuneModule:
+    """A fine-tuning module whose data gives target_length frames (the encoder config's, from the data config)."""
+    encoder = {"target_length": target_length} if kwargs.get("pretrained") else {**ENC, "target_length": target_length}
+    return FinetuneModule(encoder=encoder, **kwargs)
+
+
 def test_handover_from_an_export_copies_weights_and_adapts_the_grid(tmp_path):
     ssl = pretrained_ssl()
     save_encoder(ssl.encoder, tmp_path / "export")
-    ft = KS2Module(encoder={}, pretrained=str(tmp_path / "export"), input_tdim=128, fstride=10, tstride=10)
+    ft = finetune(128, pretrained=str(tmp_path / "export"), fstride=10, tstride=10, loss="bce")
     src, dst = ssl.encoder, ft.encoder
     torch.testing.assert_close(dst.patch_embed.proj.weight, src.patch_embed.proj.weight)
     assert dst.patch_embed.proj.stride == (10, 10) and dst.grid == (12, 12)
@@ -31,9 +37,9 @@ def test_handover_from_a_lightning_checkpoint_loads_with_weights_only(tmp_path):
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.strategy.connect(ssl)
     trainer.save_checkpoint(tmp_path / "ssl.ckpt")
-    config, state = encoder_from_checkpoint(tmp_path / "ssl.ckpt")  # torch.load(weights_only=True) inside
-    assert config["embed_dim"] == 32 and "layers.0.mixer.in_proj.weight" in state
-    ft = ESC50Module(encoder={}, pretrained=str(tmp_path / "ssl.ckpt"), input_tdim=512, num_classes=50)
+    config, state, _ = read_pretrained(tmp_path / "ssl.ckpt")  # torch.load(weights_only=True) inside
+    assert config.embed_dim == 32 and "layers.0.mixer.in_proj.weight" in state
+    ft = finetune(512, pretrained=str(tmp_path / "ssl.ckpt"), num_classes=50)
     torch.testing.assert_close(ft.encoder.layers[0].mixer.in_proj.weight, ssl.encoder.layers[0].mixer.in_proj.weight)
     assert ft.encoder.grid == (12, 50)
 
@@ -55,18 +61,18 @@ def test_checkpoint_that_does_not_fit_is_explained(tmp_path):
 
 
 def test_linear_probe_freezes_the_encoder_and_head_lr_multiplier():
-    ft = KS2Module(encoder=ENC, num_classes=5, freeze_encoder=True, input_tdim=128)
+    ft = finetune(128, num_classes=5, freeze_encoder=True, loss="bce")
     assert not any(p.requires_grad for p in ft.encoder.parameters())
     ft.trainer = None
     opt = ft.configure_optimizers()["optimizer"]
     assert len(opt.param_groups) == 1  # head only
-    ft = AudioSetModule(encoder=ENC, num_classes=5, head_lr_mult=3.0, input_tdim=128)
+    ft = finetune(128, num_classes=5, head_lr_mult=3.0, multilabel=True)
     groups = ft.configure_optimizers()["optimizer"].param_groups
     assert groups[1]["lr"] == pytest.approx(3 * groups[0]["lr"])
 
 
 def test_pooling_mean_excludes_cls_and_cls_pooling_takes_it():
-    ft = KS2Module(encoder=ENC, num_classes=3, input_tdim=128, fstride=16, tstride=16).eval()
+    ft = finetune(128, num_classes=3, fstride=16, tstride=16, loss="bce").eval()
     spec = torch.randn(2, 1, 128, 128)
     with torch.no_grad():
         tokens = ft.encoder(spec)
@@ -76,13 +82,13 @@ def test_pooling_mean_excludes_cls_and_cls_pooling_takes_it():
 
 
 def test_accuracy_metric_and_losses_are_right():
-    ft = ESC50Module(encoder=ENC, num_classes=3, input_tdim=128, fstride=16, tstride=16)
+    ft = finetune(128, num_classes=3, fstride=16, tstride=16)
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0], [5.0, 0.0, 0.0]])
     target = torch.eye(3)[[0, 1, 0, 0]]
     ft.scores["val_score"](logits, target.argmax(-1))
     assert ft.scores["val_score"].compute() == pytest.approx(3 / 4)
     torch.testing.assert_close(ft.loss(logits, target), torch.nn.functional.cross_entropy(logits, target.argmax(-1)))
-    ks = KS2Module(encoder=ENC, num_classes=3, input_tdim=128, fstride=16, tstride=16)
+    ks = finetune(128, num_classes=3, fstride=16, tstride=16, loss="bce")
     soft = torch.tensor([[0.6, 0.4, 0.0]]).repeat(4, 1)
     torch.testing.assert_close(
         ks.loss(logits, soft), torch.nn.functional.binary_cross_entropy_with_logits(logits, soft)
@@ -90,7 +96,7 @@ def test_accuracy_metric_and_losses_are_right():
 
 
 def test_map_metric_is_macro_average_precision():
-    ft = AudioSetModule(encoder=ENC, num_classes=2, input_tdim=128, fstride=16, tstride=16)
+    ft = finetune(128, num_classes=2, fstride=16, tstride=16, multilabel=True)
     scores = torch.tensor([[0.9, 0.1], [0.8, 0.7], [0.3, 0.2], [0.1, 0.9]])
     labels = torch.tensor([[1, 0], [0, 1], [1, 0], [0, 1]])
     ft.scores["test_score"](scores, labels)
@@ -98,11 +104,30 @@ def test_map_metric_is_macro_average_precision():
     assert ft.scores["test_score"].compute().item() == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
 
 
-def test_task_modules_name_their_loss_and_metric():
-    assert KS2Module.LOSS == "bce" and ESC50Module.LOSS == "ce"
-    assert AudioSetModule.MULTILABEL and not KS2Module.MULTILABEL
+class Data:
+    """What FinetuneModule reads from a datamodule: the prepared data's classes.json."""
+
+    def __init__(self, num_classes, multilabel):
+        self.num_classes, self.multilabel = num_classes, multilabel
+
+
+def test_classes_and_multilabel_come_from_the_data_and_choose_loss_and_metric():
+    for data, loss, expected in [
+        (Data(7, False), None, ("ce", "acc")),
+        (Data(5, True), None, ("bce", "mAP")),
+        (Data(35, False), "bce", ("bce", "acc")),  # KS2's recipe: BCE on mixup-soft labels, accuracy
+    ]:
+        ft = finetune(loss=loss)
+        ft.trainer = type("T", (), {"datamodule": data})()
+        ft.setup("fit")
+        assert ft.head[1].out_features == data.num_classes and (ft.loss_name, ft.metric_name) == expected
+        assert (ft.hparams.num_classes, ft.hparams.multilabel) == (data.num_classes, data.multilabel)
+    ft = finetune(num_classes=3)
+    ft.trainer = type("T", (), {"datamodule": Data(4, False)})()
+    with pytest.raises(ValueError, match="the model has 3 classes .* but the data has 4"):
+        ft.setup("fit")
     with pytest.raises(ValueError, match="pooling"):
-        FinetuneModule(encoder=ENC, pooling="max")
+        finetune(pooling="max")
 
 
 def test_export_cli_writes_a_fine_tuned_encoder_that_loads_alone(tmp_path):
@@ -110,15 +135,17 @@ def test_export_cli_writes_a_fine_tuned_encoder_that_loads_alone(tmp_path):
 
     ssl = pretrained_ssl()
     save_encoder(ssl.encoder, tmp_path / "pre")
-    ft = KS2Module(encoder={}, pretrained=str(tmp_path / "pre"), num_classes=4, input_tdim=128, fstride=10, tstride=10)
+    ft = finetune(128, pretrained=str(tmp_path / "pre"), num_classes=4, fstride=10, tstride=10, loss="bce")
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.strategy.connect(ft)
     trainer.save_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     (tmp_path / "pre" / "encoder.safetensors").unlink()  # the checkpoint must not need it any more
-    reloaded = KS2Module.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    reloaded = FinetuneModule.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert reloaded.encoder.grid == (12, 12)
-    out = export(str(tmp_path / "run" / "checkpoints" / "last.ckpt"), None, -6.8, 5.6, 128)
-    assert out == tmp_path / "run" / "encoder_export"
+    with pytest.raises(ValueError, match="does not record the normalisation"):
+        export(str(tmp_path / "run" / "checkpoints" / "last.ckpt"))  # saved without a datamodule
+    out = export(str(tmp_path / "run" / "checkpoints" / "last.ckpt"), None, -6.8, 5.6)
+    assert out == tmp_path / "run" / "encoder"  # where pretraining writes its export too
     enc = from_pretrained(out)
     x = torch.randn(1, 1, 128, 128)
     with torch.no_grad():

@@ -9,15 +9,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from src.models.finetune_module import KS2Module
+from src.models.finetune_module import FinetuneModule
 
 pytestmark = pytest.mark.gpu
-ENC = dict(backbone="ssamba", size="tiny", embed_dim=64, depth=2, input_tdim=128, drop_path_rate=0.0)
+ENC = dict(backbone="ssamba", size=None, embed_dim=64, depth=2, target_length=128, drop_path_rate=0.0)
 
 
 def make_model(device):
     torch.manual_seed(0)
-    return KS2Module(encoder=ENC, num_classes=5, input_tdim=128, fstride=16, tstride=16).to(device)
+    return FinetuneModule(encoder=ENC, num_classes=5, fstride=16, tstride=16, loss="bce").to(device)
 
 
 def make_batch():

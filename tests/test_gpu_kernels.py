@@ -14,10 +14,10 @@ Tolerances:
 import pytest
 import torch
 
-from src.models.components import build_encoder
 from src.models.components.bimamba import BiMambaMixer
 from src.models.components.scan import depthwise_conv_silu, mamba_kernels_available, resolve_backend, selective_scan
 from src.models.components.scan_triton import ScanTiling, selective_scan_triton
+from tests.helpers.encoders import make_encoder
 from tests.helpers.reference import stacked_scan_reference
 
 pytestmark = pytest.mark.gpu
@@ -144,7 +144,7 @@ def assert_backends_agree(module, forward, dtype, monkeypatch, backends=("triton
 
 @pytest.mark.parametrize("frames", [1024, 8192])  # 512 tokens and 4096 (chunked)
 def test_triton_and_mamba_encoder_agree_in_bf16(frames, monkeypatch):
-    encoder = build_encoder("ssamba", "tiny", depth=4, input_tdim=frames).cuda().eval()
+    encoder = make_encoder("ssamba", "tiny", depth=4, target_length=frames).cuda().eval()
     x = torch.randn(2, 1, 128, frames, device="cuda")
     outs = {}
     for backend in ("triton", "mamba"):
@@ -159,7 +159,7 @@ def test_triton_and_mamba_encoder_gradients_agree(dtype, monkeypatch):
     """Training through the whole encoder: the fused mixer and the fused add + norm (Triton) against
     mamba-ssm's kernels with torch's add and norm, output and every parameter's gradient."""
     torch.manual_seed(0)
-    encoder = build_encoder("ssamba", "tiny", depth=4, input_tdim=512, drop_path_rate=0.0).cuda().train()
+    encoder = make_encoder("ssamba", "tiny", depth=4, target_length=512, drop_path_rate=0.0).cuda().train()
     x = torch.randn(3, 1, 128, 512, device="cuda")
     assert_backends_agree(encoder, lambda: encoder(x), dtype, monkeypatch)
 
@@ -170,7 +170,7 @@ def test_ssl_step_on_cuda_with_seeded_masks():
 
     masks = [make_mask("cluster", 4, (8, 16), 60, seed=123, device=torch.device("cuda")) for _ in range(2)]
     assert masks[0].is_cuda and torch.equal(masks[0], masks[1])  # the same seed draws the same masks
-    encoder = dict(backbone="ssamba", size="tiny", depth=2, input_tdim=256, drop_path_rate=0.0)
+    encoder = dict(backbone="ssamba", size="tiny", depth=2, target_length=256, drop_path_rate=0.0)
     module = SSLModule(encoder, mask_patches=60).cuda()
     spec = torch.randn(2, 1, 128, 256, device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):

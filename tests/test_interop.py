@@ -9,19 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from src import hear
 from src.embed import main as embed_main
-from src.models.components import build_encoder
-from src.models.export import save_encoder
+from src.embedding import hear
+from src.embedding.windows import load_frontend
+from src.models.pretrained import save_encoder
 from src.s3prl_upstream.hubconf import ssamba_local, ssamba_patch16
 from tests.helpers import audio_files as af
+from tests.helpers.encoders import make_encoder
 
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "enc"
-    encoder = build_encoder("ssamba", "tiny", embed_dim=32, depth=2, input_tdim=256)
-    save_encoder(encoder, out, extra={"data": {"mean": -5.0, "std": 4.0, "target_length": 256}})
+    encoder = make_encoder("ssamba", None, embed_dim=32, depth=2, target_length=256)
+    save_encoder(encoder, out, data={"mean": -5.0, "std": 4.0})
     return out
 
 
@@ -46,8 +47,7 @@ def test_hear_timestamps_are_regular_inside_the_audio_and_at_patch_centres(expor
     [10 i, 10 i + 25) ms, so a 16-frame patch starting at frame s is centred at 10 s + 87.5 ms)."""
     model = hear.load_model(str(export_dir))
     if stride != 16:
-        model.encoder.resize_input(128, 256, stride, stride)
-        model = hear.EmbeddingModel(model.encoder, model.mean, model.std, 256)
+        model = hear.EmbeddingModel(load_frontend(str(export_dir), stride=(stride, stride)))
     n_samples = round(16000 * seconds)
     emb, ts = hear.get_timestamp_embeddings(torch.randn(1, n_samples) * 0.1, model)
     hop = 10.0 * stride
@@ -91,7 +91,7 @@ def test_s3prl_upstream_as_the_runner_drives_it(export_dir):
     assert rate == 1600  # SSAMBA's s3prl setup: stride 10 -> 100 ms
     wavs = [torch.randn(16000 * 3), torch.randn(16000 * 2)]
     hidden = upstream(wavs)["hidden_states"]
-    assert len(hidden) == upstream.encoder.depth // 2 + 1  # one per layer pair (official stack) + the output
+    assert len(hidden) == upstream.encoder.config.depth // 2 + 1  # one per layer pair (official stack) + the output
     shapes = {tuple(h.shape) for h in hidden}
     assert len(shapes) == 1
     batch, frames, features = shapes.pop()
@@ -139,7 +139,7 @@ def test_s3prl_featurizer_runs_over_the_upstream(export_dir):
 
     upstream = hub.ssamba_local(str(export_dir), window_frames=256)
     featurizer = Featurizer(upstream, "hidden_states", "cpu")
-    assert featurizer.downsample_rate == 1600 and featurizer.layer_num == upstream.encoder.depth // 2 + 1
+    assert featurizer.downsample_rate == 1600 and featurizer.layer_num == upstream.encoder.config.depth // 2 + 1
     wavs = [torch.randn(16000 * 60) * 0.1, torch.randn(16000) * 0.1]
     upstream.train()
     features = featurizer(wavs, upstream(wavs))

@@ -20,8 +20,8 @@ from tests.helpers import audio_files as af
 from tests.helpers import layouts
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["experiment=ks2_demo", "++encoder.embed_dim=32", "++encoder.depth=2", "data.num_workers=0",
-         "data.batch_size=2", "data.freqm=0", "data.timem=0", "logger=[]", "test=false",
+SMALL = ["experiment=ks2_demo", "++encoder.size=null", "++encoder.embed_dim=32", "++encoder.depth=2",
+         "data.num_workers=0", "data.batch_size=2", "data.freqm=0", "data.timem=0", "logger=[]", "test=false",
          "trainer.max_epochs=100", "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0"]  # fmt: skip
 STEPS = 40
 
@@ -126,7 +126,8 @@ def test_a_planted_malicious_checkpoint_is_refused_without_running_it(data_root,
 def test_a_rank_that_raises_stops_the_whole_ddp_job(data_root, tmp_path):
     """2 CPU ranks launched as Lightning's ddp does (one process per rank); rank 1 raises at step 2."""
     cmd = [sys.executable, "src/train.py", "experiment=ks2_demo", "trainer=ddp_sim", "trainer.strategy=ddp",
-           "++encoder.embed_dim=32", "++encoder.depth=2", "data.num_workers=0", "data.batch_size=4", "logger=[]",
+           "++encoder.size=null", "++encoder.embed_dim=32", "++encoder.depth=2", "data.num_workers=0",
+           "data.batch_size=4", "logger=[]",
            f"paths.data_dir={data_root}", f"hydra.run.dir={tmp_path / 'run'}",
            "+callbacks.fail={_target_: tests.helpers.failing.FailOnRank, rank: 1, step: 2}"]  # fmt: skip
     start = time.monotonic()

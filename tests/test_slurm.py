@@ -40,7 +40,7 @@ def slurm_cmd(data_root, sweep, *extra):
     return [
         sys.executable, "src/train.py", "-m", "hydra/launcher=slurm", "experiment=ks2_demo",
         "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
-        "++encoder.embed_dim=32", "++encoder.depth=2", "data.num_workers=0", "data.batch_size=4",
+        "++encoder.size=null", "++encoder.embed_dim=32", "++encoder.depth=2", "data.num_workers=0", "data.batch_size=4",
         "data.freqm=0", "data.timem=0", "logger=[]", "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0",
         "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10", "hydra.launcher.mem_gb=null",
         f"paths.data_dir={data_root}", f"hydra.sweep.dir={sweep}", *extra,

@@ -14,7 +14,7 @@ from src.models.components.masking import (
 )
 from src.models.ssl_module import SSLModule
 
-SMALL_ENCODER = dict(backbone="ssamba", size="tiny", embed_dim=32, depth=2, input_tdim=160)
+SMALL_ENCODER = dict(backbone="ssamba", size=None, embed_dim=32, depth=2, target_length=160)
 
 
 def reference_mpc(pred, target, softmax_dim=-1):

@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["++encoder.embed_dim=32", "++encoder.depth=2", "data.num_workers=0", "data.batch_size=4", "logger=[]"]
+SMALL = [
+    "++encoder.size=null",
+    "++encoder.embed_dim=32",
+    "++encoder.depth=2",
+    "data.num_workers=0",
+    "data.batch_size=4",
+    "logger=[]",
+]
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 

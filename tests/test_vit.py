@@ -1,12 +1,13 @@
 import torch
 
-from src.models.components import build_encoder
 from src.models.components.vit import SSAST_SIZES
+from tests.helpers.encoders import make_encoder
 
 
 def test_ssast_presets_and_shapes():
-    for size, (dim, heads) in SSAST_SIZES.items():
-        encoder = build_encoder("ssast", size, depth=2, input_tdim=160).eval()
+    for size, (dim, heads) in {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}.items():
+        assert (SSAST_SIZES[size].embed_dim, SSAST_SIZES[size].num_heads) == (dim, heads)
+        encoder = make_encoder("ssast", size, depth=2, target_length=160).eval()
         assert encoder.blocks[0].attn.num_heads == heads
         with torch.no_grad():
             out = encoder(torch.randn(2, 1, 128, 160))
@@ -14,7 +15,7 @@ def test_ssast_presets_and_shapes():
 
 
 def test_twelve_layers_and_ssast_key_names():
-    encoder = build_encoder("ssast", "tiny")
+    encoder = make_encoder("ssast", "tiny")
     assert len(encoder.blocks) == 12
     keys = set(encoder.state_dict())
     expected = ["cls_token", "dist_token", "pos_embed", "patch_embed.proj.weight", "blocks.11.attn.qkv.weight"]
@@ -24,7 +25,7 @@ def test_twelve_layers_and_ssast_key_names():
 
 
 def test_explicit_attention_equals_sdpa():
-    encoder = build_encoder("ssast", "tiny", depth=2, input_tdim=160).eval()
+    encoder = make_encoder("ssast", "tiny", depth=2, target_length=160).eval()
     x = torch.randn(2, 1, 128, 160)
     with torch.no_grad():
         fused = encoder(x)
@@ -34,7 +35,7 @@ def test_explicit_attention_equals_sdpa():
 
 
 def test_ssast_shares_the_tokenizer_and_mask_path():
-    encoder = build_encoder("ssast", "tiny", depth=1, input_tdim=160, mask_token=True)
+    encoder = make_encoder("ssast", "tiny", depth=1, target_length=160, mask_token=True)
     x = torch.randn(1, 1, 128, 160)
     mask = torch.zeros(1, 80, dtype=torch.bool)
     mask[0, 3] = True

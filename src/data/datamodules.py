@@ -20,7 +20,9 @@ from src.data import augment
 from src.data.audio import AudioError, fbank, load_audio, normalize, pad_or_cut
 from src.data.sampler import ResumableSampler
 from src.data.shards import FeatureStore
+from src.utils.devices import per_device_batch
 from src.utils.io import read_jsonl
+from src.utils.errors import MissingInput, UserError
 
 log = logging.getLogger(__name__)
 
@@ -29,25 +31,15 @@ AUDIOSET_MEAN, AUDIOSET_STD = -4.2677393, 4.5689974
 
 
 def _missing(path: Path, what: str, how: str) -> FileNotFoundError:
-    return FileNotFoundError(f"{path}: {what} not found. {how}")
-
-
-def per_device_batch(batch_size: int, world: int) -> int:
-    """data.batch_size is the global batch: split it across the devices, or say how to fix it."""
-    if batch_size % world:
-        raise ValueError(
-            f"data.batch_size={batch_size} is not divisible by the {world} devices; "
-            f"set data.batch_size to a multiple of {world} (it is the global batch size)"
-        )
-    return batch_size // world
+    return MissingInput(f"{path}: {what} not found. {how}")
 
 
 class PretrainDataset(Dataset):
     """Fixed-length crops of one feature store's clips, normalised; no augmentation."""
 
-    def __init__(self, store: FeatureStore, indices: list[int], crop_frames: int, mean: float, std: float, train: bool):
+    def __init__(self, store: FeatureStore, indices: list[int], target_length: int, mean: float, std: float, train: bool):
         self.store, self.indices = store, indices
-        self.crop_frames, self.mean, self.std, self.train = crop_frames, mean, std, train
+        self.target_length, self.mean, self.std, self.train = target_length, mean, std, train
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -55,12 +47,12 @@ class PretrainDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         k = self.indices[i]
         spec = self.store[k]  # (1, F, T_store)
-        extra = spec.shape[-1] - self.crop_frames
-        if extra > 0:
-            real_extra = max(0, self.store.index[k]["n_frames"] - self.crop_frames)
+        extra = spec.shape[-1] - self.target_length
+        if extra > 0:  # a random crop of the clip's real frames (not of the store's padding)
+            real_extra = max(0, self.store.index[k]["n_frames"] - self.target_length)
             start = random.randint(0, real_extra) if self.train else 0
-            spec = spec[..., start : start + self.crop_frames]
-        spec = pad_or_cut(spec, self.crop_frames)
+            spec = spec[..., start : start + self.target_length]
+        spec = pad_or_cut(spec, self.target_length)
         return {"fbank": normalize(spec, self.mean, self.std), "index": i}
 
 
@@ -201,13 +193,14 @@ class PretrainDataModule(_ResumableDataModule):
     """One or several feature stores mixed with weights, e.g. AudioSet + LibriSpeech.
 
     sources: [{"path": store dir, "weight": 1.0, "split": null}, ...]; each source contributes
-    weight / total of the draws of an epoch (samples_per_epoch, default all clips once)."""
+    weight / total of the draws of an epoch (samples_per_epoch, default all clips once). Clips are
+    cropped (at random for training) or padded to target_length frames."""
 
     def __init__(
         self,
         sources: list[dict],
         val_source: dict | None = None,
-        crop_frames: int = 1024,
+        target_length: int = 1024,
         mean: float = AUDIOSET_MEAN,
         std: float = AUDIOSET_STD,
         batch_size: int = 64,
@@ -218,9 +211,9 @@ class PretrainDataModule(_ResumableDataModule):
     ):
         super().__init__(batch_size, num_workers, pin_memory, seed)
         if not sources:
-            raise ValueError("data.sources is empty: list at least one feature store")
+            raise UserError("data.sources is empty: list at least one feature store")
         self.sources, self.val_source = [dict(s) for s in sources], val_source
-        self.crop_frames, self.mean, self.std, self.samples_per_epoch = crop_frames, mean, std, samples_per_epoch
+        self.target_length, self.mean, self.std, self.samples_per_epoch = target_length, mean, std, samples_per_epoch
         self.train_set = self.val_set = None
 
     def check(self) -> None:
@@ -236,8 +229,8 @@ class PretrainDataModule(_ResumableDataModule):
         store = FeatureStore(source["path"])
         indices = store.select(split=source.get("split"))
         if not indices:
-            raise ValueError(f"{source['path']}: no clips in split {source.get('split')!r}")
-        return PretrainDataset(store, indices, self.crop_frames, self.mean, self.std, train)
+            raise UserError(f"{source['path']}: no clips in split {source.get('split')!r}")
+        return PretrainDataset(store, indices, self.target_length, self.mean, self.std, train)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
@@ -326,8 +319,10 @@ class ClassificationDataModule(_ResumableDataModule):
         if self.features_dir is None:
             return read_jsonl(self.manifest_dir / "manifest.jsonl"), None
         store = FeatureStore(self.features_dir)
-        if store.meta["shape"][1] < self.target_length:
-            rank_zero_warn(f"{self.features_dir} holds {store.meta['shape'][1]} frames; padding to {self.target_length}")
+        if store.meta["target_length"] < self.target_length:
+            rank_zero_warn(
+                f"{self.features_dir} holds {store.meta['target_length']} frames a clip; padding to {self.target_length}"
+            )
         return [{**rec, "store_index": i} for i, rec in enumerate(store.index)], store
 
     def _select(self, clips: list[dict], stage: str) -> list[dict]:
@@ -345,7 +340,7 @@ class ClassificationDataModule(_ResumableDataModule):
             chosen = self._select(clips, name)
             if not chosen:
                 where = f"fold {self.fold}" if self.fold is not None else f"split {self.splits[name]!r}"
-                raise ValueError(f"{self.manifest_dir}: no clips for {name} ({where}); check data.*_split or data.fold")
+                raise UserError(f"{self.manifest_dir}: no clips for {name} ({where}); check data.*_split or data.fold")
             train = name == "train"
             aug = self.augment if train else {}
             self.sets[name] = ClassificationDataset(

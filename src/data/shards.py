@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from src.data.audio import KALDI, AudioError, FbankConfig, fbank, load_audio, pad_or_cut
-from src.utils.errors import USER_ERRORS, user_error
+from src.utils.errors import UserError, report
 from src.utils.io import atomic_path, read_jsonl, write_json, write_jsonl
 
 FORMAT_VERSION = 1
@@ -93,12 +93,12 @@ def build(
     workers: int = 2,
     config: FbankConfig = KALDI,
 ) -> dict:
+    """Compute the fbanks of a manifest's clips into a feature store at out, resuming a build that
+    stopped; returns the store's meta."""
     manifest, out = Path(manifest), Path(out)
     entries = read_jsonl(manifest)
     if not entries:
-        raise ValueError(f"{manifest} lists no clips")
-    classes_file = manifest.parent / "classes.json"
-    classes = json.loads(classes_file.read_text()) if classes_file.exists() else {"classes": [], "multilabel": False}
+        raise UserError(f"{manifest} lists no clips")
     settings = {
         "format_version": FORMAT_VERSION,
         "fbank": config.to_dict(),
@@ -107,28 +107,57 @@ def build(
         "manifest": str(manifest.resolve()),
         "manifest_sha256": file_sha256(manifest),
     }
+    _start(out, settings)
+    chunks = [entries[i : i + shard_size] for i in range(0, len(entries), shard_size)]
+    results = _build_shards(out, chunks, config, target_length, workers)
+    index, bad = _index(chunks, results, {e["id"]: e for e in entries})
+    write_jsonl(out / "index.jsonl", index)
+    write_jsonl(out / "bad_files.jsonl", bad)
+    classes_file = manifest.parent / "classes.json"
+    classes = json.loads(classes_file.read_text()) if classes_file.exists() else {"classes": [], "multilabel": False}
+    meta = {
+        **settings,
+        "num_shards": len(chunks),
+        "clips": len(index),
+        "skipped": len(bad),
+        "shape": [config.num_mel_bins, target_length],
+        "dtype": "float16",
+        "classes": classes.get("classes", []),
+        "multilabel": classes.get("multilabel", False),
+        "complete": True,
+    }
+    write_json(out / "meta.json", meta)
+    print(f"{len(index)} clips in {len(chunks)} shards at {out}")
+    if bad:
+        print(f"skipped {len(bad)} bad files, listed in {out / 'bad_files.jsonl'}; first: {bad[0]['reason']}")
+    return meta
+
+
+def _start(out: Path, settings: dict) -> None:
+    """Refuse a folder built with other settings; mark the build as under way."""
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "meta.json"
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
         changed = [k for k in settings if k != "manifest" and old.get(k) != settings[k]]
         if changed:
-            raise ValueError(
+            raise UserError(
                 f"{out} holds features built with other {', '.join(changed)}; "
                 "choose another --out or delete the folder to rebuild"
             )
     write_json(meta_path, {**settings, "complete": False})
 
-    chunks = [entries[i : i + shard_size] for i in range(0, len(entries), shard_size)]
+
+def _build_shards(out: Path, chunks: list, config: FbankConfig, target_length: int, workers: int) -> dict:
+    """{shard number: its sidecar} for every chunk, computing in worker processes those not finished."""
     done = {k for k in range(len(chunks)) if _shard_finished(out, k)}
     results = {k: json.loads((out / f"{shard_name(k)}.json").read_text()) for k in done}
     todo = [k for k in range(len(chunks)) if k not in done]
     if done:
         print(f"resuming: {len(done)} of {len(chunks)} shards already built in {out}")
-    bar = tqdm(total=len(entries), initial=sum(len(chunks[k]) for k in done), desc="fbank", unit="clip")
+    bar = tqdm(total=sum(map(len, chunks)), initial=sum(len(chunks[k]) for k in done), desc="fbank", unit="clip")
     if todo:
-        ctx = get_context("spawn")
-        with ProcessPoolExecutor(max(1, workers), mp_context=ctx) as pool:
+        with ProcessPoolExecutor(max(1, workers), mp_context=get_context("spawn")) as pool:
             futures = [
                 pool.submit(_build_shard, str(out), k, chunks[k], config.to_dict(), target_length) for k in todo
             ]
@@ -137,8 +166,11 @@ def build(
                 results[result["shard"]] = result
                 bar.update(len(chunks[result["shard"]]))
     bar.close()
+    return results
 
-    by_id = {e["id"]: e for e in entries}
+
+def _index(chunks: list, results: dict, by_id: dict) -> tuple[list[dict], list[dict]]:
+    """(one index row per stored clip, in shard order; the bad files of every shard)."""
     index, bad = [], []
     for k in range(len(chunks)):
         shard = results[k]
@@ -156,24 +188,7 @@ def build(
                     "fold": e.get("fold"),
                 }
             )
-    write_jsonl(out / "index.jsonl", index)
-    write_jsonl(out / "bad_files.jsonl", bad)
-    meta = {
-        **settings,
-        "num_shards": len(chunks),
-        "clips": len(index),
-        "skipped": len(bad),
-        "shape": [config.num_mel_bins, target_length],
-        "dtype": "float16",
-        "classes": classes.get("classes", []),
-        "multilabel": classes.get("multilabel", False),
-        "complete": True,
-    }
-    write_json(meta_path, meta)
-    print(f"{len(index)} clips in {len(chunks)} shards at {out}")
-    if bad:
-        print(f"skipped {len(bad)} bad files, listed in {out / 'bad_files.jsonl'}; first: {bad[0]['reason']}")
-    return meta
+    return index, bad
 
 
 def _shard_finished(out: Path, k: int) -> bool:
@@ -194,12 +209,12 @@ class FeatureStore:
         self.root = Path(root)
         meta_path = self.root / "meta.json"
         if not meta_path.exists():
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"{self.root} is not a feature store (no meta.json); build it with `python -m src.data.shards build`"
             )
         self.meta = json.loads(meta_path.read_text())
         if not self.meta.get("complete"):
-            raise ValueError(f"{self.root}: the build did not finish; run the same build command again to resume it")
+            raise UserError(f"{self.root}: the build did not finish; run the same build command again to resume it")
         self.index = read_jsonl(self.root / "index.jsonl")
         self._arrays: dict[int, np.ndarray] = {}
 
@@ -274,7 +289,7 @@ def stats(root: str | Path, split: str | None = None) -> tuple[float, float]:
         total_sq += (spec * spec).sum().item()
         count += spec.numel()
     if count == 0:
-        raise ValueError(f"{root}: no clips{f' in split {split}' if split else ''}")
+        raise UserError(f"{root}: no clips{f' in split {split}' if split else ''}")
     mean = total / count
     return mean, max(total_sq / count - mean * mean, 0.0) ** 0.5
 
@@ -306,8 +321,8 @@ def main(argv=None) -> int:
         else:
             mean, std = stats(args.root, args.split)
             print(json.dumps({"mean": round(mean, 7), "std": round(std, 7)}))
-    except USER_ERRORS as e:
-        return user_error(e)
+    except UserError as e:
+        return report(e)
     return 0
 
 

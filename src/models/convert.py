@@ -2,12 +2,12 @@
 
     python -m src.models.convert ssamba --ckpt amba_tiny_400.pth --out exports/amba_tiny_400
     python -m src.models.convert ssamba --ckpt best_audio_model.pth --out exports/ks2 \
-        --input-tdim 128 --fstride 10 --tstride 10         # a fine-tuned one: say its input and stride
+        --target-length 128 --fstride 10 --tstride 10      # a fine-tuned one: say its input and stride
     python -m src.models.convert ssast --ckpt SSAST-Tiny-Patch-400.pth --out exports/ssast_tiny
 
 The checkpoint is read with torch.load(weights_only=True). Every key is mapped or dropped with a
 reason (printed); an unknown key stops the conversion. The result is an export folder (see
-src/models/export.py) that `from_pretrained` and `model.pretrained=` read, plus `heads.safetensors`
+src/models/pretrained.py) that `from_pretrained` and `model.pretrained=` read, plus `heads.safetensors`
 with the SSL heads (cpredlayer, gpredlayer) or the fine-tuned mlp_head, when present.
 
 Layouts (official_ssamba.md 1.8): `module.` from nn.DataParallel; the encoder under `v.`
@@ -25,13 +25,14 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from src.models.components import build_encoder
-from src.models.export import load_strict, read_checkpoint, save_encoder
-from src.utils.errors import USER_ERRORS, user_error
+from src.models.components import build_encoder, encoder_config
+from src.models.pretrained import load_strict, read_checkpoint, save_encoder
+from src.utils.errors import UserError, report
 from src.utils.io import atomic_path
 
 HEAD_PREFIXES = ("cpredlayer.", "gpredlayer.", "mlp_head.")
-SIZE_OF_WIDTH = {192: "tiny", 384: "small", 768: "base"}
+# the official pretraining normalised with AudioSet's fbank statistics (official_ssamba.md 2.1)
+OFFICIAL_NORMALISATION = {"mean": -4.2677393, "std": 4.5689974}
 
 
 def _strip(state: dict) -> dict:
@@ -40,26 +41,26 @@ def _strip(state: dict) -> dict:
     return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
-def _grid_input(state: dict, patch, fstride, tstride, input_fdim, input_tdim, num_prefix) -> dict:
+def _grid_input(state: dict, patch, fstride, tstride, num_mel_bins, target_length, num_prefix) -> dict:
     """Patch shape, input size and stride (encoder arguments): from p_input_* (pretraining
     checkpoints, stride = patch), or as given, checked against the positional embedding's length."""
     if "p_input_fdim" in state:
-        input_fdim, input_tdim = int(state["p_input_fdim"]), int(state["p_input_tdim"])
+        num_mel_bins, target_length = int(state["p_input_fdim"]), int(state["p_input_tdim"])
         fstride, tstride = fstride or patch[0], tstride or patch[1]
-    if not (input_fdim and input_tdim and fstride and tstride):
-        raise ValueError(
-            "this checkpoint has no p_input_fdim/p_input_tdim (a fine-tuned one): pass --input-tdim, "
+    if not (num_mel_bins and target_length and fstride and tstride):
+        raise UserError(
+            "this checkpoint has no p_input_fdim/p_input_tdim (a fine-tuned one): pass --target-length, "
             "--fstride and --tstride as used for fine-tuning (e.g. 128 / 10 / 10 for Speech Commands)"
         )
-    f = (input_fdim - patch[0]) // fstride + 1
-    t = (input_tdim - patch[1]) // tstride + 1
+    f = (num_mel_bins - patch[0]) // fstride + 1
+    t = (target_length - patch[1]) // tstride + 1
     tokens = state["v.pos_embed"].shape[1] - num_prefix
     if f * t != tokens:
-        raise ValueError(
-            f"input {input_fdim}x{input_tdim} with stride {fstride}x{tstride} gives {f}x{t} = {f * t} patches, "
-            f"but the checkpoint's positional embedding has {tokens}; check --input-tdim / --fstride / --tstride"
+        raise UserError(
+            f"input {num_mel_bins}x{target_length} with stride {fstride}x{tstride} gives {f}x{t} = {f * t} patches, "
+            f"but the checkpoint's positional embedding has {tokens}; check --target-length / --fstride / --tstride"
         )
-    return {"fshape": patch[0], "tshape": patch[1], "input_fdim": input_fdim, "input_tdim": input_tdim,
+    return {"fshape": patch[0], "tshape": patch[1], "num_mel_bins": num_mel_bins, "target_length": target_length,
             "fstride": fstride, "tstride": tstride}  # fmt: skip
 
 
@@ -67,20 +68,20 @@ def _read_layout(state: dict, marker: str, blocks: str, kind: str):
     """(state without module., width, depth, patch shape), checking the layout by a marker key."""
     state = _strip(state)
     if marker not in state:
-        raise ValueError(f"not an {kind} checkpoint (no {marker}); use the other converter kind")
+        raise UserError(f"not an {kind} checkpoint (no {marker}); use the other converter kind")
     dim = state["v.cls_token"].shape[-1]
     depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(rf"v\.{blocks}\.(\d+)\.", k)))
     return state, dim, depth, tuple(state["v.patch_embed.proj.weight"].shape[-2:])
 
 
-def convert_ssamba(state: dict, input_fdim=None, input_tdim=None, fstride=None, tstride=None):
+def convert_ssamba(state: dict, num_mel_bins=None, target_length=None, fstride=None, tstride=None):
     """(encoder, heads state, report) from an official SSAMBA (AMBAModel) state dict."""
     state, dim, depth, patch = _read_layout(state, "v.layers.0.mixer.A_b_log", "layers", "SSAMBA")
     d_inner, d_state = state["v.layers.0.mixer.A_log"].shape
-    grid = _grid_input(state, patch, fstride, tstride, input_fdim, input_tdim, 1)
+    grid = _grid_input(state, patch, fstride, tstride, num_mel_bins, target_length, 1)
     config = {
         "backbone": "ssamba",
-        "size": SIZE_OF_WIDTH.get(dim, "tiny"),  # a width off the presets: tiny's other settings, this width
+        "size": None,
         "quirks": "official",
         "embed_dim": dim,
         "depth": depth,
@@ -93,18 +94,20 @@ def convert_ssamba(state: dict, input_fdim=None, input_tdim=None, fstride=None, 
     return _assemble(state, config, {"v.head.weight", "v.head.bias"})
 
 
-def convert_ssast(state: dict, input_fdim=None, input_tdim=None, fstride=None, tstride=None):
+def convert_ssast(state: dict, num_mel_bins=None, target_length=None, fstride=None, tstride=None):
     """(encoder, heads state, report) from an official SSAST (ASTModel) state dict."""
     state, dim, depth, patch = _read_layout(state, "v.blocks.0.attn.qkv.weight", "blocks", "SSAST")
     heads = {192: 3, 384: 6, 768: 12}.get(dim)
     if heads is None:
-        raise ValueError(f"SSAST width {dim} is not tiny/small/base (192/384/768)")
+        raise UserError(f"SSAST width {dim} is not tiny/small/base (192/384/768)")
     if "v.dist_token" not in state:
-        raise ValueError("SSAST checkpoints without a distillation token (base_nokd) are not supported")
-    grid = _grid_input(state, patch, fstride, tstride, input_fdim, input_tdim, 2)
+        raise UserError("SSAST checkpoints without a distillation token (base_nokd) are not supported")
+    grid = _grid_input(state, patch, fstride, tstride, num_mel_bins, target_length, 2)
     config = {
         "backbone": "ssast",
-        "size": SIZE_OF_WIDTH[dim],
+        "size": None,
+        "embed_dim": dim,
+        "num_heads": heads,
         "depth": depth,
         **grid,
     }
@@ -112,28 +115,26 @@ def convert_ssast(state: dict, input_fdim=None, input_tdim=None, fstride=None, t
 
 
 def _assemble(state: dict, config: dict, unused: set[str]):
-    encoder_state, heads, report = {}, {}, []
+    encoder_state, heads, notes = {}, {}, []
     for key, value in state.items():
         if key.startswith("v."):
             if key in unused:
-                report.append(f"dropped {key}: the backbone's unused ImageNet-style classifier")
+                notes.append(f"dropped {key}: the backbone's unused ImageNet-style classifier")
             else:
                 encoder_state[key[2:]] = value
         elif key == "mask_embed":
             encoder_state["mask_embed"] = value
         elif key in ("p_input_fdim", "p_input_tdim"):
-            report.append(f"read {key} = {int(value)} (the pretraining input size)")
+            notes.append(f"read {key} = {int(value)} (the pretraining input size)")
         elif key.startswith(HEAD_PREFIXES):
             heads[key] = value
         else:
-            raise ValueError(f"unknown key {key!r}: not an official SSAMBA/SSAST layout this converter knows")
-    has_mask = "mask_embed" in encoder_state
-    encoder = build_encoder(**config, mask_token=has_mask)
+            raise UserError(f"unknown key {key!r}: not an official SSAMBA/SSAST layout this converter knows")
+    encoder = build_encoder(encoder_config(**config, mask_token="mask_embed" in encoder_state))
     load_strict(encoder, encoder_state, "the official checkpoint")
-    encoder.config = dict(config)  # mask_token is a training detail, not part of the export
     if heads:
-        report.append(f"kept heads: {sorted({k.split('.')[0] for k in heads})}")
-    return encoder, heads, report
+        notes.append(f"kept heads: {sorted({k.split('.')[0] for k in heads})}")
+    return encoder, heads, notes
 
 
 def main(argv=None) -> int:
@@ -141,22 +142,22 @@ def main(argv=None) -> int:
     parser.add_argument("kind", choices=["ssamba", "ssast"])
     parser.add_argument("--ckpt", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--input-fdim", type=int, default=128)
-    parser.add_argument("--input-tdim", type=int)
+    parser.add_argument("--num-mel-bins", type=int, default=128)
+    parser.add_argument("--target-length", type=int, help="fbank frames of the fine-tuning input")
     parser.add_argument("--fstride", type=int)
     parser.add_argument("--tstride", type=int)
     args = parser.parse_args(argv)
     convert = convert_ssamba if args.kind == "ssamba" else convert_ssast
     try:
         state = read_checkpoint(args.ckpt)
-        encoder, heads, report = convert(state, args.input_fdim, args.input_tdim, args.fstride, args.tstride)
-    except USER_ERRORS as e:
-        return user_error(e)
-    save_encoder(encoder, args.out, extra={"converted_from": str(args.ckpt)})
+        encoder, heads, lines = convert(state, args.num_mel_bins, args.target_length, args.fstride, args.tstride)
+    except UserError as e:
+        return report(e)
+    save_encoder(encoder, args.out, data=OFFICIAL_NORMALISATION, extra={"converted_from": str(args.ckpt)})
     if heads:
         with atomic_path(args.out / "heads.safetensors") as tmp:
             save_file({k: v.contiguous() for k, v in heads.items()}, str(tmp))
-    for line in report:
+    for line in lines:
         print(line)
     kept = "" if encoder.mask_embed is None else ", the SSL mask embedding included"
     print(f"wrote {args.out} ({sum(p.numel() for p in encoder.parameters()):,} encoder parameters{kept})")

@@ -1,10 +1,11 @@
 """Fine-tuning: the encoder, pooled, under a LayerNorm + Linear head (the official mlp_head).
 
-`FinetuneModule` does the work; one thin subclass per task names its loss, metric and defaults,
-taken from the official recipes (official_ssamba.md 3.3) and SUPERB for SID / ER / KS1.
-The encoder starts from an SSL checkpoint or export (its patch kernel copied into the fine-tuning
-stride, its positional embedding cut or interpolated, as the official code does), from scratch,
-or frozen as a linear probe.
+One module serves every task: the class count and whether the labels are multi-label come from the
+prepared data (classes.json); a task's config (configs/model/<task>.yaml) names only its loss and
+the recipe's numbers (official_ssamba.md 3.3, SUPERB for SID / ER / KS1). The metric is mAP for
+multi-label data, else accuracy. The encoder starts from an SSL checkpoint or export (its patch
+kernel copied into the fine-tuning stride, its positional embedding cut or interpolated, as the
+official code does), from scratch, or frozen as a linear probe.
 """
 
 from __future__ import annotations
@@ -18,25 +19,21 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 
-from src.models.components import build_encoder
-from src.models.export import encoder_from_checkpoint, load_strict
+from src.models.components import as_config, build_encoder
 from src.models.optim import apply_warmup, make_optimizer
+from src.models.pretrained import build_pretrained, check_fits, normalisation_of, read_pretrained
+from src.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
 class FinetuneModule(L.LightningModule):
-    LOSS = "ce"  # "ce": cross-entropy on argmax(target); "bce": BCE with (soft) multi-hot targets
-    MULTILABEL = False  # metric: mAP if multi-label, else accuracy
-    NUM_CLASSES: int | None = None
-
     def __init__(
         self,
         encoder: dict,
         num_classes: int | None = None,
+        multilabel: bool | None = None,
         pretrained: str | None = None,
-        input_tdim: int = 1024,
-        input_fdim: int = 128,
         fstride: int = 10,
         tstride: int = 10,
         pooling: str = "mean",
@@ -49,29 +46,30 @@ class FinetuneModule(L.LightningModule):
         loss: str | None = None,
         compile: bool = False,
     ):
-        """encoder: build_encoder kwargs, used when not starting from `pretrained` (a .ckpt of
-        SSLModule or an export folder), whose own encoder config then wins. num_classes: None
-        takes the count from the datamodule, else the task's NUM_CLASSES. lr_schedule: MultiStepLR
-        per epoch with milestones range(start, 1000, step) and gamma (official). loss: "ce" or
-        "bce"; None keeps the task's recipe (LOSS)."""
+        """encoder: the encoder config (a recipe for encoder_config, or a saved config dict); from
+        scratch it is built as it says, from `pretrained` (a .ckpt of this project or an export
+        folder) the pretrained encoder's own config wins but for the input: the encoder config's
+        target_length (the data's) with this module's fstride and tstride. num_classes, multilabel:
+        None takes them from the datamodule (the prepared data's classes.json). lr_schedule:
+        MultiStepLR per epoch with milestones range(start, 1000, step) and gamma (official).
+        loss: "ce" (cross-entropy on argmax(target)) or "bce" (BCE with soft or multi-hot
+        targets); None: bce for multi-label data, else ce."""
         super().__init__()
         if pooling not in ("mean", "cls"):
-            raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+            raise UserError(f"model.pooling must be 'mean' or 'cls', got {pooling!r}")
         if loss not in (None, "ce", "bce"):
-            raise ValueError(f"loss must be 'ce' or 'bce', got {loss!r}")
-        self.loss_name = loss or self.LOSS
+            raise UserError(f"model.loss must be 'ce' or 'bce', got {loss!r}")
         self.save_hyperparameters(logger=False)
+        config = as_config(encoder)
         if pretrained:
-            config, state = encoder_from_checkpoint(pretrained)
-            config.pop("mask_token", None)
-            self.encoder = build_encoder(**config)
-            dropped = load_strict(self.encoder, state, pretrained, allow_unexpected=("mask_embed",))
-            log.info("loaded the encoder from %s (not used for fine-tuning: %s)", pretrained, dropped or "nothing")
+            pretrained_config, state, _ = read_pretrained(pretrained)
+            self.encoder = build_pretrained(pretrained_config, state, pretrained)
+            log.info("loaded the pretrained encoder from %s", pretrained)
         else:
-            self.encoder = build_encoder(**encoder)
-        self.encoder.resize_input(input_fdim, input_tdim, fstride, tstride)
+            self.encoder = build_encoder(config)
+        self.encoder.resize_input(config.target_length, fstride, tstride)
         # checkpoints describe the encoder they hold (so they load without the pretrained file)
-        self.hparams.encoder = dict(self.encoder.config)
+        self.hparams.encoder = self.encoder.config.to_dict()
         self.hparams.pretrained, self.hparams.pretrained_from = None, pretrained
         if freeze_encoder:
             self.encoder.requires_grad_(False)
@@ -79,32 +77,37 @@ class FinetuneModule(L.LightningModule):
         self.optimizer_cfg = {"name": "adam", "lr": 1e-4, "weight_decay": 5e-7, "betas": (0.95, 0.999)}
         self.optimizer_cfg.update(optimizer or {})
         self.lr_schedule = {"start": 1000, "step": 1, "gamma": 1.0, **(lr_schedule or {})}
-        self.metric_name = "mAP" if self.MULTILABEL else "acc"
         self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in ("train", "val", "test")})
         self.best = MaxMetric()
         self.num_prefix_tokens = self.encoder.num_prefix_tokens
         if num_classes:
-            self._build_head(num_classes)
+            self._build_head(num_classes, bool(multilabel))
 
-    def _build_head(self, num_classes: int) -> None:
-        self.hparams.num_classes = num_classes  # saved in checkpoints, so they rebuild the same head
+    def _build_head(self, num_classes: int, multilabel: bool) -> None:
+        # saved in checkpoints, so they rebuild the same head and metric without the data
+        self.hparams.num_classes, self.hparams.multilabel = num_classes, multilabel
+        self.loss_name = self.hparams.loss or ("bce" if multilabel else "ce")
+        self.metric_name = "mAP" if multilabel else "acc"
         dim = self.encoder.embed_dim
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes))
         make = (
             (lambda: MultilabelAveragePrecision(num_labels=num_classes, average="macro"))
-            if self.MULTILABEL
+            if multilabel
             else (lambda: MulticlassAccuracy(num_classes=num_classes, average="micro"))
         )
         self.scores = nn.ModuleDict({f"{s}_score": make() for s in ("train", "val", "test")})
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
-        n = getattr(datamodule, "num_classes", None)
+        n, multilabel = getattr(datamodule, "num_classes", None), getattr(datamodule, "multilabel", None)
         if self.head is None:
-            self._build_head(n or self.NUM_CLASSES)
-        elif n is not None and n != self.hparams.num_classes:
-            raise ValueError(
-                f"the model has {self.hparams.num_classes} classes but the data has {n}; fix model.num_classes"
+            if n is None:
+                raise UserError("no datamodule tells the number of classes; set model.num_classes")
+            self._build_head(n, bool(multilabel))
+        elif n is not None and (n, bool(multilabel)) != (self.hparams.num_classes, self.hparams.multilabel):
+            raise UserError(
+                f"the model has {self.hparams.num_classes} classes (multilabel={self.hparams.multilabel}) but the "
+                f"data has {n} (multilabel={bool(multilabel)}); fix model.num_classes / model.multilabel or the data"
             )
         if self.hparams.compile and stage == "fit":
             self.encoder = torch.compile(self.encoder)
@@ -124,8 +127,9 @@ class FinetuneModule(L.LightningModule):
         logits = self(batch["fbank"])
         loss = self.loss(logits, batch["target"])
         self.losses[f"{stage}_loss"](loss.detach())
-        target = (batch["target"] > 0.5).int() if self.MULTILABEL else batch["target"].argmax(-1)
-        preds = torch.sigmoid(logits) if self.MULTILABEL else logits
+        multilabel = self.hparams.multilabel
+        target = (batch["target"] > 0.5).int() if multilabel else batch["target"].argmax(-1)
+        preds = torch.sigmoid(logits) if multilabel else logits
         self.scores[f"{stage}_score"](preds.detach().float(), target)
         on_step = stage == "train"
         self.log(f"{stage}/loss", self.losses[f"{stage}_loss"], on_step=on_step, on_epoch=True, prog_bar=True)
@@ -168,50 +172,8 @@ class FinetuneModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=s["gamma"])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["data"] = normalisation_of(self._trainer)
 
-class KS2Module(FinetuneModule):
-    """Speech Commands v2, 35 words. Official recipe: BCE on mixup-soft labels, accuracy."""
-
-    LOSS, NUM_CLASSES = "bce", 35
-
-
-class SC30Module(FinetuneModule):
-    """Speech Commands v1, the 30-word task of SSAMBA's scripts: BCE, accuracy."""
-
-    LOSS, NUM_CLASSES = "bce", 30
-
-
-class KS1Module(FinetuneModule):
-    """SUPERB keyword spotting (v1, 10 words + unknown + silence): cross-entropy, accuracy."""
-
-    LOSS, NUM_CLASSES = "ce", 12
-
-
-class ESC50Module(FinetuneModule):
-    """ESC-50 environmental sounds, 50 classes, 5-fold CV: cross-entropy, accuracy."""
-
-    LOSS, NUM_CLASSES = "ce", 50
-
-
-class AudioSetModule(FinetuneModule):
-    """AudioSet (AS-20K / AS-2M), 527 labels: BCE, mean average precision."""
-
-    LOSS, NUM_CLASSES, MULTILABEL = "bce", 527, True
-
-
-class SIDModule(FinetuneModule):
-    """VoxCeleb1 speaker identification, 1251 speakers: cross-entropy, accuracy."""
-
-    LOSS, NUM_CLASSES = "ce", 1251
-
-
-class ERModule(FinetuneModule):
-    """IEMOCAP emotion recognition, 4 classes, leave-one-session-out: cross-entropy, accuracy."""
-
-    LOSS, NUM_CLASSES = "ce", 4
-
-
-class US8KModule(FinetuneModule):
-    """UrbanSound8K, 10 classes, 10-fold CV: cross-entropy, accuracy."""
-
-    LOSS, NUM_CLASSES = "ce", 10
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_fits(self, checkpoint["state_dict"], f"ckpt_path={getattr(self._trainer, 'ckpt_path', None)}")

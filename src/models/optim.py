@@ -7,6 +7,8 @@ import math
 
 import torch
 
+from src.utils.errors import UserError
+
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
@@ -14,7 +16,7 @@ def make_optimizer(param_groups, name: str = "adamw", lr: float = 1e-4, weight_d
     """Adam or AdamW; on CUDA parameters its fused kernel (one launch per step for every tensor, where
     the default foreach implementation launches per group of tensors and per operation)."""
     if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
+        raise UserError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
     param_groups = list(param_groups)
     params = [p for g in param_groups for p in (g["params"] if isinstance(g, dict) else [g])]
     fused = bool(params) and all(p.is_cuda for p in params)

@@ -7,6 +7,7 @@ a generative head reconstructs it (MSE). loss = nce + gen_weight * mse.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -15,11 +16,12 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 
-from src.models.components import build_encoder
+from src.models.components import as_config, build_encoder
 from src.models.components.losses import info_nce, masked_mse, patchify
 from src.models.components.masking import make_mask, mask_indices
-from src.models.export import from_pretrained, load_strict, save_encoder
 from src.models.optim import apply_warmup, cosine_factor, make_optimizer
+from src.models.pretrained import check_fits, from_pretrained, load_strict, normalisation_of, save_encoder
+from src.utils.errors import UserError
 
 
 def prediction_head(dim: int, out: int) -> nn.Sequential:
@@ -45,10 +47,10 @@ class SSLModule(L.LightningModule):
         compile: bool = False,
         init_from: str | None = None,
     ):
-        """encoder: build_encoder kwargs (backbone, size, overrides). masking: official | cluster |
-        random. two_passes: the official two encoder passes with independent masks (one per
-        objective), or one shared pass. val_mask_patches: the official code always validates
-        with 400. scheduler: {"name": "plateau", "factor": 0.5, "patience": 2} (official, on
+        """encoder: the encoder config (a recipe for encoder_config, or a saved config dict).
+        masking: official | cluster | random. two_passes: the official two encoder passes with
+        independent masks (one per objective), or one shared pass. val_mask_patches: the official
+        code always validates with 400. scheduler: {"name": "plateau", "factor": 0.5, "patience": 2} (official, on
         val/acc at every validation) or {"name": "cosine"} or {"name": "none"}. compile: torch.compile
         the heads and losses (`objective`) for training. init_from: an export folder to continue SSL
         from (src/export.py, or src.models.convert of an official pretraining checkpoint): its encoder
@@ -57,11 +59,11 @@ class SSLModule(L.LightningModule):
         self.save_hyperparameters(logger=False)
         if init_from:
             self.encoder = from_pretrained(init_from, mask_token=True).train()
-            # checkpoints describe the encoder they hold (so they load without the export)
-            self.hparams.encoder = dict(self.encoder.config)
             self.hparams.init_from, self.hparams.init_from_path = None, init_from
         else:
-            self.encoder = build_encoder(**{**encoder, "mask_token": True})
+            self.encoder = build_encoder(replace(as_config(encoder), mask_token=True))
+        # checkpoints describe the encoder they hold (so they load without the export)
+        self.hparams.encoder = self.encoder.config.to_dict()
         dim = self.encoder.embed_dim
         patch_values = self.encoder.patch_shape[0] * self.encoder.patch_shape[1]
         self.cpredlayer = prediction_head(dim, patch_values)
@@ -77,7 +79,6 @@ class SSLModule(L.LightningModule):
         self.val_acc_best = MaxMetric()
         # masks are drawn from (seed, rank, step, pass): a resumed run draws the masks it would have
         self._mask_seed = torch.initial_seed() % 2**31
-        self._plateau = None
 
     def _load_heads(self, path: Path) -> None:
         """The SSL heads of a converted official checkpoint (official key names: cpredlayer.0.weight, ...)."""
@@ -150,42 +151,47 @@ class SSLModule(L.LightningModule):
         acc = self.metrics["val_acc"].compute()
         self.val_acc_best(acc)
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
-        if self._plateau is not None and not self.trainer.sanity_checking:
-            self._plateau.step(acc.item())  # official: ReduceLROnPlateau(max) on masked-patch accuracy
 
     def configure_optimizers(self):
         cfg = dict(self.optimizer_cfg)
         optimizer = make_optimizer(self.parameters(), **cfg)
         name = self.scheduler_cfg["name"]
         if name == "plateau":
-            self._plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            # official: ReduceLROnPlateau(max) on the masked-patch accuracy after every validation, so
+            # it steps as often as validation runs (every val_check_interval batches, or epochs)
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="max", factor=self.scheduler_cfg["factor"], patience=self.scheduler_cfg["patience"]
             )
-            return optimizer
+            every = self.trainer.val_check_interval
+            by_steps = isinstance(every, int) and every > 1
+            schedule = {
+                "scheduler": plateau,
+                "monitor": "val/acc",
+                "interval": "step" if by_steps else "epoch",
+                "frequency": every if by_steps else (self.trainer.check_val_every_n_epoch or 1),
+                "strict": False,  # no validation data: the rate stays
+            }
+            return {"optimizer": optimizer, "lr_scheduler": schedule}
         if name == "cosine":
             total, warmup = self.trainer.estimated_stepping_batches, self.hparams.warmup_steps
             schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_factor(s, total, warmup))
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
         if name == "none":
             return optimizer
-        raise ValueError(f"unknown scheduler {name!r}; use plateau, cosine or none")
+        raise UserError(f"unknown model.scheduler.name {name!r}; use plateau, cosine or none")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mask_seed"] = self._mask_seed
-        if self._plateau is not None:
-            checkpoint["plateau_scheduler"] = self._plateau.state_dict()
+        checkpoint["data"] = normalisation_of(self._trainer)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._plateau_state = checkpoint.get("plateau_scheduler")
+        check_fits(self, checkpoint["state_dict"], f"ckpt_path={getattr(self._trainer, 'ckpt_path', None)}")
         self._mask_seed = checkpoint.get("mask_seed", self._mask_seed)
-
-    def on_fit_start(self) -> None:
-        state = getattr(self, "_plateau_state", None)
-        if state is not None and self._plateau is not None:
-            self._plateau.load_state_dict(state)
+        if "plateau_scheduler" in checkpoint and not checkpoint.get("lr_schedulers"):
+            # checkpoints up to eb12644 kept the plateau scheduler's state under their own key
+            checkpoint["lr_schedulers"] = [checkpoint.pop("plateau_scheduler")]
 
     def on_train_end(self) -> None:
         if self.hparams.export_dir and self.trainer.is_global_zero:
-            save_encoder(
-                self.encoder, Path(self.hparams.export_dir), extra={"ssl": {"mask_patches": self.hparams.mask_patches}}
-            )
+            extra = {"ssl": {"mask_patches": self.hparams.mask_patches}}
+            save_encoder(self.encoder, self.hparams.export_dir, data=normalisation_of(self.trainer), extra=extra)

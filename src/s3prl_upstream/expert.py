@@ -1,8 +1,10 @@
 """s3prl UpstreamExpert: 16 kHz waveforms in, every layer's hidden states out (time-major).
 
 Follows s3prl's upstream contract (upstream/example/expert.py) and its built-in SSAST upstream's
-treatment of patch models: each utterance's fbank is cut into windows (10 s = 1000 frames by
-default, as SSAMBA's s3prl setup) whose patch columns tile time on one grid (src/windows.py), each
+treatment of patch models: each utterance's fbank (normalised with the statistics the export
+records) is cut into windows of the export's input length (its target_length; SSAMBA's own s3prl
+setup used 1000 frames: window_frames=1000) whose patch columns tile time on one grid
+(src/embedding/windows.py), each
 window's patch tokens are reshaped to (frequency, time) and the frequency patches folded into the
 feature dimension, giving one frame per time stride: (B, T', n_freq_patches * D) per layer, T' =
 ceil(samples / get_downsample_rates()). With the SSAMBA setup's fstride = tstride = 10 the patch
@@ -15,8 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
-from src.models.export import from_pretrained, read_export
-from src.windows import grid_of
+from src.embedding.windows import load_frontend
 
 
 class UpstreamExpert(nn.Module):
@@ -24,19 +25,15 @@ class UpstreamExpert(nn.Module):
         self,
         ckpt: str,
         model_config: str | None = None,
-        window_frames: int = 1000,
-        fstride: int | None = 10,
-        tstride: int | None = 10,
+        window_frames: int | None = None,
+        fstride: int = 10,
+        tstride: int = 10,
         **kwargs,
     ):
+        """window_frames: None for the export's target_length."""
         super().__init__()
-        config, _ = read_export(ckpt)
-        data = config.get("data", {})
-        self.mean, self.std = data.get("mean", -4.2677393), data.get("std", 4.5689974)
-        self.encoder = from_pretrained(ckpt)
-        self.encoder.resize_input(128, window_frames, fstride, tstride)
-        self.window_frames = window_frames
-        self.grid = grid_of(self.encoder, window_frames)
+        frontend = load_frontend(ckpt, window_frames, (fstride, tstride))
+        self.encoder, self.grid, self.mean, self.std = frontend.encoder, frontend.grid, frontend.mean, frontend.std
 
     def get_downsample_rates(self, key: str = "hidden_states") -> int:
         return self.grid.samples_per_column
@@ -51,7 +48,7 @@ class UpstreamExpert(nn.Module):
         device = next(self.encoder.parameters()).device
         batch = torch.cat(windows).to(device)  # (sum of windows, 1, F, window)
         out, states = self.encoder(batch, return_hidden=True)
-        f_dim, _ = self.encoder.grid_for(batch.shape[2], self.window_frames)
+        f_dim, _ = self.encoder.grid
         prefix = self.encoder.num_prefix_tokens
         hidden = []
         for h in [*states, out]:

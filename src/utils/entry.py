@@ -9,7 +9,8 @@ import lightning as L
 from lightning_utilities.core.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
-from src.data.datamodules import per_device_batch
+from src.utils.devices import per_device_batch
+from src.utils.errors import MissingInput
 from src.utils.io import write_json
 from src.utils.pylogger import RankedLogger
 
@@ -24,7 +25,7 @@ def check_devices(cfg: DictConfig, trainer: L.Trainer) -> None:
 
 def existing_checkpoint(path) -> str:
     if not path or not Path(str(path)).exists():
-        raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint; pass the path of a .ckpt file")
+        raise MissingInput(f"ckpt_path={path}: no such checkpoint; pass the path of a .ckpt file")
     return str(path)
 
 

@@ -8,6 +8,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from src.utils.errors import MissingInput, UserError
+
 
 def _umask() -> int:
     umask = os.umask(0)  # read once, at import: os.umask can only be read by setting it
@@ -51,7 +53,7 @@ def write_jsonl(path: str | Path, rows) -> None:
 def read_jsonl(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; run `python -m src.data.prepare` first (see docs/data.md)")
+        raise MissingInput(f"{path} does not exist; run `python -m src.data.prepare` first (see docs/data.md)")
     rows = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -59,5 +61,5 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: not valid JSON ({e}); regenerate the manifest") from e
+                    raise UserError(f"{path}:{n}: not valid JSON ({e}); regenerate the manifest") from e
     return rows

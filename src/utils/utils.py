@@ -12,7 +12,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning_utilities.core.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from src.utils.errors import USER_ERRORS, user_error
+from src.utils.errors import UserError, report
 from src.utils.pylogger import RankedLogger
 
 log = RankedLogger(__name__)
@@ -24,7 +24,7 @@ def extras(cfg: DictConfig) -> None:
     if options.get("ignore_warnings"):
         warnings.filterwarnings("ignore")
     if options.get("enforce_tags") and not cfg.get("tags"):
-        raise ValueError("set tags=[...] before launching (every experiment config sets them)")
+        raise UserError("set tags=[...] before launching (every experiment config sets them)")
     if options.get("print_config"):
         print_config(cfg)
 
@@ -36,9 +36,9 @@ def print_config(cfg: DictConfig) -> None:
     log.info("config:\n" + text)
 
 
-def _user_cause(e: BaseException) -> Exception | None:
+def _user_cause(e: BaseException) -> UserError | None:
     """The user error behind e (Hydra wraps errors raised while instantiating a config), or None."""
-    while e is not None and not isinstance(e, USER_ERRORS):
+    while e is not None and not isinstance(e, UserError):
         e = e.__cause__
     return e
 
@@ -51,11 +51,11 @@ def user_errors_exit(func):
     def wrap(cfg: DictConfig):
         try:
             return func(cfg)
-        except (*USER_ERRORS, InstantiationException) as e:
+        except (UserError, InstantiationException) as e:
             cause = _user_cause(e)
             if cause is None or os.environ.get("SSAMBA_TRACEBACK"):
                 raise
-            sys.exit(user_error(cause))
+            sys.exit(report(cause))
         except SIGTERMException:  # stopped by SIGTERM / pre-emption after saving last.ckpt
             print("stopped by a signal; run again with ckpt_path=last to resume", file=sys.stderr)
             sys.exit(143)
@@ -70,7 +70,7 @@ def task_wrapper(task_func):
     def wrap(cfg: DictConfig):
         try:
             return task_func(cfg=cfg)
-        except (*USER_ERRORS, InstantiationException) as e:
+        except (UserError, InstantiationException) as e:
             cause = _user_cause(e)
             if cause is None:
                 log.exception("run failed")
@@ -90,5 +90,5 @@ def get_metric_value(metric_dict: dict, metric_name: str | None) -> float | None
     if not metric_name:
         return None
     if metric_name not in metric_dict:
-        raise ValueError(f"metric {metric_name!r} was not logged; set optimized_metric to one of {sorted(metric_dict)}")
+        raise UserError(f"metric {metric_name!r} was not logged; set optimized_metric to one of {sorted(metric_dict)}")
     return float(metric_dict[metric_name])

@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
-TINY = ["++encoder.embed_dim=32", "++encoder.depth=2", "++encoder.drop_path_rate=0.0"]
+TINY = ["++encoder.size=null", "++encoder.embed_dim=32", "++encoder.depth=2", "++encoder.drop_path_rate=0.0"]
 
 
 def compose_cfg(config_name: str, overrides: list[str], data_root: Path, out: Path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from src.data.prepare import PREPARERS, download
 from src.data.prepare.common import finalize
-from src.utils.errors import USER_ERRORS, user_error
+from src.utils.errors import UserError, report
 
 DOWNLOADERS = {
     "speechcommands": lambda root, a: download.download_speechcommands(root, a.version),
@@ -47,8 +47,8 @@ def main(argv=None) -> int:
         prepared = PREPARERS[args.dataset](root, **kwargs)
         out = args.out or Path("data/prepared") / prepared.name
         finalize(prepared, out, args.workers)
-    except USER_ERRORS as e:
-        return user_error(e)
+    except UserError as e:
+        return report(e)
     return 0
 
 

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from src.data.prepare.common import Entry, Prepared, require
+from src.utils.errors import MissingInput, UserError
 
 
 def split_name(json_path: Path) -> str:
@@ -33,14 +34,14 @@ def prepare(root: Path) -> Prepared:
     names = {r["mid"]: r["display_name"] for r in rows}
     jsons = sorted(root.glob("*.json"))
     if not jsons:
-        raise FileNotFoundError(f"{root}: no *.json manifests in SSAST's format found")
+        raise MissingInput(f"{root}: no *.json manifests in SSAST's format found")
     entries, bad, seen = [], [], set()
     for js in jsons:
         split = split_name(js)
         try:
             data = json.loads(js.read_text(encoding="utf-8"))["data"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{js}: not an SSAST manifest {{'data': [{{'wav': ..., 'labels': ...}}]}} ({e})") from e
+            raise UserError(f"{js}: not an SSAST manifest {{'data': [{{'wav': ..., 'labels': ...}}]}} ({e})") from e
         for item in data:
             path = Path(item["wav"])
             path = path if path.is_absolute() else js.parent / path

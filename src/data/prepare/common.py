@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from src.data.audio import AudioError, audio_duration
 from src.utils.io import write_json, write_jsonl
+from src.utils.errors import MissingInput, UserError
 
 
 @dataclass
@@ -49,7 +50,7 @@ class Prepared:
 
 def require(path: Path, what: str, fix: str) -> Path:
     if not path.exists():
-        raise FileNotFoundError(f"{path}: {what} not found. {fix}")
+        raise MissingInput(f"{path}: {what} not found. {fix}")
     return path
 
 
@@ -73,7 +74,7 @@ def finalize(prepared: Prepared, out_dir: str | Path, workers: int | None = None
     out_dir = Path(out_dir)
     entries = prepared.entries
     if not entries:
-        raise ValueError(f"{prepared.name}: no clips found; check --root points at the dataset's top folder")
+        raise UserError(f"{prepared.name}: no clips found; check --root points at the dataset's top folder")
     good, bad = [], list(prepared.bad)
     workers = workers or min(16, (os.cpu_count() or 2) * 4)
     with ThreadPoolExecutor(workers) as pool:

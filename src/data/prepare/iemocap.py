@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from src.data.prepare.common import Entry, Prepared
+from src.utils.errors import MissingInput
 
 CLASSES = ["neu", "hap", "ang", "sad"]
 MERGE = {"exc": "hap"}
@@ -17,7 +18,7 @@ LINE = re.compile(r"^\[[\d.]+ - [\d.]+\]\t(\S+)\t(\S+)\t")
 def prepare(root: Path) -> Prepared:
     sessions = sorted(root.glob("Session[1-5]"))
     if not sessions:
-        raise FileNotFoundError(f"{root}: no Session1..Session5 folders; --root must be IEMOCAP_full_release/")
+        raise MissingInput(f"{root}: no Session1..Session5 folders; --root must be IEMOCAP_full_release/")
     entries = []
     for session in sessions:
         fold = int(session.name[-1])

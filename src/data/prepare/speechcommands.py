@@ -15,6 +15,7 @@ from pathlib import Path
 
 from src.data.audio import AudioError, audio_duration
 from src.data.prepare.common import Entry, Prepared, require, stable_fraction
+from src.utils.errors import UserError
 
 KS1_WORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
 V1_WORDS = KS1_WORDS + "zero one two three four five six seven eight nine".split()
@@ -52,7 +53,7 @@ def _silence_segments(root: Path, bad: list[dict]) -> list[Entry]:
 
 def prepare(root: Path, task: str = "ks2", test_root: Path | None = None) -> Prepared:
     if task not in TASKS:
-        raise ValueError(f"unknown Speech Commands task {task!r}; choose one of {TASKS}")
+        raise UserError(f"unknown Speech Commands task {task!r}; choose one of {TASKS}")
     fix = "--root must be the folder holding the word folders (e.g. speech_commands_v0.02/)"
     valid = _read_list(require(root / "validation_list.txt", "validation_list.txt", fix))
     test = _read_list(require(root / "testing_list.txt", "testing_list.txt", fix))

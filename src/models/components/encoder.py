@@ -7,15 +7,50 @@ The official code's quirks are flags (official_ssamba.md 1.5, 1.7, 3.2, P5-P7, P
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from src.models.components.bimamba import BiMambaMixer
-from src.models.components.patching import PatchEncoder
+from src.models.components.layers import DropPath
+from src.models.components.patching import PatchConfig, PatchEncoder
 from src.models.components.scan import resolve_backend
+from src.utils.errors import UserError
 
-SIZES = {"tiny": 192, "small": 384, "base": 768}
+
+@dataclass
+class SSAMBAConfig(PatchConfig):
+    """Everything that defines an SSAMBA encoder; the defaults are SSAMBA-tiny with the official
+    quirks. pair_flip: the official `if_bidirectional` stack: layers run in pairs, the second of a
+    pair on the reversed sequence, and their outputs and residuals are summed. double_final_norm:
+    the official forwards apply norm_f twice to the output."""
+
+    backbone: ClassVar[str] = "ssamba"
+    depth: int = 24
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    norm_eps: float = 1e-5
+    drop_path_rate: float = 0.1
+    residual_in_fp32: bool = False
+    divide_out: bool = True
+    pair_flip: bool = True
+    double_final_norm: bool = True
+    backward_dt_init: str = "zero"  # zero (official) | mamba
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.pair_flip and self.depth % 2:
+            raise UserError(f"pair_flip needs an even depth, got {self.depth}")
+        if self.norm not in ("layernorm", "rmsnorm"):
+            raise UserError(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
+
+
+SSAMBA_SIZES = {name: SSAMBAConfig(embed_dim=width) for name, width in (("tiny", 192), ("small", 384), ("base", 768))}
 QUIRKS = {
     # what the released SSAMBA checkpoints were trained with
     "official": dict(pair_flip=True, double_final_norm=True, backward_dt_init="zero", pos_resize="official"),
@@ -24,35 +59,12 @@ QUIRKS = {
 }
 
 
-class DropPath(nn.Module):
-    """Stochastic depth: drop a sample's whole branch with probability p (timm's drop_path)."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: Tensor) -> Tensor:
-        keep = self.draw(x)
-        return x if keep is None else x * keep.view(-1, *(1,) * (x.dim() - 1)) / (1 - self.p)
-
-    def draw(self, x: Tensor) -> Tensor | None:
-        """Which samples keep their branch: (B,) of 0 and 1 in x's dtype, or None when nothing is dropped."""
-        if self.p == 0.0 or not self.training:
-            return None
-        return x.new_empty(x.shape[0]).bernoulli_(1 - self.p)
-
-    def scales(self, x: Tensor) -> Tensor | None:
-        """What forward multiplies each sample by, (B,) fp32 (keep / (1 - p)), or None."""
-        keep = self.draw(x)
-        return None if keep is None else keep.float() / (1 - self.p)
-
-
 def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
     if kind == "layernorm":
         return nn.LayerNorm(dim, eps=eps)
     if kind == "rmsnorm":
         return nn.RMSNorm(dim, eps=eps)
-    raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {kind!r}")
+    raise UserError(f"norm must be 'layernorm' or 'rmsnorm', got {kind!r}")
 
 
 def add_norm(
@@ -105,61 +117,31 @@ class MambaBlock(nn.Module):
 
 
 class AudioMambaEncoder(PatchEncoder):
-    def __init__(
-        self,
-        embed_dim: int = 192,
-        depth: int = 24,
-        d_state: int = 16,
-        d_conv: int = 4,
-        expand: int = 2,
-        input_fdim: int = 128,
-        input_tdim: int = 1024,
-        fshape: int = 16,
-        tshape: int = 16,
-        fstride: int = 16,
-        tstride: int = 16,
-        norm: str = "layernorm",
-        norm_eps: float = 1e-5,
-        drop_path_rate: float = 0.1,
-        residual_in_fp32: bool = False,
-        divide_out: bool = True,
-        pair_flip: bool = True,
-        double_final_norm: bool = True,
-        backward_dt_init: str = "zero",
-        pos_resize: str = "official",
-        mask_token: bool = False,
-    ):
-        """pair_flip: the official `if_bidirectional` stack: layers run in pairs, the second of a
-        pair on the reversed sequence, and their outputs and residuals are summed.
-        double_final_norm: the official forwards apply norm_f twice to the output."""
-        super().__init__(embed_dim, 1, input_fdim, input_tdim, fshape, tshape, fstride, tstride, mask_token, pos_resize)
-        if pair_flip and depth % 2:
-            raise ValueError(f"pair_flip needs an even depth, got {depth}")
-        self.depth = depth
-        self.pair_flip = pair_flip
-        self.double_final_norm = double_final_norm
+    def __init__(self, config: SSAMBAConfig):
+        super().__init__(config, num_prefix_tokens=1)
+        depth, dim = config.depth, config.embed_dim
         # Vim's schedule: layer i gets [0, linspace(0, rate, depth)...][i]; the final add gets `rate`
-        rates = [0.0] + torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = [0.0] + torch.linspace(0, config.drop_path_rate, depth).tolist()
         self.layers = nn.ModuleList(
             MambaBlock(
-                embed_dim,
+                dim,
                 BiMambaMixer(
-                    embed_dim,
-                    d_state=d_state,
-                    d_conv=d_conv,
-                    expand=expand,
-                    divide_out=divide_out,
-                    backward_dt_init=backward_dt_init,
+                    dim,
+                    d_state=config.d_state,
+                    d_conv=config.d_conv,
+                    expand=config.expand,
+                    divide_out=config.divide_out,
+                    backward_dt_init=config.backward_dt_init,
                     n_layer=depth,
                 ),
-                make_norm(norm, embed_dim, norm_eps),
+                make_norm(config.norm, dim, config.norm_eps),
                 drop_path=rates[i],
-                residual_in_fp32=residual_in_fp32,
+                residual_in_fp32=config.residual_in_fp32,
             )
             for i in range(depth)
         )
-        self.drop_path = DropPath(drop_path_rate)
-        self.norm_f = make_norm(norm, embed_dim, norm_eps)
+        self.drop_path = DropPath(config.drop_path_rate)
+        self.norm_f = make_norm(config.norm, dim, config.norm_eps)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, return_hidden: bool = False):
         """x: (B, 1, F, T) fbank; mask: (B, L) bool, True = replaced by the mask embedding.
@@ -168,7 +150,7 @@ class AudioMambaEncoder(PatchEncoder):
         the residual stream after every layer (every pair with pair_flip), each (B, 1 + L, D)."""
         hidden, residual = self.embed(x, mask), None  # (B, 1 + L, D)
         states = []
-        if self.pair_flip:
+        if self.config.pair_flip:
             for fwd, bwd in zip(self.layers[0::2], self.layers[1::2]):
                 # the second layer of a pair reads the sequence reversed (official if_bidirectional)
                 hidden_f, residual_f = fwd(hidden, residual)
@@ -182,15 +164,6 @@ class AudioMambaEncoder(PatchEncoder):
                 if return_hidden:
                     states.append(residual + hidden)
         out, _ = add_norm(hidden, residual, self.norm_f, self.drop_path, False, out_dtype=self.norm_f.weight.dtype)
-        if self.double_final_norm:
+        if self.config.double_final_norm:
             out = self.norm_f(out)
         return (out, states) if return_hidden else out
-
-
-def build_ssamba(size: str = "tiny", quirks: str = "official", **overrides) -> AudioMambaEncoder:
-    """An SSAMBA encoder from a size preset (tiny/small/base) and a quirks preset (official/clean)."""
-    if size not in SIZES:
-        raise ValueError(f"unknown SSAMBA size {size!r}; choose one of {sorted(SIZES)}")
-    if quirks not in QUIRKS:
-        raise ValueError(f"unknown quirks preset {quirks!r}; choose one of {sorted(QUIRKS)}")
-    return AudioMambaEncoder(**{"embed_dim": SIZES[size], **QUIRKS[quirks], **overrides})

@@ -7,21 +7,25 @@ SSAST's distillation token) go first; a learned absolute positional embedding is
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, replace
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from src.utils.errors import UserError
+
 POS_RESIZE_RULES = ("official", "fixed")
 
 
-def patch_grid(input_fdim: int, input_tdim: int, fshape: int, tshape: int, fstride: int, tstride: int):
+def patch_grid(num_mel_bins: int, frames: int, fshape: int, tshape: int, fstride: int, tstride: int):
     """(f_dim, t_dim): how many patches fit along frequency and time."""
-    if input_fdim < fshape or input_tdim < tshape:
-        raise ValueError(
-            f"input of {input_fdim} mel bins x {input_tdim} frames is smaller than one {fshape}x{tshape} patch"
+    if num_mel_bins < fshape or frames < tshape:
+        raise UserError(
+            f"input of {num_mel_bins} mel bins x {frames} frames is smaller than one {fshape}x{tshape} patch"
         )
-    return (input_fdim - fshape) // fstride + 1, (input_tdim - tshape) // tstride + 1
+    return (num_mel_bins - fshape) // fstride + 1, (frames - tshape) // tstride + 1
 
 
 def resize_pos_embed(pos_embed: Tensor, num_prefix: int, src_grid, dst_grid, rule: str = "official") -> Tensor:
@@ -53,7 +57,7 @@ def resize_pos_embed(pos_embed: Tensor, num_prefix: int, src_grid, dst_grid, rul
     else:
         grid = F.interpolate(grid, size=(f_dim, t_dim), mode="bilinear")
     if grid.shape[-2:] != (f_dim, t_dim):
-        raise ValueError(
+        raise UserError(
             f"the official positional-embedding rule cannot map a {src_f}x{src_t} patch grid to "
             f"{f_dim}x{t_dim} (it hard-codes 8 frequency rows and crops {t_dim} rows); "
             "set pos_resize=fixed in the encoder config"
@@ -71,49 +75,73 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
+@dataclass
+class PatchConfig:
+    """The tokenizer's settings, shared by every backbone's config. target_length: fbank frames per
+    input (the data config's `target_length`); num_mel_bins: fbank rows."""
+
+    embed_dim: int = 192
+    num_mel_bins: int = 128
+    target_length: int = 1024
+    fshape: int = 16
+    tshape: int = 16
+    fstride: int = 16
+    tstride: int = 16
+    pos_resize: str = "official"  # official | fixed: resize_pos_embed's rule
+    mask_token: bool = False  # the SSL mask embedding
+
+    def __post_init__(self):
+        if self.pos_resize not in POS_RESIZE_RULES:
+            raise UserError(f"pos_resize must be one of {POS_RESIZE_RULES}, got {self.pos_resize!r}")
+        patch_grid(self.num_mel_bins, self.target_length, self.fshape, self.tshape, self.fstride, self.tstride)
+
+    def to_dict(self) -> dict:
+        """What exports and checkpoints save: the backbone and every field."""
+        return {"backbone": self.backbone, **asdict(self)}
+
+
 class PatchEncoder(nn.Module):
     """Patch embedding, prefix tokens, positional and mask embeddings; subclasses add the blocks."""
 
-    def __init__(
-        self,
-        embed_dim: int,
-        num_prefix_tokens: int,
-        input_fdim: int,
-        input_tdim: int,
-        fshape: int,
-        tshape: int,
-        fstride: int,
-        tstride: int,
-        mask_token: bool,
-        pos_resize: str,
-    ):
+    def __init__(self, config: PatchConfig, num_prefix_tokens: int):
         super().__init__()
-        if pos_resize not in POS_RESIZE_RULES:
-            raise ValueError(f"pos_resize must be one of {POS_RESIZE_RULES}, got {pos_resize!r}")
-        self.embed_dim = embed_dim
+        self.config = config
+        self.embed_dim = config.embed_dim
         self.num_prefix_tokens = num_prefix_tokens
-        self.patch_shape = (fshape, tshape)
-        self.patch_stride = (fstride, tstride)
-        self.input_shape = (input_fdim, input_tdim)
-        self.grid = patch_grid(input_fdim, input_tdim, fshape, tshape, fstride, tstride)
-        self.pos_resize = pos_resize
-        self.patch_embed = PatchEmbed(embed_dim, fshape, tshape, fstride, tstride)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.patch_embed = PatchEmbed(config.embed_dim, config.fshape, config.tshape, config.fstride, config.tstride)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.embed_dim))
         if num_prefix_tokens == 2:  # SSAST's DeiT distillation token
-            self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_prefix_tokens + self.num_patches, embed_dim))
+            self.dist_token = nn.Parameter(torch.zeros(1, 1, config.embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_prefix_tokens + self.num_patches, config.embed_dim))
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if num_prefix_tokens == 2:
             nn.init.trunc_normal_(self.dist_token, std=0.02)
-        self.mask_embed = nn.Parameter(nn.init.xavier_normal_(torch.zeros(1, 1, embed_dim))) if mask_token else None
+        mask_embed = nn.init.xavier_normal_(torch.zeros(1, 1, config.embed_dim))
+        self.mask_embed = nn.Parameter(mask_embed) if config.mask_token else None
+
+    @property
+    def patch_shape(self) -> tuple[int, int]:
+        return self.config.fshape, self.config.tshape
+
+    @property
+    def patch_stride(self) -> tuple[int, int]:
+        return self.config.fstride, self.config.tstride
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        return self.config.num_mel_bins, self.config.target_length
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.grid_for(*self.input_shape)
 
     @property
     def num_patches(self) -> int:
         return self.grid[0] * self.grid[1]
 
-    def grid_for(self, input_fdim: int, input_tdim: int):
-        return patch_grid(input_fdim, input_tdim, *self.patch_shape, *self.patch_stride)
+    def grid_for(self, num_mel_bins: int, frames: int):
+        return patch_grid(num_mel_bins, frames, *self.patch_shape, *self.patch_stride)
 
     def embed(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """(B, 1, F, T) fbank -> (B, P + L, D) tokens with positions; mask (B, L) True = masked."""
@@ -130,23 +158,28 @@ class PatchEncoder(nn.Module):
         prefix = torch.cat(prefix, dim=1).expand(tokens.shape[0], -1, -1).to(tokens.dtype)
         tokens = torch.cat([prefix, tokens], dim=1)  # (B, P + L, D)
         grid = self.grid_for(x.shape[2], x.shape[3])
-        pos = resize_pos_embed(self.pos_embed, self.num_prefix_tokens, self.grid, grid, self.pos_resize)
+        pos = resize_pos_embed(self.pos_embed, self.num_prefix_tokens, self.grid, grid, self.config.pos_resize)
         return tokens + pos.to(tokens.dtype)
 
     @torch.no_grad()
-    def resize_input(self, input_fdim: int, input_tdim: int, fstride: int | None = None, tstride: int | None = None):
-        """Rebuild for another input size or patch stride, as fine-tuning does: the patch kernel is
+    def resize_input(self, target_length: int, fstride: int | None = None, tstride: int | None = None):
+        """Rebuild for another input length or patch stride, as fine-tuning does: the patch kernel is
         copied into a conv with the new stride and the positional embedding is cut/interpolated."""
-        fstride, tstride = fstride or self.patch_stride[0], tstride or self.patch_stride[1]
-        new_grid = patch_grid(input_fdim, input_tdim, *self.patch_shape, fstride, tstride)
+        old_grid = self.grid
+        config = replace(
+            self.config,
+            target_length=target_length,
+            fstride=fstride or self.config.fstride,
+            tstride=tstride or self.config.tstride,
+        )
+        new_grid = patch_grid(config.num_mel_bins, target_length, *self.patch_shape, config.fstride, config.tstride)
         old = self.patch_embed.proj
-        new = PatchEmbed(self.embed_dim, *self.patch_shape, fstride, tstride).to(old.weight.device, old.weight.dtype)
+        new = PatchEmbed(self.embed_dim, *self.patch_shape, config.fstride, config.tstride)
+        new = new.to(old.weight.device, old.weight.dtype)
         new.proj.weight.copy_(old.weight)
         new.proj.bias.copy_(old.bias)
-        pos = resize_pos_embed(self.pos_embed.data, self.num_prefix_tokens, self.grid, new_grid, self.pos_resize)
+        pos = resize_pos_embed(self.pos_embed.data, self.num_prefix_tokens, old_grid, new_grid, config.pos_resize)
         self.patch_embed = new
         self.pos_embed = nn.Parameter(pos.clone())
-        self.patch_stride, self.input_shape, self.grid = (fstride, tstride), (input_fdim, input_tdim), new_grid
-        if hasattr(self, "config"):
-            self.config.update(input_fdim=input_fdim, input_tdim=input_tdim, fstride=fstride, tstride=tstride)
+        self.config = config
         return self

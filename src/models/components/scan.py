@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from src.utils.errors import UserError
+
 BACKENDS = ("auto", "triton", "mamba", "portable")
 ENV_VAR = "SSAMBA_KERNELS"
 BLOCK_STATES = 2**21  # portable scan: states per block of time steps (8 MiB of fp32)
@@ -68,7 +70,7 @@ def resolve_backend(x: Tensor, backend: str | None = None) -> str:
     TRITON_INTERPRET=1 (its interpreter: for tests)."""
     choice = backend or os.environ.get(ENV_VAR, "auto")
     if choice not in BACKENDS:
-        raise ValueError(f"unknown kernel backend {choice!r} (from backend= or ${ENV_VAR}); use one of {BACKENDS}")
+        raise UserError(f"unknown kernel backend {choice!r} (from backend= or ${ENV_VAR}); use one of {BACKENDS}")
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     triton_ok = _triton_importable() and (x.is_cuda or interpreted)
     if choice == "auto":

@@ -4,16 +4,45 @@ scaled_dot_product_attention, or explicitly as softmax(QK^T)V like the original,
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from src.models.components.encoder import DropPath
-from src.models.components.patching import PatchEncoder
+from src.models.components.layers import DropPath
+from src.models.components.patching import PatchConfig, PatchEncoder
+from src.utils.errors import UserError
 
-SSAST_SIZES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}  # width, heads
 ATTENTION = ("sdpa", "explicit")
+
+
+@dataclass
+class SSASTConfig(PatchConfig):
+    """Everything that defines an SSAST encoder; the defaults are SSAST-tiny. attention: sdpa (torch's
+    fused kernels) or explicit (softmax(QK^T)V, as the original)."""
+
+    backbone: ClassVar[str] = "ssast"
+    num_heads: int = 3
+    depth: int = 12
+    mlp_ratio: float = 4.0
+    drop_path_rate: float = 0.0
+    attention: str = "sdpa"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.attention not in ATTENTION:
+            raise UserError(f"attention must be one of {ATTENTION}, got {self.attention!r}")
+        if self.embed_dim % self.num_heads:
+            raise UserError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+
+
+SSAST_SIZES = {
+    name: SSASTConfig(embed_dim=width, num_heads=heads)
+    for name, width, heads in (("tiny", 192, 3), ("small", 384, 6), ("base", 768, 12))
+}
 
 
 class Attention(nn.Module):
@@ -66,35 +95,18 @@ class TransformerBlock(nn.Module):
 
 
 class SSASTEncoder(PatchEncoder):
-    def __init__(
-        self,
-        embed_dim: int = 192,
-        num_heads: int = 3,
-        depth: int = 12,
-        mlp_ratio: float = 4.0,
-        input_fdim: int = 128,
-        input_tdim: int = 1024,
-        fshape: int = 16,
-        tshape: int = 16,
-        fstride: int = 16,
-        tstride: int = 16,
-        drop_path_rate: float = 0.0,
-        attention: str = "sdpa",
-        pos_resize: str = "official",
-        mask_token: bool = False,
-    ):
-        super().__init__(embed_dim, 2, input_fdim, input_tdim, fshape, tshape, fstride, tstride, mask_token, pos_resize)
-        self.depth = depth
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+    def __init__(self, config: SSASTConfig):
+        super().__init__(config, num_prefix_tokens=2)
+        rates = torch.linspace(0, config.drop_path_rate, config.depth).tolist()
         self.blocks = nn.ModuleList(
-            TransformerBlock(embed_dim, num_heads, mlp_ratio, rates[i], attention) for i in range(depth)
+            TransformerBlock(config.embed_dim, config.num_heads, config.mlp_ratio, rate, config.attention)
+            for rate in rates
         )
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.norm = nn.LayerNorm(config.embed_dim, eps=1e-6)
         self.apply(_init_vit_weights)
 
     def set_attention(self, attention: str) -> None:
-        if attention not in ATTENTION:
-            raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
+        self.config = replace(self.config, attention=attention)  # checks the name
         for block in self.blocks:
             block.attn.attention = attention
 
@@ -118,10 +130,3 @@ def _init_vit_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
-
-
-def build_ssast(size: str = "tiny", **overrides) -> SSASTEncoder:
-    if size not in SSAST_SIZES:
-        raise ValueError(f"unknown SSAST size {size!r}; choose one of {sorted(SSAST_SIZES)}")
-    width, heads = SSAST_SIZES[size]
-    return SSASTEncoder(**{"embed_dim": width, "num_heads": heads, **overrides})

@@ -1,6 +1,6 @@
 """Audio of any length for a patch encoder trained on fixed-length inputs: windows of the training
 length whose patch columns tile time on one regular grid. The HEAR API and the s3prl upstream both
-embed through it.
+load an export (`load_frontend`) and embed through it.
 
 A window of W frames holds `columns` = (W - tshape) // tstride + 1 patch columns. Consecutive windows
 start `hop` = columns * tstride frames apart (they overlap when tstride does not divide W - tshape +
@@ -12,12 +12,14 @@ so what a clip gives never depends on the clips batched with it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from src.data.audio import KALDI, FbankConfig, fbank, normalize, pad_or_cut
+from src.models.pretrained import build_pretrained, read_pretrained
+from src.utils.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -75,5 +77,44 @@ class WindowGrid:
 
 
 def grid_of(encoder, window_frames: int) -> WindowGrid:
-    """The window grid of an encoder's patches for windows of window_frames frames."""
-    return WindowGrid(window_frames, encoder.patch_shape[1], encoder.patch_stride[1])
+    """The window grid of an encoder's patches for windows of window_frames frames, on the fbank of
+    the encoder's mel-bin count."""
+    fbank_config = replace(KALDI, num_mel_bins=encoder.config.num_mel_bins)
+    return WindowGrid(window_frames, encoder.patch_shape[1], encoder.patch_stride[1], fbank_config)
+
+
+@dataclass
+class Frontend:
+    """An export ready to embed: the encoder (eval mode) for windows of its own input length, or
+    of window_frames; the grid cutting audio into those windows; the normalisation of its data."""
+
+    encoder: nn.Module
+    grid: WindowGrid
+    mean: float
+    std: float
+
+
+def load_frontend(
+    path: str,
+    window_frames: int | None = None,
+    stride: tuple[int, int] | None = None,
+    mean: float | None = None,
+    std: float | None = None,
+) -> Frontend:
+    """window_frames: None for the export's target_length (its training input). stride: (fstride,
+    tstride) to read the encoder with another patch stride (its kernel copied, positions adapted, as
+    fine-tuning does). mean, std: None for the normalisation the export records; an export without
+    one (written before exports recorded it) needs them given."""
+    config, state, data = read_pretrained(path)
+    mean = data["mean"] if mean is None and data else mean
+    std = data["std"] if std is None and data else std
+    if mean is None or std is None:
+        raise UserError(
+            f"{path} does not record the normalisation of its training data (an export from before that was "
+            "recorded); pass mean and std (its data config's), or export it again with python src/export.py"
+        )
+    encoder = build_pretrained(config, state, str(path)).eval()
+    window_frames = window_frames or config.target_length
+    if stride is not None or window_frames != config.target_length:
+        encoder.resize_input(window_frames, *(stride or (None, None)))
+    return Frontend(encoder, grid_of(encoder, window_frames), float(mean), float(std))

@@ -1,0 +1,129 @@
+"""Pretrained encoders in and out, without Lightning or Hydra: export folders and checkpoints.
+
+An export is a folder with `encoder.safetensors` (with the SSL mask embedding when the encoder has
+one) and `config.json`: {"encoder": the encoder's config.to_dict(), "data": {"mean", "std"}: the
+normalisation of the data it was trained on, ...}. The input length and mel-bin count are the
+encoder config's target_length and num_mel_bins. A converted pretraining checkpoint adds
+`heads.safetensors` (the SSL heads). `from_pretrained(path)` rebuilds the encoder.
+Lightning checkpoints are read with torch.load(weights_only=True): no pickled code runs.
+The command that writes an export from a checkpoint is src/export.py.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from src.models.components import build_encoder, config_from_dict
+from src.models.components.patching import PatchConfig
+from src.utils.errors import MissingInput, UserError
+from src.utils.io import atomic_path, write_json
+
+WEIGHTS, CONFIG = "encoder.safetensors", "config.json"
+
+
+def save_encoder(encoder: nn.Module, out_dir: str | Path, data: dict | None = None, extra: dict | None = None) -> Path:
+    """Write an export folder. data: {"mean", "std"} of the data the encoder was trained on, which
+    the embedding front ends normalise with (they refuse an export without it)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # the mask embedding goes along when the encoder has one (SSL can continue from the export)
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    with atomic_path(out_dir / WEIGHTS) as tmp:
+        save_file(state, str(tmp))
+    meta = {"encoder": encoder.config.to_dict(), **({"data": dict(data)} if data else {}), **(extra or {})}
+    write_json(out_dir / CONFIG, meta)
+    return out_dir
+
+
+def read_export(path: str | Path) -> tuple[dict, dict]:
+    """(config.json, state dict) of an export folder."""
+    path = Path(path)
+    folder = path.parent if path.suffix == ".safetensors" else path
+    if not (folder / WEIGHTS).exists() or not (folder / CONFIG).exists():
+        raise MissingInput(f"{folder}: not an encoder export (needs {WEIGHTS} and {CONFIG}); see src/export.py")
+    return json.loads((folder / CONFIG).read_text()), load_file(str(folder / WEIGHTS))
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise MissingInput(f"{path}: checkpoint not found; pass the path of a .ckpt or an export folder")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError and friends
+        raise UserError(
+            f"{path}: refused to load (it holds pickled objects beyond tensors and plain containers, "
+            f"which weights_only loading does not run: {type(e).__name__}). Only load checkpoints you trust "
+            "by converting them first; see docs/interop.md"
+        ) from e
+
+
+def read_pretrained(path: str | Path) -> tuple[PatchConfig, dict, dict | None]:
+    """(encoder config, encoder state dict, the data's normalisation {"mean", "std"} or None) of an
+    export folder or a Lightning checkpoint of this project."""
+    path = Path(path)
+    if path.is_dir() or path.suffix == ".safetensors":
+        meta, state = read_export(path)
+        return config_from_dict(meta["encoder"]), state, meta.get("data")
+    ckpt = read_checkpoint(path)
+    hparams = ckpt.get("hyper_parameters", {})
+    if "encoder" not in hparams or "state_dict" not in ckpt:
+        raise UserError(f"{path}: not a checkpoint of this project (no hyper_parameters.encoder / state_dict)")
+    state = {k[len("encoder.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("encoder.")}
+    return config_from_dict(hparams["encoder"]), state, ckpt.get("data")
+
+
+def build_pretrained(config: PatchConfig, state: dict, source: str, mask_token: bool = False) -> nn.Module:
+    """The encoder of config with the weights of state (strict: every weight must fit). The SSL mask
+    embedding is loaded with mask_token=True (to continue SSL: then it must be there) and otherwise
+    left out, as nothing but the SSL objective reads it."""
+    if not mask_token:
+        state = {k: v for k, v in state.items() if k != "mask_embed"}
+    encoder = build_encoder(replace(config, mask_token=mask_token))
+    load_strict(encoder, state, source)
+    return encoder
+
+
+def from_pretrained(path: str | Path, mask_token: bool = False) -> nn.Module:
+    """The encoder of an export folder or a checkpoint, in eval mode (see build_pretrained)."""
+    config, state, _ = read_pretrained(path)
+    return build_pretrained(config, state, str(path), mask_token).eval()
+
+
+def check_fits(module: nn.Module, state: dict, source: str) -> None:
+    """Raise a UserError naming what differs unless state has exactly module's keys and shapes."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or wrong:
+        raise UserError(
+            f"{source} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"shape mismatches {wrong[:5]}; check that the model config (backbone, size, depth, input size, "
+            "patch stride) matches the checkpoint"
+        )
+
+
+def load_strict(module: nn.Module, state: dict, source: str) -> None:
+    """load_state_dict(strict=True), with check_fits' readable error first."""
+    check_fits(module, state, source)
+    module.load_state_dict(state, strict=True)
+
+
+def normalisation_of(trainer) -> dict | None:
+    """{"mean", "std"} of the datamodule a trainer runs, for checkpoints and exports to record; None
+    without one (a datamodule is duck-typed: models/ never imports data/)."""
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is None or not hasattr(datamodule, "mean"):
+        return None
+    return {"mean": float(datamodule.mean), "std": float(datamodule.std)}
