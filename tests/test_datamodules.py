@@ -4,12 +4,12 @@ import lightning as L
 import pytest
 import torch
 
-from src.data import augment, datamodules
-from src.data.datamodules import ClassificationDataModule, PretrainDataModule
+from src.data import augment
+from src.data.datamodules import ClassificationDataModule, PretrainDataModule, PretrainDataset
 from src.data.prepare import PREPARERS
 from src.data.prepare.common import finalize
 from src.data.sampler import ResumableSampler
-from src.data.shards import build
+from src.data.shards import FeatureStore, build
 from tests.helpers import layouts
 from tests.helpers.recorder import Recorder
 
@@ -26,13 +26,18 @@ def prepared(tmp_path_factory):
     return tmp
 
 
+def indices(sampler) -> list[int]:
+    """The dataset indices a sampler yields (it pairs each with the key of its random numbers)."""
+    return [i for i, _ in sampler]
+
+
 @pytest.mark.parametrize("weights", [None, torch.rand(50)])
 def test_sampler_ranks_are_disjoint_and_cover_the_epoch(weights):
-    orders = [list(ResumableSampler(50, rank=r, world_size=2, seed=3, weights=weights)) for r in (0, 1)]
+    orders = [indices(ResumableSampler(50, rank=r, world_size=2, seed=3, weights=weights)) for r in (0, 1)]
     assert len(orders[0]) == len(orders[1]) == 25
     if weights is None:
         assert set(orders[0]).isdisjoint(orders[1]) and set(orders[0]) | set(orders[1]) == set(range(50))
-    single = list(ResumableSampler(50, seed=3, weights=weights))
+    single = indices(ResumableSampler(50, seed=3, weights=weights))
     assert sorted(orders[0] + orders[1]) == sorted(single)  # same global draw, split between ranks
 
 
@@ -41,10 +46,10 @@ def test_sampler_order_depends_on_epoch_and_skip_resumes():
     s.set_epoch(0)
     first = list(s)
     s.set_epoch(1)
-    assert list(s) != first
+    assert indices(s) != indices(first)
     s.set_epoch(0)
     s.skip_next(8)
-    assert list(s) == first[8:]
+    assert list(s) == first[8:]  # the same samples with the same keys: the same augmentation
     assert list(s) == first  # the skip applies once
 
 
@@ -84,15 +89,36 @@ def test_mixup_gives_soft_labels_that_sum_to_one(prepared, source, monkeypatch):
     train = dm.sets["train"]
     label = [int(train.target(k).argmax()) for k in range(len(train.clips))]
     partner = next(k for k in range(len(label)) if label[k] != label[0])
-    monkeypatch.setattr(datamodules.random, "randrange", lambda n: partner)
+    monkeypatch.setattr(augment.SampleRandom, "integer", lambda self, low, high: partner)
     target = train[0]["target"]
     assert 0 < target[label[0]] < 1 and 0 < target[label[partner]] < 1  # lambda ~ Beta(10, 10) is never 0 or 1
     torch.testing.assert_close(target.sum(), torch.tensor(1.0))
 
 
+def test_a_sample_key_draws_the_same_crop_and_augmentation_in_any_process(prepared):
+    """What makes a resumed run exact: the sampler's (index, key) fixes every random draw of a sample,
+    whatever the global RNGs hold (a restart reseeds them) and whichever worker loads it."""
+    dm = ClassificationDataModule(
+        str(prepared / "prep"), target_length=100, mixup=0.5, freqm=24, timem=20, noise=True, num_workers=0
+    )
+    dm.setup()
+    train = dm.sets["train"]
+    first = train[(0, (7, 2, 5))]
+    torch.manual_seed(123)  # the global RNGs do not matter
+    again = train[(0, (7, 2, 5))]
+    torch.testing.assert_close(again["fbank"], first["fbank"])
+    torch.testing.assert_close(again["target"], first["target"])
+    other = train[(0, (7, 3, 5))]  # another epoch: other draws
+    assert not torch.equal(other["fbank"], first["fbank"])
+    crops = PretrainDataset(FeatureStore(prepared / "feat_ls"), [0], 40, 0.0, 1.0, train=True)
+    assert crops.store.index[0]["n_frames"] > 40  # the clip is longer than the crop: the start is drawn
+    torch.testing.assert_close(crops[(0, (1, 0, 0))]["fbank"], crops[(0, (1, 0, 0))]["fbank"])
+    starts = {float(crops[(0, (1, epoch, 0))]["fbank"].sum()) for epoch in range(8)}
+    assert len(starts) > 1
+
+
 def test_spec_augment_masks_bands():
-    torch.manual_seed(1)
-    masked = augment.spec_augment(torch.ones(1, 128, 100), freqm=48, timem=48)
+    masked = augment.spec_augment(torch.ones(1, 128, 100), freqm=48, timem=48, rand=augment.SampleRandom(1))
     assert masked.shape == (1, 128, 100)
     zero_rows = (masked[0] == 0).all(dim=1).sum()
     zero_cols = (masked[0] == 0).all(dim=0).sum()
@@ -129,7 +155,7 @@ def test_pretrain_mixes_sources_by_weight(prepared):
     )
     dm.setup()
     n_first = len(dm.train_set.datasets[0])
-    drawn = torch.tensor(list(dm.train_dataloader().sampler))
+    drawn = torch.tensor(indices(dm.train_dataloader().sampler))
     share = (drawn < n_first).double().mean().item()
     assert share == pytest.approx(0.75, abs=0.03)
     assert next(iter(dm.train_dataloader()))["fbank"].shape == (8, 1, 128, 96)

@@ -26,10 +26,15 @@ SMALL = ["experiment=ks2_demo", "++encoder.size=null", "++encoder.embed_dim=32",
 STEPS = 40
 
 
+# resumes must be exact with every random draw on: SpecAugment, mixup and noise when fine-tuning,
+# crops shorter than the stored clips (400 frames) when pretraining
+RANDOM = {"ks2_demo": ["data.freqm=24", "data.timem=24", "data.mixup=0.5", "data.noise=true"],
+          "pretrain_demo": ["data.target_length=64", "model.mask_patches=12", "model.val_mask_patches=12"]}  # fmt: skip
+
+
 def train_cmd(data_root, run_dir, *extra, experiment="ks2_demo"):
     args = [a for a in SMALL if not a.startswith(("experiment=", "data.freqm", "data.timem"))]
-    if experiment == "ks2_demo":
-        args += ["data.freqm=0", "data.timem=0"]
+    args += RANDOM.get(experiment, [])
     return [sys.executable, "src/train.py", f"experiment={experiment}", *args, f"paths.data_dir={data_root}",
             f"hydra.run.dir={run_dir}", f"trainer.max_steps={STEPS}",
             "callbacks.model_checkpoint.every_n_train_steps=5", *extra]  # fmt: skip

@@ -1,20 +1,37 @@
 """Augmentations of the official fine-tuning recipes (official_ssamba.md 3.1), in their order:
 mixup (waveform or fbank, lambda ~ Beta(10, 10), soft labels), SpecAugment on the un-normalised
-fbank, normalisation, then the optional noise-and-roll."""
+fbank, normalisation, then the optional noise-and-roll.
+
+Every random draw comes from a sample's own generator (`SampleRandom`), seeded from (seed, epoch,
+position in the epoch) by the sampler: a run resumed from a checkpoint draws the same crops, masks,
+mixup partners and noise as the run it continues, in any DataLoader worker."""
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 
 import numpy as np
 import torch
-import torchaudio
 from torch import Tensor
 
 
-def mixup_lambda() -> float:
-    return float(np.random.beta(10, 10))
+class SampleRandom:
+    """One sample's random numbers: numpy's for scalars, torch's for tensors, both from one key."""
+
+    def __init__(self, key):
+        self.np = np.random.default_rng(key)
+        self.torch = torch.Generator().manual_seed(int(self.np.integers(2**62)))
+
+    def uniform(self) -> float:
+        return float(self.np.random())
+
+    def integer(self, low: int, high: int) -> int:
+        """Uniform in [low, high]."""
+        return int(self.np.integers(low, high + 1))
+
+
+def mixup_lambda(rand: SampleRandom) -> float:
+    return float(rand.np.beta(10, 10))
 
 
 def mix(a: Tensor, b: Tensor, lam: float) -> Tensor:
@@ -24,19 +41,30 @@ def mix(a: Tensor, b: Tensor, lam: float) -> Tensor:
     return lam * a + (1 - lam) * b[..., : a.shape[-1]]
 
 
-def spec_augment(spec: Tensor, freqm: int, timem: int) -> Tensor:
-    """torchaudio's FrequencyMasking(freqm) then TimeMasking(timem) on a (1, F, T) fbank."""
+def _mask_along(spec: Tensor, mask_param: int, axis: int, rand: SampleRandom) -> Tensor:
+    """torchaudio's mask_along_axis (FrequencyMasking / TimeMasking, one mask): a band of width
+    uniform in [0, mask_param) at a uniform start, set to 0."""
+    value = torch.rand(1, generator=rand.torch) * mask_param
+    min_value = torch.rand(1, generator=rand.torch) * (spec.shape[axis] - value)
+    start, end = min_value.long(), min_value.long() + value.long()
+    positions = torch.arange(spec.shape[axis])
+    mask = (positions >= start) & (positions < end)
+    return spec.masked_fill(mask.unsqueeze(-1) if axis == -2 else mask, 0.0)
+
+
+def spec_augment(spec: Tensor, freqm: int, timem: int, rand: SampleRandom) -> Tensor:
+    """FrequencyMasking(freqm) then TimeMasking(timem), as torchaudio's, on a (1, F, T) fbank."""
     if freqm:
-        spec = torchaudio.transforms.FrequencyMasking(freqm)(spec)
+        spec = _mask_along(spec, freqm, -2, rand)
     if timem:
-        spec = torchaudio.transforms.TimeMasking(timem)(spec)
+        spec = _mask_along(spec, timem, -1, rand)
     return spec
 
 
-def noise_and_roll(spec: Tensor) -> Tensor:
+def noise_and_roll(spec: Tensor, rand: SampleRandom) -> Tensor:
     """The official "noise" option: uniform noise of random scale, then a circular time shift."""
-    spec = spec + torch.rand_like(spec) * np.random.rand() / 10
-    return torch.roll(spec, random.randint(-10, 9), dims=-1)
+    spec = spec + torch.rand(spec.shape, generator=rand.torch) * rand.uniform() / 10
+    return torch.roll(spec, rand.integer(-10, 9), dims=-1)
 
 
 def balanced_weights(label_lists: list[list[str]]) -> torch.Tensor:

@@ -1,14 +1,16 @@
 """LightningDataModules: pretraining over fbank shards, classification over shards or raw audio.
 
 Batches are dicts: {"fbank": (B, 1, F, T) normalised, "index": (B,) dataset positions} plus
-"target": (B, C) soft or multi-hot labels for classification.
+"target": (B, C) soft or multi-hot labels for classification. Datasets take an index, or the
+(index, key) pair the ResumableSampler yields, whose key seeds the sample's random crop and
+augmentation (augment.SampleRandom).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
-import random
 from pathlib import Path
 
 import lightning as L
@@ -34,6 +36,22 @@ def _missing(path: Path, what: str, how: str) -> FileNotFoundError:
     return MissingInput(f"{path}: {what} not found. {how}")
 
 
+def _sample(item) -> tuple[int, augment.SampleRandom]:
+    """(dataset index, the sample's random numbers) of an index or a sampler's (index, key)."""
+    index, key = item if isinstance(item, tuple) else (item, None)
+    return int(index), augment.SampleRandom(key)  # no key (direct indexing): fresh randomness
+
+
+class KeyedConcatDataset(ConcatDataset):
+    """ConcatDataset that passes a sampler's (index, key) on to the part holding the index."""
+
+    def __getitem__(self, item):
+        index, key = item if isinstance(item, tuple) else (item, None)
+        part = bisect.bisect_right(self.cumulative_sizes, index)
+        local = index - (self.cumulative_sizes[part - 1] if part else 0)
+        return self.datasets[part][(local, key) if key is not None else local]
+
+
 class PretrainDataset(Dataset):
     """Fixed-length crops of one feature store's clips, normalised; no augmentation."""
 
@@ -44,13 +62,14 @@ class PretrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, item) -> dict:
+        i, rand = _sample(item)
         k = self.indices[i]
         spec = self.store[k]  # (1, F, T_store)
         extra = spec.shape[-1] - self.target_length
         if extra > 0:  # a random crop of the clip's real frames (not of the store's padding)
             real_extra = max(0, self.store.index[k]["n_frames"] - self.target_length)
-            start = random.randint(0, real_extra) if self.train else 0
+            start = rand.integer(0, real_extra) if self.train else 0
             spec = spec[..., start : start + self.target_length]
         spec = pad_or_cut(spec, self.target_length)
         return {"fbank": normalize(spec, self.mean, self.std), "index": i}
@@ -98,22 +117,23 @@ class ClassificationDataset(Dataset):
             return pad_or_cut(self.store[self.clips[i]["store_index"]], self.target_length)
         return pad_or_cut(fbank(self._wave(i)), self.target_length)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, item) -> dict:
+        i, rand = _sample(item)
         # a clip that passed the header probe can still fail to decode: skip to the next one, say so
         for attempt in range(len(self.clips)):
             k = (i + attempt) % len(self.clips)
             try:
-                return self._item(k)
+                return self._item(k, rand)
             except AudioError as e:
                 if k not in self.bad:
                     self.bad.add(k)
                     log.warning("skipping unreadable clip (%d skipped so far in this worker): %s", len(self.bad), e)
         raise AudioError(f"none of the {len(self.clips)} clips could be read")
 
-    def _item(self, i: int) -> dict:
+    def _item(self, i: int, rand: augment.SampleRandom) -> dict:
         y = self.target(i)
-        if self.train and self.mixup > 0 and random.random() < self.mixup:
-            j, lam = random.randrange(len(self.clips)), augment.mixup_lambda()
+        if self.train and self.mixup > 0 and rand.uniform() < self.mixup:
+            j, lam = rand.integer(0, len(self.clips) - 1), augment.mixup_lambda(rand)
             if self.store is not None:
                 spec = augment.mix(self._spec(i), self._spec(j), lam)
             else:
@@ -122,10 +142,10 @@ class ClassificationDataset(Dataset):
         else:
             spec = self._spec(i)
         if self.train:
-            spec = augment.spec_augment(spec, self.freqm, self.timem)
+            spec = augment.spec_augment(spec, self.freqm, self.timem, rand)
         spec = normalize(spec, self.mean, self.std)
         if self.train and self.noise:
-            spec = augment.noise_and_roll(spec)
+            spec = augment.noise_and_roll(spec, rand)
         return {"fbank": spec, "target": y, "index": i}
 
 
@@ -235,7 +255,7 @@ class PretrainDataModule(_ResumableDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
             parts = [self._dataset(s, train=True) for s in self.sources]
-            self.train_set = ConcatDataset(parts)
+            self.train_set = KeyedConcatDataset(parts)
             self.weights = None
             if len(parts) > 1 or self.samples_per_epoch:
                 share = torch.tensor([float(s.get("weight", 1.0)) for s in self.sources])

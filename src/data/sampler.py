@@ -4,6 +4,10 @@ Every epoch draws one global order from (seed, epoch): a permutation, or weighte
 replacement. Rank r takes positions r, r + W, r + 2W, ... so ranks see disjoint parts that
 together cover the epoch. After a restart it skips the batches already done, so no sample is
 repeated or skipped. It subclasses DistributedSampler so Lightning leaves it in place.
+
+It yields (index, key) pairs: key = (seed, epoch, position in the epoch's global order) seeds that
+sample's augmentation (augment.SampleRandom), so a resumed run draws what the uninterrupted one
+drew, whichever worker loads the sample.
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ class ResumableSampler(DistributedSampler):
         needed = per_rank * self.num_replicas
         if needed > len(order):  # pad by wrapping, as DistributedSampler does
             order = torch.cat([order, order[: needed - len(order)]])
-        mine = order[: needed][self.rank :: self.num_replicas].tolist()
+        positions = range(self.rank, needed, self.num_replicas)
+        mine = [(int(order[p]), (self.seed, self.epoch, p)) for p in positions]
         skip, self._skip = self._skip, 0
         return iter(mine[skip:])
 
