@@ -20,6 +20,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment  # noqa: E40
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from src.utils import entry  # noqa: E402
+from src.utils.checkpoints import AtomicCheckpointIO  # noqa: E402
 from src.utils.instantiators import instantiate_group  # noqa: E402
 from src.utils.pylogger import RankedLogger  # noqa: E402
 from src.utils.utils import extras, get_metric_value, task_wrapper, user_errors_exit  # noqa: E402
@@ -44,7 +45,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     loggers = instantiate_group(cfg.get("logger"))
     if not loggers:  # nothing to monitor the learning rate into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    plugins = []
+    plugins = [AtomicCheckpointIO()]  # checkpoints written beside their target, then renamed
     if SLURMEnvironment.detect():  # one task per device; submitit, not Lightning, handles requeue
         plugins.append(SLURMEnvironment(auto_requeue=False))
     trainer: L.Trainer = hydra.utils.instantiate(
@@ -54,19 +55,20 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    ckpt_path = entry.resume_path(cfg, trainer)
-    if cfg.get("train"):
-        # a checkpoint that does not fit the model stops in the modules' on_load_checkpoint (a UserError)
-        trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    entry.write_rank_record(cfg, trainer, ckpt_path)
-    if cfg.get("test"):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if not best:
-            log.warning("no best checkpoint: testing the current weights")
-        trainer.test(model=model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-    entry.write_run_summary(cfg, trainer, metrics)
+    with entry.run_folder(cfg):  # one training at a time in a run folder
+        ckpt_path = entry.resume_path(cfg, trainer)
+        if cfg.get("train"):
+            # a checkpoint that does not fit the model stops in the modules' on_load_checkpoint (a UserError)
+            trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        entry.write_rank_record(cfg, trainer, ckpt_path)
+        if cfg.get("test"):
+            best = entry.best_checkpoint(trainer)
+            if not best:
+                log.warning("no best checkpoint: testing the current weights")
+            trainer.test(model=model, datamodule=datamodule, ckpt_path=best, weights_only=True)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        entry.write_run_summary(cfg, trainer, metrics)
     return metrics, {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
 
 

@@ -210,3 +210,67 @@ def test_an_hour_long_file_is_cut_to_the_target_length(tmp_path):
     store = FeatureStore(tmp_path / "feat")
     rec = next(r for r in store.index if r["id"] == "long")
     assert rec["n_frames"] == 1024 and store[store.index.index(rec)].shape == (1, 128, 1024)
+
+
+def test_last_checkpoint_is_written_on_its_schedule_before_any_validation(data_root, tmp_path):
+    """Lightning holds a monitored callback's step saves until the metric exists; last.ckpt has its
+    own callback, which monitors nothing."""
+    from omegaconf import open_dict
+
+    from src.train import train
+    from tests.helpers.hydra_cfg import compose_cfg
+
+    cfg = compose_cfg("train.yaml", ["experiment=ks2_demo", "test=false"], data_root, tmp_path)
+    with open_dict(cfg):
+        cfg.trainer.max_steps = 7
+        cfg.trainer.limit_val_batches = 0  # no validation, so val/acc never exists
+        cfg.callbacks.model_checkpoint.every_n_train_steps = 3
+    train(cfg)
+    files = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert files == ["last.ckpt"]
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+
+
+def test_a_killed_checkpoint_write_keeps_the_old_file_and_its_leftover_is_removed(tmp_path, monkeypatch):
+    from src.utils.checkpoints import AtomicCheckpointIO, remove_partial_writes
+
+    io, target = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1}, target)
+
+    def dies_half_way(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # a kill during the write
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 2}, target)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True)["global_step"] == 1  # the previous one, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # atomic_path removed its temp file
+    (tmp_path / ".last.ckpt.x1y2.tmp").write_bytes(b"left by kill -9")  # what SIGKILL leaves
+    assert [p.name for p in remove_partial_writes(tmp_path)] == [".last.ckpt.x1y2.tmp"]
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_a_checkpoint_is_written_beside_its_target_not_in_tmpdir(tmp_path, monkeypatch):
+    from src.utils.checkpoints import AtomicCheckpointIO
+
+    elsewhere = tmp_path / "tmpdir"
+    elsewhere.mkdir()
+    monkeypatch.setenv("TMPDIR", str(elsewhere))
+    seen = []
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f: (seen.append(Path(f.name).parent), real_save(obj, f)))
+    AtomicCheckpointIO().save_checkpoint({"global_step": 3}, tmp_path / "ckpts" / "last.ckpt")
+    assert seen == [tmp_path / "ckpts"] and not any(elsewhere.iterdir())
+
+
+def test_a_second_training_into_a_busy_run_folder_is_refused(data_root, tmp_path):
+    from src.utils.checkpoints import RunFolderLock
+
+    with RunFolderLock(tmp_path / "run"):  # as a training running there holds it
+        result = subprocess.run(train_cmd(data_root, tmp_path / "run"), cwd=ROOT, capture_output=True, text=True,
+                                timeout=300)  # fmt: skip
+    assert result.returncode == 2
+    assert "is in use by another training" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -3,18 +3,39 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
 from lightning_utilities.core.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
+from src.utils.checkpoints import RunFolderLock, remove_partial_writes
 from src.utils.devices import per_device_batch
 from src.utils.errors import MissingInput
 from src.utils.io import write_json
 from src.utils.pylogger import RankedLogger
 
 log = RankedLogger(__name__)
+
+
+def _launching_process() -> bool:
+    """True in the process that started the run: not in the ranks Lightning's ddp or srun start."""
+    rank = os.environ.get("SLURM_PROCID") or os.environ.get("LOCAL_RANK") or os.environ.get("RANK") or "0"
+    return rank == "0"
+
+
+@contextmanager
+def run_folder(cfg: DictConfig):
+    """Hold the run folder for this training (a second training into it is refused) and clear the
+    temp files that killed checkpoint writes left in it."""
+    if not _launching_process():
+        yield
+        return
+    with RunFolderLock(cfg.paths.output_dir):
+        for leftover in remove_partial_writes(Path(cfg.paths.output_dir) / "checkpoints"):
+            log.info(f"removed {leftover.name}, left by a checkpoint write that was killed")
+        yield
 
 
 def check_devices(cfg: DictConfig, trainer: L.Trainer) -> None:
@@ -43,15 +64,19 @@ def resume_path(cfg: DictConfig, trainer: L.Trainer) -> str | None:
     return existing_checkpoint(path) if path else None
 
 
+def best_checkpoint(trainer: L.Trainer) -> str | None:
+    """The best checkpoint by the monitored metric (the model_checkpoint callback's), if any."""
+    return next((c.best_model_path for c in trainer.checkpoint_callbacks if c.best_model_path), None)
+
+
 @rank_zero_only
 def write_run_summary(cfg: DictConfig, trainer: L.Trainer, metrics: dict) -> None:
     """<output>/metrics.json: final metrics plus where the checkpoints and logs are."""
-    ckpt = trainer.checkpoint_callback
     summary = {
         **metrics,
         "fold": cfg.data.get("fold"),
-        "best_checkpoint": getattr(ckpt, "best_model_path", None) or None,
-        "last_checkpoint": getattr(ckpt, "last_model_path", None) or None,
+        "best_checkpoint": best_checkpoint(trainer),
+        "last_checkpoint": next((c.last_model_path for c in trainer.checkpoint_callbacks if c.last_model_path), None),
         "tensorboard": next((lg.log_dir for lg in trainer.loggers if hasattr(lg, "log_dir")), None),
         "output_dir": cfg.paths.output_dir,
     }
