@@ -1,7 +1,8 @@
 """Embed a folder of audio files:  python src/embed.py --model EXPORT --input DIR --output DIR
 
 For every WAV/FLAC/OGG file under --input (decoded, mixed to mono, resampled to 16 kHz) writes
-<output>/<relative path>.npy: the scene embedding (D,), and with --timestamps also
+<output>/<relative path without its extension>.npy: the scene embedding (D,) (files that differ only
+by extension, clip.wav and clip.flac, keep it: clip.wav.npy, clip.flac.npy), and with --timestamps also
 <name>.timestamps.npy (T, D) and <name>.times_ms.npy (T,). Uses the HEAR API of
 src/embedding/hear.py (the export's own normalisation and input length), on
 CUDA when available (--device to choose). Unreadable files are skipped and listed at the end.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,7 @@ def embed_folder(model, input_dir: Path, output_dir: Path, timestamps: bool = Fa
     files = sorted(p for p in input_dir.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
     if not files:
         raise MissingInput(f"{input_dir}: no .wav, .flac or .ogg files")
+    stems = Counter(path.relative_to(input_dir).with_suffix("") for path in files)
     skipped = []
     for path in tqdm(files, desc="embed", unit="file"):
         try:
@@ -43,11 +46,13 @@ def embed_folder(model, input_dir: Path, output_dir: Path, timestamps: bool = Fa
             skipped.append(str(e))
             continue
         emb, times = model.timestamp_embeddings(audio)
-        stem = output_dir / path.relative_to(input_dir)
-        _save(stem.with_suffix(".npy"), emb.mean(0).cpu().numpy())
+        relative = path.relative_to(input_dir)
+        # clip.wav -> clip.npy; when clip.wav and clip.flac both exist: clip.wav.npy and clip.flac.npy
+        stem = output_dir / (relative if stems[relative.with_suffix("")] > 1 else relative.with_suffix(""))
+        _save(Path(f"{stem}.npy"), emb.mean(0).cpu().numpy())
         if timestamps:
-            _save(stem.with_suffix(".timestamps.npy"), emb.cpu().numpy())
-            _save(stem.with_suffix(".times_ms.npy"), times.cpu().numpy())
+            _save(Path(f"{stem}.timestamps.npy"), emb.cpu().numpy())
+            _save(Path(f"{stem}.times_ms.npy"), times.cpu().numpy())
     return skipped
 
 

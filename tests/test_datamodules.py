@@ -10,6 +10,7 @@ from src.data.prepare import PREPARERS
 from src.data.prepare.common import finalize
 from src.data.sampler import ResumableSampler
 from src.data.shards import FeatureStore, build
+from src.utils.io import read_jsonl, write_jsonl
 from tests.helpers import layouts
 from tests.helpers.recorder import Recorder
 
@@ -93,6 +94,20 @@ def test_mixup_gives_soft_labels_that_sum_to_one(prepared, source, monkeypatch):
     target = train[0]["target"]
     assert 0 < target[label[0]] < 1 and 0 < target[label[partner]] < 1  # lambda ~ Beta(10, 10) is never 0 or 1
     torch.testing.assert_close(target.sum(), torch.tensor(1.0))
+
+
+def test_a_label_missing_from_classes_json_stops_setup_with_the_fix(prepared, tmp_path):
+    import shutil
+
+    shutil.copytree(prepared / "prep", tmp_path / "prep")
+    rows = read_jsonl(tmp_path / "prep" / "manifest.jsonl")
+    rows[3]["labels"] = ["marvin"]  # not among classes.json's
+    write_jsonl(tmp_path / "prep" / "manifest.jsonl", rows)
+    dm = ClassificationDataModule(str(tmp_path / "prep"), target_length=64, num_workers=0)
+    with pytest.raises(
+        ValueError, match=r"1 labels are not in .*classes.json \(first: clip .* has 'marvin'\); prepare"
+    ):
+        dm.setup()
 
 
 def test_a_sample_key_draws_the_same_crop_and_augmentation_in_any_process(prepared):

@@ -82,6 +82,16 @@ def test_embed_cli_agrees_with_the_api(export_dir, tmp_path):
     assert not (tmp_path / "out" / "broken.npy").exists()
 
 
+def test_files_that_differ_only_by_extension_keep_one_output_each(export_dir, tmp_path):
+    af.tone(tmp_path / "in" / "clip.wav", seconds=1.0, freq=440.0)
+    af.tone(tmp_path / "in" / "clip.flac", seconds=1.0, freq=880.0, fmt="FLAC")
+    af.tone(tmp_path / "in" / "other.wav", seconds=1.0)
+    assert embed_main(["--model", str(export_dir), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                       "--device", "cpu"]) == 0  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clip.flac.npy", "clip.wav.npy", "other.npy"]
+    assert not np.allclose(np.load(tmp_path / "out" / "clip.wav.npy"), np.load(tmp_path / "out" / "clip.flac.npy"))
+
+
 def test_s3prl_upstream_as_the_runner_drives_it(export_dir):
     """What s3prl's runner and Featurizer do: build from a ckpt, feed a list of variable-length 16 kHz
     wavs, read hidden_states (all the same shape, time-major, as long as the longest wav needs), and

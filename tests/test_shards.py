@@ -140,3 +140,36 @@ class _InlineExecutor:
         future = Future()
         future.set_result(fn(*args))
         return future
+
+
+def test_verify_detects_a_finite_bit_flip_by_its_checksum(manifest, tmp_path):
+    build(manifest, tmp_path / "feat", target_length=64, shard_size=6, workers=1)
+    path = tmp_path / "feat" / "shard_00001.npy"
+    array = np.load(path)
+    array[2, 10, 5] = np.float16(float(array[2, 10, 5]) + 0.5)  # still finite: only the hash sees it
+    with open(path, "r+b") as f:  # flip it in place, as a bad disk would
+        np.save(f, array)
+    assert verify(tmp_path / "feat") == [
+        "shard_00001.npy does not match its checksum: damaged since it was built; rebuild it"
+    ]
+
+
+def test_a_build_that_cannot_fit_the_disk_stops_before_writing(manifest, tmp_path, monkeypatch):
+    monkeypatch.setattr(shards.shutil, "disk_usage", lambda path: type("U", (), {"free": 10_000})())
+    with pytest.raises(ValueError, match=r"need about .* GiB and 0.0 GiB are free; free space or choose another"):
+        build(manifest, tmp_path / "feat", target_length=64, shard_size=6, workers=1)
+    assert not list((tmp_path / "feat").glob("shard_*"))
+
+
+def test_a_second_build_into_a_folder_being_built_is_refused_and_leftovers_are_cleared(manifest, tmp_path):
+    import fcntl
+
+    out = tmp_path / "feat"
+    out.mkdir()
+    (out / ".shard_00000.npy.k3j2.tmp").write_bytes(b"left by a killed build")
+    with open(out / ".build.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another build holds the folder
+        with pytest.raises(ValueError, match="another build is writing there"):
+            build(manifest, out, target_length=64, shard_size=6, workers=1)
+    build(manifest, out, target_length=64, shard_size=6, workers=1)
+    assert not list(out.glob(".*.tmp")) and verify(out) == []

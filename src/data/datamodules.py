@@ -356,6 +356,14 @@ class ClassificationDataModule(_ResumableDataModule):
             return
         classes = self.classes
         clips, store = self._clips()
+        known = set(classes)
+        unknown = [(c["id"], label) for c in clips for label in c.get("labels", []) if label not in known]
+        if unknown:
+            where = self.features_dir or self.manifest_dir / "manifest.jsonl"
+            raise UserError(
+                f"{where}: {len(unknown)} labels are not in {self.manifest_dir / 'classes.json'} (first: clip "
+                f"{unknown[0][0]!r} has {unknown[0][1]!r}); prepare the data again (and rebuild its feature store)"
+            )
         for name in ("train", "val", "test"):
             chosen = self._select(clips, name)
             if not chosen:

@@ -2,13 +2,15 @@
 
     <out>/meta.json                fbank parameters, target length, manifest hash, counts, classes
     <out>/shard_00000.npy          (rows, mel bins, target_length) float16, un-normalised, zero-padded
-    <out>/shard_00000.json         ids, n_frames and bad files of that shard (written after the .npy:
-                                   its presence marks the shard finished)
+    <out>/shard_00000.json         ids, n_frames, bad files and the .npy's SHA-256 (written after the
+                                   .npy: its presence marks the shard finished; `verify` checks the hash)
     <out>/index.jsonl              one line per stored clip: id, shard, row, n_frames, labels, split, fold
     <out>/bad_files.jsonl          every clip that was skipped, with the reason
 
 Shards are computed by parallel worker processes and each is written atomically, so a killed
-build resumes without redoing finished shards. Commands:
+build resumes without redoing finished shards and leaves only hidden temp files, which the next
+build removes. One build at a time holds a folder (a lock), and a build that cannot fit the free
+space stops before it starts. Commands:
 
     python -m src.data.shards build --manifest data/prepared/X/manifest.jsonl --out data/features/X \
         --target-length 1024 [--workers 2] [--shard-size 1024]
@@ -19,9 +21,13 @@ build resumes without redoing finished shards. Commands:
 from __future__ import annotations
 
 import argparse
+import errno
+import fcntl
 import hashlib
 import json
+import shutil
 import sys
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -38,7 +44,11 @@ FORMAT_VERSION = 1
 
 
 def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def shard_name(k: int) -> str:
@@ -73,14 +83,13 @@ def _build_shard(out_dir: str, k: int, entries: list[dict], config: dict, target
         ids.append(entry["id"])
         n_frames.append(frames)
     out = Path(out_dir)
-    shape = (len(specs), cfg.num_mel_bins, target_length)
+    array = np.stack(specs) if specs else np.zeros((0, cfg.num_mel_bins, target_length), np.float16)
+    # a plain write, not a memmap: a full disk is an OSError here, not a SIGBUS in the worker
     with atomic_path(out / f"{shard_name(k)}.npy") as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-        if specs:
-            array[:] = np.stack(specs)
-        array.flush()
-        del array
-    sidecar = {"ids": ids, "n_frames": n_frames, "bad": bad, "rows": len(ids)}
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+        digest = file_sha256(tmp)
+    sidecar = {"ids": ids, "n_frames": n_frames, "bad": bad, "rows": len(ids), "sha256": digest}
     write_json(out / f"{shard_name(k)}.json", sidecar)
     return {"shard": k, **sidecar}
 
@@ -107,9 +116,16 @@ def build(
         "manifest": str(manifest.resolve()),
         "manifest_sha256": file_sha256(manifest),
     }
-    _start(out, settings)
-    chunks = [entries[i : i + shard_size] for i in range(0, len(entries), shard_size)]
-    results = _build_shards(out, chunks, config, target_length, workers)
+    out.mkdir(parents=True, exist_ok=True)
+    with _build_lock(out):
+        _start(out, settings)
+        chunks = [entries[i : i + shard_size] for i in range(0, len(entries), shard_size)]
+        results = _build_shards(out, chunks, config, target_length, workers)
+        return _finish(out, manifest, settings, chunks, results, entries, config, target_length)
+
+
+def _finish(out, manifest, settings, chunks, results, entries, config, target_length) -> dict:
+    """Write the index, the bad-file list and the complete meta.json; report."""
     index, bad = _index(chunks, results, {e["id"]: e for e in entries})
     write_jsonl(out / "index.jsonl", index)
     write_jsonl(out / "bad_files.jsonl", bad)
@@ -133,9 +149,24 @@ def build(
     return meta
 
 
+@contextmanager
+def _build_lock(out: Path):
+    """One build at a time in a folder: the settings check and every write happen under it."""
+    with open(out / ".build.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{out}: another build is writing there; wait for it or choose another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _start(out: Path, settings: dict) -> None:
-    """Refuse a folder built with other settings; mark the build as under way."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Refuse a folder built with other settings; clear what killed builds left; mark the build as under way."""
+    for leftover in out.glob(".*.tmp"):  # temp files of writes that were killed (we hold the lock)
+        leftover.unlink(missing_ok=True)
     meta_path = out / "meta.json"
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
@@ -155,6 +186,7 @@ def _build_shards(out: Path, chunks: list, config: FbankConfig, target_length: i
     todo = [k for k in range(len(chunks)) if k not in done]
     if done:
         print(f"resuming: {len(done)} of {len(chunks)} shards already built in {out}")
+    _check_space(out, sum(len(chunks[k]) for k in todo), config.num_mel_bins, target_length)
     bar = tqdm(total=sum(map(len, chunks)), initial=sum(len(chunks[k]) for k in done), desc="fbank", unit="clip")
     if todo:
         with ProcessPoolExecutor(max(1, workers), mp_context=get_context("spawn")) as pool:
@@ -162,11 +194,29 @@ def _build_shards(out: Path, chunks: list, config: FbankConfig, target_length: i
                 pool.submit(_build_shard, str(out), k, chunks[k], config.to_dict(), target_length) for k in todo
             ]
             for future in as_completed(futures):
-                result = future.result()
+                try:
+                    result = future.result()
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        raise
+                    pool.shutdown(cancel_futures=True)
+                    raise UserError(f"{out}: the disk filled up while writing shards; free space and run the "
+                                    "same command again (finished shards are kept)") from None  # fmt: skip
                 results[result["shard"]] = result
                 bar.update(len(chunks[result["shard"]]))
     bar.close()
     return results
+
+
+def _check_space(out: Path, clips: int, num_mel_bins: int, target_length: int) -> None:
+    """Refuse to start when the shards to write (fp16) cannot fit the free space, with a margin."""
+    needed = clips * num_mel_bins * target_length * 2 * 1.05
+    free = shutil.disk_usage(out).free
+    if needed > free:
+        raise UserError(
+            f"{out}: {clips} clips need about {needed / 2**30:.1f} GiB and {free / 2**30:.1f} GiB are free; "
+            "free space or choose another --out"
+        )
 
 
 def _index(chunks: list, results: dict, by_id: dict) -> tuple[list[dict], list[dict]]:
@@ -273,6 +323,11 @@ def verify(root: str | Path) -> list[str]:
             problems.append(f"{shard_name(k)}.npy has {array.shape[0]} rows, index needs {rows_per_shard[k]}")
         if not np.isfinite(array).all():
             problems.append(f"{shard_name(k)}.npy holds NaN or inf")
+        expected = json.loads((store.root / f"{shard_name(k)}.json").read_text()).get("sha256")
+        if expected is None:
+            problems.append(f"{shard_name(k)}.json records no checksum (built before they were): rebuild to check it")
+        elif file_sha256(store.root / f"{shard_name(k)}.npy") != expected:
+            problems.append(f"{shard_name(k)}.npy does not match its checksum: damaged since it was built; rebuild it")
     manifest = Path(store.meta["manifest"])
     if manifest.exists() and file_sha256(manifest) != store.meta["manifest_sha256"]:
         problems.append(f"{manifest} changed since the store was built; rebuild it")
