@@ -48,6 +48,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     plugins = [AtomicCheckpointIO()]  # checkpoints written beside their target, then renamed
     if SLURMEnvironment.detect():  # one task per device; submitit, not Lightning, handles requeue
         plugins.append(SLURMEnvironment(auto_requeue=False))
+    entry.check_trainer_values(cfg)
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins
     )

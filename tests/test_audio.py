@@ -74,6 +74,16 @@ def test_missing_file_is_explained(tmp_path):
         audio_duration(tmp_path / "nope.wav")
 
 
+def test_what_is_there_instead_of_a_file_is_named(tmp_path):
+    (tmp_path / "loop.wav").symlink_to(tmp_path / "loop.wav")
+    (tmp_path / "broken.wav").symlink_to(tmp_path / "nowhere.wav")
+    (tmp_path / "folder.wav").mkdir()
+    for name, reason in [("loop.wav", "symbolic link in a loop"), ("broken.wav", "broken symbolic link"),
+                         ("folder.wav", "a folder, not an audio file")]:  # fmt: skip
+        with pytest.raises(AudioError, match=reason):
+            load_audio(tmp_path / name)
+
+
 def test_segment_reading(tmp_path):
     path = af.tone(tmp_path / "long.wav", seconds=3.0)
     assert load_audio(path, offset=1.0, duration=1.0).shape == (1, 16000)

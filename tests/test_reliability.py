@@ -274,3 +274,48 @@ def test_a_second_training_into_a_busy_run_folder_is_refused(data_root, tmp_path
     assert result.returncode == 2
     assert "is in use by another training" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_truncated_checkpoint_is_reported_as_truncated_not_as_unsafe(tmp_path, uninterrupted):
+    from src.models.pretrained import read_checkpoint
+
+    torch.save(uninterrupted, tmp_path / "whole.ckpt")
+    data = (tmp_path / "whole.ckpt").read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])  # a copy killed half way
+    with pytest.raises(ValueError, match="not a readable checkpoint .* may be truncated") as caught:
+        read_checkpoint(tmp_path / "cut.ckpt")
+    assert "pickled objects" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["ckpt_path=???"], "ckpt_path=??? is not a checkpoint"),
+        (["trainer.max_epochs=abc"], "trainer.max_epochs='abc' is not a whole number"),
+        (["trainer.max_steps=2", "trainer.limit_val_batches=0"], "val/acc was never logged: no val step ran"),
+    ],
+)
+def test_config_mistakes_end_in_one_line_with_the_fix(data_root, tmp_path, overrides, message):
+    result = subprocess.run(train_cmd(data_root, tmp_path / "run", *overrides), cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_learning_rate_of_zero_warns_and_a_negative_one_is_refused():
+    from src.models.optim import make_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    with pytest.warns(UserWarning, match="learning rate is 0"):
+        make_optimizer(params, lr=0.0)
+    with pytest.raises(ValueError, match="set model.optimizer.lr to a positive value"):
+        make_optimizer(params, lr=-1e-4)
+
+
+def test_a_store_whose_index_is_gone_says_how_to_rebuild_it(data_root, tmp_path):
+    import shutil
+
+    shutil.copytree(data_root / "demo" / "features" / "speechcommands-ks2", tmp_path / "store")
+    (tmp_path / "store" / "index.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match="index.jsonl is gone; run the build command .* again"):
+        FeatureStore(tmp_path / "store")

@@ -90,8 +90,23 @@ def _soundfile():
 
 
 def _exists(path: Path) -> None:
-    if not path.is_file():
-        raise AudioError(f"{path}: file is gone (listed in the manifest but not on disk); re-run the preparer")
+    """A readable file is there, or an AudioError saying what is there instead."""
+    if path.is_file():
+        return
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+            why = "a link to something that is not a file"
+        except RuntimeError:
+            why = "a symbolic link in a loop"
+        except OSError:
+            why = "a broken symbolic link (its target is gone)"
+        raise AudioError(f"{path}: {why}; fix or remove the link")
+    if path.is_dir():
+        raise AudioError(f"{path}: a folder, not an audio file; rename it or leave it out of the dataset")
+    if path.exists():
+        raise AudioError(f"{path}: not a regular file (a device or a pipe); leave it out of the dataset")
+    raise AudioError(f"{path}: file is gone (listed in the manifest but not on disk); re-run the preparer")
 
 
 def fbank(wave: Tensor, config: FbankConfig = KALDI) -> Tensor:

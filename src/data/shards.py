@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from src.data.audio import KALDI, AudioError, FbankConfig, fbank, load_audio, pad_or_cut
-from src.utils.errors import UserError, report
+from src.utils.errors import MissingInput, UserError, report
 from src.utils.io import atomic_path, read_jsonl, write_json, write_jsonl
 
 FORMAT_VERSION = 1
@@ -265,6 +265,11 @@ class FeatureStore:
         self.meta = json.loads(meta_path.read_text())
         if not self.meta.get("complete"):
             raise UserError(f"{self.root}: the build did not finish; run the same build command again to resume it")
+        if not (self.root / "index.jsonl").exists():
+            raise MissingInput(
+                f"{self.root}: index.jsonl is gone; run the build command that made this store again "
+                "(python -m src.data.shards build ...): it keeps the finished shards and rewrites the index"
+            )
         self.index = read_jsonl(self.root / "index.jsonl")
         self._arrays: dict[int, np.ndarray] = {}
 

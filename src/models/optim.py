@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -17,6 +18,10 @@ def make_optimizer(param_groups, name: str = "adamw", lr: float = 1e-4, weight_d
     the default foreach implementation launches per group of tensors and per operation)."""
     if name not in OPTIMIZERS:
         raise UserError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
+    if lr < 0:
+        raise UserError(f"the learning rate is {lr}; set model.optimizer.lr to a positive value")
+    if lr == 0:
+        warnings.warn("the learning rate is 0: the weights will not change (model.optimizer.lr)", stacklevel=2)
     param_groups = list(param_groups)
     params = [p for g in param_groups for p in (g["params"] if isinstance(g, dict) else [g])]
     fused = bool(params) and all(p.is_cuda for p in params)

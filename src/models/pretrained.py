@@ -12,6 +12,7 @@ The command that writes an export from a checkpoint is src/export.py.
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import replace
 from pathlib import Path
 
@@ -56,11 +57,19 @@ def read_checkpoint(path: str | Path) -> dict:
         raise MissingInput(f"{path}: checkpoint not found; pass the path of a .ckpt or an export folder")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle.UnpicklingError and friends
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise UserError(f"{path}: not a readable checkpoint ({e}); it may be truncated or not a checkpoint") from e
         raise UserError(
             f"{path}: refused to load (it holds pickled objects beyond tensors and plain containers, "
-            f"which weights_only loading does not run: {type(e).__name__}). Only load checkpoints you trust "
+            "which weights_only loading does not run). Only load checkpoints you trust "
             "by converting them first; see docs/interop.md"
+        ) from e
+    except Exception as e:  # EOFError, a zip reader's RuntimeError, a KeyError: truncated or not a checkpoint
+        first = str(e).split(". ")[0].splitlines()[0] if str(e) else ""
+        raise UserError(
+            f"{path}: not a readable checkpoint ({type(e).__name__}: {first}); it may be truncated (a write "
+            "that was killed) or not a checkpoint at all"
         ) from e
 
 

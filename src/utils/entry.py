@@ -8,11 +8,11 @@ from pathlib import Path
 
 import lightning as L
 from lightning_utilities.core.rank_zero import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from src.utils.checkpoints import RunFolderLock, remove_partial_writes
 from src.utils.devices import per_device_batch
-from src.utils.errors import MissingInput
+from src.utils.errors import MissingInput, UserError
 from src.utils.io import write_json
 from src.utils.pylogger import RankedLogger
 
@@ -38,6 +38,23 @@ def run_folder(cfg: DictConfig):
         yield
 
 
+WHOLE_NUMBERS = ("max_epochs", "min_epochs", "max_steps", "min_steps", "check_val_every_n_epoch",
+                 "log_every_n_steps", "accumulate_grad_batches", "num_sanity_val_steps")  # fmt: skip
+NUMBERS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "val_check_interval",
+           "gradient_clip_val")  # fmt: skip
+
+
+def check_trainer_values(cfg: DictConfig) -> None:
+    """Before Lightning sees them: a count that is not a whole number, or a fraction that is not a
+    number, is the user's to fix (trainer.max_epochs=abc), not a traceback."""
+    for key, kinds, what in [(k, (int,), "a whole number") for k in WHOLE_NUMBERS] + [
+        (k, (int, float), "a number") for k in NUMBERS
+    ]:
+        value = cfg.trainer.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+            raise UserError(f"trainer.{key}={value!r} is not {what}")
+
+
 def check_devices(cfg: DictConfig, trainer: L.Trainer) -> None:
     """Before any process is launched: the global batch must split across the devices."""
     if cfg.data.get("batch_size"):
@@ -52,6 +69,8 @@ def existing_checkpoint(path) -> str:
 
 def resume_path(cfg: DictConfig, trainer: L.Trainer) -> str | None:
     """ckpt_path as given; "last" (or a SLURM requeue) resumes from this run's last.ckpt if it exists."""
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise UserError("ckpt_path=??? is not a checkpoint; pass a .ckpt path, ckpt_path=last, or leave it out")
     path = cfg.get("ckpt_path")
     requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
     if path == "last" or (path is None and requeued):

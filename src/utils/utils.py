@@ -90,5 +90,11 @@ def get_metric_value(metric_dict: dict, metric_name: str | None) -> float | None
     if not metric_name:
         return None
     if metric_name not in metric_dict:
+        stage = metric_name.split("/")[0]
+        if not any(k.startswith(f"{stage}/") for k in metric_dict):
+            raise UserError(
+                f"{metric_name} was never logged: no {stage} step ran (trainer.max_epochs=0, max_steps reached "
+                f"before the first validation, or no {stage} batches); let one run, or set optimized_metric=null"
+            )
         raise UserError(f"metric {metric_name!r} was not logged; set optimized_metric to one of {sorted(metric_dict)}")
     return float(metric_dict[metric_name])
