@@ -118,7 +118,7 @@ def test_real_recipe_without_data_says_how_to_get_it(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_unknown_experiment_is_a_one_line_error(tmp_path):
+def test_unknown_experiment_names_the_available_ones(tmp_path):
     result = run_cli("experiment=ks3", f"hydra.run.dir={tmp_path}")
     assert result.returncode != 0 and "Could not find 'experiment/ks3'" in result.stderr
 
