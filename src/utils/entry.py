@@ -21,8 +21,7 @@ log = RankedLogger(__name__)
 
 def _launching_process() -> bool:
     """True in the process that started the run: not in the ranks Lightning's ddp or srun start."""
-    rank = os.environ.get("SLURM_PROCID") or os.environ.get("LOCAL_RANK") or os.environ.get("RANK") or "0"
-    return rank == "0"
+    return all(os.environ.get(name, "0") == "0" for name in ("SLURM_PROCID", "LOCAL_RANK", "RANK"))
 
 
 @contextmanager

@@ -11,18 +11,22 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.utils.io import write_json
 
+# overrides that repeat a point rather than move it: its mean over them means something
+REPEATS = ("seed", "data.fold")
+
 
 class SweepSummary(Callback):
     """After a multirun, read every job's metrics.json from the sweep folder (jobs may have run on
-    other machines) and write <sweep>/summary.json: per job its overrides and metrics, and the
-    mean and std of `metric` (e.g. test/acc over cross-validation folds)."""
+    other machines) and write <sweep>/summary.json: per job its overrides and metrics; per point of
+    the sweep (the jobs that differ only by seed or fold) the mean and std of `metric` over them;
+    and the best point. `metric` defaults to optimized_metric, read from the test stage when every
+    job tested (test/acc rather than val/acc)."""
 
     def __init__(self, metric: str | None = None):
         self.metric = metric
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        metric = self.metric or config.get("optimized_metric")
         jobs = []
         for path in sorted(
             sweep_dir.glob("*/metrics.json"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0
@@ -30,13 +34,41 @@ class SweepSummary(Callback):
             overrides_file = path.parent / ".hydra" / "overrides.yaml"
             overrides = OmegaConf.to_container(OmegaConf.load(overrides_file)) if overrides_file.exists() else []
             jobs.append({"job": path.parent.name, "overrides": overrides, "metrics": json.loads(path.read_text())})
-        values = [j["metrics"][metric] for j in jobs if metric in j["metrics"]]
-        summary = {"metric": metric, "jobs": jobs}
-        if values:
-            summary.update(mean=statistics.fmean(values), std=statistics.pstdev(values), n=len(values))
+        summary = summarise(jobs, self.metric or config.get("optimized_metric"))
         write_json(sweep_dir / "summary.json", summary)
         print(f"sweep: {len(jobs)} jobs finished; results in {sweep_dir / 'summary.json'}")
-        for j in jobs:
-            print(f"  job {j['job']}: {metric}={j['metrics'].get(metric)}  {' '.join(j['overrides'])}")
+        metric = summary["metric"]
+        for point in summary["points"]:
+            where = " ".join(point["overrides"]) or "(one point)"
+            spread = f" +- {point['std']:.4f} over {point['n']} {point['repeats']}" if point["n"] > 1 else ""
+            print(f"  {where}: {metric} = {point['mean']:.4f}{spread}" if point["n"] else f"  {where}: no {metric}")
+        if summary.get("best"):
+            print(f"  best: {' '.join(summary['best']['overrides']) or '(one point)'}")
+
+
+def summarise(jobs: list[dict], metric: str | None) -> dict:
+    """The summary of a sweep's jobs ({"job", "overrides", "metrics"} each)."""
+    if metric and metric.startswith("val/"):
+        tested = "test/" + metric[len("val/") :]
+        if jobs and all(tested in j["metrics"] for j in jobs):
+            metric = tested
+    points: dict[tuple, list[dict]] = {}
+    for job in jobs:
+        key = tuple(o for o in job["overrides"] if o.split("=")[0].lstrip("+~") not in REPEATS)
+        points.setdefault(key, []).append(job)
+    rows = []
+    for key, members in points.items():
+        values = [j["metrics"][metric] for j in members if metric in j["metrics"]]
+        repeated = sorted({o.split("=")[0] for j in members for o in j["overrides"] if o.split("=")[0] in REPEATS})
+        row = {"overrides": list(key), "jobs": [j["job"] for j in members], "n": len(values)}
+        row["repeats"] = " and ".join(f"{r}s" for r in repeated) or "runs"
         if values:
-            print(f"  mean {metric} = {summary['mean']:.4f} +- {summary['std']:.4f} over {len(values)} jobs")
+            row.update(mean=statistics.fmean(values), std=statistics.pstdev(values), values=values)
+        rows.append(row)
+    summary = {"metric": metric, "points": rows, "jobs": jobs}
+    scored = [r for r in rows if r["n"]]
+    if len(scored) > 1:
+        summary["best"] = max(scored, key=lambda r: r["mean"])
+    elif scored:  # one point (cross-validation folds, seeds): its mean is the sweep's
+        summary.update(mean=scored[0]["mean"], std=scored[0]["std"], n=scored[0]["n"])
+    return summary

@@ -1,0 +1,38 @@
+"""The sweep summary: points, repeats (seeds, folds) and the tested metric."""
+
+import pytest
+
+from src.utils.hydra_callbacks import summarise
+
+
+def job(n, overrides, **metrics):
+    return {"job": str(n), "overrides": overrides, "metrics": metrics}
+
+
+def test_an_lr_sweep_reports_each_point_and_the_best_not_a_mean_across_points():
+    jobs = [job(0, ["model.optimizer.lr=1e-4"], **{"val/acc": 0.5, "test/acc": 0.4}),
+            job(1, ["model.optimizer.lr=1e-3"], **{"val/acc": 0.7, "test/acc": 0.6})]  # fmt: skip
+    summary = summarise(jobs, "val/acc")
+    assert summary["metric"] == "test/acc"  # every job tested: the test metric is the one to report
+    assert [(p["overrides"], p["mean"], p["n"]) for p in summary["points"]] == [
+        (["model.optimizer.lr=1e-4"], 0.4, 1),
+        (["model.optimizer.lr=1e-3"], 0.6, 1),
+    ]
+    assert summary["best"]["overrides"] == ["model.optimizer.lr=1e-3"] and "mean" not in summary
+
+
+def test_seeds_and_folds_are_repeats_of_a_point_and_their_mean_is_reported():
+    jobs = [job(k, [f"model.optimizer.lr={lr}", f"seed={seed}"], **{"val/acc": acc})
+            for k, (lr, seed, acc) in enumerate([(1, 1, 0.5), (1, 2, 0.7), (2, 1, 0.8), (2, 2, 0.8)])]  # fmt: skip
+    summary = summarise(jobs, "val/acc")
+    assert summary["metric"] == "val/acc"  # no job tested
+    first, second = summary["points"]
+    assert (first["n"], first["mean"], first["std"], first["repeats"]) == (
+        2,
+        pytest.approx(0.6),
+        pytest.approx(0.1),
+        "seeds",
+    )
+    assert summary["best"]["overrides"] == ["model.optimizer.lr=2"]
+    folds = summarise([job(k, [f"data.fold={k}"], **{"test/acc": a}) for k, a in enumerate([0.5, 0.7])], "test/acc")
+    assert (folds["mean"], folds["n"], folds["points"][0]["repeats"]) == (pytest.approx(0.6), 2, "data.folds")
