@@ -8,22 +8,26 @@ rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True)
 
 import hydra  # noqa: E402
 import lightning as L  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from src.utils import entry  # noqa: E402
+from src.utils.errors import UserError  # noqa: E402
 from src.utils.instantiators import instantiate_group  # noqa: E402
-from src.utils.utils import extras, task_wrapper, user_errors_exit  # noqa: E402
+from src.utils.utils import extras, print_config, task_wrapper, user_errors_exit  # noqa: E402
 
 
 @task_wrapper
 def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise UserError("eval.py needs ckpt_path=<.ckpt> and the experiment=... the checkpoint was trained with")
+    checkpoint = entry.existing_checkpoint(cfg.ckpt_path)
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.check()
-    checkpoint = entry.existing_checkpoint(cfg.ckpt_path)
     model = hydra.utils.instantiate(cfg.model, pretrained=None)  # weights come from the checkpoint
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)
+    print_config(cfg)
     trainer.test(model=model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     entry.write_run_summary(cfg, trainer, metrics)

@@ -23,7 +23,7 @@ from src.utils import entry  # noqa: E402
 from src.utils.checkpoints import AtomicCheckpointIO  # noqa: E402
 from src.utils.instantiators import instantiate_group  # noqa: E402
 from src.utils.pylogger import RankedLogger  # noqa: E402
-from src.utils.utils import extras, get_metric_value, task_wrapper, user_errors_exit  # noqa: E402
+from src.utils.utils import extras, get_metric_value, print_config, task_wrapper, user_errors_exit  # noqa: E402
 
 log = RankedLogger(__name__)
 # SLURM / submitit asks for GPUs only when the trainer uses them
@@ -53,6 +53,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins
     )
     entry.check_devices(cfg, trainer)
+    print_config(cfg)  # after the checks: an error above is not buried under the config
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 

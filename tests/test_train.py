@@ -116,6 +116,27 @@ def test_real_recipe_without_data_says_how_to_get_it(tmp_path):
     assert "Speech Commands v0.02 is not prepared" in result.stderr
     assert "python -m src.data.prepare speechcommands" in result.stderr
     assert "Traceback" not in result.stderr
+    assert "config:" not in result.stdout + result.stderr  # the config is printed only once the checks pass
+    assert not (tmp_path / "run").exists()  # a run that stopped on its checks leaves no run folder
+
+
+def test_resuming_with_ckpt_path_last_in_a_new_folder_names_the_runs_to_resume(data_root, tmp_path):
+    stopped = tmp_path / "logs" / "train" / "runs" / "2026-11-26_10-00-00"
+    (stopped / "checkpoints").mkdir(parents=True)
+    (stopped / "checkpoints" / "last.ckpt").write_bytes(b"a run that stopped")
+    result = run_cli("ckpt_path=last", f"paths.data_dir={data_root}", f"paths.log_dir={tmp_path / 'logs'}",
+                     f"hydra.run.dir={tmp_path / 'new'}")  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"ckpt_path=last found no {tmp_path / 'new' / 'checkpoints' / 'last.ckpt'}" in result.stderr
+    assert f"hydra.run.dir={stopped}" in result.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_eval_without_a_checkpoint_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "src/eval.py", f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "eval.py needs ckpt_path=<.ckpt> and the experiment=" in result.stderr
 
 
 def test_unknown_experiment_names_the_available_ones(tmp_path):

@@ -118,8 +118,8 @@ def check_fits(module: nn.Module, state: dict, source: str) -> None:
     if missing or unexpected or wrong:
         raise UserError(
             f"{source} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"shape mismatches {wrong[:5]}; check that the model config (backbone, size, depth, input size, "
-            "patch stride) matches the checkpoint"
+            f"shape mismatches {wrong[:5]}; build the model as the checkpoint was (backbone, size, depth, input "
+            "size, patch stride): pass the experiment=... and overrides it was trained with"
         )
 
 

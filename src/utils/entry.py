@@ -67,7 +67,8 @@ def existing_checkpoint(path) -> str:
 
 
 def resume_path(cfg: DictConfig, trainer: L.Trainer) -> str | None:
-    """ckpt_path as given; "last" (or a SLURM requeue) resumes from this run's last.ckpt if it exists."""
+    """ckpt_path as given; "last" resumes from this run folder's last.ckpt, and without one names the
+    run folders that have one; a SLURM requeue resumes from it if it exists, else starts over."""
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise UserError("ckpt_path=??? is not a checkpoint; pass a .ckpt path, ckpt_path=last, or leave it out")
     path = cfg.get("ckpt_path")
@@ -77,8 +78,16 @@ def resume_path(cfg: DictConfig, trainer: L.Trainer) -> str | None:
         if last.exists():
             log.info(f"resuming from {last}")
             return str(last)
-        log.info("no last.ckpt yet: starting from scratch")
-        return None
+        if path is None:  # requeued before its first checkpoint
+            log.info("no last.ckpt yet: starting from scratch")
+            return None
+        runs = sorted(Path(cfg.paths.log_dir).glob(f"{cfg.task_name}/runs/*/checkpoints/last.ckpt"),
+                      key=lambda p: p.stat().st_mtime, reverse=True)  # fmt: skip
+        where = "; ".join(f"hydra.run.dir={p.parent.parent}" for p in runs[:3])
+        raise UserError(
+            f"ckpt_path=last found no {last}: it resumes in the run folder of the run that stopped, so pass that "
+            "folder too: " + (where or f"no run under {Path(cfg.paths.log_dir) / cfg.task_name / 'runs'} has one")
+        )
     return existing_checkpoint(path) if path else None
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import sys
 import warnings
 from functools import wraps
+from pathlib import Path
 
 from hydra.errors import InstantiationException
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -19,18 +22,19 @@ log = RankedLogger(__name__)
 
 
 def extras(cfg: DictConfig) -> None:
-    """Optional conveniences: silence warnings, require tags in multiruns, print the config."""
+    """Optional conveniences: silence warnings, require tags in multiruns. The config is printed by
+    the entry points once their checks have passed (print_config), so an error is not buried under it."""
     options = cfg.get("extras") or {}
     if options.get("ignore_warnings"):
         warnings.filterwarnings("ignore")
     if options.get("enforce_tags") and not cfg.get("tags"):
         raise UserError("set tags=[...] before launching (every experiment config sets them)")
-    if options.get("print_config"):
-        print_config(cfg)
 
 
 @rank_zero_only
 def print_config(cfg: DictConfig) -> None:
+    if not (cfg.get("extras") or {}).get("print_config"):
+        return
     shown = {k: cfg[k] for k in ("data", "encoder", "model", "trainer", "callbacks", "logger", "paths") if k in cfg}
     text = OmegaConf.to_yaml(OmegaConf.create({k: OmegaConf.to_container(v, resolve=True) for k, v in shown.items()}))
     log.info("config:\n" + text)
@@ -41,6 +45,24 @@ def _user_cause(e: BaseException) -> UserError | None:
     while e is not None and not isinstance(e, UserError):
         e = e.__cause__
     return e
+
+
+# what a run that stopped on its checks has written: Hydra's record, its log, the folder lock
+NOTHING_YET = {".hydra", ".lock", "train.log", "eval.log", "pretrain.log"}
+
+
+def remove_unused_run_folder(cfg: DictConfig) -> None:
+    """A run that stopped on its checks leaves no run folder behind: remove the output folder when
+    it holds nothing but what every start writes (never a folder with checkpoints or results)."""
+    out = cfg.get("paths", {}).get("output_dir")
+    if not out or not Path(out).is_dir():
+        return
+    entries = list(Path(out).iterdir())
+    if {p.name for p in entries} <= NOTHING_YET | {f"{cfg.get('task_name')}.log"}:
+        logging.shutdown()  # the log file is closed before it is removed
+        for p in entries:  # only what the run wrote; the folder goes only if that leaves it empty
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        Path(out).rmdir()
 
 
 def user_errors_exit(func):
@@ -55,9 +77,11 @@ def user_errors_exit(func):
             cause = _user_cause(e)
             if cause is None or os.environ.get("SSAMBA_TRACEBACK"):
                 raise
+            remove_unused_run_folder(cfg)
             sys.exit(report(cause))
         except SIGTERMException:  # stopped by SIGTERM / pre-emption after saving last.ckpt
-            print("stopped by a signal; run again with ckpt_path=last to resume", file=sys.stderr)
+            out = cfg.paths.output_dir
+            print(f"stopped by a signal; resume with ckpt_path=last hydra.run.dir={out}", file=sys.stderr)
             sys.exit(143)
 
     return wrap
