@@ -21,12 +21,12 @@ test: $(STAMP) ## run the test suite (GPU tests skip without CUDA)
 	$(PY) -m pytest
 
 lint: $(STAMP) ## ruff check and format check
-	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m ruff format --check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks scripts
+	$(PY) -m ruff format --check src tests benchmarks scripts
 
 format: $(STAMP) ## ruff format and autofix
-	$(PY) -m ruff format src tests benchmarks
-	$(PY) -m ruff check --fix src tests benchmarks
+	$(PY) -m ruff format src tests benchmarks scripts
+	$(PY) -m ruff check --fix src tests benchmarks scripts
 
 clean: ## remove caches and build files (keeps .venv, data/ and logs/)
 	rm -rf .pytest_cache .ruff_cache build dist *.egg-info
@@ -40,7 +40,8 @@ clean-logs: ## remove everything under logs/
 
 # ---- the embedded demo: synthetic keywords + unlabelled phrases, pretrain then fine-tune ----------
 DEMO := data/demo
-LATEST_ENCODER = $(shell ls -dt logs/pretrain/runs/*/encoder 2>/dev/null | head -1)
+# the newest finished pretraining's export (src/utils/runs.py); PRETRAINED=<run>/encoder picks another
+PRETRAINED ?= $(shell $(PY) -m src.utils.runs latest-encoder logs/pretrain/runs 2>/dev/null)
 
 $(DEMO)/.ready: $(STAMP)
 	$(PY) -m src.data.demo --out $(DEMO)
@@ -55,8 +56,9 @@ demo: $(DEMO)/.ready ## build and prepare the demo corpus (data/demo; ~1 min)
 pretrain: $(DEMO)/.ready ## pretrain a small SSAMBA on the demo corpus (ARGS=... for overrides)
 	$(PY) src/train.py experiment=pretrain_demo $(ARGS)
 
-finetune: $(DEMO)/.ready ## fine-tune the demo keyword spotter from the latest `make pretrain`
-	@test -n "$(LATEST_ENCODER)" || { echo "no pretrained demo encoder in logs/pretrain/runs/*/encoder: run make pretrain first"; exit 2; }
-	$(PY) src/train.py experiment=ks2_demo model.pretrained=$(LATEST_ENCODER) $(ARGS)
+finetune: $(DEMO)/.ready ## fine-tune the demo keyword spotter from the newest finished `make pretrain` (PRETRAINED=... for another)
+	@test -n "$(PRETRAINED)" || { $(PY) -m src.utils.runs latest-encoder logs/pretrain/runs; exit 2; }
+	@echo "fine-tuning from $(PRETRAINED) (PRETRAINED=<run>/encoder picks another; finished runs: ls logs/pretrain/runs/*/metrics.json)"
+	$(PY) src/train.py experiment=ks2_demo model.pretrained=$(PRETRAINED) $(ARGS)
 
 .PHONY: demo pretrain finetune

@@ -163,9 +163,10 @@ class FinetuneModule(L.LightningModule):
         head = list(self.head.parameters())
         encoder = [p for p in self.encoder.parameters() if p.requires_grad]
         lr = self.optimizer_cfg["lr"]
-        groups = [{"params": head, "lr": lr * self.hparams.head_lr_mult}]
+        # named groups: the learning-rate monitor logs lr-Adam/encoder and lr-Adam/head
+        groups = [{"params": head, "lr": lr * self.hparams.head_lr_mult, "name": "head"}]
         if encoder:
-            groups.insert(0, {"params": encoder, "lr": lr})
+            groups.insert(0, {"params": encoder, "lr": lr, "name": "encoder"})
         optimizer = make_optimizer(groups, **self.optimizer_cfg)
         s = self.lr_schedule
         milestones = list(range(s["start"], 1000, s["step"]))

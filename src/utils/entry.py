@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -102,20 +103,35 @@ def write_run_summary(cfg: DictConfig, trainer: L.Trainer, metrics: dict) -> Non
     summary = {
         **metrics,
         "fold": cfg.data.get("fold"),
+        "global_step": trainer.global_step,
         "best_checkpoint": best_checkpoint(trainer),
         "last_checkpoint": next((c.last_model_path for c in trainer.checkpoint_callbacks if c.last_model_path), None),
         "tensorboard": next((lg.log_dir for lg in trainer.loggers if hasattr(lg, "log_dir")), None),
         "output_dir": cfg.paths.output_dir,
     }
     write_json(Path(cfg.paths.output_dir) / "metrics.json", summary)
+    curves = _plot_curves(cfg) if summary["tensorboard"] else None
     export = Path(cfg.paths.output_dir) / "encoder"
     lines = [f"run folder:       {cfg.paths.output_dir}"]
     lines += [f"best checkpoint:  {summary['best_checkpoint']}"] if summary["best_checkpoint"] else []
     lines += [f"last checkpoint:  {summary['last_checkpoint']}"] if summary["last_checkpoint"] else []
     lines += [f"encoder export:   {export}"] if (export / "config.json").exists() else []
-    lines += [f"tensorboard:      tensorboard --logdir {summary['tensorboard']}"] if summary["tensorboard"] else []
+    tensorboard = Path(sys.executable).parent / "tensorboard"  # the venv's, which works without activating it
+    lines += [f"tensorboard:      {tensorboard} --logdir {summary['tensorboard']}"] if summary["tensorboard"] else []
+    lines += [f"curves:           {curves}"] if curves else []
     lines += [f"{k}: {v:.4f}" for k, v in sorted(metrics.items()) if k.startswith("test/")]
     print("\n".join(lines))
+
+
+def _plot_curves(cfg: DictConfig) -> Path | None:
+    """<run>/curves.png from the run's TensorBoard log; a plotting failure is a warning, not a failed run."""
+    try:
+        from src.utils.curves import plot_run  # matplotlib and tensorboard, only now
+
+        return plot_run(Path(cfg.paths.output_dir), cfg.get("optimized_metric"))
+    except Exception as e:  # the run itself succeeded
+        log.warning(f"could not draw the training curves: {e}")
+        return None
 
 
 def write_rank_record(cfg: DictConfig, trainer: L.Trainer, ckpt_path: str | None) -> None:
