@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src import hear  # noqa: E402
 from src.embed import embed_folder  # noqa: E402
+from src.embedding import hear  # noqa: E402
 from src.models.components import build_encoder, encoder_config  # noqa: E402
 from src.models.components.scan import scan_portable_bel  # noqa: E402
 from src.models.pretrained import save_encoder  # noqa: E402

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-import rootutils
+import os
+
+# before torch loads OpenMP: waiting threads sleep instead of spinning (src/utils/threads.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import rootutils  # noqa: E402
 
 rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True)
 
@@ -13,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from src.utils import entry  # noqa: E402
 from src.utils.errors import UserError  # noqa: E402
 from src.utils.instantiators import instantiate_group  # noqa: E402
+from src.utils.threads import set_threads  # noqa: E402
 from src.utils.utils import extras, print_config, task_wrapper, user_errors_exit  # noqa: E402
 
 
@@ -20,6 +26,7 @@ from src.utils.utils import extras, print_config, task_wrapper, user_errors_exit
 def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    set_threads(cfg.get("threads", "auto"), entry.processes_per_node(cfg))
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise UserError("eval.py needs ckpt_path=<.ckpt> and the experiment=... the checkpoint was trained with")
     checkpoint = entry.existing_checkpoint(cfg.ckpt_path)

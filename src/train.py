@@ -9,7 +9,12 @@ Examples:
 
 from __future__ import annotations
 
-import rootutils
+import os
+
+# before torch loads OpenMP: waiting threads sleep instead of spinning (src/utils/threads.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import rootutils  # noqa: E402
 
 rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True)
 
@@ -23,6 +28,7 @@ from src.utils import entry  # noqa: E402
 from src.utils.checkpoints import AtomicCheckpointIO  # noqa: E402
 from src.utils.instantiators import instantiate_group  # noqa: E402
 from src.utils.pylogger import RankedLogger  # noqa: E402
+from src.utils.threads import set_threads  # noqa: E402
 from src.utils.utils import extras, get_metric_value, print_config, task_wrapper, user_errors_exit  # noqa: E402
 
 log = RankedLogger(__name__)
@@ -36,6 +42,8 @@ OmegaConf.register_new_resolver(
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    threads = set_threads(cfg.get("threads", "auto"), entry.processes_per_node(cfg))
+    log.info(f"torch threads: {threads} (threads={cfg.get('threads', 'auto')})")
     log.info(f"data: {cfg.data._target_}")
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.check()  # a missing dataset stops here, with how to get it

@@ -34,3 +34,19 @@ def test_no_finished_run_says_to_pretrain_first(tmp_path, capsys):
     run(tmp_path, "2026-11-26_10-00-00", finished=False)
     assert main(["latest-encoder", str(tmp_path)]) == 2
     assert "run make pretrain first" in capsys.readouterr().err
+
+
+def test_threads_auto_shares_the_physical_cores_among_the_processes(monkeypatch):
+    import pytest
+
+    from src.utils import threads
+
+    monkeypatch.setattr(threads, "physical_cores", lambda: 16)
+    assert threads.choose_threads("auto") == 16
+    assert threads.choose_threads("auto", processes=4) == 4  # DDP: 4 ranks on this machine share it
+    assert threads.choose_threads("auto", processes=32) == 1  # at least 1
+    assert threads.choose_threads(3, processes=8) == 3  # a number is taken as it is
+    with pytest.raises(ValueError, match="threads=0: give a whole number"):
+        threads.choose_threads(0)
+    monkeypatch.undo()
+    assert 1 <= threads.physical_cores() <= len(__import__("os").sched_getaffinity(0))

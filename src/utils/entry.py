@@ -55,6 +55,12 @@ def check_trainer_values(cfg: DictConfig) -> None:
             raise UserError(f"trainer.{key}={value!r} is not {what}")
 
 
+def processes_per_node(cfg: DictConfig) -> int:
+    """Training processes on this machine: one per device when trainer.devices is a count."""
+    devices = cfg.trainer.get("devices")
+    return devices if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0 else 1
+
+
 def check_devices(cfg: DictConfig, trainer: L.Trainer) -> None:
     """Before any process is launched: the global batch must split across the devices."""
     if cfg.data.get("batch_size"):
