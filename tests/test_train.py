@@ -8,6 +8,7 @@ import pytest
 from omegaconf import open_dict
 
 from src.train import train
+from src.utils.errors import UserError
 from tests.helpers.hydra_cfg import compose_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,6 +156,12 @@ def test_eval_reproduces_the_test_metric_of_a_checkpoint(data_root, tmp_path):
     cfg = compose_cfg("eval.yaml", ["experiment=ks2_demo", f"ckpt_path={best}"], data_root, tmp_path / "eval")
     eval_metrics, _ = evaluate(cfg)
     assert eval_metrics["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    # evaluated as another model (here: another state size; eval.py without the run's experiment=
+    # builds the default one): one UserError naming the fix, not a page of size mismatches
+    cfg = compose_cfg("eval.yaml", ["experiment=ks2_demo", f"ckpt_path={best}", "++encoder.d_state=8"], data_root,
+                      tmp_path / "eval2")  # fmt: skip
+    with pytest.raises(UserError, match="does not fit the model: .*pass the experiment=... and overrides"):
+        evaluate(cfg)
 
 
 def test_the_pretraining_export_carries_its_data_normalisation_and_length_to_the_embeddings(data_root, tmp_path):

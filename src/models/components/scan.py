@@ -152,6 +152,34 @@ def _time_order(x: Tensor, backwards: bool) -> Tensor:
     return (x.flip(-1) if backwards else x).transpose(1, 2)
 
 
+class BlockRecurrence(torch.autograd.Function):
+    """states[t] = inputs[t] + decay[t] * states[t - 1] over a block's steps, from state0: inputs,
+    decay (T, B, E, N), state0 (B, E, N). The backward runs the same recurrence in reverse, one fused
+    multiply-add per step, and forms the decays' gradients in one product: autograd through the
+    steps would record a node per step (and an indexing's backward fills a zero tensor of the whole
+    block, quadratic in the steps)."""
+
+    @staticmethod
+    def forward(ctx, inputs: Tensor, decay: Tensor, state0: Tensor) -> Tensor:
+        steps, previous = [], state0
+        for step_input, step_decay in zip(inputs, decay):  # a fresh tensor per step, stacked once:
+            previous = torch.addcmul(step_input, step_decay, previous)  # faster than writing into slices
+            steps.append(previous)
+        states = torch.stack(steps)
+        ctx.save_for_backward(decay, state0, states)
+        return states
+
+    @staticmethod
+    def backward(ctx, grad_states: Tensor):
+        decay, state0, states = ctx.saved_tensors
+        grad_inputs = torch.empty_like(grad_states)  # dL/dstates[t], through every later step too
+        grad_inputs[-1] = grad_states[-1]
+        for t in range(len(grad_states) - 2, -1, -1):
+            torch.addcmul(grad_states[t], decay[t + 1], grad_inputs[t + 1], out=grad_inputs[t])
+        previous = torch.cat([state0[None], states[:-1]])  # states[t - 1]
+        return grad_inputs, grad_inputs * previous, decay[0] * grad_inputs[0]
+
+
 def scan_portable_bel(
     u: Tensor,
     delta: Tensor,
@@ -189,11 +217,9 @@ def scan_portable_bel(
         t1 = min(length, t0 + steps_per_block)
         decay = torch.exp(delta_t[t0:t1, :, :, None] * A)  # (T, B, E, N)
         inputs = delta_u_t[t0:t1, :, :, None] * B_t[t0:t1, :, None, :]  # (T, B, E, N)
-        states = []
-        for i in range(t1 - t0):  # a fresh tensor per step: in place into a shared buffer is slower
-            state = torch.addcmul(inputs[i], decay[i], state)
-            states.append(state)
-        ys.append(torch.stack(states).flatten(0, 1) @ C_t[t0:t1].flatten(0, 1)[..., None])  # (T * B, E, 1)
+        states = BlockRecurrence.apply(inputs, decay, state)  # (T, B, E, N)
+        state = states[-1]
+        ys.append(states.flatten(0, 1) @ C_t[t0:t1].flatten(0, 1)[..., None])  # (T * B, E, 1)
     y = torch.cat(ys).view(length, batch, dim).permute(1, 2, 0)  # (B, E, L)
     if D is not None:
         y = y + D.float()[:, None] * u
