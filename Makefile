@@ -51,9 +51,9 @@ $(DEMO)/.ready: $(STAMP)
 	$(PY) -m src.data.shards build --manifest $(DEMO)/prepared/speechcommands-ks2/manifest.jsonl --out $(DEMO)/features/speechcommands-ks2 --target-length 128
 	@touch $@
 
-demo: $(DEMO)/.ready ## build and prepare the demo corpus (data/demo; ~1 min)
+demo: $(DEMO)/.ready ## build and prepare the demo corpus (data/demo; under a minute on 2 cores)
 
-pretrain: $(DEMO)/.ready ## pretrain a small SSAMBA on the demo corpus (ARGS=... for overrides)
+pretrain: $(DEMO)/.ready ## pretrain a small SSAMBA on the demo corpus (~22 min on 2 cores; ARGS=... for overrides)
 	$(PY) src/train.py experiment=pretrain_demo $(ARGS)
 
 finetune: $(DEMO)/.ready ## fine-tune the demo keyword spotter from the newest finished `make pretrain` (PRETRAINED=... for another)

@@ -27,9 +27,11 @@ STEPS = 40
 
 
 # resumes must be exact with every random draw on: SpecAugment, mixup and noise when fine-tuning,
-# crops shorter than the stored clips (400 frames) when pretraining
-RANDOM = {"ks2_demo": ["data.freqm=24", "data.timem=24", "data.mixup=0.5", "data.noise=true"],
-          "pretrain_demo": ["data.target_length=64", "model.mask_patches=12", "model.val_mask_patches=12"]}  # fmt: skip
+# crops shorter than the stored clips (400 frames) when pretraining, drop path in both
+RANDOM = {"ks2_demo": ["data.freqm=24", "data.timem=24", "data.mixup=0.5", "data.noise=true",
+                       "encoder.drop_path_rate=0.1"],
+          "pretrain_demo": ["data.target_length=64", "model.mask_patches=12", "model.val_mask_patches=12",
+                            "encoder.drop_path_rate=0.1"]}  # fmt: skip
 
 
 def train_cmd(data_root, run_dir, *extra, experiment="ks2_demo"):

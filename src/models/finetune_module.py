@@ -20,7 +20,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 
 from src.models.components import as_config, build_encoder
-from src.models.optim import apply_warmup, make_optimizer
+from src.models.optim import apply_warmup, make_optimizer, reseed_step
 from src.models.pretrained import build_pretrained, check_fits, normalisation_of, read_pretrained
 from src.utils.errors import UserError
 
@@ -80,6 +80,7 @@ class FinetuneModule(L.LightningModule):
         self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in ("train", "val", "test")})
         self.best = MaxMetric()
         self.num_prefix_tokens = self.encoder.num_prefix_tokens
+        self._rng_seed = torch.initial_seed() % 2**31  # drop path's draws, from (seed, step): see reseed_step
         if num_classes:
             self._build_head(num_classes, bool(multilabel))
 
@@ -142,6 +143,7 @@ class FinetuneModule(L.LightningModule):
         self.best.reset()
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
+        reseed_step(self._rng_seed, self.global_step, self.global_rank)
         apply_warmup(self.optimizers(), self.global_step, self.hparams.warmup_steps, self.hparams.staircase_warmup)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -175,6 +177,8 @@ class FinetuneModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["data"] = normalisation_of(self._trainer)
+        checkpoint["rng_seed"] = self._rng_seed
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_fits(self, checkpoint["state_dict"], f"ckpt_path={getattr(self._trainer, 'ckpt_path', None)}")
+        self._rng_seed = checkpoint.get("rng_seed", self._rng_seed)

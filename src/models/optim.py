@@ -28,6 +28,13 @@ def make_optimizer(param_groups, name: str = "adamw", lr: float = 1e-4, weight_d
     return OPTIMIZERS[name](param_groups, lr=lr, weight_decay=weight_decay, betas=tuple(betas), fused=fused or None)
 
 
+def reseed_step(base_seed: int, step: int, rank: int) -> None:
+    """The global RNGs from (seed, step, rank), before a training step: drop path and dropout draw
+    the same in a run resumed from a checkpoint as in the uninterrupted run (Lightning does not
+    restore the RNGs, and every start reseeds them)."""
+    torch.manual_seed((base_seed * 1_000_003 + 7_919 * rank + step) % 2**63)
+
+
 def warmup_factor(step: int, warmup_steps: int, staircase: bool = True) -> float:
     """Official warm-up: lr = step / warmup_steps * lr, updated every 50 steps (a staircase that
     starts at 0); staircase=False ramps every step and starts at 1 / warmup_steps."""

@@ -19,7 +19,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from src.models.components import as_config, build_encoder
 from src.models.components.losses import info_nce, masked_mse, patchify
 from src.models.components.masking import make_mask, mask_indices
-from src.models.optim import apply_warmup, cosine_factor, make_optimizer
+from src.models.optim import apply_warmup, cosine_factor, make_optimizer, reseed_step
 from src.models.pretrained import check_fits, from_pretrained, load_strict, normalisation_of, save_encoder
 from src.utils.errors import UserError
 
@@ -125,6 +125,7 @@ class SSLModule(L.LightningModule):
         self.val_acc_best.reset()
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
+        reseed_step(self._mask_seed, self.global_step, self.global_rank)
         if self.scheduler_cfg["name"] != "cosine":
             apply_warmup(self.optimizers(), self.global_step, self.hparams.warmup_steps, self.hparams.staircase_warmup)
 

@@ -2,12 +2,12 @@
 
 torch's default is one thread per core, each spinning while it waits for the others (OpenMP's
 active wait): beside another busy process the spinning threads take the cores the work needs, and
-a step of the demo on a shared 2-core machine took several times as long as on an idle one. Two
+a step of the demo on a shared 2-core machine took up to 30x as long as on an idle one. Two
 settings fix it (docs/benchmarks/threads.md):
 - the entry points set OMP_WAIT_POLICY=PASSIVE before torch loads OpenMP (unless it is set
   already): waiting threads sleep, and on the 2-core machine a demo step beside a busy neighbour
-  took 2.0x its idle time rather than 11.4x; idle, the two policies were within the spread
-  between runs (3.4 and 3.6 s);
+  took 1.7x its idle time rather than 32.6x; idle, the two policies were within the spread
+  between runs (1.40 and 1.48 s);
 - `threads: auto` gives each training process (one per device under DDP) its share of the
   physical cores it may run on. DataLoader workers are not subtracted: with passive waiting they
   share the cores well, and one thread where two cores exist was slower both idle and busy.
