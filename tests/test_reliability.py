@@ -234,7 +234,8 @@ def test_last_checkpoint_is_written_on_its_schedule_before_any_validation(data_r
 
 
 def test_a_killed_checkpoint_write_keeps_the_old_file_and_its_leftover_is_removed(tmp_path, monkeypatch):
-    from src.utils.checkpoints import AtomicCheckpointIO, remove_partial_writes
+    from src.utils.checkpoints import AtomicCheckpointIO
+    from src.utils.io import remove_partial_writes
 
     io, target = AtomicCheckpointIO(), tmp_path / "last.ckpt"
     io.save_checkpoint({"global_step": 1}, target)
@@ -268,9 +269,9 @@ def test_a_checkpoint_is_written_beside_its_target_not_in_tmpdir(tmp_path, monke
 
 
 def test_a_second_training_into_a_busy_run_folder_is_refused(data_root, tmp_path):
-    from src.utils.checkpoints import RunFolderLock
+    from src.utils.io import exclusive_lock
 
-    with RunFolderLock(tmp_path / "run"):  # as a training running there holds it
+    with exclusive_lock(tmp_path / "run" / ".lock", "busy"):  # as a training running there holds it
         result = subprocess.run(train_cmd(data_root, tmp_path / "run"), cwd=ROOT, capture_output=True, text=True,
                                 timeout=300)  # fmt: skip
     assert result.returncode == 2

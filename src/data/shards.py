@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import argparse
 import errno
-import fcntl
 import hashlib
 import json
 import shutil
 import sys
-from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -38,7 +36,7 @@ from tqdm import tqdm
 
 from src.data.audio import KALDI, AudioError, FbankConfig, fbank, load_audio, pad_or_cut
 from src.utils.errors import MissingInput, UserError, report
-from src.utils.io import atomic_path, read_jsonl, write_json, write_jsonl
+from src.utils.io import atomic_path, exclusive_lock, read_jsonl, remove_partial_writes, write_json, write_jsonl
 
 FORMAT_VERSION = 1
 
@@ -117,7 +115,7 @@ def build(
         "manifest_sha256": file_sha256(manifest),
     }
     out.mkdir(parents=True, exist_ok=True)
-    with _build_lock(out):
+    with exclusive_lock(out / ".build.lock", f"{out}: another build is writing there; wait for it or choose another --out"):
         _start(out, settings)
         chunks = [entries[i : i + shard_size] for i in range(0, len(entries), shard_size)]
         results = _build_shards(out, chunks, config, target_length, workers)
@@ -149,24 +147,9 @@ def _finish(out, manifest, settings, chunks, results, entries, config, target_le
     return meta
 
 
-@contextmanager
-def _build_lock(out: Path):
-    """One build at a time in a folder: the settings check and every write happen under it."""
-    with open(out / ".build.lock", "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{out}: another build is writing there; wait for it or choose another --out") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def _start(out: Path, settings: dict) -> None:
     """Refuse a folder built with other settings; clear what killed builds left; mark the build as under way."""
-    for leftover in out.glob(".*.tmp"):  # temp files of writes that were killed (we hold the lock)
-        leftover.unlink(missing_ok=True)
+    remove_partial_writes(out)  # temp files of writes that were killed (the build lock is ours)
     meta_path = out / "meta.json"
     if meta_path.exists():
         old = json.loads(meta_path.read_text())

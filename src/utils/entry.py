@@ -11,10 +11,9 @@ import lightning as L
 from lightning_utilities.core.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from src.utils.checkpoints import RunFolderLock, remove_partial_writes
 from src.utils.devices import per_device_batch
 from src.utils.errors import MissingInput, UserError
-from src.utils.io import write_json
+from src.utils.io import exclusive_lock, remove_partial_writes, write_json
 from src.utils.pylogger import RankedLogger
 
 log = RankedLogger(__name__)
@@ -27,12 +26,15 @@ def _launching_process() -> bool:
 
 @contextmanager
 def run_folder(cfg: DictConfig):
-    """Hold the run folder for this training (a second training into it is refused) and clear the
-    temp files that killed checkpoint writes left in it."""
+    """Hold the run folder for this training (<run>/.lock: a second training into it is refused) and
+    clear the temp files that killed checkpoint writes left in it."""
     if not _launching_process():
         yield
         return
-    with RunFolderLock(cfg.paths.output_dir):
+    out = Path(cfg.paths.output_dir)
+    busy = (f"{out} is in use by another training; give this one its own folder (the default hydra.run.dir), "
+            "or wait for the other to end before resuming in it")  # fmt: skip
+    with exclusive_lock(out / ".lock", busy):
         for leftover in remove_partial_writes(Path(cfg.paths.output_dir) / "checkpoints"):
             log.info(f"removed {leftover.name}, left by a checkpoint write that was killed")
         yield

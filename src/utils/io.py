@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -35,6 +36,33 @@ def atomic_path(path: str | Path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_partial_writes(folder: str | Path) -> list[Path]:
+    """Delete the temp files that killed atomic writes left in folder (.<name>.<random>.tmp, as
+    atomic_path names them); returns them. Call it only where no other writer is at work."""
+    leftovers = sorted(Path(folder).glob(".*.tmp")) if Path(folder).is_dir() else []
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
+
+
+@contextmanager
+def exclusive_lock(path: str | Path, busy: str):
+    """Hold an exclusive flock on path (created if needed) for the block, or raise UserError(busy)
+    at once if another process holds it. The kernel drops the lock when the process ends, however it
+    ends, so a killed holder never leaves a stale lock."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(busy) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def write_text(path: str | Path, text: str) -> None:
