@@ -9,13 +9,18 @@ STAMP := $(VENV)/.installed-dev
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## .*$$' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
-$(STAMP): setup.cfg pyproject.toml
+LOCK := requirements/dev.txt
+
+# Exactly the lock's versions, nothing resolved at install time (--no-deps); the project itself is
+# built with the lock's setuptools (--no-build-isolation), so nothing published later enters.
+$(STAMP): setup.cfg pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	@touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install the project with its dev extras
+install: $(STAMP) ## create .venv and install the lock (requirements/dev.txt) and the project
 
 test: $(STAMP) ## run the test suite (GPU tests skip without CUDA)
 	$(PY) -m pytest
@@ -28,6 +33,25 @@ format: $(STAMP) ## ruff format and autofix
 	$(PY) -m ruff format src tests benchmarks scripts
 	$(PY) -m ruff check --fix src tests benchmarks scripts
 
+# pip-tools reads setup.cfg as it is; LOCK_FLAGS=--upgrade moves every pin to the newest its range allows
+PIP_TOOLS := pip-tools==7.7.0
+LOCK_FLAGS ?=
+lock: ## regenerate the lock from setup.cfg and requirements/torch-pair.in (LOCK_FLAGS=--upgrade to move pins)
+	@test -x $(VENV)-lock/bin/python || $(PYTHON) -m venv $(VENV)-lock
+	$(VENV)-lock/bin/python -m pip install --quiet $(PIP_TOOLS)
+	$(VENV)-lock/bin/pip-compile --quiet --extra dev --allow-unsafe --strip-extras --no-emit-index-url \
+		--no-emit-find-links $(LOCK_FLAGS) -c requirements/torch-pair.in -o $(LOCK) setup.cfg
+	$(VENV)-lock/bin/python scripts/lock.py seal $(LOCK) setup.cfg
+
+# setup.cfg's ranges at their newest, in a throwaway venv; PIP_CONSTRAINT=/dev/null lifts a machine-wide
+# pip cap (this project's CPU machines cap torch at the release they keep on disk)
+test-latest: ## throwaway venv (.venv-latest) with setup.cfg's newest releases; runs the fast tests
+	rm -rf $(VENV)-latest
+	$(PYTHON) -m venv $(VENV)-latest
+	PIP_CONSTRAINT=/dev/null $(VENV)-latest/bin/python -m pip install --quiet -e ".[dev]"
+	$(VENV)-latest/bin/python -m pip freeze --exclude-editable > $(VENV)-latest/freeze.txt
+	$(VENV)-latest/bin/python -m pytest -m "not slow and not slurm and not gpu" -p no:cacheprovider
+
 clean: ## remove caches and build files (keeps .venv, data/ and logs/)
 	rm -rf .pytest_cache .ruff_cache build dist *.egg-info
 	find . -path ./.venv -prune -o -name __pycache__ -type d -exec rm -rf {} +
@@ -36,7 +60,7 @@ clean-logs: ## remove everything under logs/
 	rm -rf logs/*
 	@touch logs/.gitkeep
 
-.PHONY: help install test lint format clean clean-logs
+.PHONY: help install test lint format lock test-latest clean clean-logs
 
 # ---- the embedded demo: synthetic keywords + unlabelled phrases, pretrain then fine-tune ----------
 DEMO := data/demo
