@@ -1,15 +1,14 @@
 import pytest
 import torch
-import torchaudio
 
-from src.data.audio import AudioError, audio_duration, fbank, load_audio, normalize, pad_or_cut
+from src.data.audio import AudioError, audio_duration, fbank, load_audio, normalize, pad_or_cut, torchaudio_module
 from tests.helpers import audio_files as af
 
 
 def official_fbank(wave, sr=16000):
     """SSAST/SSAMBA dataloader._wav2fbank, written out."""
     wave = wave - wave.mean()
-    return torchaudio.compliance.kaldi.fbank(
+    return torchaudio_module().compliance.kaldi.fbank(
         wave, htk_compat=True, sample_frequency=sr, use_energy=False, window_type="hanning",
         num_mel_bins=128, dither=0.0, frame_shift=10,
     )  # fmt: skip

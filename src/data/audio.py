@@ -6,14 +6,17 @@ input and torchaudio's SpecAugment layout.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
-import torchaudio
 from torch import Tensor
+
+from src.utils.errors import UserError
 
 SAMPLE_RATE = 16000
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
@@ -62,7 +65,7 @@ def load_audio(path: str | Path, offset: float = 0.0, duration: float | None = N
         raise AudioError(f"{path}: NaN or inf samples")
     wave = torch.from_numpy(data.mean(axis=1)).unsqueeze(0)  # (1, samples)
     if sr != SAMPLE_RATE:
-        wave = torchaudio.functional.resample(wave, sr, SAMPLE_RATE)
+        wave = resample(wave, sr)
     return wave
 
 
@@ -80,6 +83,34 @@ def audio_duration(path: str | Path) -> float:
 
 
 KALDI = FbankConfig()
+
+
+@functools.cache
+def torchaudio_module():
+    """torchaudio, imported here only: a torchaudio built for another torch is one line naming both.
+
+    torchaudio 2.11.1 says it needs torch >= 2.11 but loads only with torch >= 2.13 (undefined
+    symbols in libtorchaudio.so); the lock pins torch 2.11.0 with torchaudio 2.11.0.
+    """
+    try:
+        import torchaudio
+    except (ImportError, OSError) as e:
+        try:
+            installed = f"torchaudio {metadata.version('torchaudio')}"
+        except metadata.PackageNotFoundError:
+            installed = "torchaudio (not installed)"
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(
+            f"{installed} does not load with torch {torch.__version__} ({why}); install a matching pair: "
+            "`make install` (the lock: torch 2.11.0 + torchaudio 2.11.0), or `pip install torchaudio==2.11.0` "
+            "beside torch 2.11-2.12, torchaudio 2.11.1 beside torch >= 2.13"
+        ) from e
+    return torchaudio
+
+
+def resample(wave: Tensor, rate: int, new_rate: int = SAMPLE_RATE) -> Tensor:
+    """torchaudio's band-limited sinc resampling of (..., samples)."""
+    return torchaudio_module().functional.resample(wave, rate, new_rate)
 
 
 def _soundfile():
@@ -115,7 +146,7 @@ def fbank(wave: Tensor, config: FbankConfig = KALDI) -> Tensor:
     if wave.shape[-1] < min_samples:  # shorter than one window: pad so one frame exists
         wave = torch.nn.functional.pad(wave, (0, min_samples - wave.shape[-1]))
     wave = wave - wave.mean()
-    feats = torchaudio.compliance.kaldi.fbank(
+    feats = torchaudio_module().compliance.kaldi.fbank(
         wave,
         htk_compat=config.htk_compat,
         sample_frequency=config.sample_rate,

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio
 from tqdm import tqdm
 
+from src.data.audio import resample
 from src.utils.io import atomic_path, write_text
 
 SAMPLE_RATE = 16000
@@ -110,7 +110,7 @@ def _noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _resample(x: np.ndarray, sr: int) -> np.ndarray:
-    return torchaudio.functional.resample(torch.from_numpy(x), sr, SAMPLE_RATE).numpy()
+    return resample(torch.from_numpy(x), sr).numpy()
 
 
 def _mix_noise(speech: np.ndarray, noise_bank: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:

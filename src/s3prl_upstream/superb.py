@@ -48,14 +48,14 @@ def _no_catalyst(*args, **kwargs):
 
 def _apply_effects_file(path, effects, *args, **kwargs):
     """The sox effects SUPERB's datasets ask for (channels 1, rate, gain in dB), without sox."""
-    import torchaudio
+    from src.data.audio import resample
 
     wav, rate = _load(path)
     for name, *values in effects:
         if name == "channels" and values == ["1"]:
             wav = wav.mean(0, keepdim=True)
         elif name == "rate":
-            wav, rate = torchaudio.functional.resample(wav, rate, int(values[0])), int(values[0])
+            wav, rate = resample(wav, rate, int(values[0])), int(values[0])
         elif name == "gain":
             wav = wav * 10 ** (float(values[0]) / 20)
         else:
@@ -66,7 +66,10 @@ def _apply_effects_file(path, effects, *args, **kwargs):
 def prepare_s3prl():
     """Shim the removed APIs, import s3prl, register the upstream; returns the s3prl.hub module."""
     import huggingface_hub
-    import torchaudio
+
+    from src.data.audio import torchaudio_module
+
+    torchaudio = torchaudio_module()
 
     if not hasattr(torchaudio, "set_audio_backend"):
         torchaudio.set_audio_backend = lambda *args, **kwargs: None  # decoding goes through soundfile
