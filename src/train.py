@@ -33,8 +33,9 @@ from src.utils.utils import extras, get_metric_value, print_config, task_wrapper
 
 log = RankedLogger(__name__)
 # SLURM / submitit asks for GPUs only when the trainer uses them
+# (auto asks for none: a login node cannot tell what the job's node has; trainer=gpu asks for them)
 OmegaConf.register_new_resolver(
-    "gpus_for", lambda accelerator, devices: 0 if accelerator == "cpu" else devices, replace=True
+    "gpus_for", lambda accelerator, devices: 0 if accelerator in ("cpu", "auto") else devices, replace=True
 )
 
 
@@ -61,6 +62,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins
     )
     entry.check_devices(cfg, trainer)
+    log.info(f"device: {entry.device_name(trainer)}, precision {trainer.precision}")
     print_config(cfg)  # after the checks: an error above is not buried under the config
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

@@ -69,6 +69,18 @@ def check_devices(cfg: DictConfig, trainer: L.Trainer) -> None:
         per_device_batch(cfg.data.batch_size, trainer.world_size)
 
 
+def device_name(trainer: L.Trainer) -> str:
+    """What the training runs on, in words: "cuda:0 (NVIDIA H200)" or "cpu"."""
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        import torch
+
+        return f"{device} ({torch.cuda.get_device_name(device)})" + (
+            f" x {trainer.world_size}" if trainer.world_size > 1 else ""
+        )
+    return str(device) + (f" x {trainer.world_size} processes" if trainer.world_size > 1 else "")
+
+
 def existing_checkpoint(path) -> str:
     if not path or not Path(str(path)).exists():
         raise MissingInput(f"ckpt_path={path}: no such checkpoint; pass the path of a .ckpt file")
@@ -111,6 +123,8 @@ def write_run_summary(cfg: DictConfig, trainer: L.Trainer, metrics: dict) -> Non
     summary = {
         **metrics,
         "fold": cfg.data.get("fold"),
+        "device": device_name(trainer),
+        "precision": str(trainer.precision),
         "global_step": trainer.global_step,
         "best_checkpoint": best_checkpoint(trainer),
         "last_checkpoint": next((c.last_model_path for c in trainer.checkpoint_callbacks if c.last_model_path), None),
