@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import report  # noqa: E402
 from src.embed import embed_folder  # noqa: E402
 from src.embedding import hear  # noqa: E402
 from src.models.components import build_encoder, encoder_config  # noqa: E402
@@ -118,22 +119,10 @@ def main(argv=None) -> int:
     }
     result = {"machine": machine, "scan": scan_rows(args.repeats), "embed": embed_row(args.minutes)}
     write_json(args.out / "benchmarks" / "cpu.json", result)
-    lines = [
-        f"{machine['cores']} cores ({machine['cpu']}), {machine['torch_threads']} torch threads, "
-        f"torch {machine['torch']}; seconds, best of the timed runs, no autograd.",
-        "",
-        "| (batch, channels, length) | portable scan | plain step-by-step loop | portable vs loop |",
-        "| --- | --- | --- | --- |",
-    ]
-    for r in result["scan"]:
-        lines.append(
-            f"| {tuple(r['shape'])} | {r['portable_s']:.3f} | {r['plain_loop_s']:.3f} | "
-            f"{r['plain_loop_s'] / r['portable_s']:.2f}x faster |"
-        )
-    e = result["embed"]
-    lines += ["", f"`src/embed.py` on one {e['minutes']:g}-minute file ({e['preset']}): {e['seconds']:.1f} s."]
-    write_text(args.out / "benchmarks" / "cpu.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    table = report.cpu_table(result)
+    write_text(args.out / "benchmarks" / "cpu.md", table)
+    report.render_docs(data=args.out / "benchmarks", names=["cpu"])
+    print(table)
     _plot(result, args.out / "figures" / "cpu.png")
     return 0
 

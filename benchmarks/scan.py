@@ -33,6 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import report  # noqa: E402
 from benchmarks.efficiency import time_ms  # noqa: E402
 from src.models.components.scan import mamba_kernels_available, selective_scan  # noqa: E402
 from src.models.components.scan_triton import ScanTiling, default_tilings, selective_scan_triton  # noqa: E402
@@ -223,7 +224,7 @@ def render(record: dict, args) -> int:
     write_text(args.out / "scan.md", table)
     plot(record, args.figure)
     if not args.no_docs:
-        update_docs(ROOT / "docs" / "benchmarks.md", table)
+        report.render_docs(data=args.out, names=["scan"])
     print(table)
     return 0
 
@@ -315,17 +316,6 @@ def plot(record: dict, path: Path) -> None:
     fig.savefig(tmp, dpi=120)
     tmp.replace(path)
     plt.close(fig)
-
-
-def update_docs(path: Path, table: str) -> None:
-    begin, end = "<!-- scan:begin -->", "<!-- scan:end -->"
-    text = path.read_text()
-    if begin not in text or end not in text:
-        print(f"{path} has no {begin} ... {end} markers; the table is in the JSON and .md only")
-        return
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    write_text(path, f"{head}{begin}\n{table}{end}{tail}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import report  # noqa: E402
 from src.utils.io import atomic_path, write_json, write_text  # noqa: E402
 from src.utils.threads import choose_threads, physical_cores  # noqa: E402
 
@@ -90,7 +92,7 @@ def run_case(label: str, threads, wait: str | None, steps: int, busy: bool, time
         "setting": label,
         "omp_wait_policy": wait or "(OpenMP default: active)",
         "threads": result["threads"],
-        "median_step_s": sorted(steps_s)[len(steps_s) // 2] if steps_s else None,
+        "median_step_s": statistics.median(steps_s) if steps_s else None,
         **result,
     }
 
@@ -144,16 +146,12 @@ def main(argv=None) -> int:
         "cases": cases,
     }
     write_json(args.out / "benchmarks" / "threads.json", result)
-    rows = ["| machine | setting (threads) | seconds per step | x the same setting idle |", "| --- | --- | --- | --- |"]
-    for c in cases:
-        step = f"{c['median_step_s']:.2f}" if c["median_step_s"] else f"> {c['timed_out_after_s']:.0f} (timed out)"
-        slow = f"{c['slowdown']:.1f}x" if c["slowdown"] else "-"
-        rows.append(f"| {'busy' if c['busy'] else 'idle'} | {c['setting']} ({c['threads']}) | {step} | {slow} |")
-    write_text(args.out / "benchmarks" / "threads.md", f"{result['machine']}; {result['workload']}; "
-               f"neighbour: {result['neighbour']}. Median of {args.steps} steps after one warm-up.\n\n"
-               + "\n".join(rows) + "\n")  # fmt: skip
+    table = report.threads_table(result)
+    head = f"{result['machine']}; {result['workload']}; neighbour: {result['neighbour']}. Median of {args.steps} steps"
+    write_text(args.out / "benchmarks" / "threads.md", f"{head} after one warm-up.\n\n{table}")
     draw(result, args.out / "figures" / "threads.png")
-    print("\n".join(rows))
+    report.render_docs(data=args.out / "benchmarks", names=["threads"])
+    print(table)
     return 0
 
 

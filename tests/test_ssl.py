@@ -109,6 +109,36 @@ def test_cluster_mask_exact_count_and_clusters(num_mask):
     assert clustered > 0.95 and clustered >= (random_grid & rn).sum() / random_grid.sum()
 
 
+def _mask_statistics(strategy: str, grid, num_mask: int, batches: int = 16) -> dict:
+    masks = torch.cat([make_mask(strategy, 64, grid, num_mask, seed=i) for i in range(batches)]).view(-1, *grid)
+    m = masks.float()
+    return {
+        "count": masks.flatten(1).sum(1),
+        "patch0": m[:, 0, 0].mean().item(),
+        "rows": m.mean(dim=(0, 2)),  # masked share per frequency row
+        "cols": m.mean(dim=(0, 1)),  # per time column
+        "right": ((masks[:, :, :-1] & masks[:, :, 1:]).sum() / masks[:, :, :-1].sum()).item(),
+        "down": ((masks[:, :-1] & masks[:, 1:]).sum() / masks[:, :-1].sum()).item(),
+    }
+
+
+@pytest.mark.parametrize("grid,num_mask", [((8, 64), 250), ((8, 64), 400), ((8, 8), 24)])
+def test_the_default_masking_draws_the_official_loops_masks_in_distribution(grid, num_mask):
+    """"official" (vectorised, the default) against "official_loop" (gen_maskid_patch line by line)
+    over 1024 samples each: the same counts, never patch 0, the same shares per row and column and
+    the same clustering; "cluster" masks patch 0 and the first time columns far less often (no
+    wrap-around from the row before), which is how it differs."""
+    vectorised, loop = _mask_statistics("official", grid, num_mask), _mask_statistics("official_loop", grid, num_mask)
+    for stats in (vectorised, loop):
+        assert (stats["count"] == num_mask).all() and stats["patch0"] == 0.0
+    torch.testing.assert_close(vectorised["rows"], loop["rows"], rtol=0, atol=0.04)
+    torch.testing.assert_close(vectorised["cols"], loop["cols"], rtol=0, atol=0.06)
+    assert abs(vectorised["right"] - loop["right"]) < 0.02 and abs(vectorised["down"] - loop["down"]) < 0.02
+    if grid == (8, 64):
+        cluster = _mask_statistics("cluster", grid, num_mask)
+        assert cluster["patch0"] > 0.03 and cluster["cols"][0] < loop["cols"][0] - 0.2
+
+
 def test_masking_errors_are_explained():
     with pytest.raises(ValueError, match="lower model.mask_patches"):
         make_mask("cluster", 2, (8, 8), 65)
@@ -116,7 +146,7 @@ def test_masking_errors_are_explained():
         make_mask("blocks", 2, (8, 8), 10)
 
 
-@pytest.mark.parametrize("masking", ["official", "cluster", "random"])
+@pytest.mark.parametrize("masking", ["official", "official_loop", "cluster", "random"])
 @pytest.mark.parametrize("two_passes", [True, False])
 def test_ssl_step_trains_every_part(masking, two_passes):
     module = SSLModule(SMALL_ENCODER, mask_patches=20, val_mask_patches=20, masking=masking, two_passes=two_passes)

@@ -35,7 +35,7 @@ class SSLModule(L.LightningModule):
         encoder: dict,
         mask_patches: int = 400,
         val_mask_patches: int | None = 400,
-        masking: str = "cluster",
+        masking: str = "official",
         nce_softmax_dim: int = -1,
         gen_weight: float = 10.0,
         two_passes: bool = True,
@@ -48,7 +48,7 @@ class SSLModule(L.LightningModule):
         init_from: str | None = None,
     ):
         """encoder: the encoder config (a recipe for encoder_config, or a saved config dict).
-        masking: official | cluster | random. two_passes: the official two encoder passes with
+        masking: official | official_loop | cluster | random (components/masking.py). two_passes: the official two encoder passes with
         independent masks (one per objective), or one shared pass. val_mask_patches: the official
         code always validates with 400. scheduler: {"name": "plateau", "factor": 0.5, "patience": 2} (official, on
         val/acc at every validation) or {"name": "cosine"} or {"name": "none"}. compile: torch.compile

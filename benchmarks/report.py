@@ -1,0 +1,226 @@
+"""The tables of docs/benchmarks.md, rendered from the JSON the benchmarks wrote.
+
+Each table stands between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in docs/benchmarks.md;
+BLOCKS maps NAME to its JSON file and renderer. The benchmark scripts call `render_docs()` after
+writing their JSON; `python -m benchmarks.report` re-renders every table without measuring, and
+tests/test_docs.py fails when a table differs from what its JSON gives.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+DATA = ROOT / "docs" / "benchmarks"
+
+
+def _run(throughput: dict, label: str) -> dict:
+    return next(r for r in throughput["runs"] if r["run"] == label)
+
+
+def scan_table(record: dict) -> str:
+    from benchmarks.scan import markdown
+
+    return markdown(record)
+
+
+THROUGHPUT_MODEL_RUN = "H100, this issue"
+
+
+def throughput_model_table(throughput: dict) -> str:
+    run = _run(throughput, THROUGHPUT_MODEL_RUN)
+    steps = {(r["backbone"], r["size"]): r for r in run["records"] if r["what"] == "ssl_pretraining_step"}
+    lines = [
+        f"{run['card']}, run \"{run['run']}\" of throughput.json.",
+        "",
+        "| size | SSAMBA ms / step | SSAMBA samples/s | SSAMBA peak | SSAST ms / step | SSAST samples/s | SSAST peak "
+        "| throughput vs SSAST | memory vs SSAST |",
+        "| --- |" + " --- |" * 8,
+    ]
+    for size in ("tiny", "small", "base"):
+        a, s = steps.get(("ssamba", size)), steps.get(("ssast", size))
+        if a is None or s is None:
+            continue
+        lines.append(
+            f"| {size} | {a['ms_per_step']:.1f} | {a['samples_per_s']:.1f} | {a['peak_mib'] / 1024:.1f} GiB | "
+            f"{s['ms_per_step']:.1f} | {s['samples_per_s']:.1f} | {s['peak_mib'] / 1024:.1f} GiB | "
+            f"{a['samples_per_s'] / s['samples_per_s']:.2f}x | {a['peak_mib'] / s['peak_mib']:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# the loop through src/train.py: one GPU and two at a global 64 in one run, two at 64 per GPU in the
+# next, with {devices: batch per GPU} (those records do not hold it)
+THROUGHPUT_TRAIN_RUNS = (
+    ("H100 x2, src/train.py experiment=pretrain_tiny, global batch 64 (32 per GPU with 2)", {1: 64, 2: 32}),
+    ("H100 x2, same machine as the run before, src/train.py experiment=pretrain_tiny, global batch 128 (64 per GPU)",
+     {2: 64}),
+)
+
+
+def throughput_train_table(throughput: dict) -> str:
+    lines = ["| run | GPUs | batch per GPU | samples/s | ms / step | peak per GPU |", "| --- |" + " --- |" * 5]
+    ones = []
+    for k, (label, per_gpu_batch) in enumerate(THROUGHPUT_TRAIN_RUNS, start=1):
+        for r in _run(throughput, label)["records"]:
+            per_gpu = per_gpu_batch[r["devices"]]
+            lines.append(f"| {k} | {r['devices']} | {per_gpu} | {r['samples_per_s']:.1f} | {r['ms_per_step']:.1f} | "
+                         f"{r['peak_mib'] / 1024:.1f} GiB |")  # fmt: skip
+            ones += [r] if r["devices"] == 1 else []
+    two = _run(throughput, THROUGHPUT_TRAIN_RUNS[1][0])["records"][0]
+    lines += ["", f"Two GPUs at 64 per GPU (run 2) against one GPU (run 1): "
+                  f"{two['samples_per_s'] / ones[0]['samples_per_s']:.2f}x its samples/s."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _series(efficiency: dict, backbone: str, size: str, mode: str, precision: str) -> dict[int, dict]:
+    for s in efficiency["series"]:
+        if (s["backbone"], s["size"], s["mode"], s["precision"]) == (backbone, size, mode, precision):
+            return {p["tokens"]: p for p in s["points"] if not p.get("oom")}
+    return {}
+
+
+EFFICIENCY_COLUMNS = [("ssamba", "mamba", "SSAMBA mamba"), ("ssamba", "triton", "SSAMBA triton"),
+                      ("ssamba", "triton+graph", "SSAMBA triton+graph"), ("ssast", "explicit", "SSAST explicit"),
+                      ("ssast", "sdpa", "SSAST SDPA"), ("ssast", "sdpa+graph", "SSAST SDPA+graph")]  # fmt: skip
+
+
+def efficiency_tiny_table(efficiency: dict) -> str:
+    columns = {label: _series(efficiency, b, "tiny", m, "bf16") for b, m, label in EFFICIENCY_COLUMNS}
+    tokens = sorted({t for points in columns.values() for t in points})
+    lines = ["| tokens | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns)]
+    for t in tokens:
+        cells = [f"{p[t]['ms']:.1f} / {p[t]['peak_mib']:.0f}" if t in p else "-" for p in columns.values()]
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fastest(efficiency: dict, backbone: str, size: str, precision: str, tokens: int, modes) -> tuple[str, dict]:
+    found = [(m, _series(efficiency, backbone, size, m, precision).get(tokens)) for m in modes]
+    return min(((m, p) for m, p in found if p), key=lambda mp: mp[1]["ms"])
+
+
+def paper_claim_table(efficiency: dict) -> str:
+    """SSAMBA-tiny at 22000 tokens, fastest mode, against SSAST-tiny with explicit attention."""
+    lines = ["| precision | SSAMBA (fastest mode) | SSAST explicit | faster by | less memory by |"]
+    lines += ["| --- |" + " --- |" * 4]
+    for precision, label in (("fp32", "fp32 (as the official benchmark)"), ("bf16", "bf16")):
+        mode, a = _fastest(efficiency, "ssamba", "tiny", precision, 22000, ("mamba", "triton", "triton+graph"))
+        s = _series(efficiency, "ssast", "tiny", "explicit", precision)[22000]
+        lines.append(f"| {label} | {a['ms']:.1f} ms / {a['peak_mib']:.0f} MiB ({mode}) | {s['ms']:.1f} ms / "
+                     f"{s['peak_mib']:.0f} MiB | {100 * (1 - a['ms'] / s['ms']):.2f}% | "
+                     f"{100 * (1 - a['peak_mib'] / s['peak_mib']):.2f}% |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+FLOOR_ROWS = (("tiny", 512), ("tiny", 22000), ("small", 22000), ("base", 22000), ("base", 75000))
+
+
+def floor_table(efficiency: dict) -> str:
+    from benchmarks.efficiency import floors
+
+    f = efficiency["floors"]
+    lines = ["| size | tokens | scan GB | scan GFLOP | encoder GB | encoder GFLOP | floor ms | measured ms | x floor |",
+             "| --- |" + " --- |" * 8]  # fmt: skip
+    for size, tokens in FLOOR_ROWS:
+        _, best = _fastest(efficiency, "ssamba", size, "bf16", tokens, ("mamba", "triton", "triton+graph"))
+        fl = floors(size, tokens, f["copy_GBps"], f["bf16_matmul_TFLOPs"])
+        lines.append(f"| {size} | {tokens} | {fl['scan_GB']:.2f} | {fl['scan_GFLOP']:.0f} | {fl['encoder_GB']:.2f} | "
+                     f"{fl['encoder_GFLOP']:.0f} | {fl['encoder_floor_ms']:.2f} | {best['ms']:.1f} | "
+                     f"{best['ms'] / fl['encoder_floor_ms']:.0f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def cpu_table(cpu: dict) -> str:
+    m = cpu["machine"]
+    lines = [f"{m['cores']} cores ({m['cpu']}), {m['torch_threads']} torch threads, torch {m['torch']}; seconds, "
+             "best of the timed runs, no autograd.", "",
+             "| (batch, channels, length) | portable scan | plain step-by-step loop | portable vs loop |",
+             "| --- | --- | --- | --- |"]  # fmt: skip
+    for r in cpu["scan"]:
+        lines.append(f"| {tuple(r['shape'])} | {r['portable_s']:.3f} | {r['plain_loop_s']:.3f} | "
+                     f"{r['plain_loop_s'] / r['portable_s']:.2f}x faster |")  # fmt: skip
+    e = cpu["embed"]
+    lines += ["", f"`src/embed.py` on one {e['minutes']:g}-minute file ({e['preset']}): {e['seconds']:.1f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def threads_medians(threads: dict) -> list[dict]:
+    """Per case: the median step (statistics.median: the mean of the two middle steps of an even
+    count) and the slowdown against the same setting on the idle machine."""
+    cases = [{**c, "median_step_s": statistics.median(c["step_s"]) if c["step_s"] else None} for c in threads["cases"]]
+    idle = {c["setting"]: c["median_step_s"] for c in cases if not c["busy"]}
+    for c in cases:
+        base = idle.get(c["setting"])
+        c["slowdown"] = c["median_step_s"] / base if c["median_step_s"] and base else None
+    return cases
+
+
+def threads_table(threads: dict) -> str:
+    lines = ["| machine | setting (threads) | seconds per step (median) | steps | x the same setting idle |",
+             "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    for c in threads_medians(threads):
+        step = f"{c['median_step_s']:.2f}" if c["median_step_s"] else f"> {c['timed_out_after_s']:.0f} (timed out)"
+        each = ", ".join(f"{s:.2f}" for s in c["step_s"])
+        slow = f"{c['slowdown']:.1f}x" if c["slowdown"] else "-"
+        machine = "busy" if c["busy"] else "idle"
+        lines.append(f"| {machine} | {c['setting']} ({c['threads']}) | {step} | {each} | {slow} |")
+    return "\n".join(lines) + "\n"
+
+
+BLOCKS = {
+    "scan": ("scan.json", scan_table),
+    "throughput-model": ("throughput.json", throughput_model_table),
+    "throughput-train": ("throughput.json", throughput_train_table),
+    "efficiency-tiny": ("efficiency.json", efficiency_tiny_table),
+    "paper-claim": ("efficiency.json", paper_claim_table),
+    "floor": ("efficiency.json", floor_table),
+    "cpu": ("cpu.json", cpu_table),
+    "threads": ("threads.json", threads_table),
+}
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def block(text: str, name: str) -> str | None:
+    """The text between NAME's markers, or None without them."""
+    begin, end = _markers(name)
+    if begin not in text or end not in text:
+        return None
+    return text.split(begin, 1)[1].split(end, 1)[0].lstrip("\n")
+
+
+def rendered(name: str, data: Path = DATA) -> str:
+    file, render = BLOCKS[name]
+    return render(json.loads((data / file).read_text()))
+
+
+def stale(doc: Path = DOC, data: Path = DATA) -> list[str]:
+    """The blocks of doc whose text is not what their JSON renders to (or whose markers are missing)."""
+    text = doc.read_text()
+    return [name for name in BLOCKS if block(text, name) != rendered(name, data)]
+
+
+def render_docs(doc: Path = DOC, data: Path = DATA, names=None) -> None:
+    """Write every block (or those named) into doc from its JSON, atomically."""
+    from src.utils.io import write_text
+
+    text = doc.read_text()
+    for name in names or BLOCKS:
+        begin, end = _markers(name)
+        if block(text, name) is None:
+            print(f"{doc} has no {begin} ... {end} markers; {name} is in its JSON only")
+            continue
+        head, rest = text.split(begin, 1)
+        text = f"{head}{begin}\n{rendered(name, data)}{end}{rest.split(end, 1)[1]}"
+    write_text(doc, text)
+
+
+if __name__ == "__main__":
+    render_docs()
+    print(f"rendered {', '.join(BLOCKS)} into {DOC}")
