@@ -91,3 +91,21 @@ def test_inference_weights_are_kept_until_a_parameter_changes():
     # with autograd on, the weights are built fresh and carry gradients to the parameters
     mixer(x).sum().backward()
     assert mixer.x_proj.weight.grad is not None and mixer.A_b_log.grad is not None
+
+
+def test_validation_after_training_sees_updates_that_bump_no_version():
+    """CUDA's fused Adam writes the parameters in place without bumping their versions (as `.data`
+    writes do here): the train() / eval() switch around an epoch drops the stacked weights, so
+    validation runs on the weights the epoch left, not on those of the validation before."""
+    mixer = BiMambaMixer(16, d_state=4).eval()
+    x = torch.randn(2, 9, 16)
+    with torch.no_grad():
+        mixer(x)  # the sanity-check validation stacks the weights
+    mixer.train()
+    for p in mixer.parameters():
+        p.data.mul_(1.5)  # an optimizer step that leaves p._version as it was
+    mixer.eval()
+    fresh = BiMambaMixer(16, d_state=4)
+    fresh.load_state_dict(mixer.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(mixer(x), fresh.eval()(x), rtol=0, atol=0)

@@ -111,13 +111,19 @@ class BiMambaMixer(nn.Module):
             A = -exp(A_log) (2, N, E), channels contiguous; D, dt bias (2, E)  fp32
         With divide_out, C's rows and D are halved: each set's y comes out halved, the average is a sum
         (exact: halving is). Differentiable; under no_grad kept until a parameter changes, as inference
-        on short inputs is bound by kernel launches."""
+        on short inputs is bound by kernel launches. A change is a new version of a parameter, or a
+        switch between train() and eval(): CUDA's fused Adam updates parameters in place without
+        bumping their versions, and validation after a training epoch must see the new weights."""
         if torch.is_grad_enabled():
             return self._stack_weights(dtype)
         key = (dtype, *((p.data_ptr(), p._version) for p in self.parameters()))
         if getattr(self, "_weights_cache", (None,))[0] != key:
             self._weights_cache = (key, self._stack_weights(dtype))
         return self._weights_cache[1]
+
+    def train(self, mode: bool = True):
+        self._weights_cache = (None,)  # the weights may have changed since they were stacked
+        return super().train(mode)
 
     def _stack_weights(self, dtype: torch.dtype) -> tuple[Tensor, ...]:
         R, N, scale = self.dt_rank, self.d_state, 0.5 if self.divide_out else 1.0
