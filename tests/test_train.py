@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from omegaconf import open_dict
 
 from src.train import train
@@ -18,7 +19,6 @@ EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.y
 def test_every_task_config_has_an_experiment_and_every_experiment_runs_below():
     """The experiments are found, not counted: a new task's model config without an experiment
     that uses it fails here, and every experiment file is parametrised into the test below."""
-    import yaml
 
     used = set()
     for name in EXPERIMENTS:
@@ -38,7 +38,16 @@ def test_fast_dev_run_every_experiment(experiment, data_root, tmp_path):
     metrics, objects = train(cfg)
     stage = "val" if experiment.startswith("pretrain") else "test"
     assert any(k.startswith(f"{stage}/") for k in metrics), metrics
-    assert (tmp_path / "metrics.json").exists()
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert (record["device"], record["precision"]) == ("cpu", "32-true")  # what the run says it used
+
+
+def test_the_demo_experiments_take_cuda_when_there_is_one():
+    """make pretrain / make finetune: the default trainer asks Lightning for the best accelerator."""
+    for experiment in ("pretrain_demo", "ks2_demo"):
+        trainer = yaml.safe_load((ROOT / "configs" / "experiment" / f"{experiment}.yaml").read_text())["defaults"]
+        assert {"override /trainer": "default"} in trainer
+    assert yaml.safe_load((ROOT / "configs" / "trainer" / "default.yaml").read_text())["accelerator"] == "auto"
 
 
 @pytest.mark.parametrize("experiment", ["ks2_demo", "pretrain_demo"])
