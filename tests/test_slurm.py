@@ -91,3 +91,23 @@ def test_requeued_job_resumes_from_its_checkpoint(data_root, tmp_path):
     assert record["slurm_restart_count"] >= 1
     assert record["resumed_from"] and record["resumed_from"].endswith("last.ckpt")
     assert record["global_step"] == steps
+
+
+def test_a_fine_tuning_recipe_sweeps_its_folds_on_slurm(data_root, tmp_path):
+    """experiment=esc50 as documented (its own trainer config, trainer=gpu, moved to the CPU), two
+    folds as a SLURM array: both jobs test, and summary.json holds the mean over the folds."""
+    sweep = tmp_path / "sweep"
+    command = [
+        sys.executable, "src/train.py", "-m", "hydra/launcher=slurm", "experiment=esc50", "data.fold=1,2",
+        "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.max_epochs=1", "trainer.num_sanity_val_steps=0",
+        "++encoder.size=null", "++encoder.embed_dim=32", "++encoder.depth=2", "data.num_workers=0", "data.batch_size=4",
+        "data.target_length=128", "logger=[]", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10",
+        "hydra.launcher.mem_gb=null", f"paths.data_dir={data_root}", f"hydra.sweep.dir={sweep}",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert summary["metric"] == "test/acc" and summary["n"] == 2
+    assert sorted(j["metrics"]["fold"] for j in summary["jobs"]) == [1, 2]
+    records = [r for job in ("0", "1") for r in ranks(sweep / job)]
+    assert len(records) == 2 and all(r["slurm_job_id"] for r in records)  # each fold ran as a SLURM job

@@ -65,7 +65,8 @@ printf 'JobID|State|NodeList\\n4242_0|FAILED|n1\\n4242_1|FAILED|n1\\n'
 """
 
 
-def test_slurm_launcher_writes_the_expected_sbatch_script(data_root, tmp_path):
+def _fake_slurm(tmp_path) -> dict:
+    """sbatch, sacct, scancel and srun stand-ins on PATH: the submitted script lands in tmp_path."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     noop = "#!/bin/sh\nexit 0\n"  # submitit checks that srun exists; the fake cluster never runs it
@@ -73,7 +74,11 @@ def test_slurm_launcher_writes_the_expected_sbatch_script(data_root, tmp_path):
         path = bin_dir / name
         path.write_text(text)
         path.chmod(path.stat().st_mode | stat.S_IEXEC)
-    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_SLURM_DIR": str(tmp_path)}
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_SLURM_DIR": str(tmp_path)}
+
+
+def test_slurm_launcher_writes_the_expected_sbatch_script(data_root, tmp_path):
+    env = _fake_slurm(tmp_path)
     result = run(
         [
             "hydra/launcher=slurm",
@@ -100,3 +105,41 @@ def test_slurm_launcher_writes_the_expected_sbatch_script(data_root, tmp_path):
     assert "#SBATCH --array=0-1" in script  # both sweep points
     assert "srun" in script and "submitit" in script
     assert result.returncode != 0  # nothing really ran
+
+
+def test_a_fine_tuning_recipe_on_several_nodes_asks_slurm_for_them(data_root, tmp_path):
+    """experiment=esc50 (trainer=gpu, as every fine-tuning recipe) with trainer.num_nodes=2."""
+    env = _fake_slurm(tmp_path)
+    result = run(
+        ["hydra/launcher=slurm", "experiment=esc50", "trainer.num_nodes=2", "data.fold=1,2",
+         f"paths.data_dir={data_root}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        tmp_path, env=env, timeout=180,
+    )  # fmt: skip
+    script = (tmp_path / "job.sh").read_text()
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --ntasks-per-node=1" in script
+    assert "#SBATCH --gpus-per-node=1" in script and "#SBATCH --array=0-1" in script
+    assert result.returncode != 0  # nothing really ran
+
+
+def test_the_slurm_launcher_composes_with_every_experiment_and_trainer():
+    """Every field the launcher reads exists whatever the experiment and the trainer."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    import src.train  # noqa: F401  (registers the gpus_for resolver the launcher uses)
+
+    experiments = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
+    trainers = [None] + sorted(p.stem for p in (ROOT / "configs" / "trainer").glob("*.yaml"))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        for experiment in experiments:
+            for trainer in trainers:
+                overrides = ["hydra/launcher=slurm", f"experiment={experiment}", "trainer.num_nodes=3"]
+                overrides += [f"trainer={trainer}"] if trainer else []
+                cfg = compose("train.yaml", overrides=overrides, return_hydra_config=True)
+                launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+                assert launcher["nodes"] == 3, (experiment, trainer)
+                assert launcher["tasks_per_node"] == cfg.trainer.devices
+                gpus = 0 if cfg.trainer.accelerator in ("cpu", "auto") else cfg.trainer.devices
+                assert launcher["gpus_per_node"] == gpus, (experiment, trainer)
