@@ -4,7 +4,8 @@
 
 Runs warm-up iterations, then profiles --iters more with torch.profiler and writes, per kernel
 name, the GPU time per iteration and the launches per iteration, biggest first, to
-<out>/profile_<backbone>_<size>_<phase>_<tokens>.json and .md. The totals say how much of the
+<out>/profile_<backbone>_<size>_<phase>_<tokens>_batch<batch>[_<tag>].json and .md (--tag names a
+variant, e.g. the kernels: a rerun of another variant or batch writes beside it, not over it). The totals say how much of the
 wall time the GPU was busy (the rest is launch and Python overhead).
 """
 
@@ -71,6 +72,7 @@ def main(argv=None) -> int:
     parser.add_argument("--attention", default="sdpa", help="SSAST only: sdpa or explicit")
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--tag", default="", help="suffix of the file names, e.g. the kernels profiled")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/profiles"))
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -91,7 +93,8 @@ def main(argv=None) -> int:
         torch.cuda.synchronize()
     rows = kernel_table(prof, args.iters)
     gpu_ms = sum(r["us"] for r in rows) / 1e3
-    name = f"profile_{args.backbone}_{args.size}_{args.phase}_{args.tokens}"
+    name = f"profile_{args.backbone}_{args.size}_{args.phase}_{args.tokens}_batch{args.batch}"
+    name += f"_{args.tag}" if args.tag else ""
     result = {
         "card": torch.cuda.get_device_name(),
         "kernels_env": os.environ.get("SSAMBA_KERNELS", "auto"),

@@ -66,8 +66,9 @@ def uninterrupted(data_root, tmp_path_factory):
 
 @pytest.mark.parametrize(
     "experiment,sig",
-    [("ks2_demo", signal.SIGKILL), ("ks2_demo", signal.SIGTERM), ("ks2_demo", signal.SIGUSR2),
-     ("pretrain_demo", signal.SIGTERM), ("pretrain_demo", signal.SIGKILL)],
+    [pytest.param(experiment, sig, id=f"{experiment}-{sig.name}")  # ids as docs/reliability.md cites them
+     for experiment, sig in [("ks2_demo", signal.SIGKILL), ("ks2_demo", signal.SIGTERM), ("ks2_demo", signal.SIGUSR2),
+                             ("pretrain_demo", signal.SIGTERM), ("pretrain_demo", signal.SIGKILL)]],
 )  # fmt: skip
 def test_killed_training_resumes_where_it_stopped(experiment, sig, data_root, tmp_path, tmp_path_factory):
     """Fine-tuning and pretraining (whose masks are drawn from the step, so a resume draws the same)."""
