@@ -5,8 +5,8 @@
 Runs warm-up iterations, then profiles --iters more with torch.profiler and writes, per kernel
 name, the GPU time per iteration and the launches per iteration, biggest first, to
 <out>/profile_<backbone>_<size>_<phase>_<tokens>_batch<batch>[_<tag>].json and .md (--tag names a
-variant, e.g. the kernels: a rerun of another variant or batch writes beside it, not over it). The totals say how much of the
-wall time the GPU was busy (the rest is launch and Python overhead).
+variant, e.g. the kernels: a rerun of another variant or batch writes beside it, not over it). The
+totals say how much of the wall time the GPU was busy (the rest is launch and Python overhead).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ def throughput_model_table(throughput: dict) -> str:
     run = _run(throughput, THROUGHPUT_MODEL_RUN)
     steps = {(r["backbone"], r["size"]): r for r in run["records"] if r["what"] == "ssl_pretraining_step"}
     lines = [
-        f"{run['card']}, run \"{run['run']}\" of throughput.json.",
+        f'{run["card"]}, run "{run["run"]}" of throughput.json.',
         "",
         "| size | SSAMBA ms / step | SSAMBA samples/s | SSAMBA peak | SSAST ms / step | SSAST samples/s | SSAST peak "
         "| throughput vs SSAST | memory vs SSAST |",
@@ -56,8 +56,10 @@ def throughput_model_table(throughput: dict) -> str:
 # next, with {devices: batch per GPU} (those records do not hold it)
 THROUGHPUT_TRAIN_RUNS = (
     ("H100 x2, src/train.py experiment=pretrain_tiny, global batch 64 (32 per GPU with 2)", {1: 64, 2: 32}),
-    ("H100 x2, same machine as the run before, src/train.py experiment=pretrain_tiny, global batch 128 (64 per GPU)",
-     {2: 64}),
+    (
+        "H100 x2, same machine as the run before, src/train.py experiment=pretrain_tiny, global batch 128 (64 per GPU)",
+        {2: 64},
+    ),
 )
 
 

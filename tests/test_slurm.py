@@ -99,7 +99,8 @@ def test_a_fine_tuning_recipe_sweeps_its_folds_on_slurm(data_root, tmp_path):
     sweep = tmp_path / "sweep"
     command = [
         sys.executable, "src/train.py", "-m", "hydra/launcher=slurm", "experiment=esc50", "data.fold=1,2",
-        "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.max_epochs=1", "trainer.num_sanity_val_steps=0",
+        "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.max_epochs=1",
+        "trainer.num_sanity_val_steps=0",
         "++encoder.size=null", "++encoder.embed_dim=32", "++encoder.depth=2", "data.num_workers=0", "data.batch_size=4",
         "data.target_length=128", "logger=[]", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10",
         "hydra.launcher.mem_gb=null", f"paths.data_dir={data_root}", f"hydra.sweep.dir={sweep}",

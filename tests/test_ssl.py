@@ -124,7 +124,7 @@ def _mask_statistics(strategy: str, grid, num_mask: int, batches: int = 16) -> d
 
 @pytest.mark.parametrize("grid,num_mask", [((8, 64), 250), ((8, 64), 400), ((8, 8), 24)])
 def test_the_default_masking_draws_the_official_loops_masks_in_distribution(grid, num_mask):
-    """"official" (vectorised, the default) against "official_loop" (gen_maskid_patch line by line)
+    """The "official" masking (vectorised, the default) against "official_loop" (gen_maskid_patch line by line)
     over 1024 samples each: the same counts, never patch 0, the same shares per row and column and
     the same clustering; "cluster" masks patch 0 and the first time columns far less often (no
     wrap-around from the row before), which is how it differs."""

@@ -48,10 +48,11 @@ class SSLModule(L.LightningModule):
         init_from: str | None = None,
     ):
         """encoder: the encoder config (a recipe for encoder_config, or a saved config dict).
-        masking: official | official_loop | cluster | random (components/masking.py). two_passes: the official two encoder passes with
-        independent masks (one per objective), or one shared pass. val_mask_patches: the official
-        code always validates with 400. scheduler: {"name": "plateau", "factor": 0.5, "patience": 2} (official, on
-        val/acc at every validation) or {"name": "cosine"} or {"name": "none"}. compile: torch.compile
+        masking: official | official_loop | cluster | random (components/masking.py). two_passes: the
+        official two encoder passes with independent masks (one per objective), or one shared pass.
+        val_mask_patches: the official code always validates with 400. scheduler: {"name": "plateau",
+        "factor": 0.5, "patience": 2} (official, on val/acc at every validation) or {"name": "cosine"}
+        or {"name": "none"}. compile: torch.compile
         the heads and losses (`objective`) for training. init_from: an export folder to continue SSL
         from (src/export.py, or src.models.convert of an official pretraining checkpoint): its encoder
         with the mask embedding, and the heads from heads.safetensors when it is there."""

@@ -1,0 +1,230 @@
+"""README.md and docs/ checked against the code, so they cannot drift: every `python src/train.py`
+and `src/eval.py` command composes in Hydra, every `make` target exists, every other documented
+command answers `--help`, every repository file the docs name is there, every test id they cite
+selects a test, every table of docs/benchmarks.md is what its JSON renders to, and the SUPERB
+commands run up to s3prl's runner."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from benchmarks import report
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _commands(prefix: str) -> list[tuple[str, str]]:
+    """(doc, command) for every command that starts with `prefix` in a code block or inline code,
+    continuation lines joined, the comment after it dropped."""
+    found = []
+    for doc in DOCS:
+        text = doc.read_text()
+        blocks = [b for lang, b in re.findall(r"```([\w-]*)\n(.*?)```", text, flags=re.S) if lang in ("", "bash", "sh")]
+        lines = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+        lines += re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+        for line in lines:
+            line = re.sub(r"^\s*(for .*; do|do|then)\s+", "", line.strip())
+            line = re.sub(r"^\.venv/bin/", "", line)
+            if line.startswith(prefix):
+                found.append((doc.name, line.split(" #")[0].strip()))
+    return sorted(set(found))
+
+
+def _hydra_overrides(command: str) -> list[str]:
+    """The overrides of a documented Hydra command, placeholders made concrete: <run> and $VAR
+    become a path, a swept value its first choice; `...` arguments are left out."""
+    command = re.sub(r"<[^>]+>", "x", command)
+    command = re.sub(r"\$\{?\w+\}?", "x", command)
+    out = []
+    for token in shlex.split(command)[2:]:
+        if token in ("-m", "--multirun") or token == "..." or token.endswith("=..."):
+            continue
+        key, _, value = token.partition("=")
+        if "," in value and not value.startswith(("[", "{")):
+            value = value.split(",")[0]
+        out.append(f"{key}={value}" if _ else token)
+    return out
+
+
+TRAIN_COMMANDS = _commands("python src/train.py") + _commands("python src/eval.py")
+
+
+def test_the_docs_hold_the_commands_these_tests_check():
+    assert len(TRAIN_COMMANDS) >= 10 and any("hydra/launcher=slurm" in c for _, c in TRAIN_COMMANDS)
+
+
+@pytest.mark.parametrize("doc,command", TRAIN_COMMANDS)
+def test_every_documented_training_command_composes(doc, command):
+    import src.train  # noqa: F401  (the resolvers the configs use)
+
+    config = "eval.yaml" if command.startswith("python src/eval.py") else "train.yaml"
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        cfg = compose(config, overrides=_hydra_overrides(command), return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    cfg.paths.output_dir = str(ROOT / "logs" / "x")  # the run folder Hydra would make
+    for group in ("data", "model", "encoder", "trainer", "callbacks", "logger"):  # every interpolation resolves
+        OmegaConf.to_container(cfg[group], resolve=True) if cfg.get(group) is not None else None
+    assert cfg.model._target_ and cfg.data._target_
+    if "hydra/launcher=slurm" in command:
+        launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+        assert launcher["nodes"] == cfg.trainer.num_nodes and launcher["tasks_per_node"] == cfg.trainer.devices
+
+
+def _make_targets() -> set[str]:
+    return set(re.findall(r"^([a-zA-Z][\w-]*):", (ROOT / "Makefile").read_text(), flags=re.M))
+
+
+def test_every_documented_make_target_exists():
+    documented = {m for doc in DOCS for m in re.findall(r"\bmake ([a-z][\w-]*)", doc.read_text())}
+    assert documented >= {"test", "pretrain", "finetune", "demo", "lock", "test-latest"}
+    assert documented <= _make_targets(), documented - _make_targets()
+
+
+def _entry_points() -> list[list[str]]:
+    """Each documented `python -m <module>` of the project and `python <script>.py`, once."""
+    seen = {}
+    for doc in DOCS:
+        for module in re.findall(r"python3? -m ((?:src|benchmarks|scripts)\.[\w.]+)", doc.read_text()):
+            seen.setdefault(module, ["-m", module])
+        for script in re.findall(r"python3? ((?:src|benchmarks|scripts)/[\w/]+\.py)", doc.read_text()):
+            seen.setdefault(script, [script])
+    seen.pop("src/train.py"), seen.pop("src/eval.py")  # composed above
+    seen.pop("src.s3prl_upstream.superb")  # its --help is s3prl's runner's: checked below
+    return [seen[k] for k in sorted(seen)]
+
+
+@pytest.mark.parametrize("entry", _entry_points(), ids=lambda e: e[-1])
+def test_every_other_documented_command_answers_help(entry):
+    if entry == ["-m", "benchmarks.report"]:  # it renders, it has no options
+        assert importlib.util.find_spec("benchmarks.report")
+        return
+    result = subprocess.run([sys.executable, *entry, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage" in result.stdout.lower() or "== Config ==" in result.stdout or "Powered by Hydra" in result.stdout
+
+
+REPO_PATH = re.compile(r"^(?:src|configs|tests|benchmarks|docs|scripts|requirements|data|logs)/[\w./*-]*$")
+
+
+def _cited_files() -> list[tuple[str, str]]:
+    cited = []
+    for doc in DOCS:
+        text = doc.read_text()
+        for token in re.findall(r"`([^`\s]+)`", text):
+            token = token.split("::")[0].rstrip(".,:;")
+            if REPO_PATH.match(token) and "<" not in token:
+                cited.append((doc.name, token))
+        for link in re.findall(r"\]\(([^)#\s]+)\)", text):
+            if not link.startswith(("http", "mailto")):
+                cited.append((doc.name, str((doc.parent / link).resolve().relative_to(ROOT))))
+    return sorted(set(cited))
+
+
+def test_every_file_the_docs_name_is_there():
+    missing = []
+    for doc, path in _cited_files():
+        if path.startswith(("data/", "logs/")):  # where runs write: made, not shipped
+            continue
+        if path == "configs/local/default.yaml":  # the user's own, git-ignored
+            continue
+        if "*" in path:
+            if not list(ROOT.glob(path)) and not list((ROOT / "docs").glob(path)):
+                missing.append((doc, path))
+        elif not any((base / path).exists() for base in (ROOT, ROOT / "docs", ROOT / "tests")):
+            missing.append((doc, path))
+    assert len(_cited_files()) > 40 and not missing, missing
+
+
+def _cited_test_ids() -> list[str]:
+    """test_x.py::name[param] as cited; `...::name` and `...[param]` continue the id before them."""
+    ids = []
+    for doc in DOCS:
+        file = name = None
+        for ref in re.findall(r"`((?:test_\w+\.py|\.\.\.)(?:::\w+)?(?:\[[^\]`]+\])?)`", doc.read_text()):
+            m = re.match(r"(test_\w+\.py|\.\.\.)(?:::(\w+))?(\[[^\]]+\])?$", ref)
+            where, test, param = m.groups()
+            file = file if where == "..." else where
+            name = test or (name if where == "..." else None)
+            if file and name:
+                ids.append(f"tests/{file}::{name}{param or ''}")
+    return sorted(set(ids))
+
+
+def test_every_test_id_the_docs_cite_selects_a_test():
+    ids = _cited_test_ids()
+    assert len(ids) > 30
+    result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *ids],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    collected = [line for line in result.stdout.splitlines() if "::" in line]
+    for test_id in ids:
+        assert any(line.startswith(test_id.split("[")[0]) for line in collected), test_id
+
+
+def test_the_benchmark_tables_are_rendered_from_their_json():
+    assert report.stale() == [], "run python -m benchmarks.report, or rerun the benchmark"
+
+
+def test_a_table_edited_by_hand_is_found(tmp_path):
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(report.DOC.read_text().replace("| tiny | 193.5 |", "| tiny | 93.5 |"))
+    assert report.stale(doc) == ["throughput-model"]
+
+
+SUPERB = [c for _, c in _commands("python -m src.s3prl_upstream.superb")]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("s3prl") is None, reason="s3prl is not installed: pip install -e '.[superb]'"
+)
+@pytest.mark.parametrize("task", ["speech_commands", "voxceleb1", "emotion"])
+def test_the_superb_commands_run_as_written_up_to_the_runner(task, tmp_path, monkeypatch):
+    """docs/interop.md's command for the task, its $PWD/data/... pointing at miniature layouts."""
+    import runpy
+
+    import yaml
+
+    from src.s3prl_upstream import iemocap_meta, superb
+    from tests.helpers import layouts
+
+    (command,) = [c for c in SUPERB if f"-d {task}" in c]
+    data = tmp_path / "data"
+    layouts.speech_commands(data / "speech_commands_v0.01", words=("yes", "no"), per_word=2)
+    layouts.speech_commands(data / "speech_commands_test_set_v0.01", words=("yes", "no"), per_word=2)
+    layouts.voxceleb1(data / "VoxCeleb1")
+    iemocap_meta.write_meta_data(layouts.iemocap(data / "IEMOCAP"))
+    export = tmp_path / "exports" / "amba_tiny_400"
+    export.mkdir(parents=True)
+    argv = shlex.split(command.replace("$D", "config.downstream_expert.datarc").replace("$PWD", str(tmp_path)))
+    argv = [a.replace("$fold", "1") for a in argv[3:]]
+    seen = {}
+    monkeypatch.setattr(runpy, "run_path", lambda path, run_name: seen.update(path=path, argv=list(sys.argv)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["x"])
+    superb.main(argv)
+    runner = seen["argv"]
+    config = yaml.safe_load(Path(runner[runner.index("-c") + 1]).read_text())
+    for option in runner[runner.index("-o") + 1].split(",,"):
+        key, value = option.split("=", 1)
+        node = config
+        for field in key.split(".")[1:-1]:
+            node = node[field]
+        assert key.split(".")[-1] in node, f"{key} is not in the {task} config"
+        if value.startswith("/"):
+            assert Path(value).exists(), f"{key}={value} is not there"
+    if task == "emotion":
+        assert (data / "IEMOCAP" / "meta_data" / "Session1" / "train_meta_data.json").exists()
+    assert runner[runner.index("-k") + 1] == str(export)
