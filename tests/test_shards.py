@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,3 +174,116 @@ def test_a_second_build_into_a_folder_being_built_is_refused_and_leftovers_are_c
             build(manifest, out, target_length=64, shard_size=6, workers=1)
     build(manifest, out, target_length=64, shard_size=6, workers=1)
     assert not list(out.glob(".*.tmp")) and verify(out) == []
+
+
+def test_the_build_that_verify_recommends_repairs_a_damaged_shard(manifest, tmp_path, capsys):
+    out = tmp_path / "feat"
+    build(manifest, out, target_length=64, shard_size=6, workers=1)
+    path = out / "shard_00001.npy"
+    array = np.load(path)
+    array[0, 0, 0] = np.float16(float(array[0, 0, 0]) + 1.0)
+    with open(path, "r+b") as f:
+        np.save(f, array)
+    assert verify(out)
+    build(manifest, out, target_length=64, shard_size=6, workers=1)
+    assert "rebuilding shard_00001.npy: it does not match its checksum" in capsys.readouterr().out
+    assert verify(out) == []
+
+
+@pytest.mark.parametrize("damage", ["delete a line", "change a split", "change a row", "change a label"])
+def test_verify_checks_the_index_against_the_shards_and_the_manifest(manifest, tmp_path, damage):
+    out = tmp_path / "feat"
+    build(manifest, out, target_length=64, shard_size=6, workers=1)
+    index = read_jsonl(out / "index.jsonl")
+    if damage == "delete a line":
+        index.pop(3)
+    elif damage == "change a split":
+        index[3]["split"] = "test" if index[3]["split"] != "test" else "train"
+    elif damage == "change a row":
+        index[3]["row"], index[4]["row"] = index[4]["row"], index[3]["row"]
+    else:
+        index[3]["labels"] = ["bed"] if index[3]["labels"] != ["bed"] else ["yes"]
+    write_jsonl(out / "index.jsonl", index)
+    problems = verify(out)
+    assert problems and all("run the build command again" in p for p in problems), problems
+    build(manifest, out, target_length=64, shard_size=6, workers=1)  # what the message says
+    assert verify(out) == []
+
+
+def test_a_build_is_refused_while_workers_of_an_earlier_build_live(manifest, tmp_path):
+    import fcntl
+
+    out = tmp_path / "feat"
+    out.mkdir()
+    with open(out / ".workers.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)  # what a live worker of a killed build holds
+        with pytest.raises(ValueError, match="worker processes of an earlier build are still writing"):
+            build(manifest, out, target_length=64, shard_size=6, workers=1)
+    build(manifest, out, target_length=64, shard_size=6, workers=1)
+    assert verify(out) == []
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_the_workers_of_a_killed_build_die_with_it(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    wav = af.tone(tmp_path / "long.wav", seconds=60.0)
+    write_jsonl(tmp_path / "manifest.jsonl", [{"id": f"c{i}", "path": str(wav), "split": "train"} for i in range(400)])
+    root = Path(__file__).resolve().parents[1]
+    build_cmd = [
+        sys.executable,
+        "-m",
+        "src.data.shards",
+        "build",
+        "--manifest",
+        str(tmp_path / "manifest.jsonl"),
+        "--out",
+        str(tmp_path / "feat"),
+        "--target-length",
+        "6000",
+        "--workers",
+        "2",
+        "--shard-size",
+        "4",
+    ]
+    proc = subprocess.Popen(build_cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while len(workers := [c for c in _children(proc.pid)]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    while not list((tmp_path / "feat").glob("shard_*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the workers are writing
+    assert len(workers) >= 2, "the build started no workers"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [
+            w
+            for w in workers
+            if Path(f"/proc/{w}").exists()
+            and "Z" not in Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1].split()[:1]
+        ]
+    assert not alive, f"workers {alive} outlived their build"
+    # the same build again resumes and finishes sound
+    subprocess.run(
+        [*build_cmd[:-4], "--workers", "2", "--shard-size", "4"], cwd=root, check=True, capture_output=True, timeout=600
+    )
+    assert verify(tmp_path / "feat") == []

@@ -21,11 +21,17 @@ space stops before it starts. Commands:
 from __future__ import annotations
 
 import argparse
+import ctypes
 import errno
+import fcntl
 import hashlib
 import json
+import os
 import shutil
+import signal
 import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -66,6 +72,55 @@ def clip_features(entry: dict, config: FbankConfig, target_length: int) -> tuple
     return pad_or_cut(spec, target_length), min(spec.shape[-1], target_length)
 
 
+_held = []  # a worker's shared lock on <out>/.workers.lock, held for its life
+
+
+def _worker_init(parent: int, workers_lock: str) -> None:
+    """A build worker dies with its parent: the kernel sends SIGKILL when the parent ends (Linux), and
+    a thread checks the parent every second (elsewhere). It holds a shared lock on the store's
+    .workers.lock as long as it lives, so a later build can tell that it is still writing."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+    lock = open(workers_lock, "a+")  # noqa: SIM115 (held open for the worker's life)
+    fcntl.flock(lock, fcntl.LOCK_SH)
+    _held.append(lock)
+
+
+def _exit_unless_folder_is_ours(out: Path) -> None:
+    """Before a worker writes: if its folder was removed and made again by another build since it
+    started (its lock file is not the one at the path any more), it ends without writing."""
+    try:
+        same = bool(_held) and os.fstat(_held[0].fileno()).st_ino == os.stat(out / ".workers.lock").st_ino
+    except OSError:
+        same = False
+    if _held and not same:
+        os._exit(1)
+
+
+def _no_workers_left(out: Path) -> None:
+    """Refuse to build while workers of an earlier build of this folder are alive (a killed build's)."""
+    with open(out / ".workers.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"{out}: worker processes of an earlier build are still writing there (the build was killed "
+                "and they have not ended yet); wait a few seconds and run the command again"
+            ) from None
+        fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _build_shard(out_dir: str, k: int, entries: list[dict], config: dict, target_length: int) -> dict:
     """Worker: compute one shard, write .npy then its .json sidecar, both atomically."""
     torch.set_num_threads(1)
@@ -81,6 +136,7 @@ def _build_shard(out_dir: str, k: int, entries: list[dict], config: dict, target
         ids.append(entry["id"])
         n_frames.append(frames)
     out = Path(out_dir)
+    _exit_unless_folder_is_ours(out)
     array = np.stack(specs) if specs else np.zeros((0, cfg.num_mel_bins, target_length), np.float16)
     # a plain write, not a memmap: a full disk is an OSError here, not a SIGBUS in the worker
     with atomic_path(out / f"{shard_name(k)}.npy") as tmp:
@@ -115,7 +171,9 @@ def build(
         "manifest_sha256": file_sha256(manifest),
     }
     out.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(out / ".build.lock", f"{out}: another build is writing there; wait for it or choose another --out"):
+    busy = f"{out}: another build is writing there; wait for it or choose another --out"
+    with exclusive_lock(out / ".build.lock", busy):
+        _no_workers_left(out)
         _start(out, settings)
         chunks = [entries[i : i + shard_size] for i in range(0, len(entries), shard_size)]
         results = _build_shards(out, chunks, config, target_length, workers)
@@ -164,7 +222,7 @@ def _start(out: Path, settings: dict) -> None:
 
 def _build_shards(out: Path, chunks: list, config: FbankConfig, target_length: int, workers: int) -> dict:
     """{shard number: its sidecar} for every chunk, computing in worker processes those not finished."""
-    done = {k for k in range(len(chunks)) if _shard_finished(out, k)}
+    done = {k for k in range(len(chunks)) if _shard_finished(out, k, (config.num_mel_bins, target_length))}
     results = {k: json.loads((out / f"{shard_name(k)}.json").read_text()) for k in done}
     todo = [k for k in range(len(chunks)) if k not in done]
     if done:
@@ -172,7 +230,10 @@ def _build_shards(out: Path, chunks: list, config: FbankConfig, target_length: i
     _check_space(out, sum(len(chunks[k]) for k in todo), config.num_mel_bins, target_length)
     bar = tqdm(total=sum(map(len, chunks)), initial=sum(len(chunks[k]) for k in done), desc="fbank", unit="clip")
     if todo:
-        with ProcessPoolExecutor(max(1, workers), mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(
+            max(1, workers), mp_context=get_context("spawn"), initializer=_worker_init,
+            initargs=(os.getpid(), str(out / ".workers.lock")),
+        ) as pool:  # fmt: skip
             futures = [
                 pool.submit(_build_shard, str(out), k, chunks[k], config.to_dict(), target_length) for k in todo
             ]
@@ -224,15 +285,28 @@ def _index(chunks: list, results: dict, by_id: dict) -> tuple[list[dict], list[d
     return index, bad
 
 
-def _shard_finished(out: Path, k: int) -> bool:
+def _shard_finished(out: Path, k: int, shape: tuple[int, int]) -> bool:
+    """A shard to keep when a build resumes: its sidecar is there, and the .npy has the rows, the
+    shape and the SHA-256 the sidecar recorded. A damaged or mismatched one is removed and rebuilt."""
     sidecar, array = out / f"{shard_name(k)}.json", out / f"{shard_name(k)}.npy"
     if not (sidecar.exists() and array.exists()):
         return False
     try:
-        rows = json.loads(sidecar.read_text())["rows"]
-        return np.load(array, mmap_mode="r").shape[0] == rows
-    except (ValueError, KeyError, OSError):
-        return False
+        record = json.loads(sidecar.read_text())
+        stored = np.load(array, mmap_mode="r")
+        why = None
+        if stored.shape != (record["rows"], *shape) or stored.dtype != np.float16:
+            why = f"holds {stored.dtype} {stored.shape}, not float16 ({record['rows']}, {shape[0]}, {shape[1]})"
+        elif record.get("sha256") != file_sha256(array):
+            why = "does not match its checksum"
+    except (ValueError, KeyError, OSError) as e:
+        why = f"unreadable ({e})"
+    if why is None:
+        return True
+    print(f"rebuilding {shard_name(k)}.npy: it {why}")
+    sidecar.unlink(missing_ok=True)
+    array.unlink(missing_ok=True)
+    return False
 
 
 class FeatureStore:
@@ -319,6 +393,42 @@ def verify(root: str | Path) -> list[str]:
     manifest = Path(store.meta["manifest"])
     if manifest.exists() and file_sha256(manifest) != store.meta["manifest_sha256"]:
         problems.append(f"{manifest} changed since the store was built; rebuild it")
+    elif manifest.exists():
+        problems += _check_index(store, {e["id"]: e for e in read_jsonl(manifest)})
+    else:
+        problems += _check_index(store, None)
+    return problems
+
+
+def _check_index(store: FeatureStore, manifest: dict | None) -> list[str]:
+    """index.jsonl against the shards' sidecars (every stored clip once, at its shard and row, with
+    its frame count) and the manifest (labels, split, fold). The build rewrites the index."""
+    fix = "; run the build command again (it rewrites index.jsonl from the shards)"
+    where = {}
+    for k in range(store.meta["num_shards"]):
+        sidecar = json.loads((store.root / f"{shard_name(k)}.json").read_text())
+        for row, (clip_id, frames) in enumerate(zip(sidecar["ids"], sidecar["n_frames"])):
+            where[clip_id] = {"shard": k, "row": row, "n_frames": frames}
+    problems, seen = [], set()
+    for line, rec in enumerate(store.index, start=1):
+        expected = where.get(rec.get("id"))
+        if expected is None:
+            problems.append(f"index.jsonl line {line}: {rec.get('id')!r} is in no shard{fix}")
+        elif any(rec.get(k) != v for k, v in expected.items()):
+            problems.append(f"index.jsonl line {line}: {rec['id']} is at shard {expected['shard']} row "
+                            f"{expected['row']} ({expected['n_frames']} frames), not as listed{fix}")  # fmt: skip
+        elif manifest is not None and rec["id"] in manifest:
+            entry = manifest[rec["id"]]
+            for key in ("labels", "split", "fold"):
+                if rec.get(key) != entry.get(key, [] if key == "labels" else None):
+                    problems.append(f"index.jsonl line {line}: {rec['id']} has {key} {rec.get(key)!r}, the manifest "
+                                    f"{entry.get(key)!r}{fix}")  # fmt: skip
+        seen.add(rec.get("id"))
+    missing = sorted(set(where) - seen)
+    if missing:
+        problems.append(f"index.jsonl lacks {len(missing)} stored clips (first: {missing[0]}){fix}")
+    if store.meta.get("clips") is not None and store.meta["clips"] != len(store.index):
+        problems.append(f"index.jsonl has {len(store.index)} lines, meta.json says {store.meta['clips']} clips{fix}")
     return problems
 
 
