@@ -49,9 +49,28 @@ def test_sampler_order_depends_on_epoch_and_skip_resumes():
     s.set_epoch(1)
     assert indices(s) != indices(first)
     s.set_epoch(0)
-    s.skip_next(8)
+    s.resume_at(8)
     assert list(s) == first[8:]  # the same samples with the same keys: the same augmentation
-    assert list(s) == first  # the skip applies once
+    assert list(s) == first  # the resume applies once
+
+
+@pytest.mark.parametrize("before,after", [(2, 1), (1, 2), (2, 4), (4, 2)])
+@pytest.mark.parametrize("weights", [None, torch.rand(48)])
+def test_a_resume_on_another_number_of_ranks_continues_the_global_order_exactly(before, after, weights):
+    """48 samples, a global batch of 4: 5 steps on `before` ranks, then the rest of the epoch on
+    `after` ranks, together take every position of the epoch's order once, with its key."""
+    global_batch, steps = 4, 5
+    whole = list(ResumableSampler(48, seed=7, weights=weights, drop_last=True))
+    taken = []
+    for rank in range(before):  # what each rank took in its first `steps` batches
+        taken += list(ResumableSampler(48, rank, before, seed=7, weights=weights, drop_last=True))[
+            : steps * global_batch // before
+        ]
+    for rank in range(after):
+        sampler = ResumableSampler(48, rank, after, seed=7, weights=weights, drop_last=True)
+        sampler.resume_at(steps * global_batch)
+        taken += list(sampler)
+    assert sorted(taken, key=lambda t: t[1]) == whole  # every (index, key) once: none twice, none missed
 
 
 def test_classification_from_raw_audio_and_from_shards_agree(prepared):

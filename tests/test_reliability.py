@@ -1,6 +1,7 @@
 """What happens when things go wrong: kills, bad input, bad configs, unsafe files, a failing rank.
 docs/reliability.md lists these cases; each row names its test here."""
 
+import json
 import os
 import pickle
 import signal
@@ -323,3 +324,34 @@ def test_a_store_whose_index_is_gone_says_how_to_rebuild_it(data_root, tmp_path)
     (tmp_path / "store" / "index.jsonl").unlink()
     with pytest.raises(FileNotFoundError, match="index.jsonl is gone; run the build command .* again"):
         FeatureStore(tmp_path / "store")
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    subprocess.run(train_cmd(data_root, run_dir), cwd=ROOT, check=True, capture_output=True, timeout=300)
+    before = (run_dir / "metrics.json").read_bytes()
+    last = (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    assert json.loads(before)["finished"] is True
+    result = subprocess.run(train_cmd(data_root, run_dir, "ckpt_path=last"), cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "finished its training at step 40" in result.stdout + result.stderr
+    assert (run_dir / "metrics.json").read_bytes() == before
+    assert (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns == last
+
+
+def test_a_run_summary_keeps_what_the_file_held_before(tmp_path):
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from src.utils import entry
+
+    cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}, "trainer": {"max_epochs": 1}, "data": {}})
+    (tmp_path / "metrics.json").write_text(json.dumps({"test/acc": 0.75, "val/acc": 0.5}))
+    trainer = SimpleNamespace(state=SimpleNamespace(status="finished"), interrupted=False, global_step=9,
+                              checkpoint_callbacks=[], loggers=[], world_size=1,
+                              strategy=SimpleNamespace(root_device=torch.device("cpu")), precision="32-true")  # fmt: skip
+    entry.write_run_summary(cfg, trainer, {"val/acc": 0.625})
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["test/acc"] == 0.75 and saved["val/acc"] == 0.625 and saved["global_step"] == 9

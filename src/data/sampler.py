@@ -2,8 +2,9 @@
 
 Every epoch draws one global order from (seed, epoch): a permutation, or weighted draws with
 replacement. Rank r takes positions r, r + W, r + 2W, ... so ranks see disjoint parts that
-together cover the epoch. After a restart it skips the batches already done, so no sample is
-repeated or skipped. It subclasses DistributedSampler so Lightning leaves it in place.
+together cover the epoch. After a restart it starts at the position of the global order where the
+run stopped (the samples all ranks had taken), so no sample is repeated or skipped, whatever the
+number of ranks before and after. It subclasses DistributedSampler so Lightning leaves it in place.
 
 It yields (index, key) pairs: key = (seed, epoch, position in the epoch's global order) seeds that
 sample's augmentation (augment.SampleRandom), so a resumed run draws what the uninterrupted one
@@ -34,7 +35,7 @@ class ResumableSampler(DistributedSampler):
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
         self.draws = draws or num_samples
         self.drop_last = drop_last
-        self._skip = 0  # samples of this rank to skip at the start of the next iteration
+        self._start = 0  # position in the global order where the next iteration starts
 
     def _global_order(self) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -52,15 +53,16 @@ class ResumableSampler(DistributedSampler):
 
     def __iter__(self):
         order = self._global_order()
-        per_rank = len(self)
-        needed = per_rank * self.num_replicas
-        if needed > len(order):  # pad by wrapping, as DistributedSampler does
-            order = torch.cat([order, order[: needed - len(order)]])
-        positions = range(self.rank, needed, self.num_replicas)
-        mine = [(int(order[p]), (self.seed, self.epoch, p)) for p in positions]
-        skip, self._skip = self._skip, 0
-        return iter(mine[skip:])
+        start, self._start = self._start, 0
+        remaining = len(order) - start
+        per_rank = remaining // self.num_replicas if self.drop_last else -(-remaining // self.num_replicas)
+        end = start + per_rank * self.num_replicas
+        if end > len(order):  # pad by wrapping, as DistributedSampler does
+            order = torch.cat([order, order[: end - len(order)]])
+        positions = range(start + self.rank, end, self.num_replicas)
+        return iter([(int(order[p]), (self.seed, self.epoch, p)) for p in positions])
 
-    def skip_next(self, samples: int) -> None:
-        """Resume: the next iteration starts after `samples` of this rank's samples."""
-        self._skip = samples
+    def resume_at(self, position: int) -> None:
+        """Resume: the next iteration starts at this position of the epoch's global order (the
+        samples every rank took before the stop: batches done x the global batch)."""
+        self._start = position

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from contextlib import contextmanager
@@ -112,6 +113,22 @@ def resume_path(cfg: DictConfig, trainer: L.Trainer) -> str | None:
     return existing_checkpoint(path) if path else None
 
 
+def finished_run(cfg: DictConfig, ckpt_path: str | None) -> dict | None:
+    """The metrics of this run folder's finished training when ckpt_path=last would resume it with the
+    same length (max_epochs, max_steps): nothing is left to do. None otherwise."""
+    summary_path = Path(cfg.paths.output_dir) / "metrics.json"
+    if not ckpt_path or not summary_path.exists() or Path(ckpt_path).name != "last.ckpt":
+        return None
+    try:
+        summary = json.loads(summary_path.read_text())
+    except ValueError:
+        return None
+    length = {k: cfg.trainer.get(k) for k in ("max_epochs", "max_steps")}
+    if summary.get("finished") and all(summary.get(k) == v for k, v in length.items()):
+        return summary
+    return None
+
+
 def best_checkpoint(trainer: L.Trainer) -> str | None:
     """The best checkpoint by the monitored metric (the model_checkpoint callback's), if any."""
     return next((c.best_model_path for c in trainer.checkpoint_callbacks if c.best_model_path), None)
@@ -122,6 +139,9 @@ def write_run_summary(cfg: DictConfig, trainer: L.Trainer, metrics: dict) -> Non
     """<output>/metrics.json: final metrics plus where the checkpoints and logs are."""
     summary = {
         **metrics,
+        "finished": trainer.state.status == "finished" and not trainer.interrupted,
+        "max_epochs": cfg.trainer.get("max_epochs"),
+        "max_steps": cfg.trainer.get("max_steps"),
         "fold": cfg.data.get("fold"),
         "device": device_name(trainer),
         "precision": str(trainer.precision),
@@ -131,7 +151,12 @@ def write_run_summary(cfg: DictConfig, trainer: L.Trainer, metrics: dict) -> Non
         "tensorboard": next((lg.log_dir for lg in trainer.loggers if hasattr(lg, "log_dir")), None),
         "output_dir": cfg.paths.output_dir,
     }
-    write_json(Path(cfg.paths.output_dir) / "metrics.json", summary)
+    path = Path(cfg.paths.output_dir) / "metrics.json"
+    try:  # a resumed run keeps what the file held before: a metric it did not compute again stays
+        summary = {**json.loads(path.read_text()), **summary} if path.exists() else summary
+    except ValueError:
+        pass
+    write_json(path, summary)
     curves = _plot_curves(cfg) if summary["tensorboard"] else None
     export = Path(cfg.paths.output_dir) / "encoder"
     lines = [f"run folder:       {cfg.paths.output_dir}"]
