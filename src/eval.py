@@ -1,4 +1,8 @@
-"""Evaluate a checkpoint on the test split:  python src/eval.py experiment=<name> ckpt_path=<.ckpt>"""
+"""Evaluate a checkpoint:  python src/eval.py experiment=<name> ckpt_path=<.ckpt>
+
+A fine-tuned model on its test split; a pretraining checkpoint (experiment=pretrain...) on its
+validation set (the masked-patch accuracy and losses).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True)
 
 import hydra  # noqa: E402
 import lightning as L  # noqa: E402
+from lightning.pytorch.utilities.model_helpers import is_overridden  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from src.utils import entry  # noqa: E402
@@ -32,10 +37,13 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     checkpoint = entry.existing_checkpoint(cfg.ckpt_path)
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.check()
-    model = hydra.utils.instantiate(cfg.model, pretrained=None)  # weights come from the checkpoint
+    # the weights come from the checkpoint, not from the encoder export a fine-tuning starts from
+    model = hydra.utils.instantiate(cfg.model, **({"pretrained": None} if "pretrained" in cfg.model else {}))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)
     print_config(cfg)
-    trainer.test(model=model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+    # a fine-tuned model on the test split; a pretraining (no test step) on its validation set
+    run = trainer.test if is_overridden("test_step", model) else trainer.validate
+    run(model=model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     entry.write_run_summary(cfg, trainer, metrics)
     return metrics, {"cfg": cfg, "model": model, "trainer": trainer}
@@ -46,7 +54,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
 def main(cfg: DictConfig) -> None:
     extras(cfg)
     metrics, _ = evaluate(cfg)
-    print(" ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if k.startswith("test/")))
+    print(" ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if k.startswith(("test/", "val/"))))
 
 
 if __name__ == "__main__":

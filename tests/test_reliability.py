@@ -132,6 +132,53 @@ def test_a_planted_malicious_checkpoint_is_refused_without_running_it(data_root,
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("script", ["src/train.py", "src/eval.py"])
+@pytest.mark.parametrize("kind", ["pickled code", "text"])
+def test_ckpt_path_to_a_file_that_is_not_a_safe_checkpoint_is_one_line(data_root, tmp_path, script, kind):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    bad = tmp_path / "bad.ckpt"
+    if kind == "text":
+        bad.write_text("not a checkpoint\n")
+    else:
+        with open(bad, "wb") as f:
+            pickle.dump({"state_dict": Payload()}, f)
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        script,
+        *SMALL,
+        f"paths.data_dir={data_root}",
+        f"hydra.run.dir={run_dir}",
+        f"ckpt_path={bad}",
+    ]
+    if script == "src/eval.py":
+        cmd = [c for c in cmd if not c.startswith(("test=", "trainer.max_epochs", "trainer.num_sanity"))]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr and "weights_only=False" not in result.stderr
+    assert not marker.exists() and not run_dir.exists()
+
+
+def test_eval_of_a_pretraining_checkpoint_reports_its_validation(data_root, tmp_path):
+    run = tmp_path / "pre"
+    common = ["experiment=pretrain_demo", "++encoder.size=null", "++encoder.embed_dim=32", "++encoder.depth=2",
+              "data.num_workers=0", "data.batch_size=4", "logger=[]", f"paths.data_dir={data_root}"]  # fmt: skip
+    subprocess.run([sys.executable, "src/train.py", *common, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                    "trainer.limit_val_batches=1", f"hydra.run.dir={run}"], cwd=ROOT, check=True, capture_output=True,
+                   timeout=300)  # fmt: skip
+    result = subprocess.run([sys.executable, "src/eval.py", *common, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+                             "trainer.limit_val_batches=1", f"hydra.run.dir={tmp_path / 'eval'}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "val/acc=" in result.stdout
+
+
 def test_a_rank_that_raises_stops_the_whole_ddp_job(data_root, tmp_path):
     """2 CPU ranks launched as Lightning's ddp does (one process per rank); rank 1 raises at step 2."""
     cmd = [sys.executable, "src/train.py", "experiment=ks2_demo", "trainer=ddp_sim", "trainer.strategy=ddp",
@@ -349,9 +396,17 @@ def test_a_run_summary_keeps_what_the_file_held_before(tmp_path):
 
     cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}, "trainer": {"max_epochs": 1}, "data": {}})
     (tmp_path / "metrics.json").write_text(json.dumps({"test/acc": 0.75, "val/acc": 0.5}))
-    trainer = SimpleNamespace(state=SimpleNamespace(status="finished"), interrupted=False, global_step=9,
-                              checkpoint_callbacks=[], loggers=[], world_size=1,
-                              strategy=SimpleNamespace(root_device=torch.device("cpu")), precision="32-true")  # fmt: skip
+    device = SimpleNamespace(root_device=torch.device("cpu"))
+    trainer = SimpleNamespace(
+        state=SimpleNamespace(status="finished"),
+        interrupted=False,
+        global_step=9,
+        checkpoint_callbacks=[],
+        loggers=[],
+        world_size=1,
+        strategy=device,
+        precision="32-true",
+    )
     entry.write_run_summary(cfg, trainer, {"val/acc": 0.625})
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["test/acc"] == 0.75 and saved["val/acc"] == 0.625 and saved["global_step"] == 9

@@ -51,11 +51,19 @@ def read_export(path: str | Path) -> tuple[dict, dict]:
     return json.loads((folder / CONFIG).read_text()), load_file(str(folder / WEIGHTS))
 
 
-def read_checkpoint(path: str | Path) -> dict:
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
+    """torch.load(weights_only=True) of a checkpoint, a refusal or a damaged file as one UserError.
+    mmap: map the tensors instead of reading them (a check that the file loads, at little cost)."""
     path = Path(path)
     if not path.exists():
         raise MissingInput(f"{path}: checkpoint not found; pass the path of a .ckpt or an export folder")
     try:
+        if mmap:
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):  # the legacy (non-zip) format cannot be mapped; read it
+                    raise
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" not in str(e):

@@ -83,8 +83,13 @@ def device_name(trainer: L.Trainer) -> str:
 
 
 def existing_checkpoint(path) -> str:
-    if not path or not Path(str(path)).exists():
+    """path, once it is known to be a checkpoint that loads safely (weights_only, memory-mapped, so
+    cheap): anything else is one line before a run folder fills, not torch's traceback."""
+    if not path or not Path(str(path)).is_file():
         raise MissingInput(f"ckpt_path={path}: no such checkpoint; pass the path of a .ckpt file")
+    from src.models.pretrained import read_checkpoint
+
+    read_checkpoint(path, mmap=True)
     return str(path)
 
 
