@@ -410,3 +410,93 @@ def test_a_run_summary_keeps_what_the_file_held_before(tmp_path):
     entry.write_run_summary(cfg, trainer, {"val/acc": 0.625})
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["test/acc"] == 0.75 and saved["val/acc"] == 0.625 and saved["global_step"] == 9
+
+
+def _hostile_export(tmp_path, damage: str) -> Path:
+    """A small SSAMBA export, damaged as a careless or hostile source would hand it over."""
+    from safetensors.torch import load_file, save_file
+
+    from src.models.pretrained import save_encoder
+    from tests.helpers.encoders import make_encoder
+
+    out = save_encoder(make_encoder("ssamba", None, embed_dim=32, depth=2, target_length=128), tmp_path / "enc",
+                       data={"mean": -5.0, "std": 4.0})  # fmt: skip
+    config_file, weights = out / "config.json", out / "encoder.safetensors"
+    config = json.loads(config_file.read_text())
+    if damage == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "NaN weights":
+        save_file({k: torch.full_like(v, float("nan")) for k, v in load_file(str(weights)).items()}, str(weights))
+    elif damage == "config.json is /dev/zero":
+        config_file.unlink()
+        config_file.symlink_to("/dev/zero")
+    elif damage == "no encoder key":
+        config_file.write_text(json.dumps({"data": config["data"]}))
+    else:
+        key, value = {"unknown key": ("foo", 1), "wrongly typed key": ("depth", "2"), "depth 1000000": ("depth", 10**6),
+                      "embed_dim 10**7": ("embed_dim", 10**7), "target_length 10**9": ("target_length", 10**9),
+                      "depth 4 (weights have 2)": ("depth", 4)}[damage]  # fmt: skip
+        config["encoder"][key] = value
+        config_file.write_text(json.dumps(config))
+    return out
+
+
+HOSTILE_EXPORTS = ["truncated weights", "NaN weights", "config.json is /dev/zero", "no encoder key", "unknown key",
+                   "wrongly typed key", "depth 1000000", "embed_dim 10**7", "target_length 10**9",
+                   "depth 4 (weights have 2)"]  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", HOSTILE_EXPORTS)
+def test_a_hostile_export_is_refused_before_anything_is_built(tmp_path, damage, monkeypatch):
+    import resource
+
+    from src.embedding import hear
+    from src.models.components import encoder as encoder_module
+
+    export = _hostile_export(tmp_path, damage)
+    built = []
+
+    def refuse(self, *args, **kwargs):
+        built.append(args)
+        raise AssertionError("the encoder was built")
+
+    monkeypatch.setattr(encoder_module.AudioMambaEncoder, "__init__", refuse)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError) as caught:
+        hear.load_model(str(export))
+    assert str(tmp_path / "enc") in str(caught.value)  # the message names the file
+    assert not built and resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "NaN weights", "depth 1000000", "config.json is /dev/zero"])
+def test_embed_with_a_hostile_export_is_one_line(tmp_path, damage):
+    export = _hostile_export(tmp_path, damage)
+    af.tone(tmp_path / "in" / "a.wav", seconds=1.0)
+    result = subprocess.run([sys.executable, "src/embed.py", "--model", str(export), "--input", str(tmp_path / "in"),
+                             "--output", str(tmp_path / "out"), "--device", "cpu"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_fine_tuning_from_nan_weights_stops_in_one_line_without_a_run_folder(data_root, tmp_path):
+    export = _hostile_export(tmp_path, "NaN weights")
+    run_dir = tmp_path / "run"
+    result = subprocess.run(train_cmd(data_root, run_dir, f"model.pretrained={export}", "data.target_length=128"),
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 2 and "hold NaN or inf" in result.stderr and "Traceback" not in result.stderr
+    assert not run_dir.exists()
+
+
+def test_a_nan_loss_stops_training_with_a_checkpoint_and_valid_json(data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    result = subprocess.run(train_cmd(data_root, run_dir, "model.optimizer.lr=1e30", "trainer.max_steps=200"), cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 2 and "the training loss became" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    saved = torch.load(run_dir / "checkpoints" / "before_nonfinite.ckpt", weights_only=True, map_location="cpu")
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
+    for path in run_dir.rglob("*.json"):
+        assert "NaN" not in path.read_text() and "Infinity" not in path.read_text(), path
+        json.loads(path.read_text())

@@ -12,6 +12,7 @@ The command that writes an export from a checkpoint is src/export.py.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from src.models.components import build_encoder, config_from_dict
-from src.models.components.patching import PatchConfig
+from src.models.components.patching import PatchConfig, patch_grid
 from src.utils.errors import MissingInput, UserError
 from src.utils.io import atomic_path, write_json
 
@@ -42,13 +43,101 @@ def save_encoder(encoder: nn.Module, out_dir: str | Path, data: dict | None = No
     return out_dir
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few KiB
+MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit
+
+
 def read_export(path: str | Path) -> tuple[dict, dict]:
-    """(config.json, state dict) of an export folder."""
+    """(config.json, state dict) of an export folder, each checked before it is used: config.json a
+    small regular file holding a JSON object with an `encoder` mapping, encoder.safetensors whole
+    (its header's tensors end where the file does), the config's sizes those of the weights (so a
+    damaged config cannot make the model huge), and the weights finite."""
     path = Path(path)
     folder = path.parent if path.suffix == ".safetensors" else path
-    if not (folder / WEIGHTS).exists() or not (folder / CONFIG).exists():
+    config_file, weights = folder / CONFIG, folder / WEIGHTS
+    if not weights.exists() or not config_file.exists():
         raise MissingInput(f"{folder}: not an encoder export (needs {WEIGHTS} and {CONFIG}); see src/export.py")
-    return json.loads((folder / CONFIG).read_text()), load_file(str(folder / WEIGHTS))
+    for file in (config_file, weights):
+        if not file.is_file():
+            raise UserError(f"{file}: not a regular file (a device, a pipe or a folder); export the encoder again")
+    if config_file.stat().st_size > MAX_CONFIG_BYTES:
+        raise UserError(f"{config_file}: {config_file.stat().st_size} bytes, not an export's config; export again")
+    try:
+        meta = json.loads(config_file.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{config_file}: not valid JSON ({e}); export the encoder again") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("encoder"), dict):
+        raise UserError(f"{config_file}: has no `encoder` settings; not an export of this project")
+    shapes = safetensors_shapes(weights)
+    check_config_fits_weights(_config(meta["encoder"], config_file), shapes, str(folder))
+    state = load_file(str(weights))
+    check_finite(state, str(weights))
+    return meta, state
+
+
+def _config(saved, source: Path) -> PatchConfig:
+    """config_from_dict, its errors naming the file the config came from."""
+    try:
+        return config_from_dict(saved)
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
+
+
+def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """{tensor name: shape} from a safetensors file's header, the file checked whole first."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < length <= min(size - 8, MAX_HEADER_BYTES):
+            raise UserError(f"{path}: not a safetensors file, or cut short; export the encoder again")
+        try:
+            header = json.loads(f.read(length))
+        except (ValueError, UnicodeDecodeError):
+            raise UserError(f"{path}: its header is damaged; export the encoder again") from None
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"} if isinstance(header, dict) else {}
+    try:
+        end = max((v["data_offsets"][1] for v in tensors.values()), default=0)
+        shapes = {k: tuple(int(n) for n in v["shape"]) for k, v in tensors.items()}
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise UserError(f"{path}: its header is damaged; export the encoder again") from None
+    if 8 + length + end != size:
+        raise UserError(f"{path}: {size} bytes where its header needs {8 + length + end}: cut short or damaged; "
+                        "export the encoder again")  # fmt: skip
+    return shapes
+
+
+def check_config_fits_weights(config: PatchConfig, shapes: dict, source: str) -> None:
+    """The config's width, depth, patch size and positions are those of the weights, checked on
+    shapes alone before the model is built."""
+    numbered = [k.split(".")[1] for k in shapes if k.startswith(("layers.", "blocks."))]
+    blocks = {int(n) for n in numbered if n.isdigit()}
+    f_dim, t_dim = patch_grid(config.num_mel_bins, config.target_length, config.fshape, config.tshape,
+                              config.fstride, config.tstride)  # fmt: skip
+    positions = shapes.get("pos_embed", (0, 0))[1] if len(shapes.get("pos_embed", ())) == 3 else None
+    prefix = positions - f_dim * t_dim if positions is not None else None
+    found = {
+        "embed_dim": shapes.get("cls_token", (None,))[-1],
+        "depth": max(blocks) + 1 if blocks else 0,
+        "fshape x tshape": tuple(shapes.get("patch_embed.proj.weight", (None, None, None, None))[2:]),
+        "positions": positions,
+    }
+    wanted = {"embed_dim": config.embed_dim, "depth": config.depth, "fshape x tshape": (config.fshape, config.tshape),
+              "positions": f_dim * t_dim + (prefix if prefix in (1, 2) else 1)}  # fmt: skip
+    wrong = [f"{k} {wanted[k]} vs {found[k]}" for k in wanted if wanted[k] != found[k]]
+    if wrong:
+        raise UserError(f"{source}: its config does not describe its weights (config vs weights: {', '.join(wrong)}); "
+                        "the config or the weights are damaged, or not this project's")  # fmt: skip
+
+
+def check_finite(state: dict, source: str) -> None:
+    """Refuse NaN or inf weights (SSAMBA_ALLOW_NONFINITE_WEIGHTS=1 lets them through, for debugging)."""
+    if os.environ.get("SSAMBA_ALLOW_NONFINITE_WEIGHTS") == "1":
+        return
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise UserError(f"{source}: {len(bad)} tensors hold NaN or inf (first: {bad[0]}); the weights are broken "
+                        "(a diverged training?); SSAMBA_ALLOW_NONFINITE_WEIGHTS=1 loads them anyway")  # fmt: skip
 
 
 def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
@@ -87,13 +176,16 @@ def read_pretrained(path: str | Path) -> tuple[PatchConfig, dict, dict | None]:
     path = Path(path)
     if path.is_dir() or path.suffix == ".safetensors":
         meta, state = read_export(path)
-        return config_from_dict(meta["encoder"]), state, meta.get("data")
+        return _config(meta["encoder"], path), state, meta.get("data")
     ckpt = read_checkpoint(path)
     hparams = ckpt.get("hyper_parameters", {})
     if "encoder" not in hparams or "state_dict" not in ckpt:
         raise UserError(f"{path}: not a checkpoint of this project (no hyper_parameters.encoder / state_dict)")
     state = {k[len("encoder.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("encoder.")}
-    return config_from_dict(hparams["encoder"]), state, ckpt.get("data")
+    config = _config(hparams["encoder"], path)
+    check_config_fits_weights(config, {k: tuple(v.shape) for k, v in state.items()}, str(path))
+    check_finite(state, str(path))
+    return config, state, ckpt.get("data")
 
 
 def build_pretrained(config: PatchConfig, state: dict, source: str, mask_token: bool = False) -> nn.Module:

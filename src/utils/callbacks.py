@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from src.utils.errors import UserError
 from src.utils.io import write_json
 from src.utils.pylogger import RankedLogger
 
@@ -75,6 +76,25 @@ class CheckpointOnSignal(L.Callback):
         log.info(f"stopped by a signal at step {trainer.global_step}: saved {path}; resume with ckpt_path=last")
         if self._usr2 and callable(self._previous):
             self._previous(signal.SIGUSR2, None)
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """A NaN or infinite training loss stops the run before its backward: the weights it would have
+    broken are saved to <dirpath>/before_nonfinite.ckpt and the run ends with one line (a UserError)."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = dirpath
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        if torch.isfinite(loss.detach()).all():
+            return
+        path = Path(self.dirpath) / "before_nonfinite.ckpt"
+        trainer.save_checkpoint(path)
+        raise UserError(
+            f"the training loss became {float(loss.detach().float().mean())} at step {trainer.global_step}; "
+            f"the weights before it are in {path}. Lower the learning rate (model.optimizer.lr), clip gradients "
+            "(trainer.gradient_clip_val=1.0) or look for broken inputs"
+        )
 
 
 class Throughput(L.Callback):

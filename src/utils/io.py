@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -70,12 +71,24 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def finite_json(obj):
+    """obj with every NaN or infinite float replaced by None: JSON has no NaN (json.dumps would
+    write `NaN`, which strict readers refuse)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | Path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2) + "\n")
+    write_text(path, json.dumps(finite_json(obj), indent=2, allow_nan=False) + "\n")
 
 
 def write_jsonl(path: str | Path, rows) -> None:
-    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    write_text(path, "".join(json.dumps(finite_json(r), allow_nan=False) + "\n" for r in rows))
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

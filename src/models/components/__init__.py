@@ -79,12 +79,19 @@ def config_from_dict(saved: dict) -> PatchConfig:
     complete = _complete(saved)
     if complete is not None:
         return complete
+    if not isinstance(saved, dict):
+        raise UserError(f"the encoder config is a {type(saved).__name__}, not a mapping of settings")
     saved = dict(saved)
     backbone = saved.pop("backbone", "ssamba")
     if backbone not in BACKBONES:
         raise UserError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
-    _, _, sizes = BACKBONES[backbone]
+    config_class, _, sizes = BACKBONES[backbone]
     values = {LEGACY_NAMES.get(k, k): v for k, v in saved.items() if k not in ("size", "quirks")}
+    unknown = sorted(set(values) - {f.name for f in fields(config_class)})
+    if unknown:
+        raise UserError(f"the saved {backbone} config has unknown settings {unknown}: not written by this project")
+    if saved.get("size", "tiny") not in sizes or saved.get("quirks", "official") not in QUIRKS:
+        raise UserError(f"the saved {backbone} config names an unknown size or quirks preset")
     base = sizes[saved.get("size", "tiny")]
     quirks = saved.get("quirks", "official") if backbone == "ssamba" else None
     return replace(base, **{**(QUIRKS[quirks] if quirks else {}), **values})

@@ -7,7 +7,7 @@ SSAST's distillation token) go first; a learned absolute positional embedding is
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn as nn
@@ -17,6 +17,28 @@ from torch import Tensor
 from src.utils.errors import UserError
 
 POS_RESIZE_RULES = ("official", "fixed")
+
+
+# the ranges a config's numbers may take: at least 1 (0 for a rate), at most a size no model of
+# this project reaches, so that a mistyped value is refused before anything is allocated
+LIMITS = {"embed_dim": (1, 8192), "num_mel_bins": (1, 1024), "target_length": (1, 1_000_000), "fshape": (1, 1024),
+          "tshape": (1, 1024), "fstride": (1, 1024), "tstride": (1, 1024), "depth": (1, 512), "d_state": (1, 256),
+          "d_conv": (1, 64), "expand": (1, 16), "num_heads": (1, 256), "norm_eps": (1e-12, 1.0),
+          "drop_path_rate": (0.0, 0.99), "mlp_ratio": (0.01, 64.0)}  # fmt: skip
+TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def check_fields(config) -> None:
+    """Every field of an encoder config of its declared type and inside LIMITS: a UserError naming
+    the field otherwise (a bad override, or a config.json that is damaged or not this project's)."""
+    for f in fields(config):
+        value, kinds = getattr(config, f.name), TYPES.get(str(f.type), ())
+        if kinds and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
+            raise UserError(f"encoder.{f.name}={value!r} is not {'a' if f.type != 'int' else 'a whole'} "
+                            f"{'number' if f.type in ('int', 'float') else f.type}")  # fmt: skip
+        low, high = LIMITS.get(f.name, (None, None))
+        if low is not None and not low <= value <= high:
+            raise UserError(f"encoder.{f.name}={value} is outside {low}..{high}")
 
 
 def patch_grid(num_mel_bins: int, frames: int, fshape: int, tshape: int, fstride: int, tstride: int):
@@ -91,6 +113,7 @@ class PatchConfig:
     mask_token: bool = False  # the SSL mask embedding
 
     def __post_init__(self):
+        check_fields(self)
         if self.pos_resize not in POS_RESIZE_RULES:
             raise UserError(f"pos_resize must be one of {POS_RESIZE_RULES}, got {self.pos_resize!r}")
         patch_grid(self.num_mel_bins, self.target_length, self.fshape, self.tshape, self.fstride, self.tstride)
