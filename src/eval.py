@@ -29,6 +29,7 @@ from src.utils.utils import extras, print_config, task_wrapper, user_errors_exit
 
 @task_wrapper
 def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
+    entry.check_settings(cfg)  # before anything is built
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     set_threads(cfg.get("threads", "auto"), entry.processes_per_node(cfg))

@@ -41,6 +41,7 @@ OmegaConf.register_new_resolver(
 
 @task_wrapper
 def train(cfg: DictConfig) -> tuple[dict, dict]:
+    entry.check_settings(cfg)  # before anything is built
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     threads = set_threads(cfg.get("threads", "auto"), entry.processes_per_node(cfg))
@@ -57,7 +58,6 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     plugins = [AtomicCheckpointIO()]  # checkpoints written beside their target, then renamed
     if SLURMEnvironment.detect():  # one task per device; submitit, not Lightning, handles requeue
         plugins.append(SLURMEnvironment(auto_requeue=False))
-    entry.check_trainer_values(cfg)
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins
     )

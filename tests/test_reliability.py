@@ -345,6 +345,17 @@ def test_a_truncated_checkpoint_is_reported_as_truncated_not_as_unsafe(tmp_path,
         (["ckpt_path=???"], "ckpt_path=??? is not a checkpoint"),
         (["trainer.max_epochs=abc"], "trainer.max_epochs='abc' is not a whole number"),
         (["trainer.max_steps=2", "trainer.limit_val_batches=0"], "val/acc was never logged: no val step ran"),
+        (["data.batch_size=0"], "data.batch_size=0 is below 1"),
+        (["data.batch_size=-1"], "data.batch_size=-1 is below 1"),
+        (["data.batch_size=2.5"], "data.batch_size=2.5 is not a whole number"),
+        (["data.num_workers=-1"], "data.num_workers=-1 is below 0"),
+        (["encoder.depth=-2"], "encoder.depth=-2 is outside 1..512"),
+        (["encoder.depth=0"], "encoder.depth=0 is outside 1..512"),
+        (["encoder.embed_dim=0"], "encoder.embed_dim=0 is outside 1..8192"),
+        (["trainer.max_steps=-5"], "trainer.max_steps=-5 is below -1 (-1: no limit)"),
+        (["trainer.max_epochs=-5"], "trainer.max_epochs=-5 is below -1 (-1: no limit)"),
+        (["trainer.devices=0"], "trainer.devices=0: use a count of at least 1"),
+        (["+model.foo=1"], "model.foo is not a setting of FinetuneModule"),
     ],
 )
 def test_config_mistakes_end_in_one_line_with_the_fix(data_root, tmp_path, overrides, message):
@@ -352,6 +363,25 @@ def test_config_mistakes_end_in_one_line_with_the_fix(data_root, tmp_path, overr
                             text=True, timeout=300)  # fmt: skip
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr and "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1
+    if "never logged" not in message:  # that one trained (its checkpoints stay); the rest stop on their checks
+        assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["model.mask_patches=1000"], "model.mask_patches=1000: the input has 32 patches"),
+        (["model.val_mask_patches=1000"], "model.val_mask_patches=1000: the input has 32 patches"),
+        (["model.mask_patches=0"], "model.mask_patches=0: the input has 32 patches (8 x 4 at target_length=64); mask "
+                                   "between 1 and 32"),
+    ],
+)  # fmt: skip
+def test_mask_counts_that_do_not_fit_stop_before_training(data_root, tmp_path, overrides, message):
+    result = subprocess.run(train_cmd(data_root, tmp_path / "run", *overrides, experiment="pretrain_demo"), cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_learning_rate_of_zero_warns_and_a_negative_one_is_refused():

@@ -65,6 +65,7 @@ class SSLModule(L.LightningModule):
             self.encoder = build_encoder(replace(as_config(encoder), mask_token=True))
         # checkpoints describe the encoder they hold (so they load without the export)
         self.hparams.encoder = self.encoder.config.to_dict()
+        self._check_mask_counts()
         dim = self.encoder.embed_dim
         patch_values = self.encoder.patch_shape[0] * self.encoder.patch_shape[1]
         self.cpredlayer = prediction_head(dim, patch_values)
@@ -80,6 +81,22 @@ class SSLModule(L.LightningModule):
         self.val_acc_best = MaxMetric()
         # masks are drawn from (seed, rank, step, pass): a resumed run draws the masks it would have
         self._mask_seed = torch.initial_seed() % 2**31
+
+    def _check_mask_counts(self) -> None:
+        """Both mask counts fit the input's patches, checked before training rather than at the
+        first step (mask_patches) or after a whole epoch (val_mask_patches)."""
+        f_dim, t_dim = self.encoder.grid_for(self.encoder.config.num_mel_bins, self.encoder.config.target_length)
+        patches = f_dim * t_dim
+        most = patches - 2 if self.hparams.masking.startswith("official") else patches  # official: not patch 0
+        for key in ("mask_patches", "val_mask_patches"):
+            count = self.hparams[key]
+            if count is None and key == "val_mask_patches":
+                continue
+            if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= most:
+                raise UserError(
+                    f"model.{key}={count!r}: the input has {patches} patches ({f_dim} x {t_dim} at "
+                    f"target_length={self.encoder.config.target_length}); mask between 1 and {most} of them"
+                )
 
     def _load_heads(self, path: Path) -> None:
         """The SSL heads of a converted official checkpoint (official key names: cpredlayer.0.weight, ...)."""

@@ -47,15 +47,58 @@ NUMBERS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "va
            "gradient_clip_val")  # fmt: skip
 
 
-def check_trainer_values(cfg: DictConfig) -> None:
-    """Before Lightning sees them: a count that is not a whole number, or a fraction that is not a
-    number, is the user's to fix (trainer.max_epochs=abc), not a traceback."""
+# the least each count may be: -1 means "no limit" to Lightning for max_epochs and max_steps
+AT_LEAST = {"trainer.max_epochs": -1, "trainer.max_steps": -1, "trainer.min_epochs": 0, "trainer.min_steps": 0,
+            "trainer.check_val_every_n_epoch": 1, "trainer.log_every_n_steps": 1,
+            "trainer.accumulate_grad_batches": 1, "trainer.num_sanity_val_steps": -1, "trainer.num_nodes": 1,
+            "data.batch_size": 1, "data.num_workers": 0}  # fmt: skip
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Before anything is built or launched: counts that are whole numbers in range, fractions that
+    are numbers, devices that exist, and no setting a module does not take (+model.foo=1): each a
+    UserError naming the setting, not a traceback from deep inside Lightning or Hydra."""
     for key, kinds, what in [(k, (int,), "a whole number") for k in WHOLE_NUMBERS] + [
         (k, (int, float), "a number") for k in NUMBERS
     ]:
         value = cfg.trainer.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
             raise UserError(f"trainer.{key}={value!r} is not {what}")
+    for key, least in AT_LEAST.items():
+        value = OmegaConf.select(cfg, key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{key}={value!r} is not a whole number")
+        if value < least:
+            raise UserError(f"{key}={value} is below {least}" + (" (-1: no limit)" if least == -1 else ""))
+    devices = cfg.trainer.get("devices")
+    if isinstance(devices, bool) or (isinstance(devices, int) and devices < 1 and devices != -1):
+        raise UserError(f"trainer.devices={devices!r}: use a count of at least 1, a list of device ids, or auto")
+    for group in ("model", "data"):
+        _check_arguments(cfg, group)
+
+
+def _check_arguments(cfg: DictConfig, group: str) -> None:
+    """Every key of cfg.<group> is an argument of its _target_ (a typo or +model.foo=1 is named)."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    node = cfg.get(group)
+    if node is None or "_target_" not in node:
+        return
+    try:
+        parameters = inspect.signature(get_class(node._target_)).parameters
+    except (ImportError, ValueError, TypeError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(k for k in node if not k.startswith("_") and k not in parameters)
+    if unknown:
+        known = sorted(k for k in parameters if k != "self")
+        raise UserError(f"{group}.{unknown[0]} is not a setting of {node._target_.rsplit('.', 1)[-1]}; "
+                        f"its settings: {', '.join(known)}")  # fmt: skip
 
 
 def processes_per_node(cfg: DictConfig) -> int:
