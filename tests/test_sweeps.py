@@ -143,3 +143,25 @@ def test_the_slurm_launcher_composes_with_every_experiment_and_trainer():
                 assert launcher["tasks_per_node"] == cfg.trainer.devices
                 gpus = 0 if cfg.trainer.accelerator in ("cpu", "auto") else cfg.trainer.devices
                 assert launcher["gpus_per_node"] == gpus, (experiment, trainer)
+
+
+@pytest.mark.parametrize("launcher", ["basic", pytest.param("local", marks=pytest.mark.slow)])
+def test_a_failing_job_does_not_stop_the_sweep_and_is_in_the_summary(data_root, tmp_path, launcher):
+    """Three points, the middle one fails mid-run (a negative learning rate, refused when the
+    optimizer is made): the jobs after it run, summary.json lists its error, the exit code is 1."""
+    sweep = tmp_path / "sweep"
+    result = run(
+        [*([] if launcher == "basic" else ["hydra/launcher=local"]), "experiment=ks2_demo",
+         f"paths.data_dir={data_root}", f"hydra.sweep.dir={sweep}", "model.optimizer.lr=1e-3,-1,2e-3",
+         "+trainer.fast_dev_run=true"],
+        tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    summary = json.loads((sweep / "summary.json").read_text())
+    jobs = {j["job"]: j for j in summary["jobs"]}
+    assert set(jobs) == {"0", "1", "2"} and summary["failed"] == ["1"]
+    assert "set model.optimizer.lr to a positive value" in jobs["1"]["error"]
+    assert "test/acc" in jobs["0"]["metrics"] and "test/acc" in jobs["2"]["metrics"]  # the job after it ran
+    assert (
+        "sweep: 2 jobs finished, 1 failed" in result.stdout and "job 1 (model.optimizer.lr=-1) failed" in result.stdout
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -28,15 +29,26 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs = []
-        for path in sorted(
-            sweep_dir.glob("*/metrics.json"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0
-        ):
-            overrides_file = path.parent / ".hydra" / "overrides.yaml"
-            overrides = OmegaConf.to_container(OmegaConf.load(overrides_file)) if overrides_file.exists() else []
-            jobs.append({"job": path.parent.name, "overrides": overrides, "metrics": json.loads(path.read_text())})
+        folders = [p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")]
+        for folder in sorted(folders, key=lambda p: int(p.name) if p.name.isdigit() else 0):
+            overrides = OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "overrides.yaml"))
+            job = {"job": folder.name, "overrides": overrides}
+            if (folder / "metrics.json").exists():
+                job["metrics"] = json.loads((folder / "metrics.json").read_text())
+            elif (folder / "failed.json").exists():
+                job["error"] = json.loads((folder / "failed.json").read_text())["error"]
+            else:  # killed (out of memory, a time limit without requeue) before it wrote anything
+                job["error"] = "no result: the job ended without writing metrics.json (killed?)"
+            jobs.append(job)
         summary = summarise(jobs, self.metric or config.get("optimized_metric"))
         write_json(sweep_dir / "summary.json", summary)
-        print(f"sweep: {len(jobs)} jobs finished; results in {sweep_dir / 'summary.json'}")
+        failed = [j for j in jobs if "error" in j]
+        print(f"sweep: {len(jobs) - len(failed)} jobs finished, {len(failed)} failed; results in "
+              f"{sweep_dir / 'summary.json'}")  # fmt: skip
+        shared = set.intersection(*(set(j["overrides"]) for j in jobs)) if jobs else set()
+        for job in failed:  # named by what sets it apart from the other jobs
+            own = " ".join(o for o in job["overrides"] if o not in shared) or "the only point"
+            print(f"  job {job['job']} ({own}) failed: {job['error']}")
         metric = summary["metric"]
         for point in summary["points"]:
             where = " ".join(point["overrides"]) or "(one point)"
@@ -44,13 +56,17 @@ class SweepSummary(Callback):
             print(f"  {where}: {metric} = {point['mean']:.4f}{spread}" if point["n"] else f"  {where}: no {metric}")
         if summary.get("best"):
             print(f"  best: {' '.join(summary['best']['overrides']) or '(one point)'}")
+        if failed:
+            sys.exit(1)  # a script that runs the sweep sees that not every job finished
 
 
 def summarise(jobs: list[dict], metric: str | None) -> dict:
-    """The summary of a sweep's jobs ({"job", "overrides", "metrics"} each)."""
+    """The summary of a sweep's jobs ({"job", "overrides", "metrics"} each, or "error" for a job
+    that failed: listed, and left out of the means)."""
+    done = [j for j in jobs if "metrics" in j]
     if metric and metric.startswith("val/"):
         tested = "test/" + metric[len("val/") :]
-        if jobs and all(tested in j["metrics"] for j in jobs):
+        if done and all(tested in j["metrics"] for j in done):
             metric = tested
     points: dict[tuple, list[dict]] = {}
     for job in jobs:
@@ -58,14 +74,14 @@ def summarise(jobs: list[dict], metric: str | None) -> dict:
         points.setdefault(key, []).append(job)
     rows = []
     for key, members in points.items():
-        values = [j["metrics"][metric] for j in members if metric in j["metrics"]]
+        values = [j["metrics"][metric] for j in members if metric in j.get("metrics", {})]
         repeated = sorted({o.split("=")[0] for j in members for o in j["overrides"] if o.split("=")[0] in REPEATS})
         row = {"overrides": list(key), "jobs": [j["job"] for j in members], "n": len(values)}
         row["repeats"] = " and ".join(f"{r}s" for r in repeated) or "runs"
         if values:
             row.update(mean=statistics.fmean(values), std=statistics.pstdev(values), values=values)
         rows.append(row)
-    summary = {"metric": metric, "points": rows, "jobs": jobs}
+    summary = {"metric": metric, "points": rows, "jobs": jobs, "failed": [j["job"] for j in jobs if "error" in j]}
     scored = [r for r in rows if r["n"]]
     if len(scored) > 1:
         summary["best"] = max(scored, key=lambda r: r["mean"])

@@ -75,16 +75,39 @@ def user_errors_exit(func):
             return func(cfg)
         except (UserError, InstantiationException) as e:
             cause = _user_cause(e)
+            if _in_sweep():  # the sweep goes on to its next job; summary.json lists this one's error
+                return _record_failure(cfg, cause or e)
             if cause is None or os.environ.get("SSAMBA_TRACEBACK"):
                 raise
             remove_unused_run_folder(cfg)
             sys.exit(report(cause))
+        except Exception as e:  # a bug, not the user's: its traceback, and in a sweep the next job runs
+            if _in_sweep():
+                log.exception("job failed")
+                return _record_failure(cfg, e)
+            raise
         except SIGTERMException:  # stopped by SIGTERM / pre-emption after saving last.ckpt
             out = cfg.paths.output_dir
             print(f"stopped by a signal; resume with ckpt_path=last hydra.run.dir={out}", file=sys.stderr)
             sys.exit(143)
 
     return wrap
+
+
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _record_failure(cfg: DictConfig, error: BaseException) -> None:
+    """<job folder>/failed.json: the error that ended a sweep's job (SweepSummary reads it)."""
+    from src.utils.io import write_json
+
+    message = str(error).splitlines()[0] if str(error) else ""
+    print(f"error: {message or type(error).__name__} (this job failed; the sweep goes on)", file=sys.stderr)
+    write_json(Path(cfg.paths.output_dir) / "failed.json", {"error": message, "type": type(error).__name__})
 
 
 def task_wrapper(task_func):
