@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.data.audio import AUDIO_EXTENSIONS, AudioError, load_audio  # noqa: E402
+from src.data.audio import AUDIO_EXTENSIONS, AudioError  # noqa: E402
 from src.embedding import hear  # noqa: E402
 from src.utils.errors import MissingInput, UserError, report  # noqa: E402
 from src.utils.io import atomic_path  # noqa: E402
@@ -41,11 +41,10 @@ def embed_folder(model, input_dir: Path, output_dir: Path, timestamps: bool = Fa
     skipped = []
     for path in tqdm(files, desc="embed", unit="file"):
         try:
-            audio = load_audio(path)[0]
+            emb, times = model.file_embeddings(path)  # a long file in parts: memory does not grow with it
         except AudioError as e:
             skipped.append(str(e))
             continue
-        emb, times = model.timestamp_embeddings(audio)
         relative = path.relative_to(input_dir)
         # clip.wav -> clip.npy; when clip.wav and clip.flac both exist: clip.wav.npy and clip.flac.npy
         stem = output_dir / (relative if stems[relative.with_suffix("")] > 1 else relative.with_suffix(""))

@@ -33,7 +33,7 @@ def test_hear_api_shapes_timestamps_and_attributes(export_dir):
     emb, ts = hear.get_timestamp_embeddings(audio, model)
     # one column every 160 ms whose centre is inside the 3000 ms: centres 87.5, 247.5, ..., 2967.5
     assert emb.shape == (3, 19, 32) and ts.shape == (3, 19)
-    torch.testing.assert_close(ts[0, :3], torch.tensor([87.5, 247.5, 407.5]))
+    torch.testing.assert_close(ts[0, :3], torch.tensor([87.5, 247.5, 407.5], dtype=torch.float64))  # ms, float64
     scene = hear.get_scene_embeddings(audio, model)
     torch.testing.assert_close(scene, emb.mean(1))
 
@@ -52,8 +52,8 @@ def test_hear_timestamps_are_regular_inside_the_audio_and_at_patch_centres(expor
     emb, ts = hear.get_timestamp_embeddings(torch.randn(1, n_samples) * 0.1, model)
     hop = 10.0 * stride
     assert emb.shape[:2] == ts.shape and torch.isfinite(emb).all()
-    torch.testing.assert_close(ts.diff(dim=1), torch.full((1, ts.shape[1] - 1), hop))
-    torch.testing.assert_close(ts[0, 0], torch.tensor(87.5))
+    torch.testing.assert_close(ts.diff(dim=1), torch.full((1, ts.shape[1] - 1), hop, dtype=torch.float64))
+    torch.testing.assert_close(ts[0, 0], torch.tensor(87.5, dtype=torch.float64))
     duration_ms = 1000 * n_samples / 16000
     assert ts[0, -1] < duration_ms <= ts[0, -1] + hop
 

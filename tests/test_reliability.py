@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -530,3 +531,78 @@ def test_a_nan_loss_stops_training_with_a_checkpoint_and_valid_json(data_root, t
     for path in run_dir.rglob("*.json"):
         assert "NaN" not in path.read_text() and "Infinity" not in path.read_text(), path
         json.loads(path.read_text())
+
+
+_PEAK = """import runpy, sys
+sys.argv = ["src/embed.py", *sys.argv[1:]]
+try:
+    runpy.run_path("src/embed.py", run_name="__main__")
+except SystemExit as e:
+    assert not e.code, e.code
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))  # this process's own peak
+print("peak_kib", hwm.split()[1])
+"""
+
+
+def _long_tone(path: Path, minutes: int, sr: int = 44100) -> Path:
+    """A stereo tone written a minute at a time (the test itself stays small)."""
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(60 * sr) / sr
+    minute = (0.3 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
+    with sf.SoundFile(str(path), "w", samplerate=sr, channels=2, subtype="PCM_16") as f:
+        for _ in range(minutes):
+            f.write(np.stack([minute, 0.7 * minute], axis=1))
+    return path
+
+
+def _embed_peak(export, folder, out) -> int:
+    result = subprocess.run([sys.executable, "-c", _PEAK, "--model", str(export), "--input", str(folder), "--output",
+                             str(out), "--device", "cpu", "--timestamps"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=1200)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    return int(result.stdout.split("peak_kib")[-1])
+
+
+@pytest.mark.slow
+def test_embedding_a_long_file_keeps_memory_flat_and_timestamps_exact(tmp_path):
+    """embed.py on 6 minutes and on an hour (44.1 kHz stereo): the hour's peak memory is the six
+    minutes' within 150 MB (the whole hour decoded at 44.1 kHz stereo alone is 1.2 GB)."""
+    from src.models.pretrained import save_encoder
+    from tests.helpers.encoders import make_encoder
+
+    export = save_encoder(make_encoder("ssamba", None, embed_dim=32, depth=2, target_length=128), tmp_path / "enc",
+                          data={"mean": -5.0, "std": 4.0})  # fmt: skip
+    peaks = {}
+    for minutes in (6, 60):
+        _long_tone(tmp_path / f"in{minutes}" / "a.wav", minutes)
+        peaks[minutes] = _embed_peak(export, tmp_path / f"in{minutes}", tmp_path / f"out{minutes}")
+    print(f"peak memory of embed.py: {peaks} KiB")
+    assert peaks[60] - peaks[6] < 150_000 and peaks[60] < 1_000_000, peaks  # KiB
+    times = np.load(tmp_path / "out60" / "a.times_ms.npy")
+    assert times.dtype == np.float64 and len(times) == len(np.load(tmp_path / "out60" / "a.timestamps.npy"))
+    assert times[-1] == 87.5 + 160.0 * (len(times) - 1)  # centres at 87.5 + 160 k ms, exact in float64
+    assert np.isfinite(np.load(tmp_path / "out60" / "a.npy")).all()
+
+
+def test_absurd_and_non_finite_samples_are_refused_per_file_and_by_the_api(tmp_path):
+    import soundfile as sf
+
+    from src.embed import embed_folder
+    from src.embedding import hear
+    from src.models.pretrained import save_encoder
+    from tests.helpers.encoders import make_encoder
+
+    export = save_encoder(make_encoder("ssamba", None, embed_dim=32, depth=2, target_length=128), tmp_path / "enc",
+                          data={"mean": -5.0, "std": 4.0})  # fmt: skip
+    model = hear.load_model(str(export))
+    (tmp_path / "in").mkdir()
+    sf.write(str(tmp_path / "in" / "huge.wav"), np.full(16000, 1e30, np.float32), 16000, subtype="FLOAT")
+    af.tone(tmp_path / "in" / "fine.wav", seconds=1.0)
+    skipped = embed_folder(model, tmp_path / "in", tmp_path / "out")
+    assert len(skipped) == 1 and "huge.wav: samples up to 1e+30" in skipped[0]
+    assert (tmp_path / "out" / "fine.npy").exists() and not (tmp_path / "out" / "huge.npy").exists()
+    for bad in (torch.full((1, 16000), float("nan")), torch.full((1, 16000), 1e30)):
+        with pytest.raises(ValueError, match="audio holds"):
+            hear.get_scene_embeddings(bad, model)

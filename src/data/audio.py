@@ -7,6 +7,7 @@ input and torchaudio's SpecAugment layout.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -61,12 +62,74 @@ def load_audio(path: str | Path, offset: float = 0.0, duration: float | None = N
         ) from e
     if data.shape[0] == 0:
         raise AudioError(f"{path}: no samples (empty or truncated file)")
-    if not np.isfinite(data).all():
-        raise AudioError(f"{path}: NaN or inf samples")
+    check_samples(path, data)
     wave = torch.from_numpy(data.mean(axis=1)).unsqueeze(0)  # (1, samples)
     if sr != SAMPLE_RATE:
         wave = resample(wave, sr)
     return wave
+
+
+# decoded audio lies in [-1, 1]; float files may go beyond, but not by orders of magnitude
+MAX_ABS_SAMPLE = 1e3
+
+
+def check_samples(path, data) -> None:
+    """Refuse NaN, inf and absurd values (beyond +-1e3: a float file of garbage), which would turn
+    every embedding of the file into NaN."""
+    data = np.asarray(data)
+    if not np.isfinite(data).all():
+        raise AudioError(f"{path}: NaN or inf samples")
+    if data.size and np.abs(data).max() > MAX_ABS_SAMPLE:
+        raise AudioError(f"{path}: samples up to {np.abs(data).max():.3g}, beyond +-{MAX_ABS_SAMPLE:g}: not audio")
+
+
+class AudioReader:
+    """A file as 16 kHz mono float32 read by ranges, never decoded whole: long files in bounded
+    memory. `read(start, stop)` gives what load_audio(path)[0, start:stop] gives: each range is
+    decoded with a second of context on both sides from a sample where the resampler's phase
+    starts again, so its output is the whole file's resampled output, bit for bit."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        _exists(self.path)
+        sf = _soundfile()
+        try:
+            info = sf.info(os.fsencode(self.path))
+        except (sf.LibsndfileError, RuntimeError, OSError) as e:
+            raise AudioError(f"{self.path}: cannot read the audio header ({e})") from e
+        if info.frames <= 0:
+            raise AudioError(f"{self.path}: no samples (empty or truncated file)")
+        self.rate, self.frames = info.samplerate, info.frames
+        self.n_samples = -(-self.frames * SAMPLE_RATE // self.rate)  # resample's output length
+
+    def read(self, start: int, stop: int) -> Tensor:
+        """Samples [start, stop) at 16 kHz: (stop - start,) float32."""
+        if self.rate == SAMPLE_RATE:
+            return self._decode(start, min(stop, self.frames))
+        unit = self.rate // math.gcd(self.rate, SAMPLE_RATE)  # the resampler's phase repeats every `unit` samples
+        first = max(0, (start * self.rate // SAMPLE_RATE - self.rate) // unit * unit)
+        last = min(self.frames, -(-stop * self.rate // SAMPLE_RATE) + self.rate)
+        out = resample(self._decode(first, last).unsqueeze(0), self.rate)[0]
+        offset = first * SAMPLE_RATE // self.rate
+        return out[start - offset : stop - offset]
+
+    def _decode(self, first: int, last: int) -> Tensor:
+        sf = _soundfile()
+        try:
+            with sf.SoundFile(os.fsencode(self.path)) as f:
+                f.seek(first)
+                data = f.read(frames=last - first, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, OSError) as e:
+            raise AudioError(f"{self.path}: cannot decode audio ({e}); check that the file is complete") from e
+        check_samples(self.path, data)
+        return torch.from_numpy(data.mean(axis=1))
+
+    def mean(self, block: int = 60 * SAMPLE_RATE) -> float:
+        """The mean of the 16 kHz samples (what fbank removes first), read block by block."""
+        total = 0.0
+        for start in range(0, self.n_samples, block):
+            total += self.read(start, min(start + block, self.n_samples)).double().sum().item()
+        return total / self.n_samples
 
 
 def audio_duration(path: str | Path) -> float:
@@ -140,12 +203,14 @@ def _exists(path: Path) -> None:
     raise AudioError(f"{path}: file is gone (listed in the manifest but not on disk); re-run the preparer")
 
 
-def fbank(wave: Tensor, config: FbankConfig = KALDI) -> Tensor:
-    """(1, samples) at config.sample_rate -> (1, mel bins, frames) log-mel fbank, mean removed first."""
+def fbank(wave: Tensor, config: FbankConfig = KALDI, dc: float | None = None) -> Tensor:
+    """(1, samples) at config.sample_rate -> (1, mel bins, frames) log-mel fbank, mean removed first.
+    dc: the mean to remove when wave is a part of a longer clip (the clip's, so parts give the
+    frames the whole clip gives: each frame depends only on its own samples)."""
     min_samples = int(config.sample_rate * config.frame_length / 1000)
     if wave.shape[-1] < min_samples:  # shorter than one window: pad so one frame exists
         wave = torch.nn.functional.pad(wave, (0, min_samples - wave.shape[-1]))
-    wave = wave - wave.mean()
+    wave = wave - (wave.mean() if dc is None else dc)
     feats = torchaudio_module().compliance.kaldi.fbank(
         wave,
         htk_compat=config.htk_compat,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from src.data.audio import MAX_ABS_SAMPLE, AudioReader, load_audio
 from src.embedding.windows import Frontend, load_frontend
 from src.utils.errors import UserError
 
@@ -36,19 +37,47 @@ class EmbeddingModel(nn.Module):
     @torch.no_grad()
     def timestamp_embeddings(self, audio: Tensor) -> tuple[Tensor, Tensor]:
         """One sound: (T, D) embeddings, one per patch column whose centre lies inside the audio, and
-        (T,) those centres in ms, a regular hop of tstride frames."""
-        n_columns = self.grid.columns_inside(audio.shape[-1])
-        wins = self.grid.windows(audio, self.mean, self.std, n_columns)  # (n, 1, F, window)
+        (T,) those centres in ms (float64), a regular hop of tstride frames. A sound longer than
+        `batch_windows` windows is embedded a batch of windows at a time (the same numbers, memory
+        bounded by the batch, not by the sound's length)."""
+        audio = audio.reshape(-1)
+        check_audio(audio)
+        if audio.shape[-1] <= self.stream_above:
+            n_columns = self.grid.columns_inside(audio.shape[-1])
+            return self._embed([self.grid.windows(audio, self.mean, self.std, n_columns)], n_columns)
+        return self.stream_embeddings(lambda a, b: audio[a:b].float().cpu(), len(audio), audio.double().mean().item())
+
+    @property
+    def stream_above(self) -> int:
+        """Sounds longer than this (samples: a batch of windows) are embedded in parts."""
+        return self.batch_windows * self.grid.hop * self.grid.samples_per_column // self.grid.tstride
+
+    def file_embeddings(self, path) -> tuple[Tensor, Tensor]:
+        """timestamp_embeddings of an audio file, a long one read in parts (bounded memory)."""
+        reader = AudioReader(path)
+        if reader.n_samples <= self.stream_above:
+            return self.timestamp_embeddings(load_audio(path)[0])
+        return self.stream_embeddings(reader.read, reader.n_samples, reader.mean())
+
+    @torch.no_grad()
+    def stream_embeddings(self, read, n_samples: int, dc: float) -> tuple[Tensor, Tensor]:
+        """timestamp_embeddings of a sound read in parts: read(start, stop) -> its samples [start,
+        stop) at 16 kHz (an AudioReader's read for a file); dc: the sound's mean."""
+        n_columns = self.grid.columns_inside(n_samples)
+        parts = self.grid.stream(read, n_samples, dc, self.mean, self.std, n_columns, self.batch_windows)
+        return self._embed(parts, n_columns)
+
+    @torch.no_grad()
+    def _embed(self, window_batches, n_columns: int) -> tuple[Tensor, Tensor]:
         device = next(self.encoder.parameters()).device
         f_dim, _ = self.encoder.grid
         prefix = self.encoder.num_prefix_tokens
-        tokens = torch.cat(
-            [
-                self.encoder(wins[i : i + self.batch_windows].to(device))[:, prefix:]
-                for i in range(0, len(wins), self.batch_windows)
-            ]
-        )  # (n, f * columns, D)
-        emb = self.grid.column_tokens(tokens, f_dim, n_columns).mean(1)  # (T, D): frequency patches averaged
+        columns = []
+        for wins in window_batches:  # (n, 1, F, window)
+            for i in range(0, len(wins), self.batch_windows):
+                tokens = self.encoder(wins[i : i + self.batch_windows].to(device))[:, prefix:]  # (n, f * columns, D)
+                columns.append(self.grid.column_tokens(tokens, f_dim, len(tokens) * self.grid.columns).mean(1))
+        emb = torch.cat(columns)[:n_columns]  # (T, D): frequency patches averaged
         return emb.float(), self.grid.centres_ms(n_columns).to(emb.device)
 
 
@@ -64,6 +93,14 @@ def load_model(
     if not model_file_path:
         raise UserError("load_model needs the path of an export folder (python src/export.py ckpt_path=...)")
     return EmbeddingModel(load_frontend(model_file_path, window_frames, None, mean, std), batch_windows)
+
+
+def check_audio(audio: Tensor) -> None:
+    """NaN, inf or absurd samples (beyond +-1e3) would give NaN embeddings without a word: refused."""
+    if not torch.isfinite(audio).all():
+        raise UserError("audio holds NaN or inf samples")
+    if audio.numel() and audio.abs().max() > MAX_ABS_SAMPLE:
+        raise UserError(f"audio holds samples up to {audio.abs().max().item():.3g}, beyond +-{MAX_ABS_SAMPLE:g}")
 
 
 def get_timestamp_embeddings(audio: Tensor, model: EmbeddingModel) -> tuple[Tensor, Tensor]:
