@@ -43,9 +43,10 @@ def make_step(args):
                 model(x)
 
         return step
-    module = SSLModule({"backbone": args.backbone, "size": args.size, "target_length": frames}).cuda()
-    optimizer = ssl_optimizer(module)
     num_mask = min(400, int(0.75 * args.tokens))
+    encoder = {"backbone": args.backbone, "size": args.size, "target_length": frames}
+    module = SSLModule(encoder, mask_patches=num_mask).cuda()
+    optimizer = ssl_optimizer(module)
     return lambda: train_step(lambda spec: module.losses(spec, num_mask)["loss"], optimizer, x, bf16)
 
 

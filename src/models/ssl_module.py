@@ -34,7 +34,7 @@ class SSLModule(L.LightningModule):
         self,
         encoder: dict,
         mask_patches: int = 400,
-        val_mask_patches: int | None = 400,
+        val_mask_patches: int | None = None,
         masking: str = "official",
         nce_softmax_dim: int = -1,
         gen_weight: float = 10.0,
@@ -50,7 +50,8 @@ class SSLModule(L.LightningModule):
         """encoder: the encoder config (a recipe for encoder_config, or a saved config dict).
         masking: official | official_loop | cluster | random (components/masking.py). two_passes: the
         official two encoder passes with independent masks (one per objective), or one shared pass.
-        val_mask_patches: the official code always validates with 400. scheduler: {"name": "plateau",
+        val_mask_patches: None for mask_patches (the official code always validates with 400, which
+        configs/model/ssl.yaml sets). scheduler: {"name": "plateau",
         "factor": 0.5, "patience": 2} (official, on val/acc at every validation) or {"name": "cosine"}
         or {"name": "none"}. compile: torch.compile
         the heads and losses (`objective`) for training. init_from: an export folder to continue SSL
