@@ -35,7 +35,7 @@ def test_official_key_layout():
 
 
 def manual_official_forward(encoder, x):
-    """official_ssamba.md 1.5 written out: pairs with a flipped second layer, then norm_f twice."""
+    """docs/official.md §2 written out: pairs with a flipped second layer, then norm_f twice."""
     h, r = encoder.embed(x), None
     for k in range(encoder.config.depth // 2):
         hf, rf = encoder.layers[2 * k](h, r)

@@ -29,7 +29,7 @@ class AudioError(ValueError):
 
 @dataclass(frozen=True)
 class FbankConfig:
-    """torchaudio.compliance.kaldi.fbank arguments of SSAST/SSAMBA (official_ssamba.md 2.1)."""
+    """torchaudio.compliance.kaldi.fbank arguments of SSAST/SSAMBA (docs/official.md §1)."""
 
     num_mel_bins: int = 128
     frame_length: float = 25.0  # ms

@@ -1,4 +1,4 @@
-"""Augmentations of the official fine-tuning recipes (official_ssamba.md 3.1), in their order:
+"""Augmentations of the official fine-tuning recipes (docs/official.md §8), in their order:
 mixup (waveform or fbank, lambda ~ Beta(10, 10), soft labels), SpecAugment on the un-normalised
 fbank, normalisation, then the optional noise-and-roll.
 

@@ -28,7 +28,7 @@ from src.utils.errors import MissingInput, UserError
 
 log = logging.getLogger(__name__)
 
-# AudioSet statistics: the pretraining default (official_ssamba.md 2.1)
+# AudioSet statistics: the pretraining default (docs/official.md §1)
 AUDIOSET_MEAN, AUDIOSET_STD = -4.2677393, 4.5689974
 
 

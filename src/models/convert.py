@@ -10,7 +10,7 @@ reason (printed); an unknown key stops the conversion. The result is an export f
 src/models/pretrained.py) that `from_pretrained` and `model.pretrained=` read, plus `heads.safetensors`
 with the SSL heads (cpredlayer, gpredlayer) or the fine-tuned mlp_head, when present.
 
-Layouts (official_ssamba.md 1.8): `module.` from nn.DataParallel; the encoder under `v.`
+Layouts (docs/official.md §4): `module.` from nn.DataParallel; the encoder under `v.`
 (v.head is Vim's unused classifier); `p_input_fdim` / `p_input_tdim` give the pretraining input;
 `mask_embed`, `cpredlayer.*`, `gpredlayer.*` in pretraining checkpoints; `mlp_head.0/1` (LayerNorm,
 Linear) in fine-tuned ones. LayerNorm or RMSNorm is told apart by `layers.0.norm.bias`.
@@ -31,7 +31,7 @@ from src.utils.errors import UserError, report
 from src.utils.io import atomic_path
 
 HEAD_PREFIXES = ("cpredlayer.", "gpredlayer.", "mlp_head.")
-# the official pretraining normalised with AudioSet's fbank statistics (official_ssamba.md 2.1)
+# the official pretraining normalised with AudioSet's fbank statistics (docs/official.md §1)
 OFFICIAL_NORMALISATION = {"mean": -4.2677393, "std": 4.5689974}
 
 

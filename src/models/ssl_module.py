@@ -1,4 +1,4 @@
-"""Self-supervised pretraining: masked spectrogram patch modelling (SSAST/SSAMBA, official_ssamba.md 2).
+"""Self-supervised pretraining: masked spectrogram patch modelling (SSAST/SSAMBA, docs/official.md §5-§7).
 
 Masked patches are replaced by a learned mask embedding; from the encoder's outputs at those
 positions a discriminative head predicts the patch among the clip's masked patches (InfoNCE) and

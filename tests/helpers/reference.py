@@ -61,7 +61,7 @@ def bimamba_reference(mixer, hidden):
 
 
 def mixer_reference(p, E, R, N, divide_out, hidden):
-    """The bimamba-v2 forward written from official_ssamba.md 1.6, in float64, with the step-by-step
+    """The bimamba-v2 forward written from docs/official.md §2, in float64, with the step-by-step
     scan: p maps the official parameter names (in_proj.weight, conv1d_b.bias, A_b_log, ...) to tensors."""
     p = {k: v.double() for k, v in p.items()}
     xz = (hidden.double() @ p["in_proj.weight"].T).transpose(1, 2)  # (B, 2E, L)
@@ -89,7 +89,7 @@ def mixer_reference(p, E, R, N, divide_out, hidden):
 
 
 def official_ssamba_reference(state, fbank_btf, fstride, tstride):
-    """AMBAModel.forward(x, task="ft_avgtok") written from official_ssamba.md 1.1-1.5 and 3.1, from
+    """AMBAModel.forward(x, task="ft_avgtok") written from docs/official.md §2 and §8, from
     an official state dict ("module.v.*", "module.mlp_head.*"), float64. x: (B, T frames, 128 mel)."""
     sd = {k.removeprefix("module."): v.double() for k, v in state.items()}
     v = {k[2:]: t for k, t in sd.items() if k.startswith("v.")}
@@ -115,7 +115,7 @@ def official_ssamba_reference(state, fbank_btf, fstride, tstride):
         hf, rf = block(2 * k, h, r)
         hb, rb = block(2 * k + 1, h.flip(1), None if r is None else r.flip(1))
         h, r = hf + hb.flip(1), rf + rb.flip(1)
-    y = norm(norm(r + h, "norm_f"), "norm_f")  # norm_f twice (P7)
+    y = norm(norm(r + h, "norm_f"), "norm_f")  # norm_f twice (docs/official.md §2)
     pooled = y[:, 1:].mean(1)
     pooled = F.layer_norm(pooled, (dim,), sd["mlp_head.0.weight"], sd["mlp_head.0.bias"])
     return pooled @ sd["mlp_head.1.weight"].T + sd["mlp_head.1.bias"]

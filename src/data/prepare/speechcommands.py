@@ -3,7 +3,7 @@ testing_list.txt, 1 s 16 kHz WAVs named <speaker>_nohash_<n>.wav.
 
 Tasks:
   ks2  all word folders as classes (35 in v0.02), SSAMBA/SSAST's KS2
-  sc30 the 30 words of v0.01, SSAMBA's "V1" (official_ssamba.md 3.3)
+  sc30 the 30 words of v0.01, SSAMBA's "V1" (docs/official.md §8)
   ks1  SUPERB's 12 classes: 10 words + _unknown_ (every other word) + _silence_ (1 s segments
        cut from the background-noise files; split 80/10/10 by a hash of the segment name).
        With --test-root pointing at speech_commands_test_set_v0.01, its folders are the test set.

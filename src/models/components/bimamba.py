@@ -69,7 +69,7 @@ class BiMambaMixer(nn.Module):
         self.D_b = nn.Parameter(torch.ones(d_inner))
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
 
-        # initialisation as Mamba + Vim's _init_weights leave it (official_ssamba.md 1.7)
+        # initialisation as Mamba + Vim's _init_weights leave it (docs/official.md §3)
         dt_std = self.dt_rank**-0.5
         with torch.no_grad():
             nn.init.uniform_(self.dt_proj.weight, -dt_std, dt_std)

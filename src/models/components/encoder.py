@@ -1,7 +1,7 @@
 """The SSAMBA audio encoder: patch tokens -> bidirectional Mamba blocks -> norm.
 
 Every user of the encoder (SSL, fine-tuning, embeddings, benchmarks) calls this one forward.
-The official code's quirks are flags (official_ssamba.md 1.5, 1.7, 3.2, P5-P7, P18); the
+The official code's quirks are flags (docs/official.md §2, §3, §8); the
 `official` preset reproduces them so released checkpoints give the same outputs.
 """
 

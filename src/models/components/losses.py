@@ -1,4 +1,4 @@
-"""The two SSL objectives of SSAST/SSAMBA (official_ssamba.md 2.3, 2.4), vectorised over the batch.
+"""The two SSL objectives of SSAST/SSAMBA (docs/official.md §6), vectorised over the batch.
 
 pred, target: (B, M, P) predictions for, and true values of, the M masked patches (P = 256 values
 of a 16x16 patch of the normalised fbank)."""

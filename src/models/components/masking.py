@@ -1,4 +1,4 @@
-"""Which patches the SSL objectives mask (official_ssamba.md 2.2).
+"""Which patches the SSL objectives mask (docs/official.md §5).
 
 Every strategy returns a (B, L) bool mask with exactly `num_mask` True per row; the masked
 positions as a (B, num_mask) index tensor are `mask_indices(mask)`.
