@@ -13,11 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
+from omegaconf import OmegaConf, open_dict
 
 from src.data.prepare import PREPARERS
 from src.data.prepare.common import finalize
 from src.data.shards import FeatureStore, build
 from src.utils.io import read_jsonl
+from src.utils.utils import _user_cause
 from tests.helpers import audio_files as af
 from tests.helpers import layouts
 
@@ -346,16 +349,8 @@ def test_a_truncated_checkpoint_is_reported_as_truncated_not_as_unsafe(tmp_path,
         (["ckpt_path=???"], "ckpt_path=??? is not a checkpoint"),
         (["trainer.max_epochs=abc"], "trainer.max_epochs='abc' is not a whole number"),
         (["trainer.max_steps=2", "trainer.limit_val_batches=0"], "val/acc was never logged: no val step ran"),
-        (["data.batch_size=0"], "data.batch_size=0 is below 1"),
-        (["data.batch_size=-1"], "data.batch_size=-1 is below 1"),
         (["data.batch_size=2.5"], "data.batch_size=2.5 is not a whole number"),
-        (["data.num_workers=-1"], "data.num_workers=-1 is below 0"),
-        (["encoder.depth=-2"], "encoder.depth=-2 is outside 1..512"),
         (["encoder.depth=0"], "encoder.depth=0 is outside 1..512"),
-        (["encoder.embed_dim=0"], "encoder.embed_dim=0 is outside 1..8192"),
-        (["trainer.max_steps=-5"], "trainer.max_steps=-5 is below -1 (-1: no limit)"),
-        (["trainer.max_epochs=-5"], "trainer.max_epochs=-5 is below -1 (-1: no limit)"),
-        (["trainer.devices=0"], "trainer.devices=0: use a count of at least 1"),
         (["+model.foo=1"], "model.foo is not a setting of FinetuneModule"),
     ],
 )
@@ -370,19 +365,50 @@ def test_config_mistakes_end_in_one_line_with_the_fix(data_root, tmp_path, overr
 
 
 @pytest.mark.parametrize(
-    "overrides,message",
+    "override,message",
     [
-        (["model.mask_patches=1000"], "model.mask_patches=1000: the input has 32 patches"),
-        (["model.val_mask_patches=1000"], "model.val_mask_patches=1000: the input has 32 patches"),
-        (["model.mask_patches=0"], "model.mask_patches=0: the input has 32 patches (8 x 4 at target_length=64); mask "
-                                   "between 1 and 32"),
+        ("data.batch_size=0", "data.batch_size=0 is below 1"),
+        ("data.batch_size=-1", "data.batch_size=-1 is below 1"),
+        ("data.num_workers=-1", "data.num_workers=-1 is below 0"),
+        ("trainer.max_steps=-5", "trainer.max_steps=-5 is below -1 (-1: no limit)"),
+        ("trainer.max_epochs=-5", "trainer.max_epochs=-5 is below -1 (-1: no limit)"),
+        ("trainer.devices=0", "trainer.devices=0: use a count of at least 1"),
+        ("trainer.num_nodes=0", "trainer.num_nodes=0 is below 1"),
+        ("+data.foo=1", "data.foo is not a setting of ClassificationDataModule"),
+        ("encoder.depth=-2", "encoder.depth=-2 is outside 1..512"),
+        ("encoder.embed_dim=0", "encoder.embed_dim=0 is outside 1..8192"),
+        ("encoder.depth=3", "pair_flip needs an even depth, got 3"),
     ],
-)  # fmt: skip
-def test_mask_counts_that_do_not_fit_stop_before_training(data_root, tmp_path, overrides, message):
-    result = subprocess.run(train_cmd(data_root, tmp_path / "run", *overrides, experiment="pretrain_demo"), cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
-    assert not (tmp_path / "run").exists()
+)
+def test_settings_out_of_range_are_named_before_anything_is_built(data_root, tmp_path, override, message):
+    """The same checks in the process (the three cases above show them as one line, exit 2, no
+    run folder, through src/train.py)."""
+    from src.train import train
+    from tests.helpers.hydra_cfg import compose_cfg
+
+    cfg = compose_cfg("train.yaml", ["experiment=ks2_demo"], data_root, tmp_path)
+    key, value = override.lstrip("+").split("=")
+    with open_dict(cfg):
+        OmegaConf.update(cfg, key, yaml.safe_load(value), force_add=True)
+    with pytest.raises(Exception) as caught:  # a UserError, or Hydra's InstantiationException around one
+        train(cfg)
+    assert message in str(_user_cause(caught.value)), caught.value
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_mask_counts_that_do_not_fit_stop_before_training(data_root, tmp_path):
+    from src.models.ssl_module import SSLModule
+
+    encoder = dict(backbone="ssamba", size=None, embed_dim=32, depth=2, target_length=64)
+    for key, count in (("mask_patches", 1000), ("mask_patches", 0), ("val_mask_patches", 1000)):
+        with pytest.raises(ValueError, match=rf"model.{key}={count}: the input has 32 patches \(8 x 4 at "
+                           r"target_length=64\); mask between 1 and 30 of them"):  # fmt: skip
+            SSLModule(encoder, **{"mask_patches": 12, key: count})
+    result = subprocess.run(train_cmd(data_root, tmp_path / "run", "model.val_mask_patches=1000",
+                                      experiment="pretrain_demo"), cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 2 and "model.val_mask_patches=1000" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()  # not after a whole epoch
 
 
 def test_a_learning_rate_of_zero_warns_and_a_negative_one_is_refused():
