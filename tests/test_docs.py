@@ -228,3 +228,49 @@ def test_the_superb_commands_run_as_written_up_to_the_runner(task, tmp_path, mon
     if task == "emotion":
         assert (data / "IEMOCAP" / "meta_data" / "Session1" / "train_meta_data.json").exists()
     assert runner[runner.index("-k") + 1] == str(export)
+
+
+# numbers in docs/benchmarks.md's prose that no JSON holds, each with where it comes from; any
+# other number there must be found in docs/benchmarks/ (a JSON value at the printed precision, or
+# the text of a table a benchmark wrote)
+NOT_IN_A_JSON = {
+    "92.7": "the paper's claim", "95.4": "the paper's claim",
+    "0.660": "x_proj padding, one run before the table's", "0.955": "the same run", "2.818": "the same run",
+    "3.214": "the same run", "1.04": "the associative-scan attempt, an earlier sweep",
+    "3.18": "the backward before its register cap, an earlier sweep",
+    "1.907": "an earlier run of benchmarks/cpu.py", "6.750": "the same earlier run",
+    "117.7": "the sum of the Triton scan kernels in the batch-64 profile",
+    "247.4": "the sum of mamba-ssm's scan kernels in the batch-64 profile",
+    "18.8": "the sum of the matmul kernels in the batch-64 profile",
+    "2.37": "a third of mamba-ssm's 7.113 ms: what 3x would need", "2.70": "the tuning session's range",
+    "98.8": "an earlier run of benchmarks/cpu.py",
+}  # fmt: skip
+
+
+def test_every_number_in_the_benchmarks_prose_comes_from_a_json_or_says_where_from():
+    import json
+
+    text = report.DOC.read_text()
+    corpus = "".join(report.rendered(name) for name in report.BLOCKS)
+    values = []
+    for path in report.DATA.rglob("*"):
+        if path.suffix in (".md", ".log"):
+            corpus += path.read_text()
+        elif path.suffix == ".json":
+            stack = [json.loads(path.read_text())]
+            while stack:
+                item = stack.pop()
+                if isinstance(item, dict):
+                    stack += item.values()
+                elif isinstance(item, list):
+                    stack += item
+                elif isinstance(item, (int, float)) and not isinstance(item, bool):
+                    values += [float(item), float(item) / 1024]  # MiB printed as GiB
+    prose = re.sub(r"<!-- (\S+):begin -->.*?<!-- \1:end -->", "", text, flags=re.S)
+    unknown = []
+    for number in sorted(set(re.findall(r"(?<![\w.])(\d+\.\d+)(?![\w.])", prose)), key=float):
+        places = len(number.split(".")[1])
+        if number in NOT_IN_A_JSON or number in corpus or any(round(v, places) == float(number) for v in values):
+            continue
+        unknown.append(number)
+    assert not unknown, f"numbers in docs/benchmarks.md found in no JSON: {unknown}"
