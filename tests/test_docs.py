@@ -122,6 +122,8 @@ REPO_PATH = re.compile(r"^(?:src|configs|tests|benchmarks|docs|scripts|requireme
 def _cited_files() -> list[tuple[str, str]]:
     cited = []
     for doc in DOCS:
+        if doc.name == "official.md":  # its paths are the official repositories'
+            continue
         text = doc.read_text()
         for token in re.findall(r"`([^`\s]+)`", text):
             token = token.split("::")[0].rstrip(".,:;")
