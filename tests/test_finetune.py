@@ -13,10 +13,22 @@ def pretrained_ssl():
     return SSLModule(ENC, mask_patches=20)
 
 
-def finetune(target_length: int = 128, **kwargs) -> FinetuneModule:
-    """A fine-tuning module whose data gives target_length frames (the encoder config's, from the data config)."""
-    encoder = {"target_length": target_length} if kwargs.get("pretrained") else {**ENC, "target_length": target_length}
+def finetune(target_length: int = 128, fstride: int = 16, tstride: int = 16, **kwargs) -> FinetuneModule:
+    """A fine-tuning module whose data gives target_length frames and whose encoder config sets the
+    patch stride (the encoder config holds both, as Hydra's encoder group does)."""
+    encoder = {"target_length": target_length, "fstride": fstride, "tstride": tstride}
+    encoder = encoder if kwargs.get("pretrained") else {**ENC, **encoder}
     return FinetuneModule(encoder=encoder, **kwargs)
+
+
+def test_the_patch_stride_is_the_encoder_configs_and_an_old_module_setting_must_agree(tmp_path):
+    save_encoder(pretrained_ssl().encoder, tmp_path / "export")
+    ft = finetune(128, pretrained=str(tmp_path / "export"), fstride=12, tstride=12)
+    assert ft.encoder.patch_stride == (12, 12) and ft.hparams.encoder["fstride"] == 12
+    old = FinetuneModule(encoder={**ENC, "target_length": 128, "fstride": 10, "tstride": 10}, fstride=10, tstride=10)
+    assert old.encoder.patch_stride == (10, 10)  # a checkpoint that still names it, agreeing
+    with pytest.raises(ValueError, match="model.fstride=10 but encoder.fstride=12: the patch stride is the encoder"):
+        FinetuneModule(encoder={**ENC, "target_length": 128, "fstride": 12, "tstride": 12}, fstride=10)
 
 
 def test_handover_from_an_export_copies_weights_and_adapts_the_grid(tmp_path):
@@ -39,7 +51,7 @@ def test_handover_from_a_lightning_checkpoint_loads_with_weights_only(tmp_path):
     trainer.save_checkpoint(tmp_path / "ssl.ckpt")
     config, state, _ = read_pretrained(tmp_path / "ssl.ckpt")  # torch.load(weights_only=True) inside
     assert config.embed_dim == 32 and "layers.0.mixer.in_proj.weight" in state
-    ft = finetune(512, pretrained=str(tmp_path / "ssl.ckpt"), num_classes=50)
+    ft = finetune(512, pretrained=str(tmp_path / "ssl.ckpt"), num_classes=50, fstride=10, tstride=10)
     torch.testing.assert_close(ft.encoder.layers[0].mixer.in_proj.weight, ssl.encoder.layers[0].mixer.in_proj.weight)
     assert ft.encoder.grid == (12, 50)
 

@@ -34,8 +34,8 @@ class FinetuneModule(L.LightningModule):
         num_classes: int | None = None,
         multilabel: bool | None = None,
         pretrained: str | None = None,
-        fstride: int = 10,
-        tstride: int = 10,
+        fstride: int | None = None,
+        tstride: int | None = None,
         pooling: str = "mean",
         freeze_encoder: bool = False,
         head_lr_mult: float = 1.0,
@@ -49,7 +49,9 @@ class FinetuneModule(L.LightningModule):
         """encoder: the encoder config (a recipe for encoder_config, or a saved config dict); from
         scratch it is built as it says, from `pretrained` (a .ckpt of this project or an export
         folder) the pretrained encoder's own config wins but for the input: the encoder config's
-        target_length (the data's) with this module's fstride and tstride. num_classes, multilabel:
+        target_length (the data's) and patch stride (encoder.fstride, encoder.tstride: the stride
+        has one home, the encoder config). fstride, tstride: only what checkpoints written before
+        that still name; they must agree with the encoder config. num_classes, multilabel:
         None takes them from the datamodule (the prepared data's classes.json). lr_schedule:
         MultiStepLR per epoch with milestones range(start, 1000, step) and gamma (official).
         loss: "ce" (cross-entropy on argmax(target)) or "bce" (BCE with soft or multi-hot
@@ -61,13 +63,17 @@ class FinetuneModule(L.LightningModule):
             raise UserError(f"model.loss must be 'ce' or 'bce', got {loss!r}")
         self.save_hyperparameters(logger=False)
         config = as_config(encoder)
+        for name, value in (("fstride", fstride), ("tstride", tstride)):
+            if value is not None and value != getattr(config, name):
+                raise UserError(f"model.{name}={value} but encoder.{name}={getattr(config, name)}: the patch stride "
+                                f"is the encoder config's; set encoder.{name} and leave model.{name} out")  # fmt: skip
         if pretrained:
             pretrained_config, state, _ = read_pretrained(pretrained)
             self.encoder = build_pretrained(pretrained_config, state, pretrained)
             log.info("loaded the pretrained encoder from %s", pretrained)
         else:
             self.encoder = build_encoder(config)
-        self.encoder.resize_input(config.target_length, fstride, tstride)
+        self.encoder.resize_input(config.target_length, config.fstride, config.tstride)
         # checkpoints describe the encoder they hold (so they load without the pretrained file)
         self.hparams.encoder = self.encoder.config.to_dict()
         self.hparams.pretrained, self.hparams.pretrained_from = None, pretrained
