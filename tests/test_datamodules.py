@@ -247,3 +247,23 @@ def test_training_resumes_mid_epoch_without_repeating_or_skipping(prepared, tmp_
     second = _trainer(resumed, max_epochs=2)
     second.fit(Recorder(str(resumed)), datamodule=_pretrain_dm(prepared), ckpt_path=str(resumed / "last.ckpt"))
     assert json.loads((resumed / "rank0.json").read_text()) == expected
+
+
+@pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
+def test_a_training_resumed_on_another_number_of_processes_sees_every_sample_once(prepared, tmp_path, before, after):
+    """Lightning end to end (ddp_spawn on the CPU): 2 steps of a global batch of 8 on `before`
+    processes, the checkpoint, then the rest of the epoch (32 samples) on `after` processes."""
+
+    def run(devices, **kw):
+        extra = {"strategy": "ddp_spawn"} if devices > 1 else {}
+        return _trainer(tmp_path, devices=devices, **extra, **kw)
+
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_last=True)
+    run(before, max_steps=2, enable_checkpointing=True, callbacks=[ckpt]).fit(
+        Recorder(str(tmp_path)), datamodule=_pretrain_dm(prepared, batch_size=8)
+    )
+    run(after, max_epochs=1).fit(
+        Recorder(str(tmp_path)), datamodule=_pretrain_dm(prepared, batch_size=8), ckpt_path=str(tmp_path / "last.ckpt")
+    )
+    seen = [i for r in range(max(before, after)) for i in json.loads((tmp_path / f"rank{r}.json").read_text())]
+    assert sorted(seen) == list(range(32))  # none twice, none missed
