@@ -1,8 +1,8 @@
 """Fine-tuning: the encoder, pooled, under a LayerNorm + Linear head (the official mlp_head).
 
 One module serves every task: the class count and whether the labels are multi-label come from the
-prepared data (classes.json); a task's config (configs/model/<task>.yaml) names only its loss and
-the recipe's numbers (docs/official.md §8, SUPERB for SID / ER / KS1). The metric is mAP for
+prepared data (classes.json); a task's experiment (configs/experiment/<task>.yaml) names only its
+loss and the recipe's numbers (docs/official.md §8, SUPERB for SID / ER / KS1). The metric is mAP for
 multi-label data, else accuracy. The encoder starts from an SSL checkpoint or export (its patch
 kernel copied into the fine-tuning stride, its positional embedding cut or interpolated, as the
 official code does), from scratch, or frozen as a linear probe.
