@@ -98,3 +98,18 @@ def test_command_line_prepares_and_explains_a_wrong_root(tmp_path, capsys):
     assert "esc50: 5 clips" in capsys.readouterr().out
     assert prepare_main(["esc50", "--root", str(tmp_path), "--out", str(tmp_path / "o2")]) == 2
     assert "meta/esc50.csv not found" in capsys.readouterr().err
+
+
+def test_every_registered_dataset_has_a_test_layout_and_prepares_through_the_command_line(tmp_path):
+    """The registry is the one list of datasets: each prepares from its miniature layout through
+    `python -m src.data.prepare`, whose choices and options come from it."""
+    from src.data.prepare import DATASETS
+    from src.data.prepare.__main__ import main
+    from tests.helpers.layouts import LAYOUTS
+
+    assert set(DATASETS) == set(LAYOUTS) and len(DATASETS) >= 7
+    for name in DATASETS:
+        root = LAYOUTS[name](tmp_path / "raw" / name)
+        assert main([name, "--root", str(root), "--out", str(tmp_path / "out" / name)]) == 0
+        assert (tmp_path / "out" / name / "manifest.jsonl").exists()
+    assert {d.name for d in DATASETS.values() if d.download} == {"esc50", "librispeech", "speechcommands"}

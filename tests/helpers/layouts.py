@@ -108,3 +108,15 @@ def _csv(path: Path, header, rows) -> None:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
+
+
+# each registered dataset's miniature layout (src/data/prepare: DATASETS), as the tests prepare it
+LAYOUTS = {
+    "speechcommands": lambda root: speech_commands(root, words=("yes", "no", "up", "bed"), per_word=6),
+    "esc50": esc50,
+    "audioset": audioset,
+    "librispeech": librispeech,
+    "voxceleb1": voxceleb1,
+    "iemocap": iemocap,
+    "urbansound8k": urbansound8k,
+}

@@ -1,7 +1,8 @@
-"""python -m src.data.prepare <dataset> --root DIR [--out DIR] [--task ks2|ks1|sc30] [--download]
+"""python -m src.data.prepare <dataset> --root DIR [--out DIR] [--download] [the dataset's own options]
 
 Reads a dataset in its published layout and writes a manifest (see common.py) to --out,
-by default data/prepared/<dataset>[-<task>]."""
+by default data/prepared/<dataset>[-<task>]. The datasets and their options come from the registry
+(src/data/prepare/__init__.py)."""
 
 from __future__ import annotations
 
@@ -9,42 +10,38 @@ import argparse
 import sys
 from pathlib import Path
 
-from src.data.prepare import PREPARERS, download
+from src.data.prepare import DATASETS
 from src.data.prepare.common import finalize
 from src.utils.errors import UserError, report
 
-DOWNLOADERS = {
-    "speechcommands": lambda root, a: download.download_speechcommands(root, a.version),
-    "librispeech": lambda root, a: download.download_librispeech(root, a.subsets),
-    "esc50": lambda root, a: download.download_esc50(root),
-}
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m src.data.prepare", description=__doc__)
+    p.add_argument("dataset", choices=sorted(DATASETS))
+    p.add_argument("--root", type=Path, required=True, help="the dataset's top folder")
+    p.add_argument("--out", type=Path, help="where the manifest goes (default data/prepared/<name>)")
+    downloadable = ", ".join(sorted(name for name, d in DATASETS.items() if d.download))
+    p.add_argument("--download", action="store_true", help=f"fetch first ({downloadable})")
+    p.add_argument("--workers", type=int, help="threads for probing files")
+    for name, dataset in sorted(DATASETS.items()):
+        for flags, options in dataset.arguments:
+            p.add_argument(*flags, **{**options, "help": f"{name}: {options.get('help', '')}"})
+    return p
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m src.data.prepare", description=__doc__)
-    parser.add_argument("dataset", choices=sorted(PREPARERS))
-    parser.add_argument("--root", type=Path, required=True, help="the dataset's top folder")
-    parser.add_argument("--out", type=Path, help="where the manifest goes (default data/prepared/<name>)")
-    parser.add_argument("--task", default="ks2", help="speechcommands: ks2 (35 words), ks1 (SUPERB 12), sc30")
-    parser.add_argument("--test-root", type=Path, help="speechcommands ks1: speech_commands_test_set_v0.01")
-    parser.add_argument("--download", action="store_true", help=f"fetch first ({', '.join(DOWNLOADERS)})")
-    parser.add_argument("--version", default="v0.02", help="speechcommands download: v0.01 or v0.02")
-    parser.add_argument("--subsets", nargs="+", default=["train-clean-100"], help="librispeech download")
-    parser.add_argument("--workers", type=int, help="threads for probing files")
-    args = parser.parse_args(argv)
-
+    p = parser()
+    args = p.parse_args(argv)
+    dataset = DATASETS[args.dataset]
     root = args.root.expanduser().resolve()
     if args.download:
-        if args.dataset not in DOWNLOADERS:
-            parser.error(f"{args.dataset} cannot be downloaded automatically; see docs/data.md")
-        DOWNLOADERS[args.dataset](root, args)
+        if dataset.download is None:
+            p.error(f"{args.dataset} cannot be downloaded automatically; see docs/data.md")
+        dataset.download(root, args)
     if not root.is_dir():
-        parser.error(f"--root {root} is not a folder; pass the dataset's top folder, or add --download")
-    kwargs = {}
-    if args.dataset == "speechcommands":
-        kwargs = {"task": args.task, "test_root": args.test_root}
+        p.error(f"--root {root} is not a folder; pass the dataset's top folder, or add --download")
     try:
-        prepared = PREPARERS[args.dataset](root, **kwargs)
+        prepared = dataset.prepare(root, **dataset.options(args))
         out = args.out or Path("data/prepared") / prepared.name
         finalize(prepared, out, args.workers)
     except UserError as e:

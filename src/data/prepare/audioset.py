@@ -12,7 +12,7 @@ import csv
 import json
 from pathlib import Path
 
-from src.data.prepare.common import Entry, Prepared, require
+from src.data.prepare.common import Dataset, Entry, Prepared, require
 from src.utils.errors import MissingInput, UserError
 
 
@@ -57,3 +57,6 @@ def prepare(root: Path) -> Prepared:
             seen.add(clip_id)
             entries.append(Entry(clip_id, str(path), labels, split))
     return Prepared("audioset", entries, classes, multilabel=True, bad=bad, class_names=names)
+
+
+DATASET = Dataset("audioset", prepare)

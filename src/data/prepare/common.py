@@ -14,6 +14,7 @@ import hashlib
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,25 @@ from tqdm import tqdm
 from src.data.audio import AudioError, audio_duration
 from src.utils.io import write_json, write_jsonl
 from src.utils.errors import MissingInput, UserError
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """What a preparer module declares about its dataset, once, as `DATASET`: the CLI
+    (`python -m src.data.prepare`), the downloads and the tests read it from the registry
+    (src/data/prepare/__init__.py's DATASETS).
+
+    arguments: the dataset's own command-line options, (flags, argparse keyword arguments) each;
+    options: prepare()'s keyword arguments from the parsed command line; download: fetches the
+    dataset into a root folder (root, parsed arguments), None when it cannot be fetched; variants:
+    the prepare() keyword sets the tests prepare from one layout (Speech Commands: its tasks)."""
+
+    name: str
+    prepare: Callable[..., Prepared]
+    download: Callable | None = None
+    arguments: tuple = ()
+    options: Callable = lambda args: {}
+    variants: tuple = ({},)
 
 
 @dataclass

@@ -6,7 +6,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from src.data.prepare.common import Entry, Prepared, require
+from src.data.prepare import download
+from src.data.prepare.common import Dataset, Entry, Prepared, require
 
 
 def prepare(root: Path) -> Prepared:
@@ -20,3 +21,6 @@ def prepare(root: Path) -> Prepared:
         for r in rows
     ]
     return Prepared("esc50", entries, classes)
+
+
+DATASET = Dataset("esc50", prepare, download=lambda root, args: download.download_esc50(root))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from src.data.prepare.common import Entry, Prepared
+from src.data.prepare.common import Dataset, Entry, Prepared
 from src.utils.errors import MissingInput
 
 CLASSES = ["neu", "hap", "ang", "sad"]
@@ -34,3 +34,6 @@ def prepare(root: Path) -> Prepared:
                 wav = session / "sentences" / "wav" / dialog / f"{utt}.wav"
                 entries.append(Entry(utt, str(wav), [emotion], fold=fold))
     return Prepared("iemocap", entries, CLASSES)
+
+
+DATASET = Dataset("iemocap", prepare)

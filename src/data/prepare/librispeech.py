@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from src.data.prepare.common import Entry, Prepared
+from src.data.prepare import download
+from src.data.prepare.common import Dataset, Entry, Prepared
 
 UTTERANCE = re.compile(r"^\d+-\d+-\d+$")
 
@@ -21,3 +22,11 @@ def prepare(root: Path) -> Prepared:
                 continue
             entries.append(Entry(flac.stem, str(flac), [], subset.name))
     return Prepared("librispeech", entries, [], bad=bad)
+
+
+DATASET = Dataset(
+    "librispeech",
+    prepare,
+    download=lambda root, args: download.download_librispeech(root, args.subsets),
+    arguments=((("--subsets",), {"nargs": "+", "default": ["train-clean-100"], "help": "the subsets to download"}),),
+)

@@ -14,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from src.data.audio import AudioError, audio_duration
-from src.data.prepare.common import Entry, Prepared, require, stable_fraction
+from src.data.prepare import download
+from src.data.prepare.common import Dataset, Entry, Prepared, require, stable_fraction
 from src.utils.errors import UserError
 
 KS1_WORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
@@ -96,3 +97,17 @@ def prepare(root: Path, task: str = "ks2", test_root: Path | None = None) -> Pre
             notes.append(f"no {NOISE_DIR} files: the {SILENCE} class is empty")
         entries += silence
     return Prepared(f"speechcommands-{task}", entries, classes, bad=bad, notes=notes)
+
+
+DATASET = Dataset(
+    "speechcommands",
+    prepare,
+    download=lambda root, args: download.download_speechcommands(root, args.version),
+    arguments=(
+        (("--task",), {"default": "ks2", "help": "ks2 (35 words), ks1 (SUPERB's 12), sc30 (v0.01's 30)"}),
+        (("--test-root",), {"type": Path, "help": "ks1: the speech_commands_test_set_v0.01 folder"}),
+        (("--version",), {"default": "v0.02", "help": "the release to download: v0.01 or v0.02"}),
+    ),
+    options=lambda args: {"task": args.task, "test_root": args.test_root},
+    variants=({"task": "ks2"}, {"task": "ks1"}, {"task": "sc30"}),
+)

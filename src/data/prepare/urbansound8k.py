@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from src.data.prepare.common import Entry, Prepared, require
+from src.data.prepare.common import Dataset, Entry, Prepared, require
 
 
 def prepare(root: Path) -> Prepared:
@@ -27,3 +27,6 @@ def prepare(root: Path) -> Prepared:
         for r in rows
     ]
     return Prepared("urbansound8k", entries, classes)
+
+
+DATASET = Dataset("urbansound8k", prepare)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from src.data.prepare.common import Entry, Prepared, require
+from src.data.prepare.common import Dataset, Entry, Prepared, require
 
 SPLITS = {"1": "train", "2": "valid", "3": "test"}
 
@@ -27,3 +27,6 @@ def prepare(root: Path, split_file: Path | None = None) -> Prepared:
         entries.append(Entry(rel.rsplit(".", 1)[0], str(root / "wav" / rel), [speaker], SPLITS[parts[0]]))
     classes = sorted({e.labels[0] for e in entries})
     return Prepared("voxceleb1", entries, classes, bad=bad)
+
+
+DATASET = Dataset("voxceleb1", prepare)
