@@ -73,14 +73,14 @@ def load_audio(path: str | Path, offset: float = 0.0, duration: float | None = N
 MAX_ABS_SAMPLE = 1e3
 
 
-def check_samples(path, data) -> None:
+def check_samples(where, data) -> None:
     """Refuse NaN, inf and absurd values (beyond +-1e3: a float file of garbage), which would turn
-    every embedding of the file into NaN."""
+    every embedding into NaN: an AudioError that starts with `where` (a file's path, or "audio")."""
     data = np.asarray(data)
     if not np.isfinite(data).all():
-        raise AudioError(f"{path}: NaN or inf samples")
+        raise AudioError(f"{where}: NaN or inf samples")
     if data.size and np.abs(data).max() > MAX_ABS_SAMPLE:
-        raise AudioError(f"{path}: samples up to {np.abs(data).max():.3g}, beyond +-{MAX_ABS_SAMPLE:g}: not audio")
+        raise AudioError(f"{where}: samples up to {np.abs(data).max():.3g}, beyond +-{MAX_ABS_SAMPLE:g}: not audio")
 
 
 class AudioReader:

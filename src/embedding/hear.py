@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from src.data.audio import MAX_ABS_SAMPLE, AudioReader, load_audio
+from src.data.audio import AudioReader, check_samples, load_audio
 from src.embedding.windows import Frontend, load_frontend
 from src.utils.errors import UserError
 
@@ -41,7 +41,7 @@ class EmbeddingModel(nn.Module):
         `batch_windows` windows is embedded a batch of windows at a time (the same numbers, memory
         bounded by the batch, not by the sound's length)."""
         audio = audio.reshape(-1)
-        check_audio(audio)
+        check_samples("audio", audio.detach().cpu().numpy())  # else NaN embeddings would come without a word
         if audio.shape[-1] <= self.stream_above:
             n_columns = self.grid.columns_inside(audio.shape[-1])
             return self._embed([self.grid.windows(audio, self.mean, self.std, n_columns)], n_columns)
@@ -93,14 +93,6 @@ def load_model(
     if not model_file_path:
         raise UserError("load_model needs the path of an export folder (python src/export.py ckpt_path=...)")
     return EmbeddingModel(load_frontend(model_file_path, window_frames, None, mean, std), batch_windows)
-
-
-def check_audio(audio: Tensor) -> None:
-    """NaN, inf or absurd samples (beyond +-1e3) would give NaN embeddings without a word: refused."""
-    if not torch.isfinite(audio).all():
-        raise UserError("audio holds NaN or inf samples")
-    if audio.numel() and audio.abs().max() > MAX_ABS_SAMPLE:
-        raise UserError(f"audio holds samples up to {audio.abs().max().item():.3g}, beyond +-{MAX_ABS_SAMPLE:g}")
 
 
 def get_timestamp_embeddings(audio: Tensor, model: EmbeddingModel) -> tuple[Tensor, Tensor]:

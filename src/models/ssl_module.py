@@ -18,7 +18,7 @@ from torchmetrics import MaxMetric, MeanMetric
 
 from src.models.components import as_config, build_encoder
 from src.models.components.losses import info_nce, masked_mse, patchify
-from src.models.components.masking import make_mask, mask_indices
+from src.models.components.masking import make_mask, mask_indices, most_masked
 from src.models.optim import apply_warmup, cosine_factor, make_optimizer, reseed_step
 from src.models.pretrained import check_fits, from_pretrained, load_strict, normalisation_of, save_encoder
 from src.utils.errors import UserError
@@ -88,7 +88,7 @@ class SSLModule(L.LightningModule):
         first step (mask_patches) or after a whole epoch (val_mask_patches)."""
         f_dim, t_dim = self.encoder.grid_for(self.encoder.config.num_mel_bins, self.encoder.config.target_length)
         patches = f_dim * t_dim
-        most = patches - 2 if self.hparams.masking.startswith("official") else patches  # official: not patch 0
+        most = most_masked(self.hparams.masking, patches)
         for key in ("mask_patches", "val_mask_patches"):
             count = self.hparams[key]
             if count is None and key == "val_mask_patches":

@@ -41,13 +41,10 @@ def run_folder(cfg: DictConfig):
         yield
 
 
-WHOLE_NUMBERS = ("max_epochs", "min_epochs", "max_steps", "min_steps", "check_val_every_n_epoch",
-                 "log_every_n_steps", "accumulate_grad_batches", "num_sanity_val_steps")  # fmt: skip
+# trainer settings that are fractions or counts: numbers
 NUMBERS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "val_check_interval",
            "gradient_clip_val")  # fmt: skip
-
-
-# the least each count may be: -1 means "no limit" to Lightning for max_epochs and max_steps
+# the counts, whole numbers, and the least each may be (-1: "no limit" to Lightning)
 AT_LEAST = {"trainer.max_epochs": -1, "trainer.max_steps": -1, "trainer.min_epochs": 0, "trainer.min_steps": 0,
             "trainer.check_val_every_n_epoch": 1, "trainer.log_every_n_steps": 1,
             "trainer.accumulate_grad_batches": 1, "trainer.num_sanity_val_steps": -1, "trainer.num_nodes": 1,
@@ -58,12 +55,10 @@ def check_settings(cfg: DictConfig) -> None:
     """Before anything is built or launched: counts that are whole numbers in range, fractions that
     are numbers, devices that exist, and no setting a module does not take (+model.foo=1): each a
     UserError naming the setting, not a traceback from deep inside Lightning or Hydra."""
-    for key, kinds, what in [(k, (int,), "a whole number") for k in WHOLE_NUMBERS] + [
-        (k, (int, float), "a number") for k in NUMBERS
-    ]:
+    for key in NUMBERS:
         value = cfg.trainer.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
-            raise UserError(f"trainer.{key}={value!r} is not {what}")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise UserError(f"trainer.{key}={value!r} is not a number")
     for key, least in AT_LEAST.items():
         value = OmegaConf.select(cfg, key)
         if value is None:

@@ -29,6 +29,12 @@ from torch import Tensor
 STRATEGIES = ("official", "official_loop", "cluster", "random")
 
 
+def most_masked(strategy: str, num_patches: int) -> int:
+    """How many of num_patches a strategy can mask: the official loop needs more candidates than it
+    masks, and never masks patch 0."""
+    return num_patches - 2 if strategy.startswith("official") else num_patches
+
+
 def official_mask_ids(num_patches: int, num_mask: int, rng: random.Random, row_width: int = 64) -> list[int]:
     """gen_maskid_patch exactly as the official code runs it."""
     mask_id: list[int] = []
@@ -49,7 +55,7 @@ def official_mask_vectorised(
     batch: int, num_patches: int, num_mask: int, generator=None, device=None, row_width: int = 64
 ) -> Tensor:
     """gen_maskid_patch's distribution for a batch at once: (B, num_patches) bool, num_mask True per row."""
-    _check(num_mask, num_patches - 2)  # as the loop: more than num_mask candidates, patch 0 excluded
+    _check(num_mask, most_masked("official", num_patches))
     side = torch.randint(3, 6, (batch, 1, 1), generator=generator, device=device)  # (B, 1, 1) per sample
     clusters = 4 * -(-num_mask // 9) + 16  # drawn ahead; the loop stops at the first that covers enough
     start = torch.randint(0, num_patches, (batch, clusters, 1), generator=generator, device=device)
@@ -107,7 +113,7 @@ def random_mask(batch: int, num_patches: int, num_mask: int, generator=None, dev
 
 
 def official_mask(batch: int, num_patches: int, num_mask: int, rng: random.Random, device=None) -> Tensor:
-    _check(num_mask, num_patches - 2)  # its loop needs more than num_mask candidates, patch 0 excluded
+    _check(num_mask, most_masked("official_loop", num_patches))
     mask = torch.zeros(batch, num_patches, dtype=torch.bool)
     for b in range(batch):
         mask[b, official_mask_ids(num_patches, num_mask, rng)] = True
