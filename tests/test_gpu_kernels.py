@@ -14,9 +14,9 @@ Tolerances:
 import pytest
 import torch
 
+from src.kernels import conv1d_silu, mamba_kernels_available, resolve_backend, selective_scan
+from src.kernels.scan_triton import ScanTiling, selective_scan_triton
 from src.models.components.bimamba import BiMambaMixer
-from src.models.components.scan import depthwise_conv_silu, mamba_kernels_available, resolve_backend, selective_scan
-from src.models.components.scan_triton import ScanTiling, selective_scan_triton
 from tests.helpers.encoders import make_encoder
 from tests.helpers.reference import stacked_scan_reference
 
@@ -107,7 +107,7 @@ def test_triton_conv_matches_causal_conv1d(dtype):
     results = {}
     for backend in ("triton", "mamba"):
         leaves = [t.detach().clone().requires_grad_() for t in (x, weight, bias)]
-        u = depthwise_conv_silu(*leaves, REVERSE, backend=backend)
+        u = conv1d_silu(*leaves, REVERSE, backend=backend)
         results[backend] = (u, *torch.autograd.grad(u, leaves, grad))
     fwd_tol, grad_tol = VS_MAMBA[dtype]
     for i, name in enumerate(["u", "x", "weight", "bias"]):

@@ -1,10 +1,11 @@
 """The fused residual add + norm (norm_triton.py) against the unfused add then torch's norm, through
-encoder.add_norm, forward and backward: interpreted without a GPU, compiled on one."""
+encoder.norm_step (src.kernels.add_norm with a norm module's weights), forward and backward:
+interpreted without a GPU, compiled on one."""
 
 import pytest
 import torch
 
-from src.models.components.encoder import DropPath, add_norm, make_norm
+from src.models.components.encoder import DropPath, make_norm, norm_step
 from tests.helpers.triton_cpu import INTERPRETED  # conftest switched the interpreter on without a GPU
 
 DEVICE = "cpu" if INTERPRETED else "cuda"
@@ -24,7 +25,7 @@ def run(backend, monkeypatch, kind, first, drop, residual_in_fp32):
     keep = drop_path.draw(hidden)
     assert drop == 0 or 0 < keep.sum() < len(keep), "this seed must drop some samples and keep others"
     torch.manual_seed(1)
-    normed, residual_out = add_norm(hidden, residual, norm, drop_path, residual_in_fp32)
+    normed, residual_out = norm_step(hidden, residual, norm, drop_path, residual_in_fp32)
     # both outputs feed the loss, as in the encoder (the residual stream goes on to the next layer)
     w_out, w_res = torch.randn(normed.shape, generator=gen).to(DEVICE), torch.randn(normed.shape, generator=gen)
     loss = (normed * w_out).sum() + (residual_out * w_res.to(DEVICE)).sum()

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from src.models.components import scan
-from src.models.components.scan import resolve_backend, scan_portable_bel, selective_scan
+from src.kernels import backend, resolve_backend, selective_scan
+from src.kernels.portable import BlockRecurrence, scan_portable_bel
 from tests.helpers.reference import selective_scan_reference, stacked_scan_reference
 
 CASES = [
@@ -91,18 +91,18 @@ def test_backend_override_by_argument_and_environment(monkeypatch):
     x = torch.zeros(1, 2, 3)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # as on a plain CPU machine
     assert resolve_backend(x) == "portable"  # CPU tensors take the portable path
-    monkeypatch.setenv(scan.ENV_VAR, "portable")
+    monkeypatch.setenv(backend.ENV_VAR, "portable")
     assert resolve_backend(x) == "portable"
-    monkeypatch.setenv(scan.ENV_VAR, "mamba")
+    monkeypatch.setenv(backend.ENV_VAR, "mamba")
     with pytest.raises(RuntimeError, match="mamba-ssm's kernels were requested but the tensors are on the CPU"):
         resolve_backend(x)
-    monkeypatch.setenv(scan.ENV_VAR, "triton")
+    monkeypatch.setenv(backend.ENV_VAR, "triton")
     with pytest.raises(RuntimeError, match="the Triton kernels were requested but the tensors are on the CPU"):
         resolve_backend(x)
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # Triton's interpreter runs them on the CPU
     assert resolve_backend(x) == "triton"
     assert resolve_backend(x, "portable") == "portable"  # the argument wins over the environment
-    monkeypatch.setenv(scan.ENV_VAR, "fastest")
+    monkeypatch.setenv(backend.ENV_VAR, "fastest")
     with pytest.raises(ValueError, match="unknown kernel backend 'fastest'"):
         resolve_backend(x)
 
@@ -118,8 +118,6 @@ def test_complex_A_is_refused():
 def test_the_block_recurrence_backward_is_the_reverse_recurrence(steps):
     """The portable scan's training path: its own backward (one fused step each way, no autograd
     node per step) against numerical gradients in float64."""
-    from src.models.components.scan import BlockRecurrence
-
     g = torch.Generator().manual_seed(steps)
     inputs = torch.randn(steps, 2, 3, 4, dtype=torch.float64, generator=g).requires_grad_()
     decay = torch.rand(steps, 2, 3, 4, dtype=torch.float64, generator=g).requires_grad_()

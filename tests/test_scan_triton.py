@@ -7,9 +7,9 @@ channels and states."""
 import pytest
 import torch
 
+from src.kernels import conv1d_silu
+from src.kernels.scan_triton import ScanTiling, default_tilings, selective_scan_triton
 from src.models.components.bimamba import BiMambaMixer
-from src.models.components.scan import depthwise_conv_silu
-from src.models.components.scan_triton import ScanTiling, default_tilings, selective_scan_triton
 from tests.helpers.reference import stacked_scan_reference
 from tests.helpers.triton_cpu import INTERPRETED  # conftest switched the interpreter on without a GPU
 
@@ -98,7 +98,7 @@ def test_conv_kernel_matches_the_portable_conv(reverse):
     results = {}
     for backend, device in (("portable", "cpu"), ("triton", DEVICE)):
         leaves = [t.to(device).requires_grad_() for t in (x, weight, bias)]
-        u = depthwise_conv_silu(*leaves, reverse, backend=backend)
+        u = conv1d_silu(*leaves, reverse, backend=backend)
         results[backend] = [t.cpu() for t in (u, *torch.autograd.grad(u, leaves, grad.to(device)))]
     for name, got, want in zip(["u", "dx", "dweight", "dbias"], results["triton"], results["portable"]):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")

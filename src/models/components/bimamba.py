@@ -4,11 +4,9 @@ One in_proj, out_proj and z gate are shared; the forward and the reversed sequen
 own conv1d, x_proj, dt_proj, A_log and D (the reversed ones end in `_b`). Parameter names equal
 the official ones, so an official checkpoint converts by renaming prefixes only.
 
-The forward computes in the (B, L, E) layout in_proj produces, the two parameter sets stacked in
-front, (2, B, L, E), from the conv to the scan: no transposes, and no flips (the reversed set runs
-an anti-causal conv and a right-to-left scan). scan.py chooses the kernels; on the Triton ones the
-whole stretch from in_proj to out_proj is one autograd Function (mixer_triton.py) that stores no
-(2, B, L, E) activation and recomputes them in its backward, as mamba-ssm's mamba_inner_fn does.
+The stretch from in_proj to out_proj is src.kernels' bimamba_inner: it computes in the (B, L, E)
+layout in_proj produces, the two parameter sets stacked in front, (2, B, L, E): no transposes, and no
+flips (the reversed set runs an anti-causal conv and a right-to-left scan).
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from src.models.components.scan import depthwise_conv_silu, resolve_backend, selective_scan
+from src.kernels import bimamba_inner
 
 BACKWARD_DT_INITS = ("zero", "mamba")
 
@@ -93,13 +91,7 @@ class BiMambaMixer(nn.Module):
         xz = self.in_proj(hidden_states)  # (B, L, 2E)
         # set 0 holds conv1d, x_proj, ... and reads forward; set 1 holds the `_b` ones and reads backward
         backwards = (reverse, not reverse)
-        weights = self.kernel_weights(xz.dtype)
-        if resolve_backend(xz) == "triton":  # one fused Function, recomputing in its backward
-            from src.models.components.mixer_triton import bimamba_inner_triton  # imports triton
-
-            y = bimamba_inner_triton(xz, *weights, backwards, self.dt_rank)
-        else:
-            y = self._inner(xz, *weights, backwards)
+        y = bimamba_inner(xz, *self.kernel_weights(xz.dtype), backwards, self.dt_rank)  # (B, L, E)
         return self.out_proj(y)  # (B, L, d_model)
 
     def kernel_weights(self, dtype: torch.dtype) -> tuple[Tensor, ...]:
@@ -142,29 +134,6 @@ class BiMambaMixer(nn.Module):
             torch.stack([self.D, self.D_b]).float() * scale,  # (2, E)
             torch.stack([self.dt_proj.bias, self.dt_proj_b.bias]).float(),  # (2, E)
         )
-
-    def _inner(self, xz, conv_weight, conv_bias, x_proj, dt_proj, A, D, dt_bias, backwards) -> Tensor:
-        """What bimamba_inner_triton computes, as differentiable steps on scan.py's kernels (the
-        portable scan, or mamba-ssm's as the reference): (B, L, 2E) -> (B, L, E)."""
-        batch, length, _ = xz.shape
-        E, R, N = self.d_inner, self.dt_rank, self.d_state
-        x, z = xz.chunk(2, dim=-1)  # (B, L, E) each, views
-        u = depthwise_conv_silu(x, conv_weight, conv_bias, backwards)  # (2, B, L, E)
-        x_dbl = torch.bmm(u.view(2, batch * length, E), x_proj.transpose(1, 2))  # (2, B*L, R' + 2N)
-        dt, _, B, C = x_dbl.split([R, x_proj.shape[1] - R - 2 * N, N, N], dim=-1)  # views
-        delta = torch.bmm(dt, dt_proj.transpose(1, 2))  # (2, B*L, E); the bias goes in as delta_bias
-        y = selective_scan(
-            u,
-            delta.view(2, batch, length, E),
-            A.transpose(1, 2),
-            B.view(2, batch, length, N),
-            C.view(2, batch, length, N),
-            D,
-            z,
-            dt_bias,
-            backwards,
-        )  # (2, B, L, E)
-        return y[0] + y[1]
 
 
 def _s4d_real_A_log(d_inner: int, d_state: int) -> Tensor:

@@ -14,10 +14,10 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from src.kernels import add_norm
 from src.models.components.bimamba import BiMambaMixer
 from src.models.components.layers import DropPath
 from src.models.components.patching import PatchConfig, PatchEncoder
-from src.models.components.scan import resolve_backend
 from src.utils.errors import UserError
 
 
@@ -67,37 +67,20 @@ def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
     raise UserError(f"norm must be 'layernorm' or 'rmsnorm', got {kind!r}")
 
 
-def add_norm(
+def norm_step(
     hidden: Tensor,
     residual: Tensor | None,
     norm: nn.Module,
     drop_path: DropPath,
     residual_in_fp32: bool,
-    out_dtype: torch.dtype | None = None,
+    out_dtype=None,
 ) -> tuple[Tensor, Tensor]:
     """The residual stream's step: residual + drop_path(hidden) (hidden alone for the first layer),
-    then norm. Returns (normed, residual); the residual in fp32 with residual_in_fp32; normed in
-    out_dtype (None: the autocast dtype where autocast is on, else the norm's). On the Triton kernels
-    the add and the norm are one kernel each way (norm_triton.py)."""
-    if resolve_backend(hidden) == "triton":
-        from src.models.components.norm_triton import add_norm_triton  # imports triton
-
-        if residual_in_fp32:
-            residual_dtype = torch.float32
-        else:
-            residual_dtype = hidden.dtype if residual is None else torch.promote_types(hidden.dtype, residual.dtype)
-        if out_dtype is None:
-            on = torch.is_autocast_enabled(hidden.device.type)
-            out_dtype = torch.get_autocast_dtype(hidden.device.type) if on else norm.weight.dtype
-        scale = drop_path.scales(hidden) if residual is not None else None
-        bias = getattr(norm, "bias", None)
-        rms = isinstance(norm, nn.RMSNorm)
-        return add_norm_triton(hidden, residual, scale, norm.weight, bias, norm.eps, rms, residual_dtype, out_dtype)
-    residual = hidden if residual is None else residual + drop_path(hidden)
-    normed = norm(residual.to(norm.weight.dtype))
-    if out_dtype is not None:
-        normed = normed.to(out_dtype)
-    return normed, residual.float() if residual_in_fp32 else residual
+    then norm: src.kernels' add_norm with this norm's weights. Returns (normed, residual)."""
+    scale = drop_path.scales(hidden) if residual is not None else None
+    rms = isinstance(norm, nn.RMSNorm)
+    bias = getattr(norm, "bias", None)
+    return add_norm(hidden, residual, norm.weight, bias, norm.eps, rms, scale, residual_in_fp32, out_dtype)
 
 
 class MambaBlock(nn.Module):
@@ -112,7 +95,7 @@ class MambaBlock(nn.Module):
 
     def forward(self, hidden: Tensor, residual: Tensor | None, reverse: bool = False):
         """reverse=True: this block as if run on the flipped sequence, results in the original order."""
-        normed, residual = add_norm(hidden, residual, self.norm, self.drop_path, self.residual_in_fp32)
+        normed, residual = norm_step(hidden, residual, self.norm, self.drop_path, self.residual_in_fp32)
         return self.mixer(normed, reverse=reverse), residual
 
 
@@ -163,7 +146,7 @@ class AudioMambaEncoder(PatchEncoder):
                 hidden, residual = layer(hidden, residual)
                 if return_hidden:
                     states.append(residual + hidden)
-        out, _ = add_norm(hidden, residual, self.norm_f, self.drop_path, False, out_dtype=self.norm_f.weight.dtype)
+        out, _ = norm_step(hidden, residual, self.norm_f, self.drop_path, False, out_dtype=self.norm_f.weight.dtype)
         if self.config.double_final_norm:
             out = self.norm_f(out)
         return (out, states) if return_hidden else out

@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from src.models.components.conv_triton import conv_backward, conv_forward, reverse_mask
-from src.models.components.scan_triton import default_tilings, scan_backward, scan_forward, sum_sets
+from src.kernels.conv_triton import conv_backward, conv_forward, reverse_mask
+from src.kernels.scan_triton import default_tilings, scan_backward, scan_forward, sum_sets
 
 
 def _weight_grad(grad_out: Tensor, inp: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ import torch
 import triton
 from torch import Tensor
 
-from src.models.components.scan_kernels import chunk_carry_kernel, scan_backward_kernel, scan_forward_kernel
+from src.kernels.scan_kernels import chunk_carry_kernel, scan_backward_kernel, scan_forward_kernel
 
 
 @dataclass(frozen=True)
