@@ -41,7 +41,7 @@ lock: ## regenerate the lock from setup.cfg and requirements/torch-pair.in (LOCK
 	$(VENV)-lock/bin/python -m pip install --quiet $(PIP_TOOLS)
 	$(VENV)-lock/bin/pip-compile --quiet --extra dev --allow-unsafe --strip-extras --no-emit-index-url \
 		--no-emit-find-links $(LOCK_FLAGS) -c requirements/torch-pair.in -o $(LOCK) setup.cfg
-	$(VENV)-lock/bin/python scripts/lock.py seal $(LOCK) setup.cfg
+	$(VENV)-lock/bin/python -m scripts.lock seal $(LOCK) setup.cfg
 
 # setup.cfg's ranges at their newest, in a throwaway venv; PIP_CONSTRAINT=/dev/null lifts a machine-wide
 # pip cap (this project's CPU machines cap torch at the release they keep on disk)
@@ -78,11 +78,11 @@ $(DEMO)/.ready: $(STAMP)
 demo: $(DEMO)/.ready ## build and prepare the demo corpus (data/demo; under a minute on 2 cores)
 
 pretrain: $(DEMO)/.ready ## pretrain a small SSAMBA on the demo corpus (~22 min on 2 cores; ARGS=... for overrides)
-	$(PY) src/train.py experiment=pretrain_demo $(ARGS)
+	$(PY) -m src.train experiment=pretrain_demo $(ARGS)
 
 finetune: $(DEMO)/.ready ## fine-tune the demo keyword spotter from the newest finished `make pretrain` (PRETRAINED=... for another)
 	@test -n "$(PRETRAINED)" || { $(PY) -m src.utils.runs latest-encoder logs/pretrain/runs; exit 2; }
 	@echo "fine-tuning from $(PRETRAINED) (PRETRAINED=<run>/encoder picks another; finished runs: ls logs/pretrain/runs/*/metrics.json)"
-	$(PY) src/train.py experiment=ks2_demo model.pretrained=$(PRETRAINED) $(ARGS)
+	$(PY) -m src.train experiment=ks2_demo model.pretrained=$(PRETRAINED) $(ARGS)
 
 .PHONY: demo pretrain finetune

@@ -1,6 +1,6 @@
 """What a CPU user pays: the portable scan against a plain step-by-step loop, and embedding a long file.
 
-    python benchmarks/cpu.py [--minutes 20] [--out docs]
+    python -m benchmarks.cpu [--minutes 20] [--out docs]
 
 Times (best of --repeats, no autograd) the portable scan (`scan_portable_bel`, what the encoder runs
 without CUDA) and the plainest correct loop in torch (one step at a time: decay, input, read-out) at
@@ -15,22 +15,20 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks import report  # noqa: E402
-from src.embed import embed_folder  # noqa: E402
-from src.embedding import hear  # noqa: E402
-from src.models.components import build_encoder, encoder_config  # noqa: E402
-from src.models.components.scan import scan_portable_bel  # noqa: E402
-from src.models.pretrained import save_encoder  # noqa: E402
-from src.utils.io import write_json, write_text  # noqa: E402
+from benchmarks import report
+from src.embed import embed_folder
+from src.embedding import hear
+from src.kernels.portable import scan_portable_bel
+from src.models.components import build_encoder, encoder_config
+from src.models.pretrained import save_encoder
+from src.utils.errors import command
+from src.utils.io import write_json, write_text
 
 SHAPES = [(2, 384, 513), (1, 384, 60000)]
 D_STATE = 16
@@ -105,6 +103,7 @@ def embed_row(minutes: float) -> dict:
     return {"minutes": minutes, "seconds": seconds, "timestamps": frames, "preset": "tiny, 24 layers, 1024 frames"}
 
 
+@command
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=20.0)

@@ -1,6 +1,6 @@
 """Encoder inference time and peak memory against sequence length: SSAMBA vs SSAST.
 
-    python benchmarks/efficiency.py [--sizes tiny small base] [--out docs]
+    python -m benchmarks.efficiency [--sizes tiny small base] [--out docs]
 
 Batch 4, random (B, 1, 128, frames) inputs with 16x16 patches (tokens = 8 x frames / 16).
 For each model, size, precision and mode: warm-up runs, then the median of repeats (CUDA events),
@@ -28,10 +28,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from src.models.components import build_encoder, encoder_config  # noqa: E402
-from src.utils.io import write_json, write_text  # noqa: E402
+from src.models.components import build_encoder, encoder_config
+from src.utils.errors import command
+from src.utils.io import write_json, write_text
 
 TOKENS = [512, 1024, 2048, 4096, 8192, 12288, 16384, 22000, 44000, 75000]
 SSAST_MAX_TOKENS = 22000
@@ -136,6 +135,7 @@ MODES = {
 }
 
 
+@command
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["tiny", "small", "base"])
@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     try:
         report(results, args.out)
     except ImportError as e:  # a bare GPU machine may lack matplotlib: `--report JSON` later
-        print(f"no report ({e}); run: python benchmarks/efficiency.py --report {args.out}/benchmarks/efficiency.json")
+        print(f"no report ({e}); run: python -m benchmarks.efficiency --report {args.out}/benchmarks/efficiency.json")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Where the GPU time of one encoder forward or one SSL training step goes, kernel by kernel.
 
-    python benchmarks/kernel_profile.py --backbone ssamba --size tiny --tokens 22000 [--phase train]
+    python -m benchmarks.kernel_profile --backbone ssamba --size tiny --tokens 22000 [--phase train]
 
 Runs warm-up iterations, then profiles --iters more with torch.profiler and writes, per kernel
 name, the GPU time per iteration and the launches per iteration, biggest first, to
@@ -21,13 +21,12 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.efficiency import frames_for  # noqa: E402
-from benchmarks.throughput import ssl_optimizer, train_step  # noqa: E402
-from src.models.components import build_encoder, encoder_config  # noqa: E402
-from src.models.ssl_module import SSLModule  # noqa: E402
-from src.utils.io import write_json, write_text  # noqa: E402
+from benchmarks.efficiency import frames_for
+from benchmarks.throughput import ssl_optimizer, train_step
+from src.models.components import build_encoder, encoder_config
+from src.models.ssl_module import SSLModule
+from src.utils.errors import command
+from src.utils.io import write_json, write_text
 
 
 def make_step(args):
@@ -62,6 +61,7 @@ def kernel_table(prof, iters: int) -> list[dict]:
     return sorted(({"kernel": k, **v} for k, v in rows.items()), key=lambda r: -r["us"])
 
 
+@command
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="ssamba", choices=["ssamba", "ssast"])

@@ -1,7 +1,7 @@
 """The selective scan of one bimamba-v2 layer, both directions: the project's Triton kernels
 against mamba-ssm's, forward and forward + backward.
 
-    python benchmarks/scan.py [--shapes 64x384x513 4x384x22001 64x1536x513] [--sweep]
+    python -m benchmarks.scan [--shapes 64x384x513 4x384x22001 64x1536x513] [--sweep]
 
 Shapes are batch x channels (E = expand * d_model) x length, d_state 16, bf16 inputs laid out as
 the mixer's projections produce them: u and delta (2, B, L, E); B and C views into x_proj's
@@ -25,19 +25,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks import report
+from benchmarks.efficiency import time_ms
+from src.kernels import mamba_kernels_available, selective_scan
+from src.kernels.scan_triton import ScanTiling, default_tilings, selective_scan_triton
+from src.utils.errors import command
+from src.utils.io import write_json, write_text
 
-from benchmarks import report  # noqa: E402
-from benchmarks.efficiency import time_ms  # noqa: E402
-from src.models.components.scan import mamba_kernels_available, selective_scan  # noqa: E402
-from src.models.components.scan_triton import ScanTiling, default_tilings, selective_scan_triton  # noqa: E402
-from src.utils.io import write_json, write_text  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 D_STATE = 16
 REVERSE = (False, True)
@@ -167,6 +166,7 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     return batch, dim, length
 
 
+@command
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=["64x384x513", "4x384x22001", "64x1536x513"])

@@ -1,6 +1,6 @@
 """A CPU run beside another busy process: this project's thread settings against torch's defaults.
 
-    python benchmarks/threads.py [--steps 4] [--out docs]
+    python -m benchmarks.threads [--steps 4] [--out docs]
 
 Times training steps of the demo pretraining (the `pretrain_demo` experiment's model: SSAMBA, width
 64, depth 4, 128 frames, batch 32, two masked passes, AdamW) in a fresh process per case, on an idle
@@ -24,12 +24,16 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# loaded before any src module: OpenMP reads OMP_WAIT_POLICY once, as torch loads it, and src/__init__
+# gives the commands PASSIVE, which must not reach the cases that measure OpenMP's own default
+import torch
 
-from benchmarks import report  # noqa: E402
-from src.utils.io import atomic_path, write_json, write_text  # noqa: E402
-from src.utils.threads import choose_threads, physical_cores  # noqa: E402
+from benchmarks import report
+from src.utils.errors import command
+from src.utils.io import atomic_path, write_json, write_text
+from src.utils.threads import choose_threads, physical_cores
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # (label, threads or None for torch's default, OMP_WAIT_POLICY or None for OpenMP's default)
 SETTINGS = [("project (auto, passive wait)", "auto", "PASSIVE"), ("torch default", None, None), ("1 thread", 1, None)]
@@ -37,8 +41,6 @@ SETTINGS = [("project (auto, passive wait)", "auto", "PASSIVE"), ("torch default
 
 def worker(threads: int | None, steps: int, forever: bool) -> None:
     """Run demo pretraining steps; print the seconds of each after the first (or run until killed)."""
-    import torch
-
     from src.models.ssl_module import SSLModule
 
     if threads:
@@ -66,7 +68,7 @@ def worker(threads: int | None, steps: int, forever: bool) -> None:
 
 
 def run_case(label: str, threads, wait: str | None, steps: int, busy: bool, timeout: float) -> dict:
-    cmd = [sys.executable, __file__, "--worker", "--steps", str(steps)]
+    cmd = [sys.executable, "-m", "benchmarks.threads", "--worker", "--steps", str(steps)]
     plain = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}  # torch's defaults
     neighbour = None
     if busy:
@@ -116,6 +118,7 @@ def draw(result: dict, out: Path) -> None:
         fig.savefig(tmp, dpi=120, format="png")
 
 
+@command
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=4)

@@ -1,10 +1,10 @@
 """Pretraining throughput on GPUs, and what the data loader delivers.
 
-    python benchmarks/throughput.py model [--sizes tiny small base] [--batch-per-gpu 64]
-    torchrun --nproc-per-node 2 benchmarks/throughput.py model ...        # DDP, one process per GPU
-    python benchmarks/throughput.py loader --store DIR [--workers 8]      # samples/s from fp16 shards
-    python benchmarks/throughput.py train --store DIR [--devices 1 2]  # src/train.py itself, loader included
-    python benchmarks/throughput.py synthetic-store --out DIR [--clips 4096]
+    python -m benchmarks.throughput model [--sizes tiny small base] [--batch-per-gpu 64]
+    torchrun --nproc-per-node 2 -m benchmarks.throughput model ...        # DDP, one process per GPU
+    python -m benchmarks.throughput loader --store DIR [--workers 8]      # samples/s from fp16 shards
+    python -m benchmarks.throughput train --store DIR [--devices 1 2]  # src/train.py itself, loader included
+    python -m benchmarks.throughput synthetic-store --out DIR [--clips 4096]
 
 `model` times full SSL steps (two masked passes, InfoNCE + 10 MSE, backward, AdamW) in bf16-mixed
 with fp32 parameters on the fused kernels, after warm-up, for SSAMBA and SSAST of each size in one
@@ -26,14 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from src.data.datamodules import PretrainDataset
+from src.data.shards import FeatureStore
+from src.models.optim import make_optimizer
+from src.models.ssl_module import SSLModule
+from src.utils.errors import command
+from src.utils.io import write_json, write_jsonl
 
-from src.data.datamodules import PretrainDataset  # noqa: E402
-from src.data.shards import FeatureStore  # noqa: E402
-from src.models.optim import make_optimizer  # noqa: E402
-from src.models.ssl_module import SSLModule  # noqa: E402
-from src.utils.io import write_json, write_jsonl  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _append(path: Path, run: dict) -> None:
@@ -181,7 +181,7 @@ def train_throughput(args) -> None:
     for devices in args.devices:
         run_dir = Path(args.runs) / f"{args.experiment}_devices{devices}"
         command = [
-            sys.executable, "src/train.py", f"experiment={args.experiment}", "callbacks=throughput",
+            sys.executable, "-m", "src.train", f"experiment={args.experiment}", "callbacks=throughput",
             f"data.sources=[{{path:'{Path(args.store).resolve()}',split:null,weight:1.0}}]", "data.val_source=null",
             f"data.num_workers={args.workers}", f"data.batch_size={args.batch_per_gpu * devices}",
             f"trainer.devices={devices}", f"trainer.max_steps={args.steps}",
@@ -228,6 +228,7 @@ def synthetic_store(args) -> None:
     print(f"synthetic store with {args.clips} clips at {out}")
 
 
+@command
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -25,7 +25,7 @@ wait
 for p in "${PRECISIONS[@]}"; do
   for start in pretrained scratch; do
     init=(); [ "$start" = pretrained ] && init=(model.pretrained="$OUT/$p/pretrain/encoder")
-    step "$PY" src/train.py -m experiment=ks2_demo "${init[@]}" trainer.precision="$p" seed=1,2,3 \
+    step "$PY" -m src.train -m experiment=ks2_demo "${init[@]}" trainer.precision="$p" seed=1,2,3 \
       hydra.sweep.dir="$OUT/$p/$start" hydra.callbacks.sweep_summary.metric=test/acc > "$OUT-$p-$start.log" 2>&1
   done
 done

@@ -5,8 +5,8 @@ extra) and requirements/torch-pair.in, then seals it here: the last line is a SH
 and of setup.cfg's requirements. `check` (tests/test_lock.py) finds a pin edited by hand, a
 requirement of setup.cfg that no pin satisfies or that changed since the lock was written.
 
-    python scripts/lock.py seal requirements/dev.txt
-    python scripts/lock.py check requirements/dev.txt setup.cfg
+    python -m scripts.lock seal requirements/dev.txt
+    python -m scripts.lock check requirements/dev.txt setup.cfg
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Training curves of finished runs, from their TensorBoard logs, as one PNG and a JSON summary.
 
-    python scripts/plot_runs.py --run "pretrained=<run dir>" --run "scratch=<run dir>" \
+    python -m scripts.plot_runs --run "pretrained=<run dir>" --run "scratch=<run dir>" \
         --metrics val/acc train/loss_epoch --out docs/figures/demo_finetune
 
 writes <out>.png (one panel per metric, one line per run) and <out>.json (the curves and each run's
@@ -13,8 +13,10 @@ import argparse
 from pathlib import Path
 
 from src.utils.curves import plot
+from src.utils.errors import command
 
 
+@command
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", action="append", required=True, help="label=run_dir")

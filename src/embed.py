@@ -1,4 +1,4 @@
-"""Embed a folder of audio files:  python src/embed.py --model EXPORT --input DIR --output DIR
+"""Embed a folder of audio files:  python -m src.embed --model EXPORT --input DIR --output DIR
 
 For every WAV/FLAC/OGG file under --input (decoded, mixed to mono, resampled to 16 kHz) writes
 <output>/<relative path without its extension>.npy: the scene embedding (D,) (files that differ only
@@ -19,12 +19,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from src.data.audio import AUDIO_EXTENSIONS, AudioError  # noqa: E402
-from src.embedding import hear  # noqa: E402
-from src.utils.errors import MissingInput, UserError, report  # noqa: E402
-from src.utils.io import atomic_path  # noqa: E402
+from src.data.audio import AUDIO_EXTENSIONS, AudioError
+from src.embedding import hear
+from src.utils.errors import MissingInput, command
+from src.utils.io import atomic_path
 
 
 def _save(path: Path, array: np.ndarray) -> None:
@@ -55,20 +53,18 @@ def embed_folder(model, input_dir: Path, output_dir: Path, timestamps: bool = Fa
     return skipped
 
 
+@command
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python src/embed.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="an export folder (python src/export.py ckpt_path=...)")
+    parser = argparse.ArgumentParser(prog="python -m src.embed", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="an export folder (python -m src.export ckpt_path=...)")
     parser.add_argument("--input", type=Path, required=True)
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--timestamps", action="store_true", help="also write per-timestamp embeddings")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    try:
-        model = hear.load_model(args.model)
-        model.to(args.device)
-        skipped = embed_folder(model, args.input, args.output, args.timestamps)
-    except UserError as e:
-        return report(e)
+    model = hear.load_model(args.model)
+    model.to(args.device)
+    skipped = embed_folder(model, args.input, args.output, args.timestamps)
     print(f"embeddings in {args.output}")
     if skipped:
         print(f"skipped {len(skipped)} unreadable files:\n  " + "\n  ".join(skipped))

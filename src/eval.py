@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint:  python src/eval.py experiment=<name> ckpt_path=<.ckpt>
+"""Evaluate a checkpoint:  python -m src.eval experiment=<name> ckpt_path=<.ckpt>
 
 A fine-tuned model on its test split; a pretraining checkpoint (experiment=pretrain...) on its
 validation set (the masked-patch accuracy and losses).
@@ -6,25 +6,19 @@ validation set (the masked-patch accuracy and losses).
 
 from __future__ import annotations
 
-import os
+import hydra
+import lightning as L
+import rootutils
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from omegaconf import DictConfig, OmegaConf
 
-# before torch loads OpenMP: waiting threads sleep instead of spinning (src/utils/threads.py)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from src.utils import entry
+from src.utils.errors import UserError
+from src.utils.instantiators import instantiate_group
+from src.utils.threads import set_threads
+from src.utils.utils import extras, print_config, task_wrapper, user_errors_exit
 
-import rootutils  # noqa: E402
-
-rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True)
-
-import hydra  # noqa: E402
-import lightning as L  # noqa: E402
-from lightning.pytorch.utilities.model_helpers import is_overridden  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from src.utils import entry  # noqa: E402
-from src.utils.errors import UserError  # noqa: E402
-from src.utils.instantiators import instantiate_group  # noqa: E402
-from src.utils.threads import set_threads  # noqa: E402
-from src.utils.utils import extras, print_config, task_wrapper, user_errors_exit  # noqa: E402
+rootutils.setup_root(__file__, indicator=".project-root")  # PROJECT_ROOT, which configs/paths reads
 
 
 @task_wrapper

@@ -1,4 +1,4 @@
-"""Export a checkpoint's encoder:  python src/export.py ckpt_path=<.ckpt> [out_dir=DIR]
+"""Export a checkpoint's encoder:  python -m src.export ckpt_path=<.ckpt> [out_dir=DIR]
 
 Writes the folder pretraining also writes at its end (<run>/encoder): encoder.safetensors plus
 config.json, which holds the encoder's config (its target_length and num_mel_bins included) and the
@@ -10,16 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import hydra
 import rootutils
+from omegaconf import DictConfig
 
-rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True)
+from src.models.pretrained import build_pretrained, read_pretrained, save_encoder
+from src.utils.errors import UserError
+from src.utils.utils import user_errors_exit
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from src.models.pretrained import build_pretrained, read_pretrained, save_encoder  # noqa: E402
-from src.utils.errors import UserError  # noqa: E402
-from src.utils.utils import user_errors_exit  # noqa: E402
+rootutils.setup_root(__file__, indicator=".project-root")  # PROJECT_ROOT, which configs/paths reads
 
 
 def export(ckpt_path: str, out_dir: str | None = None, mean: float | None = None, std: float | None = None) -> Path:

@@ -1,35 +1,29 @@
-"""Train (pretrain or fine-tune) from a Hydra config:  python src/train.py experiment=<name> [overrides]
+"""Train (pretrain or fine-tune) from a Hydra config:  python -m src.train experiment=<name> [overrides]
 
 Examples:
-    python src/train.py experiment=pretrain_demo
-    python src/train.py experiment=ks2 model.pretrained=logs/pretrain/runs/<run>/encoder
-    python src/train.py experiment=ks2 encoder=ssast trainer=ddp_bf16 trainer.devices=4
-    python src/train.py -m experiment=esc50          # all five folds, then their mean
+    python -m src.train experiment=pretrain_demo
+    python -m src.train experiment=ks2 model.pretrained=logs/pretrain/runs/<run>/encoder
+    python -m src.train experiment=ks2 encoder=ssast trainer=ddp_bf16 trainer.devices=4
+    python -m src.train -m experiment=esc50          # all five folds, then their mean
 """
 
 from __future__ import annotations
 
-import os
+import hydra
+import lightning as L
+import rootutils
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from omegaconf import DictConfig, OmegaConf
 
-# before torch loads OpenMP: waiting threads sleep instead of spinning (src/utils/threads.py)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from src.utils import entry
+from src.utils.checkpoints import AtomicCheckpointIO
+from src.utils.instantiators import instantiate_group
+from src.utils.pylogger import RankedLogger
+from src.utils.threads import set_threads
+from src.utils.utils import extras, get_metric_value, print_config, task_wrapper, user_errors_exit
 
-import rootutils  # noqa: E402
-
-rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True)
-
-import hydra  # noqa: E402
-import lightning as L  # noqa: E402
-from lightning.pytorch.callbacks import LearningRateMonitor  # noqa: E402
-from lightning.pytorch.plugins.environments import SLURMEnvironment  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from src.utils import entry  # noqa: E402
-from src.utils.checkpoints import AtomicCheckpointIO  # noqa: E402
-from src.utils.instantiators import instantiate_group  # noqa: E402
-from src.utils.pylogger import RankedLogger  # noqa: E402
-from src.utils.threads import set_threads  # noqa: E402
-from src.utils.utils import extras, get_metric_value, print_config, task_wrapper, user_errors_exit  # noqa: E402
+rootutils.setup_root(__file__, indicator=".project-root")  # PROJECT_ROOT, which configs/paths reads
 
 log = RankedLogger(__name__)
 # SLURM / submitit asks for GPUs only when the trainer uses them

@@ -1,4 +1,4 @@
-"""README.md and docs/ checked against the code, so they cannot drift: every `python src/train.py`
+"""README.md and docs/ checked against the code, so they cannot drift: every `python -m src.train`
 and `src/eval.py` command composes in Hydra, every `make` target exists, every other documented
 command answers `--help`, every repository file the docs name is there, every test id they cite
 selects a test, every table of docs/benchmarks.md is what its JSON renders to, and the SUPERB
@@ -48,7 +48,7 @@ def _hydra_overrides(command: str) -> list[str]:
     command = re.sub(r"<[^>]+>", "x", command)
     command = re.sub(r"\$\{?\w+\}?", "x", command)
     out = []
-    for token in shlex.split(command)[2:]:
+    for token in shlex.split(command)[3:]:  # after `python -m src.train`
         if token in ("-m", "--multirun") or token == "..." or token.endswith("=..."):
             continue
         key, _, value = token.partition("=")
@@ -58,7 +58,7 @@ def _hydra_overrides(command: str) -> list[str]:
     return out
 
 
-TRAIN_COMMANDS = _commands("python src/train.py") + _commands("python src/eval.py")
+TRAIN_COMMANDS = _commands("python -m src.train") + _commands("python -m src.eval")
 
 
 def test_the_docs_hold_the_commands_these_tests_check():
@@ -69,7 +69,7 @@ def test_the_docs_hold_the_commands_these_tests_check():
 def test_every_documented_training_command_composes(doc, command):
     import src.train  # noqa: F401  (the resolvers the configs use)
 
-    config = "eval.yaml" if command.startswith("python src/eval.py") else "train.yaml"
+    config = "eval.yaml" if command.startswith("python -m src.eval") else "train.yaml"
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
         cfg = compose(config, overrides=_hydra_overrides(command), return_hydra_config=True)
@@ -94,16 +94,28 @@ def test_every_documented_make_target_exists():
 
 
 def _entry_points() -> list[list[str]]:
-    """Each documented `python -m <module>` of the project and `python <script>.py`, once."""
+    """Each documented `python -m <module>` of the project, once."""
     seen = {}
     for doc in DOCS:
         for module in re.findall(r"python3? -m ((?:src|benchmarks|scripts)\.[\w.]+)", doc.read_text()):
             seen.setdefault(module, ["-m", module])
-        for script in re.findall(r"python3? ((?:src|benchmarks|scripts)/[\w/]+\.py)", doc.read_text()):
-            seen.setdefault(script, [script])
-    seen.pop("src/train.py"), seen.pop("src/eval.py")  # composed above
+    seen.pop("src.train"), seen.pop("src.eval")  # composed above
     seen.pop("src.s3prl_upstream.superb")  # its --help is s3prl's runner's: checked below
     return [seen[k] for k in sorted(seen)]
+
+
+SCRIPT_PATH = r"(?:python3?|\$\(PY\)|\$PY\"?|torchrun[^\n]*?) ((?:src|benchmarks|scripts)/[\w/]+\.py)"
+
+
+def test_every_command_is_run_as_a_module():
+    """One style of entry point: `python -m src.<command>` (no script paths, which would need
+    sys.path set up by hand), in the docs, the configs' comments, the Makefile and the scripts."""
+    texts = [*DOCS, *(ROOT / "configs").rglob("*.yaml"), ROOT / "Makefile", *(ROOT / "scripts").glob("*.sh")]
+    texts += [*(ROOT / "src").rglob("*.py"), *(ROOT / "benchmarks").glob("*.py")]
+    as_paths = [
+        f"{path.relative_to(ROOT)}: {hit}" for path in texts for hit in re.findall(SCRIPT_PATH, path.read_text())
+    ]
+    assert not as_paths, as_paths
 
 
 @pytest.mark.parametrize("entry", _entry_points(), ids=lambda e: e[-1])

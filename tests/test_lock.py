@@ -90,7 +90,7 @@ def test_a_torchaudio_built_for_another_torch_is_one_line_naming_both(tmp_path):
     af.tone(tmp_path / "in" / "a.wav", seconds=1.0)
     env = {**os.environ, "PYTHONPATH": f"{shadow.parent}{os.pathsep}{ROOT}"}
     result = subprocess.run(
-        [sys.executable, "src/embed.py", "--model", str(export), "--input", str(tmp_path / "in"),
+        [sys.executable, "-m", "src.embed", "--model", str(export), "--input", str(tmp_path / "in"),
          "--output", str(tmp_path / "out"), "--device", "cpu"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

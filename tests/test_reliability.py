@@ -42,7 +42,7 @@ RANDOM = {"ks2_demo": ["data.freqm=24", "data.timem=24", "data.mixup=0.5", "data
 def train_cmd(data_root, run_dir, *extra, experiment="ks2_demo"):
     args = [a for a in SMALL if not a.startswith(("experiment=", "data.freqm", "data.timem"))]
     args += RANDOM.get(experiment, [])
-    return [sys.executable, "src/train.py", f"experiment={experiment}", *args, f"paths.data_dir={data_root}",
+    return [sys.executable, "-m", "src.train", f"experiment={experiment}", *args, f"paths.data_dir={data_root}",
             f"hydra.run.dir={run_dir}", f"trainer.max_steps={STEPS}",
             "callbacks.model_checkpoint.every_n_train_steps=5", *extra]  # fmt: skip
 
@@ -136,7 +136,7 @@ def test_a_planted_malicious_checkpoint_is_refused_without_running_it(data_root,
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("script", ["src/train.py", "src/eval.py"])
+@pytest.mark.parametrize("script", ["src.train", "src.eval"])
 @pytest.mark.parametrize("kind", ["pickled code", "text"])
 def test_ckpt_path_to_a_file_that_is_not_a_safe_checkpoint_is_one_line(data_root, tmp_path, script, kind):
     marker = tmp_path / "pwned"
@@ -154,13 +154,14 @@ def test_ckpt_path_to_a_file_that_is_not_a_safe_checkpoint_is_one_line(data_root
     run_dir = tmp_path / "run"
     cmd = [
         sys.executable,
+        "-m",
         script,
         *SMALL,
         f"paths.data_dir={data_root}",
         f"hydra.run.dir={run_dir}",
         f"ckpt_path={bad}",
     ]
-    if script == "src/eval.py":
+    if script == "src.eval":
         cmd = [c for c in cmd if not c.startswith(("test=", "trainer.max_epochs", "trainer.num_sanity"))]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
@@ -173,10 +174,11 @@ def test_eval_of_a_pretraining_checkpoint_reports_its_validation(data_root, tmp_
     run = tmp_path / "pre"
     common = ["experiment=pretrain_demo", "++encoder.size=null", "++encoder.embed_dim=32", "++encoder.depth=2",
               "data.num_workers=0", "data.batch_size=4", "logger=[]", f"paths.data_dir={data_root}"]  # fmt: skip
-    subprocess.run([sys.executable, "src/train.py", *common, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+    subprocess.run([sys.executable, "-m", "src.train", *common, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
                     "trainer.limit_val_batches=1", f"hydra.run.dir={run}"], cwd=ROOT, check=True, capture_output=True,
                    timeout=300)  # fmt: skip
-    result = subprocess.run([sys.executable, "src/eval.py", *common, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+    last = run / "checkpoints" / "last.ckpt"
+    result = subprocess.run([sys.executable, "-m", "src.eval", *common, f"ckpt_path={last}",
                              "trainer.limit_val_batches=1", f"hydra.run.dir={tmp_path / 'eval'}"],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -185,7 +187,7 @@ def test_eval_of_a_pretraining_checkpoint_reports_its_validation(data_root, tmp_
 
 def test_a_rank_that_raises_stops_the_whole_ddp_job(data_root, tmp_path):
     """2 CPU ranks launched as Lightning's ddp does (one process per rank); rank 1 raises at step 2."""
-    cmd = [sys.executable, "src/train.py", "experiment=ks2_demo", "trainer=ddp_sim", "trainer.strategy=ddp",
+    cmd = [sys.executable, "-m", "src.train", "experiment=ks2_demo", "trainer=ddp_sim", "trainer.strategy=ddp",
            "++encoder.size=null", "++encoder.embed_dim=32", "++encoder.depth=2", "data.num_workers=0",
            "data.batch_size=4", "logger=[]",
            f"paths.data_dir={data_root}", f"hydra.run.dir={tmp_path / 'run'}",
@@ -529,7 +531,7 @@ def test_a_hostile_export_is_refused_before_anything_is_built(tmp_path, damage, 
 def test_embed_with_a_hostile_export_is_one_line(tmp_path, damage):
     export = _hostile_export(tmp_path, damage)
     af.tone(tmp_path / "in" / "a.wav", seconds=1.0)
-    result = subprocess.run([sys.executable, "src/embed.py", "--model", str(export), "--input", str(tmp_path / "in"),
+    result = subprocess.run([sys.executable, "-m", "src.embed", "--model", str(export), "--input", str(tmp_path / "in"),
                              "--output", str(tmp_path / "out"), "--device", "cpu"],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
@@ -560,9 +562,9 @@ def test_a_nan_loss_stops_training_with_a_checkpoint_and_valid_json(data_root, t
 
 
 _PEAK = """import runpy, sys
-sys.argv = ["src/embed.py", *sys.argv[1:]]
+sys.argv = ["src.embed", *sys.argv[1:]]
 try:
-    runpy.run_path("src/embed.py", run_name="__main__")
+    runpy.run_module("src.embed", run_name="__main__", alter_sys=True)
 except SystemExit as e:
     assert not e.code, e.code
 hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))  # this process's own peak

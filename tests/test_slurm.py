@@ -38,7 +38,7 @@ def _needs_cluster():
 
 def slurm_cmd(data_root, sweep, *extra):
     return [
-        sys.executable, "src/train.py", "-m", "hydra/launcher=slurm", "experiment=ks2_demo",
+        sys.executable, "-m", "src.train", "-m", "hydra/launcher=slurm", "experiment=ks2_demo",
         "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
         "++encoder.size=null", "++encoder.embed_dim=32", "++encoder.depth=2", "data.num_workers=0", "data.batch_size=4",
         "data.freqm=0", "data.timem=0", "logger=[]", "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0",
@@ -98,7 +98,7 @@ def test_a_fine_tuning_recipe_sweeps_its_folds_on_slurm(data_root, tmp_path):
     folds as a SLURM array: both jobs test, and summary.json holds the mean over the folds."""
     sweep = tmp_path / "sweep"
     command = [
-        sys.executable, "src/train.py", "-m", "hydra/launcher=slurm", "experiment=esc50", "data.fold=1,2",
+        sys.executable, "-m", "src.train", "-m", "hydra/launcher=slurm", "experiment=esc50", "data.fold=1,2",
         "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.max_epochs=1",
         "trainer.num_sanity_val_steps=0",
         "++encoder.size=null", "++encoder.embed_dim=32", "++encoder.depth=2", "data.num_workers=0", "data.batch_size=4",

@@ -25,7 +25,7 @@ pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 
 def run(args, tmp_path, env=None, timeout=600):
     return subprocess.run(
-        [sys.executable, "src/train.py", "-m", *args, *SMALL],
+        [sys.executable, "-m", "src.train", "-m", *args, *SMALL],
         cwd=ROOT,
         capture_output=True,
         text=True,

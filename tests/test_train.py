@@ -112,7 +112,7 @@ def test_pretrain_then_finetune_hand_over(data_root, tmp_path):
 
 def run_cli(*args, cwd=ROOT, env=None, timeout=300):
     return subprocess.run(
-        [sys.executable, "src/train.py", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "src.train", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, **(env or {})},
     )  # fmt: skip
 
@@ -140,7 +140,7 @@ def test_resuming_with_ckpt_path_last_in_a_new_folder_names_the_runs_to_resume(d
 
 
 def test_eval_without_a_checkpoint_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "src/eval.py", f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "src.eval", f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "eval.py needs ckpt_path=<.ckpt> and the experiment=" in result.stderr

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from src.data.audio import resample
 from src.utils.io import atomic_path, write_text
+from src.utils.errors import command
 
 SAMPLE_RATE = 16000
 KEYWORDS = "yes no up down left right on off stop go zero one two three four five".split()
@@ -171,6 +172,7 @@ def generate(out: str | Path, seed: int = 0, per_word: int = 120, unlabelled: in
     return out
 
 
+@command
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.data.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("data/demo"))

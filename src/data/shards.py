@@ -41,7 +41,7 @@ import torch
 from tqdm import tqdm
 
 from src.data.audio import KALDI, AudioError, FbankConfig, fbank, load_audio, pad_or_cut
-from src.utils.errors import MissingInput, UserError, report
+from src.utils.errors import MissingInput, UserError, command
 from src.utils.io import atomic_path, exclusive_lock, read_jsonl, remove_partial_writes, write_json, write_jsonl
 
 FORMAT_VERSION = 1
@@ -447,6 +447,7 @@ def stats(root: str | Path, split: str | None = None) -> tuple[float, float]:
     return mean, max(total_sq / count - mean * mean, 0.0) ** 0.5
 
 
+@command
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.data.shards", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -462,20 +463,17 @@ def main(argv=None) -> int:
     s.add_argument("root", type=Path)
     s.add_argument("--split")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "build":
-            build(args.manifest, args.out, args.target_length, args.shard_size, args.workers)
-        elif args.command == "verify":
-            problems = verify(args.root)
-            for p in problems:
-                print(f"problem: {p}")
-            print("ok" if not problems else f"{len(problems)} problems")
-            return 1 if problems else 0
-        else:
-            mean, std = stats(args.root, args.split)
-            print(json.dumps({"mean": round(mean, 7), "std": round(std, 7)}))
-    except UserError as e:
-        return report(e)
+    if args.command == "build":
+        build(args.manifest, args.out, args.target_length, args.shard_size, args.workers)
+    elif args.command == "verify":
+        problems = verify(args.root)
+        for p in problems:
+            print(f"problem: {p}")
+        print("ok" if not problems else f"{len(problems)} problems")
+        return 1 if problems else 0
+    else:
+        mean, std = stats(args.root, args.split)
+        print(json.dumps({"mean": round(mean, 7), "std": round(std, 7)}))
     return 0
 
 

@@ -91,7 +91,7 @@ def load_model(
     """An export folder (encoder.safetensors + config.json). window_frames, mean, std: None for the
     export's own input length and normalisation (see windows.load_frontend)."""
     if not model_file_path:
-        raise UserError("load_model needs the path of an export folder (python src/export.py ckpt_path=...)")
+        raise UserError("load_model needs the path of an export folder (python -m src.export ckpt_path=...)")
     return EmbeddingModel(load_frontend(model_file_path, window_frames, None, mean, std), batch_windows)
 
 

@@ -133,7 +133,7 @@ def load_frontend(
     if mean is None or std is None:
         raise UserError(
             f"{path} does not record the normalisation of its training data (an export from before that was "
-            "recorded); pass mean and std (its data config's), or export it again with python src/export.py"
+            "recorded); pass mean and std (its data config's), or export it again with python -m src.export"
         )
     encoder = build_pretrained(config, state, str(path)).eval()
     window_frames = window_frames or config.target_length

@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 
 from src.models.components import build_encoder, encoder_config
 from src.models.pretrained import load_strict, read_checkpoint, save_encoder
-from src.utils.errors import UserError, report
+from src.utils.errors import UserError, command
 from src.utils.io import atomic_path
 
 HEAD_PREFIXES = ("cpredlayer.", "gpredlayer.", "mlp_head.")
@@ -137,6 +137,7 @@ def _assemble(state: dict, config: dict, unused: set[str]):
     return encoder, heads, notes
 
 
+@command
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.models.convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("kind", choices=["ssamba", "ssast"])
@@ -148,11 +149,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tstride", type=int)
     args = parser.parse_args(argv)
     convert = convert_ssamba if args.kind == "ssamba" else convert_ssast
-    try:
-        state = read_checkpoint(args.ckpt)
-        encoder, heads, lines = convert(state, args.num_mel_bins, args.target_length, args.fstride, args.tstride)
-    except UserError as e:
-        return report(e)
+    state = read_checkpoint(args.ckpt)
+    encoder, heads, lines = convert(state, args.num_mel_bins, args.target_length, args.fstride, args.tstride)
     save_encoder(encoder, args.out, data=OFFICIAL_NORMALISATION, extra={"converted_from": str(args.ckpt)})
     if heads:
         with atomic_path(args.out / "heads.safetensors") as tmp:

@@ -5,7 +5,7 @@ from src.s3prl_upstream.expert import UpstreamExpert
 
 
 def ssamba_local(ckpt: str, *args, **kwargs) -> UpstreamExpert:
-    """An encoder export folder of this project (python src/export.py or src.models.convert)."""
+    """An encoder export folder of this project (python -m src.export or src.models.convert)."""
     return UpstreamExpert(ckpt, *args, **kwargs)
 
 

@@ -16,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-from src.utils.errors import MissingInput, UserError, report
+from src.utils.errors import MissingInput, command
 from src.utils.io import write_json
 
 LABELS = {"neu": 0, "hap": 1, "ang": 2, "sad": 3}
@@ -52,6 +52,7 @@ def write_meta_data(root: Path, out: Path | None = None) -> Path:
     return out
 
 
+@command
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m src.s3prl_upstream.iemocap_meta", description=__doc__.split("\n\n")[0]
@@ -59,10 +60,7 @@ def main(argv=None) -> int:
     parser.add_argument("root", type=Path, help="the IEMOCAP release (Session1 ... Session5)")
     parser.add_argument("--out", type=Path, help="default: <root>/meta_data")
     args = parser.parse_args(argv)
-    try:
-        out = write_meta_data(args.root, args.out)
-    except UserError as e:
-        return report(e)
+    out = write_meta_data(args.root, args.out)
     print(f"SUPERB ER meta data in {out}")
     return 0
 

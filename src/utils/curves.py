@@ -7,14 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure  # drawn without pyplot: no GUI backend, no global figure state
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
-
-from src.utils.errors import MissingInput  # noqa: E402
-from src.utils.io import atomic_path, write_json  # noqa: E402
+from src.utils.errors import MissingInput
+from src.utils.io import atomic_path, write_json
 
 
 def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -39,7 +36,8 @@ def epoch_axis(curves: dict, metric: str) -> list[tuple[float, float]]:
 def plot(runs: dict[str, Path], metrics: list[str], out: Path, title: str = "") -> dict:
     """Write <out>.png and <out>.json for runs {label: run folder}; returns the JSON's content."""
     summary = {"runs": {}}
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
+    fig = Figure(figsize=(5 * len(metrics), 3.6))
+    axes = fig.subplots(1, len(metrics), squeeze=False)
     for label, run_dir in runs.items():
         run_dir = Path(run_dir)
         curves = read_scalars(run_dir)
@@ -62,7 +60,6 @@ def plot(runs: dict[str, Path], metrics: list[str], out: Path, title: str = "") 
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out.with_suffix(".png")) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
     write_json(out.with_suffix(".json"), summary)
     return summary
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import sys
 import warnings
@@ -15,7 +14,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning_utilities.core.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from src.utils.errors import UserError, report
+from src.utils.errors import UserError, report, traceback_wanted
 from src.utils.pylogger import RankedLogger
 
 log = RankedLogger(__name__)
@@ -77,7 +76,7 @@ def user_errors_exit(func):
             cause = _user_cause(e)
             if _in_sweep():  # the sweep goes on to its next job; summary.json lists this one's error
                 return _record_failure(cfg, cause or e)
-            if cause is None or os.environ.get("SSAMBA_TRACEBACK"):
+            if cause is None or traceback_wanted():
                 raise
             remove_unused_run_folder(cfg)
             sys.exit(report(cause))

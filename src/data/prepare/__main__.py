@@ -12,7 +12,7 @@ from pathlib import Path
 
 from src.data.prepare import DATASETS
 from src.data.prepare.common import finalize
-from src.utils.errors import UserError, report
+from src.utils.errors import UserError, command
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,6 +29,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv=None) -> int:
     p = parser()
     args = p.parse_args(argv)
@@ -40,12 +41,9 @@ def main(argv=None) -> int:
         dataset.download(root, args)
     if not root.is_dir():
         p.error(f"--root {root} is not a folder; pass the dataset's top folder, or add --download")
-    try:
-        prepared = dataset.prepare(root, **dataset.options(args))
-        out = args.out or Path("data/prepared") / prepared.name
-        finalize(prepared, out, args.workers)
-    except UserError as e:
-        return report(e)
+    prepared = dataset.prepare(root, **dataset.options(args))
+    out = args.out or Path("data/prepared") / prepared.name
+    finalize(prepared, out, args.workers)
     return 0
 
 
