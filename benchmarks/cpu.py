@@ -5,7 +5,7 @@
 Times (best of --repeats, no autograd) the portable scan (`scan_portable_bel`, what the encoder runs
 without CUDA) and the plainest correct loop in torch (one step at a time: decay, input, read-out) at
 (batch, channels, length) = (2, 384, 513), one bimamba-v2 set at the pretraining shape, and
-(1, 384, 60000), a long clip; then the wall time of `src/embed.py`'s folder embedding on one
+(1, 384, 60000), a long clip; then the wall time of `python -m src.embedding`'s folder embedding on one
 --minutes file with the tiny preset at full depth (24 layers, 1024-frame windows). Writes
 <out>/benchmarks/cpu.json, the table in <out>/benchmarks/cpu.md and <out>/figures/cpu.png.
 """
@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from benchmarks import report
-from src.embed import embed_folder
 from src.embedding import hear
+from src.embedding.folder import embed_folder
 from src.kernels.portable import scan_portable_bel
 from src.models.components import build_encoder, encoder_config
 from src.models.pretrained import save_encoder
@@ -51,12 +51,16 @@ def plain_loop(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
 def scan_inputs(batch: int, dim: int, length: int) -> dict:
     g = torch.Generator().manual_seed(0)
     return dict(
-        u=torch.randn(batch, dim, length, generator=g), delta=0.5 * torch.randn(batch, dim, length, generator=g),
-        A=-torch.rand(dim, D_STATE, generator=g) * 4 - 0.1, B=torch.randn(batch, D_STATE, length, generator=g),
-        C=torch.randn(batch, D_STATE, length, generator=g), D=torch.randn(dim, generator=g),
-        z=torch.randn(batch, dim, length, generator=g), delta_bias=0.5 * torch.randn(dim, generator=g),
+        u=torch.randn(batch, dim, length, generator=g),
+        delta=0.5 * torch.randn(batch, dim, length, generator=g),
+        A=-torch.rand(dim, D_STATE, generator=g) * 4 - 0.1,
+        B=torch.randn(batch, D_STATE, length, generator=g),
+        C=torch.randn(batch, D_STATE, length, generator=g),
+        D=torch.randn(dim, generator=g),
+        z=torch.randn(batch, dim, length, generator=g),
+        delta_bias=0.5 * torch.randn(dim, generator=g),
         delta_softplus=True,
-    )  # fmt: skip
+    )
 
 
 def best_seconds(fn, repeats: int) -> float:

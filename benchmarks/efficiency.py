@@ -216,9 +216,12 @@ def report(results: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     name = results["card"]["name"]
-    lines = [f"Card: {name}, torch {results['card']['torch']}, batch {results['batch']}. "
-             f"Measured copy bandwidth {results['floors']['copy_GBps']:.0f} GB/s, "
-             f"bf16 matmul {results['floors']['bf16_matmul_TFLOPs']:.0f} TFLOP/s.", ""]  # fmt: skip
+    lines = [
+        f"Card: {name}, torch {results['card']['torch']}, batch {results['batch']}. "
+        f"Measured copy bandwidth {results['floors']['copy_GBps']:.0f} GB/s, "
+        f"bf16 matmul {results['floors']['bf16_matmul_TFLOPs']:.0f} TFLOP/s.",
+        "",
+    ]
     for precision in ("fp32", "bf16"):
         for size in ("tiny", "small", "base"):
             columns = [(b, m) for b, modes in MODES.items() for m in modes if _lookup(results, b, size, m, precision)]
@@ -230,8 +233,10 @@ def report(results: dict, out: Path) -> None:
             lines += ["| tokens | " + " | ".join(f"{b} {m}" for b, m in columns) + " |"]
             lines += ["| --- |" + " --- |" * len(columns)]
             for t in tokens:
-                cells = [f"{tables[c][t]['ms']:.1f} / {tables[c][t]['peak_mib']:.0f}" if t in tables[c] else "-"
-                         for c in columns]  # fmt: skip
+                cells = [
+                    f"{tables[c][t]['ms']:.1f} / {tables[c][t]['peak_mib']:.0f}" if t in tables[c] else "-"
+                    for c in columns
+                ]
                 lines += [f"| {t} | " + " | ".join(cells) + " |"]
             lines += [""]
     f = results["floors"]
@@ -247,16 +252,22 @@ def report(results: dict, out: Path) -> None:
             if not measured:
                 continue
             fl = floors(size, t, f["copy_GBps"], f["bf16_matmul_TFLOPs"])
-            lines += [f"| {size} | {t} | {fl['scan_GB']:.2f} | {fl['scan_GFLOP']:.0f} | {fl['encoder_GB']:.2f} | "
-                      f"{fl['encoder_GFLOP']:.0f} | {fl['encoder_floor_ms']:.2f} | {min(measured):.1f} | "
-                      f"{min(measured) / fl['encoder_floor_ms']:.0f} |"]  # fmt: skip
+            lines += [
+                f"| {size} | {t} | {fl['scan_GB']:.2f} | {fl['scan_GFLOP']:.0f} | {fl['encoder_GB']:.2f} | "
+                f"{fl['encoder_GFLOP']:.0f} | {fl['encoder_floor_ms']:.2f} | {min(measured):.1f} | "
+                f"{min(measured) / fl['encoder_floor_ms']:.0f} |"
+            ]
     lines += [""]
     write_text(out / "benchmarks" / "efficiency.md", "\n".join(lines) + "\n")
 
     styles = {
-        "mamba": ("tab:blue", "-"), "triton": ("tab:green", "-"), "triton+graph": ("tab:olive", "-"),
-        "explicit": ("tab:red", "--"), "sdpa": ("tab:purple", "--"), "sdpa+graph": ("tab:pink", "--"),
-    }  # fmt: skip
+        "mamba": ("tab:blue", "-"),
+        "triton": ("tab:green", "-"),
+        "triton+graph": ("tab:olive", "-"),
+        "explicit": ("tab:red", "--"),
+        "sdpa": ("tab:purple", "--"),
+        "sdpa+graph": ("tab:pink", "--"),
+    }
     for precision in ("fp32", "bf16"):
         fig, axes = plt.subplots(2, 3, figsize=(15, 8), squeeze=False)
         for col, size in enumerate(("tiny", "small", "base")):

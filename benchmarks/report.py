@@ -70,12 +70,17 @@ def throughput_train_table(throughput: dict) -> str:
     for k, (label, per_gpu_batch) in enumerate(THROUGHPUT_TRAIN_RUNS, start=1):
         for r in _run(throughput, label)["records"]:
             per_gpu = per_gpu_batch[r["devices"]]
-            lines.append(f"| {k} | {r['devices']} | {per_gpu} | {r['samples_per_s']:.1f} | {r['ms_per_step']:.1f} | "
-                         f"{r['peak_mib'] / 1024:.1f} GiB |")  # fmt: skip
+            lines.append(
+                f"| {k} | {r['devices']} | {per_gpu} | {r['samples_per_s']:.1f} | {r['ms_per_step']:.1f} | "
+                f"{r['peak_mib'] / 1024:.1f} GiB |"
+            )
             ones += [r] if r["devices"] == 1 else []
     two = _run(throughput, THROUGHPUT_TRAIN_RUNS[1][0])["records"][0]
-    lines += ["", f"Two GPUs at 64 per GPU (run 2) against one GPU (run 1): "
-                  f"{two['samples_per_s'] / ones[0]['samples_per_s']:.2f}x its samples/s."]  # fmt: skip
+    lines += [
+        "",
+        f"Two GPUs at 64 per GPU (run 2) against one GPU (run 1): "
+        f"{two['samples_per_s'] / ones[0]['samples_per_s']:.2f}x its samples/s.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -86,9 +91,14 @@ def _series(efficiency: dict, backbone: str, size: str, mode: str, precision: st
     return {}
 
 
-EFFICIENCY_COLUMNS = [("ssamba", "mamba", "SSAMBA mamba"), ("ssamba", "triton", "SSAMBA triton"),
-                      ("ssamba", "triton+graph", "SSAMBA triton+graph"), ("ssast", "explicit", "SSAST explicit"),
-                      ("ssast", "sdpa", "SSAST SDPA"), ("ssast", "sdpa+graph", "SSAST SDPA+graph")]  # fmt: skip
+EFFICIENCY_COLUMNS = [
+    ("ssamba", "mamba", "SSAMBA mamba"),
+    ("ssamba", "triton", "SSAMBA triton"),
+    ("ssamba", "triton+graph", "SSAMBA triton+graph"),
+    ("ssast", "explicit", "SSAST explicit"),
+    ("ssast", "sdpa", "SSAST SDPA"),
+    ("ssast", "sdpa+graph", "SSAST SDPA+graph"),
+]
 
 
 def efficiency_tiny_table(efficiency: dict) -> str:
@@ -113,9 +123,11 @@ def paper_claim_table(efficiency: dict) -> str:
     for precision, label in (("fp32", "fp32 (as the official benchmark)"), ("bf16", "bf16")):
         mode, a = _fastest(efficiency, "ssamba", "tiny", precision, 22000, ("mamba", "triton", "triton+graph"))
         s = _series(efficiency, "ssast", "tiny", "explicit", precision)[22000]
-        lines.append(f"| {label} | {a['ms']:.1f} ms / {a['peak_mib']:.0f} MiB ({mode}) | {s['ms']:.1f} ms / "
-                     f"{s['peak_mib']:.0f} MiB | {100 * (1 - a['ms'] / s['ms']):.2f}% | "
-                     f"{100 * (1 - a['peak_mib'] / s['peak_mib']):.2f}% |")  # fmt: skip
+        lines.append(
+            f"| {label} | {a['ms']:.1f} ms / {a['peak_mib']:.0f} MiB ({mode}) | {s['ms']:.1f} ms / "
+            f"{s['peak_mib']:.0f} MiB | {100 * (1 - a['ms'] / s['ms']):.2f}% | "
+            f"{100 * (1 - a['peak_mib'] / s['peak_mib']):.2f}% |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -126,28 +138,40 @@ def floor_table(efficiency: dict) -> str:
     from benchmarks.efficiency import floors
 
     f = efficiency["floors"]
-    lines = ["| size | tokens | scan GB | scan GFLOP | encoder GB | encoder GFLOP | floor ms | measured ms | x floor |",
-             "| --- |" + " --- |" * 8]  # fmt: skip
+    lines = [
+        "| size | tokens | scan GB | scan GFLOP | encoder GB | encoder GFLOP | floor ms | measured ms | x floor |",
+        "| --- |" + " --- |" * 8,
+    ]
     for size, tokens in FLOOR_ROWS:
         _, best = _fastest(efficiency, "ssamba", size, "bf16", tokens, ("mamba", "triton", "triton+graph"))
         fl = floors(size, tokens, f["copy_GBps"], f["bf16_matmul_TFLOPs"])
-        lines.append(f"| {size} | {tokens} | {fl['scan_GB']:.2f} | {fl['scan_GFLOP']:.0f} | {fl['encoder_GB']:.2f} | "
-                     f"{fl['encoder_GFLOP']:.0f} | {fl['encoder_floor_ms']:.2f} | {best['ms']:.1f} | "
-                     f"{best['ms'] / fl['encoder_floor_ms']:.0f} |")  # fmt: skip
+        lines.append(
+            f"| {size} | {tokens} | {fl['scan_GB']:.2f} | {fl['scan_GFLOP']:.0f} | {fl['encoder_GB']:.2f} | "
+            f"{fl['encoder_GFLOP']:.0f} | {fl['encoder_floor_ms']:.2f} | {best['ms']:.1f} | "
+            f"{best['ms'] / fl['encoder_floor_ms']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def cpu_table(cpu: dict) -> str:
     m = cpu["machine"]
-    lines = [f"{m['cores']} cores ({m['cpu']}), {m['torch_threads']} torch threads, torch {m['torch']}; seconds, "
-             "best of the timed runs, no autograd.", "",
-             "| (batch, channels, length) | portable scan | plain step-by-step loop | portable vs loop |",
-             "| --- | --- | --- | --- |"]  # fmt: skip
+    lines = [
+        f"{m['cores']} cores ({m['cpu']}), {m['torch_threads']} torch threads, torch {m['torch']}; seconds, "
+        "best of the timed runs, no autograd.",
+        "",
+        "| (batch, channels, length) | portable scan | plain step-by-step loop | portable vs loop |",
+        "| --- | --- | --- | --- |",
+    ]
     for r in cpu["scan"]:
-        lines.append(f"| {tuple(r['shape'])} | {r['portable_s']:.3f} | {r['plain_loop_s']:.3f} | "
-                     f"{r['plain_loop_s'] / r['portable_s']:.2f}x faster |")  # fmt: skip
+        lines.append(
+            f"| {tuple(r['shape'])} | {r['portable_s']:.3f} | {r['plain_loop_s']:.3f} | "
+            f"{r['plain_loop_s'] / r['portable_s']:.2f}x faster |"
+        )
     e = cpu["embed"]
-    lines += ["", f"`src/embed.py` on one {e['minutes']:g}-minute file ({e['preset']}): {e['seconds']:.1f} s."]
+    lines += [
+        "",
+        f"`python -m src.embedding` on one {e['minutes']:g}-minute file ({e['preset']}): {e['seconds']:.1f} s.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -163,8 +187,10 @@ def threads_medians(threads: dict) -> list[dict]:
 
 
 def threads_table(threads: dict) -> str:
-    lines = ["| machine | setting (threads) | seconds per step (median) | steps | x the same setting idle |",
-             "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = [
+        "| machine | setting (threads) | seconds per step (median) | steps | x the same setting idle |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for c in threads_medians(threads):
         step = f"{c['median_step_s']:.2f}" if c["median_step_s"] else f"> {c['timed_out_after_s']:.0f} (timed out)"
         each = ", ".join(f"{s:.2f}" for s in c["step_s"])

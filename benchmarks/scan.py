@@ -89,11 +89,18 @@ def mamba_layout(inputs: dict) -> list[dict]:
             x = x.transpose(1, 2)
             return (x.flip(-1) if backwards else x).contiguous().detach().requires_grad_()
 
-        sets.append(dict(
-            u=lay(inputs["u"][s]), delta=lay(inputs["delta"][s]), A=inputs["A"][s].clone().requires_grad_(),
-            B=lay(inputs["B"][s]), C=lay(inputs["C"][s]), D=inputs["D"][s].clone().requires_grad_(),
-            z=lay(inputs["z"]), delta_bias=inputs["delta_bias"][s].clone().requires_grad_(),
-        ))  # fmt: skip
+        sets.append(
+            dict(
+                u=lay(inputs["u"][s]),
+                delta=lay(inputs["delta"][s]),
+                A=inputs["A"][s].clone().requires_grad_(),
+                B=lay(inputs["B"][s]),
+                C=lay(inputs["C"][s]),
+                D=inputs["D"][s].clone().requires_grad_(),
+                z=lay(inputs["z"]),
+                delta_bias=inputs["delta_bias"][s].clone().requires_grad_(),
+            )
+        )
     return sets
 
 
@@ -195,8 +202,13 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         inputs = make_inputs(*shape)
         forward, backward = default_tilings(2, *shape)
-        row = {"batch": shape[0], "dim": shape[1], "length": shape[2], "ms": {},
-               "tiling": {"forward": vars(forward), "backward": vars(backward)}}  # fmt: skip
+        row = {
+            "batch": shape[0],
+            "dim": shape[1],
+            "length": shape[2],
+            "ms": {},
+            "tiling": {"forward": vars(forward), "backward": vars(backward)},
+        }
         for name, (fwd, fwd_bwd) in runners(inputs).items():
             row["ms"][name] = {
                 "forward": time_ms(fwd, args.warmup, args.repeats),
@@ -207,8 +219,10 @@ def main(argv=None) -> int:
         if args.sweep:
             row["sweep"] = sweep(inputs, args)
             unaligned = runners(make_inputs(*shape, aligned_rank=False))["triton"]
-            row["unaligned_rank_ms"] = {"forward": time_ms(unaligned[0], 2, args.repeats),
-                                        "forward_backward": time_ms(unaligned[1], 2, args.repeats)}  # fmt: skip
+            row["unaligned_rank_ms"] = {
+                "forward": time_ms(unaligned[0], 2, args.repeats),
+                "forward_backward": time_ms(unaligned[1], 2, args.repeats),
+            }
             print("  unaligned dt_rank:", row["unaligned_rank_ms"], flush=True)
         print(summary_line(row), flush=True)
         record["shapes"].append(row)
@@ -276,8 +290,10 @@ def markdown(record: dict) -> str:
                 f"{row['ms'][n][phase]:.3f}" if n in row["ms"] else "-"
                 for n in ("triton", "mamba kernel", "mamba in model")
             ]
-            lines.append(f"| {shape} | {label} | {' | '.join(cells)} | {speedup(row, 'mamba kernel', phase)} | "
-                         f"{speedup(row, 'mamba in model', phase)} |")  # fmt: skip
+            lines.append(
+                f"| {shape} | {label} | {' | '.join(cells)} | {speedup(row, 'mamba kernel', phase)} | "
+                f"{speedup(row, 'mamba in model', phase)} |"
+            )
     diffs = [(row, row.get("max_rel_diff_vs_mamba")) for row in record["shapes"] if row.get("max_rel_diff_vs_mamba")]
     if diffs:
         lines += ["", "Largest relative difference, Triton vs mamba-ssm, bf16 (max |a - b| / max |b|):", ""]

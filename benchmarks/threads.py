@@ -78,9 +78,13 @@ def run_case(label: str, threads, wait: str | None, steps: int, busy: bool, time
     env = {**plain, **({"OMP_WAIT_POLICY": wait} if wait else {})}
     try:
         out = subprocess.run(
-            [*cmd, *(["--threads", str(threads)] if threads else [])], cwd=ROOT, capture_output=True, text=True,
-            timeout=timeout, env=env,
-        )  # fmt: skip
+            [*cmd, *(["--threads", str(threads)] if threads else [])],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
         result = json.loads(out.stdout.strip().splitlines()[-1])
     except subprocess.TimeoutExpired:
         result = {"threads": threads, "step_s": [], "timed_out_after_s": timeout}
@@ -135,8 +139,10 @@ def main(argv=None) -> int:
     for busy in (False, True):
         for label, threads, wait in SETTINGS:
             case = run_case(label, threads, wait, args.steps, busy, args.timeout)
-            print(f"{'busy' if busy else 'idle'}, {case['setting']} ({case['threads']} threads): "
-                  f"{case['median_step_s']} s per step")  # fmt: skip
+            print(
+                f"{'busy' if busy else 'idle'}, {case['setting']} ({case['threads']} threads): "
+                f"{case['median_step_s']} s per step"
+            )
             cases.append(case)
     idle = {c["setting"]: c["median_step_s"] for c in cases if not c["busy"]}
     for case in cases:  # beside the neighbour, against the same setting on the idle machine

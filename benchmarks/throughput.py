@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from src.data.datamodules import PretrainDataset
 from src.data.shards import FeatureStore
@@ -113,8 +114,10 @@ def ratio_lines(records: list[dict]) -> list[str]:
 
 
 def ssl_optimizer(module: torch.nn.Module) -> torch.optim.Optimizer:
-    """The pretraining recipe's AdamW (fused on CUDA), as the SSL module builds it."""
-    return make_optimizer(module.parameters(), "adamw", lr=1e-4, weight_decay=5e-8, betas=(0.95, 0.999))
+    """The pretraining recipe's optimizer (AdamW, fused on CUDA) from configs/model/ssl.yaml, as the
+    SSL module builds it."""
+    recipe = yaml.safe_load((ROOT / "configs" / "model" / "ssl.yaml").read_text())["optimizer"]
+    return make_optimizer(module.parameters(), **recipe)
 
 
 def train_step(loss_fn, optimizer, x, bf16: bool = True) -> None:
@@ -153,9 +156,14 @@ def loader_throughput(args) -> None:
     store = FeatureStore(args.store)
     dataset = PretrainDataset(store, list(range(len(store))), 1024, -4.27, 4.57, train=True)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch, shuffle=True, num_workers=args.workers, pin_memory=True,
-        persistent_workers=args.workers > 0, drop_last=True,
-    )  # fmt: skip
+        dataset,
+        batch_size=args.batch,
+        shuffle=True,
+        num_workers=args.workers,
+        pin_memory=True,
+        persistent_workers=args.workers > 0,
+        drop_last=True,
+    )
     it = iter(loader)
     for _ in range(3):
         next(it)
@@ -181,14 +189,24 @@ def train_throughput(args) -> None:
     for devices in args.devices:
         run_dir = Path(args.runs) / f"{args.experiment}_devices{devices}"
         command = [
-            sys.executable, "-m", "src.train", f"experiment={args.experiment}", "callbacks=throughput",
-            f"data.sources=[{{path:'{Path(args.store).resolve()}',split:null,weight:1.0}}]", "data.val_source=null",
-            f"data.num_workers={args.workers}", f"data.batch_size={args.batch_per_gpu * devices}",
-            f"trainer.devices={devices}", f"trainer.max_steps={args.steps}",
+            sys.executable,
+            "-m",
+            "src.train",
+            f"experiment={args.experiment}",
+            "callbacks=throughput",
+            f"data.sources=[{{path:'{Path(args.store).resolve()}',split:null,weight:1.0}}]",
+            "data.val_source=null",
+            f"data.num_workers={args.workers}",
+            f"data.batch_size={args.batch_per_gpu * devices}",
+            f"trainer.devices={devices}",
+            f"trainer.max_steps={args.steps}",
             f"callbacks.throughput.warmup_steps={args.warmup}",
-            "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "optimized_metric=train/loss",
-            f"hydra.run.dir={run_dir}", *args.overrides,
-        ]  # fmt: skip
+            "trainer.limit_val_batches=0",
+            "trainer.num_sanity_val_steps=0",
+            "optimized_metric=train/loss",
+            f"hydra.run.dir={run_dir}",
+            *args.overrides,
+        ]
         print(" ".join(command), flush=True)
         subprocess.run(command, check=True, cwd=ROOT)
         result = json.loads((run_dir / "throughput.json").read_text())

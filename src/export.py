@@ -3,7 +3,7 @@
 Writes the folder pretraining also writes at its end (<run>/encoder): encoder.safetensors plus
 config.json, which holds the encoder's config (its target_length and num_mel_bins included) and the
 normalisation of the data it was trained on, as the checkpoint recorded it. The embedding API
-(src/embedding/hear.py), src/embed.py, the s3prl upstream and src.models.pretrained.from_pretrained
+(src/embedding/hear.py), python -m src.embedding, the s3prl upstream and src.models.pretrained.from_pretrained
 read it without Lightning or Hydra. The checkpoint is read with torch.load(weights_only=True)."""
 
 from __future__ import annotations

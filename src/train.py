@@ -65,9 +65,11 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         ckpt_path = entry.resume_path(cfg, trainer)
         done = entry.finished_run(cfg, ckpt_path)
         if done is not None:  # ckpt_path=last on a finished run (or a requeue after the end): nothing to do
-            log.info(f"{cfg.paths.output_dir} finished its training at step {done.get('global_step')} "
-                     "(metrics.json); nothing to resume. To train it further, raise trainer.max_epochs or "
-                     "trainer.max_steps")  # fmt: skip
+            log.info(
+                f"{cfg.paths.output_dir} finished its training at step {done.get('global_step')} "
+                "(metrics.json); nothing to resume. To train it further, raise trainer.max_epochs or "
+                "trainer.max_steps"
+            )
             return {k: v for k, v in done.items() if isinstance(v, float)}, {"cfg": cfg, "trainer": trainer}
         if cfg.get("train"):
             # a checkpoint that does not fit the model stops in the modules' on_load_checkpoint (a UserError)

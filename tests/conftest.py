@@ -42,8 +42,11 @@ def data_root(tmp_path_factory):
     for name in ("audioset", "librispeech"):
         build(prepared / name / "manifest.jsonl", root / "features" / name, target_length=1024, workers=1)
     demo = root / "demo"
-    finalize(DATASETS["speechcommands"].prepare(raw / "speechcommands", task="ks2"),
-             demo / "prepared" / "speechcommands-ks2", workers=2)  # fmt: skip
+    finalize(
+        DATASETS["speechcommands"].prepare(raw / "speechcommands", task="ks2"),
+        demo / "prepared" / "speechcommands-ks2",
+        workers=2,
+    )
     keywords = demo / "prepared" / "speechcommands-ks2" / "manifest.jsonl"
     build(keywords, demo / "features" / "speechcommands-ks2", 128)
     build(keywords, demo / "features" / "librispeech", 400, workers=1)  # enough clips for 2 ranks x 2 batches

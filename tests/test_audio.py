@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from src.data.audio import AudioError, audio_duration, fbank, load_audio, normalize, pad_or_cut, torchaudio_module
+from src.data.audio import AudioError, audio_duration, fbank, load_audio, normalise, pad_or_cut, torchaudio_module
 from tests.helpers import audio_files as af
 
 
@@ -9,9 +9,15 @@ def official_fbank(wave, sr=16000):
     """SSAST/SSAMBA dataloader._wav2fbank, written out."""
     wave = wave - wave.mean()
     return torchaudio_module().compliance.kaldi.fbank(
-        wave, htk_compat=True, sample_frequency=sr, use_energy=False, window_type="hanning",
-        num_mel_bins=128, dither=0.0, frame_shift=10,
-    )  # fmt: skip
+        wave,
+        htk_compat=True,
+        sample_frequency=sr,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=128,
+        dither=0.0,
+        frame_shift=10,
+    )
 
 
 def test_fbank_matches_the_official_computation(tmp_path):
@@ -77,8 +83,11 @@ def test_what_is_there_instead_of_a_file_is_named(tmp_path):
     (tmp_path / "loop.wav").symlink_to(tmp_path / "loop.wav")
     (tmp_path / "broken.wav").symlink_to(tmp_path / "nowhere.wav")
     (tmp_path / "folder.wav").mkdir()
-    for name, reason in [("loop.wav", "symbolic link in a loop"), ("broken.wav", "broken symbolic link"),
-                         ("folder.wav", "a folder, not an audio file")]:  # fmt: skip
+    for name, reason in [
+        ("loop.wav", "symbolic link in a loop"),
+        ("broken.wav", "broken symbolic link"),
+        ("folder.wav", "a folder, not an audio file"),
+    ]:
         with pytest.raises(AudioError, match=reason):
             load_audio(tmp_path / name)
 
@@ -93,4 +102,4 @@ def test_pad_or_cut_and_normalize():
     spec = torch.ones(1, 128, 10)
     assert pad_or_cut(spec, 16).shape == (1, 128, 16) and pad_or_cut(spec, 16)[..., 10:].abs().sum() == 0
     assert pad_or_cut(spec, 4).shape == (1, 128, 4)
-    torch.testing.assert_close(normalize(torch.tensor([3.0]), 1.0, 2.0), torch.tensor([0.5]))
+    torch.testing.assert_close(normalise(torch.tensor([3.0]), 1.0, 2.0), torch.tensor([0.5]))

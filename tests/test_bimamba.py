@@ -8,10 +8,23 @@ from src.models.components.bimamba import BiMambaMixer
 from tests.helpers.reference import bimamba_reference
 
 OFFICIAL_MIXER_KEYS = {
-    "A_log", "D", "A_b_log", "D_b", "in_proj.weight", "conv1d.weight", "conv1d.bias", "x_proj.weight",
-    "dt_proj.weight", "dt_proj.bias", "conv1d_b.weight", "conv1d_b.bias", "x_proj_b.weight",
-    "dt_proj_b.weight", "dt_proj_b.bias", "out_proj.weight",
-}  # fmt: skip
+    "A_log",
+    "D",
+    "A_b_log",
+    "D_b",
+    "in_proj.weight",
+    "conv1d.weight",
+    "conv1d.bias",
+    "x_proj.weight",
+    "dt_proj.weight",
+    "dt_proj.bias",
+    "conv1d_b.weight",
+    "conv1d_b.bias",
+    "x_proj_b.weight",
+    "dt_proj_b.weight",
+    "dt_proj_b.bias",
+    "out_proj.weight",
+}
 
 
 def test_parameter_names_and_shapes_are_the_official_ones():

@@ -180,8 +180,13 @@ def _cited_test_ids() -> list[str]:
 def test_every_test_id_the_docs_cite_selects_a_test():
     ids = _cited_test_ids()
     assert len(ids) > 30
-    result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *ids],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *ids],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     collected = [line for line in result.stdout.splitlines() if "::" in line]
     for test_id in ids:
@@ -248,17 +253,23 @@ def test_the_superb_commands_run_as_written_up_to_the_runner(task, tmp_path, mon
 # other number there must be found in docs/benchmarks/ (a JSON value at the printed precision, or
 # the text of a table a benchmark wrote)
 NOT_IN_A_JSON = {
-    "92.7": "the paper's claim", "95.4": "the paper's claim",
-    "0.660": "x_proj padding, one run before the table's", "0.955": "the same run", "2.818": "the same run",
-    "3.214": "the same run", "1.04": "the associative-scan attempt, an earlier sweep",
+    "92.7": "the paper's claim",
+    "95.4": "the paper's claim",
+    "0.660": "x_proj padding, one run before the table's",
+    "0.955": "the same run",
+    "2.818": "the same run",
+    "3.214": "the same run",
+    "1.04": "the associative-scan attempt, an earlier sweep",
     "3.18": "the backward before its register cap, an earlier sweep",
-    "1.907": "an earlier run of benchmarks/cpu.py", "6.750": "the same earlier run",
+    "1.907": "an earlier run of benchmarks/cpu.py",
+    "6.750": "the same earlier run",
     "117.7": "the sum of the Triton scan kernels in the batch-64 profile",
     "247.4": "the sum of mamba-ssm's scan kernels in the batch-64 profile",
     "18.8": "the sum of the matmul kernels in the batch-64 profile",
-    "2.37": "a third of mamba-ssm's 7.113 ms: what 3x would need", "2.70": "the tuning session's range",
+    "2.37": "a third of mamba-ssm's 7.113 ms: what 3x would need",
+    "2.70": "the tuning session's range",
     "98.8": "an earlier run of benchmarks/cpu.py",
-}  # fmt: skip
+}
 
 
 def test_every_number_in_the_benchmarks_prose_comes_from_a_json_or_says_where_from():

@@ -34,9 +34,16 @@ def mamba_tolerances(dtype, has_z=True):
     rtol, atol = (6e-4, 2e-3) if dtype == torch.float32 else (3e-2, 5e-2)
     rtolw, atolw = (max(1e-3, rtol), max(1e-3, atol)) if has_z else (1e-3, 1e-3)
     return {
-        "y": (rtol, atol), "u": (2 * rtol, 2 * atol), "delta": (5 * rtol, 10 * atol), "A": (rtolw, 5 * atolw),
-        "B": (rtol, atol), "C": (rtol, atol), "D": (rtolw, atolw), "z": (rtolw, atolw), "delta_bias": (rtolw, atolw),
-    }  # fmt: skip
+        "y": (rtol, atol),
+        "u": (2 * rtol, 2 * atol),
+        "delta": (5 * rtol, 10 * atol),
+        "A": (rtolw, 5 * atolw),
+        "B": (rtol, atol),
+        "C": (rtol, atol),
+        "D": (rtolw, atolw),
+        "z": (rtolw, atolw),
+        "delta_bias": (rtolw, atolw),
+    }
 
 
 @pytest.fixture(autouse=True)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.embed import main as embed_main
 from src.embedding import hear
+from src.embedding.__main__ import main as embed_main
 from src.embedding.windows import load_frontend
 from src.models.pretrained import save_encoder
 from src.s3prl_upstream.hubconf import ssamba_local, ssamba_patch16
@@ -68,8 +68,22 @@ def test_embed_cli_agrees_with_the_api(export_dir, tmp_path):
     af.tone(tmp_path / "in" / "a.wav", seconds=2.0)
     af.tone(tmp_path / "in" / "sub" / "b.flac", seconds=1.0, sr=44100, channels=2, fmt="FLAC")
     af.text_as_wav(tmp_path / "in" / "broken.wav")
-    assert embed_main(["--model", str(export_dir), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
-                       "--timestamps", "--device", "cpu"]) == 0  # fmt: skip
+    assert (
+        embed_main(
+            [
+                "--model",
+                str(export_dir),
+                "--input",
+                str(tmp_path / "in"),
+                "--output",
+                str(tmp_path / "out"),
+                "--timestamps",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     from src.data.audio import load_audio
 
     model = hear.load_model(str(export_dir))
@@ -86,8 +100,21 @@ def test_files_that_differ_only_by_extension_keep_one_output_each(export_dir, tm
     af.tone(tmp_path / "in" / "clip.wav", seconds=1.0, freq=440.0)
     af.tone(tmp_path / "in" / "clip.flac", seconds=1.0, freq=880.0, fmt="FLAC")
     af.tone(tmp_path / "in" / "other.wav", seconds=1.0)
-    assert embed_main(["--model", str(export_dir), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
-                       "--device", "cpu"]) == 0  # fmt: skip
+    assert (
+        embed_main(
+            [
+                "--model",
+                str(export_dir),
+                "--input",
+                str(tmp_path / "in"),
+                "--output",
+                str(tmp_path / "out"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clip.flac.npy", "clip.wav.npy", "other.npy"]
     assert not np.allclose(np.load(tmp_path / "out" / "clip.wav.npy"), np.load(tmp_path / "out" / "clip.flac.npy"))
 
@@ -203,14 +230,39 @@ def test_superb_ks1_trains_a_few_steps_through_the_command(export_dir, tmp_path)
         (tmp_path / root / "_background_noise_" / "README.wav").unlink()
     shutil.rmtree(tmp_path / "test" / "_background_noise_")
     datarc = "config.downstream_expert.datarc"
-    overrides = ",,".join([
-        "config.runner.total_steps=4", "config.runner.log_step=2", "config.runner.eval_step=4",
-        "config.runner.save_step=4", f"{datarc}.speech_commands_root={tmp_path / 'train'}",
-        f"{datarc}.speech_commands_test_root={tmp_path / 'test'}", f"{datarc}.num_workers=0", f"{datarc}.batch_size=4",
-    ])  # fmt: skip
-    command = [sys.executable, "-m", "src.s3prl_upstream.superb", "-m", "train", "-n", "ks1", "-u", "ssamba_local",
-               "-k", str(export_dir), "-d", "speech_commands", "-s", "hidden_states", "--device", "cpu",
-               "-o", overrides]  # fmt: skip
+    overrides = ",,".join(
+        [
+            "config.runner.total_steps=4",
+            "config.runner.log_step=2",
+            "config.runner.eval_step=4",
+            "config.runner.save_step=4",
+            f"{datarc}.speech_commands_root={tmp_path / 'train'}",
+            f"{datarc}.speech_commands_test_root={tmp_path / 'test'}",
+            f"{datarc}.num_workers=0",
+            f"{datarc}.batch_size=4",
+        ]
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "src.s3prl_upstream.superb",
+        "-m",
+        "train",
+        "-n",
+        "ks1",
+        "-u",
+        "ssamba_local",
+        "-k",
+        str(export_dir),
+        "-d",
+        "speech_commands",
+        "-s",
+        "hidden_states",
+        "--device",
+        "cpu",
+        "-o",
+        overrides,
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]

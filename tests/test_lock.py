@@ -85,15 +85,31 @@ def test_a_torchaudio_built_for_another_torch_is_one_line_naming_both(tmp_path):
     from src.models.pretrained import save_encoder
 
     export = tmp_path / "enc"
-    save_encoder(make_encoder("ssamba", None, embed_dim=32, depth=2, target_length=128), export,
-                 data={"mean": -5.0, "std": 4.0})  # fmt: skip
+    save_encoder(
+        make_encoder("ssamba", None, embed_dim=32, depth=2, target_length=128), export, data={"mean": -5.0, "std": 4.0}
+    )
     af.tone(tmp_path / "in" / "a.wav", seconds=1.0)
     env = {**os.environ, "PYTHONPATH": f"{shadow.parent}{os.pathsep}{ROOT}"}
     result = subprocess.run(
-        [sys.executable, "-m", "src.embed", "--model", str(export), "--input", str(tmp_path / "in"),
-         "--output", str(tmp_path / "out"), "--device", "cpu"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "src.embedding",
+            "--model",
+            str(export),
+            "--input",
+            str(tmp_path / "in"),
+            "--output",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.startswith("error:")]
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr  # beside it: the progress bar

@@ -25,26 +25,52 @@ from tests.helpers import audio_files as af
 from tests.helpers import layouts
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["experiment=ks2_demo", "++encoder.size=null", "++encoder.embed_dim=32", "++encoder.depth=2",
-         "data.num_workers=0", "data.batch_size=2", "data.freqm=0", "data.timem=0", "logger=[]", "test=false",
-         "trainer.max_epochs=100", "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0"]  # fmt: skip
+SMALL = [
+    "experiment=ks2_demo",
+    "++encoder.size=null",
+    "++encoder.embed_dim=32",
+    "++encoder.depth=2",
+    "data.num_workers=0",
+    "data.batch_size=2",
+    "data.freqm=0",
+    "data.timem=0",
+    "logger=[]",
+    "test=false",
+    "trainer.max_epochs=100",
+    "trainer.limit_val_batches=1",
+    "trainer.num_sanity_val_steps=0",
+]
 STEPS = 40
 
 
 # resumes must be exact with every random draw on: SpecAugment, mixup and noise when fine-tuning,
 # crops shorter than the stored clips (400 frames) when pretraining, drop path in both
-RANDOM = {"ks2_demo": ["data.freqm=24", "data.timem=24", "data.mixup=0.5", "data.noise=true",
-                       "encoder.drop_path_rate=0.1"],
-          "pretrain_demo": ["data.target_length=64", "model.mask_patches=12", "model.val_mask_patches=12",
-                            "encoder.drop_path_rate=0.1"]}  # fmt: skip
+RANDOM = {
+    "ks2_demo": ["data.freqm=24", "data.timem=24", "data.mixup=0.5", "data.noise=true", "encoder.drop_path_rate=0.1"],
+    "pretrain_demo": [
+        "data.target_length=64",
+        "model.mask_patches=12",
+        "model.val_mask_patches=12",
+        "encoder.drop_path_rate=0.1",
+    ],
+}
 
 
 def train_cmd(data_root, run_dir, *extra, experiment="ks2_demo"):
     args = [a for a in SMALL if not a.startswith(("experiment=", "data.freqm", "data.timem"))]
     args += RANDOM.get(experiment, [])
-    return [sys.executable, "-m", "src.train", f"experiment={experiment}", *args, f"paths.data_dir={data_root}",
-            f"hydra.run.dir={run_dir}", f"trainer.max_steps={STEPS}",
-            "callbacks.model_checkpoint.every_n_train_steps=5", *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "src.train",
+        f"experiment={experiment}",
+        *args,
+        f"paths.data_dir={data_root}",
+        f"hydra.run.dir={run_dir}",
+        f"trainer.max_steps={STEPS}",
+        "callbacks.model_checkpoint.every_n_train_steps=5",
+        *extra,
+    ]
 
 
 def final_state(run_dir):
@@ -71,10 +97,17 @@ def uninterrupted(data_root, tmp_path_factory):
 
 @pytest.mark.parametrize(
     "experiment,sig",
-    [pytest.param(experiment, sig, id=f"{experiment}-{sig.name}")  # ids as docs/reliability.md cites them
-     for experiment, sig in [("ks2_demo", signal.SIGKILL), ("ks2_demo", signal.SIGTERM), ("ks2_demo", signal.SIGUSR2),
-                             ("pretrain_demo", signal.SIGTERM), ("pretrain_demo", signal.SIGKILL)]],
-)  # fmt: skip
+    [
+        pytest.param(experiment, sig, id=f"{experiment}-{sig.name}")  # ids as docs/reliability.md cites them
+        for experiment, sig in [
+            ("ks2_demo", signal.SIGKILL),
+            ("ks2_demo", signal.SIGTERM),
+            ("ks2_demo", signal.SIGUSR2),
+            ("pretrain_demo", signal.SIGTERM),
+            ("pretrain_demo", signal.SIGKILL),
+        ]
+    ],
+)
 def test_killed_training_resumes_where_it_stopped(experiment, sig, data_root, tmp_path, tmp_path_factory):
     """Fine-tuning and pretraining (whose masks are drawn from the step, so a resume draws the same)."""
     uninterrupted = straight_run(data_root, tmp_path_factory, experiment)
@@ -97,8 +130,13 @@ def test_killed_training_resumes_where_it_stopped(experiment, sig, data_root, tm
     assert 0 < stopped_at < STEPS
     if sig != signal.SIGKILL:
         assert b"ckpt_path=last" in err  # the signal handler saved last.ckpt at a batch boundary
-    subprocess.run(train_cmd(data_root, run_dir, "ckpt_path=last", experiment=experiment), cwd=ROOT, check=True,
-                   capture_output=True, timeout=300)  # fmt: skip
+    subprocess.run(
+        train_cmd(data_root, run_dir, "ckpt_path=last", experiment=experiment),
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     resumed = final_state(run_dir)
     assert resumed["global_step"] == uninterrupted["global_step"] == STEPS
     # same data order, same optimizer and scheduler state: the same weights at the end
@@ -114,8 +152,13 @@ def test_checkpoint_that_does_not_fit_is_a_one_line_error(data_root, tmp_path, u
     # the module fixture's checkpoint is for embed_dim 32; ask for 48
     ckpt = tmp_path / "c.ckpt"
     torch.save(uninterrupted, ckpt)
-    result = subprocess.run(train_cmd(data_root, tmp_path / "r", f"ckpt_path={ckpt}", "++encoder.embed_dim=48"),
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        train_cmd(data_root, tmp_path / "r", f"ckpt_path={ckpt}", "++encoder.embed_dim=48"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
     assert "does not fit the model" in result.stderr and "Traceback" not in result.stderr
 
@@ -130,8 +173,13 @@ def test_a_planted_malicious_checkpoint_is_refused_without_running_it(data_root,
     bad = tmp_path / "evil.ckpt"
     with open(bad, "wb") as f:
         pickle.dump({"state_dict": {}, "hyper_parameters": {"encoder": Payload()}}, f)
-    result = subprocess.run(train_cmd(data_root, tmp_path / "r", f"model.pretrained={bad}"), cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        train_cmd(data_root, tmp_path / "r", f"model.pretrained={bad}"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2 and "refused to load" in result.stderr
     assert not marker.exists()
 
@@ -172,26 +220,71 @@ def test_ckpt_path_to_a_file_that_is_not_a_safe_checkpoint_is_one_line(data_root
 
 def test_eval_of_a_pretraining_checkpoint_reports_its_validation(data_root, tmp_path):
     run = tmp_path / "pre"
-    common = ["experiment=pretrain_demo", "++encoder.size=null", "++encoder.embed_dim=32", "++encoder.depth=2",
-              "data.num_workers=0", "data.batch_size=4", "logger=[]", f"paths.data_dir={data_root}"]  # fmt: skip
-    subprocess.run([sys.executable, "-m", "src.train", *common, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-                    "trainer.limit_val_batches=1", f"hydra.run.dir={run}"], cwd=ROOT, check=True, capture_output=True,
-                   timeout=300)  # fmt: skip
+    common = [
+        "experiment=pretrain_demo",
+        "++encoder.size=null",
+        "++encoder.embed_dim=32",
+        "++encoder.depth=2",
+        "data.num_workers=0",
+        "data.batch_size=4",
+        "logger=[]",
+        f"paths.data_dir={data_root}",
+    ]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "src.train",
+            *common,
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+            f"hydra.run.dir={run}",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     last = run / "checkpoints" / "last.ckpt"
-    result = subprocess.run([sys.executable, "-m", "src.eval", *common, f"ckpt_path={last}",
-                             "trainer.limit_val_batches=1", f"hydra.run.dir={tmp_path / 'eval'}"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "src.eval",
+            *common,
+            f"ckpt_path={last}",
+            "trainer.limit_val_batches=1",
+            f"hydra.run.dir={tmp_path / 'eval'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "val/acc=" in result.stdout
 
 
 def test_a_rank_that_raises_stops_the_whole_ddp_job(data_root, tmp_path):
     """2 CPU ranks launched as Lightning's ddp does (one process per rank); rank 1 raises at step 2."""
-    cmd = [sys.executable, "-m", "src.train", "experiment=ks2_demo", "trainer=ddp_sim", "trainer.strategy=ddp",
-           "++encoder.size=null", "++encoder.embed_dim=32", "++encoder.depth=2", "data.num_workers=0",
-           "data.batch_size=4", "logger=[]",
-           f"paths.data_dir={data_root}", f"hydra.run.dir={tmp_path / 'run'}",
-           "+callbacks.fail={_target_: tests.helpers.failing.FailOnRank, rank: 1, step: 2}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "src.train",
+        "experiment=ks2_demo",
+        "trainer=ddp_sim",
+        "trainer.strategy=ddp",
+        "++encoder.size=null",
+        "++encoder.embed_dim=32",
+        "++encoder.depth=2",
+        "data.num_workers=0",
+        "data.batch_size=4",
+        "logger=[]",
+        f"paths.data_dir={data_root}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "+callbacks.fail={_target_: tests.helpers.failing.FailOnRank, rank: 1, step: 2}",
+    ]
     start = time.monotonic()
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert result.returncode != 0
@@ -327,8 +420,9 @@ def test_a_second_training_into_a_busy_run_folder_is_refused(data_root, tmp_path
     from src.utils.io import exclusive_lock
 
     with exclusive_lock(tmp_path / "run" / ".lock", "busy"):  # as a training running there holds it
-        result = subprocess.run(train_cmd(data_root, tmp_path / "run"), cwd=ROOT, capture_output=True, text=True,
-                                timeout=300)  # fmt: skip
+        result = subprocess.run(
+            train_cmd(data_root, tmp_path / "run"), cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
     assert result.returncode == 2
     assert "is in use by another training" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -357,8 +451,9 @@ def test_a_truncated_checkpoint_is_reported_as_truncated_not_as_unsafe(tmp_path,
     ],
 )
 def test_config_mistakes_end_in_one_line_with_the_fix(data_root, tmp_path, overrides, message):
-    result = subprocess.run(train_cmd(data_root, tmp_path / "run", *overrides), cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        train_cmd(data_root, tmp_path / "run", *overrides), cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1
@@ -403,12 +498,19 @@ def test_mask_counts_that_do_not_fit_stop_before_training(data_root, tmp_path):
 
     encoder = dict(backbone="ssamba", size=None, embed_dim=32, depth=2, target_length=64)
     for key, count in (("mask_patches", 1000), ("mask_patches", 0), ("val_mask_patches", 1000)):
-        with pytest.raises(ValueError, match=rf"model.{key}={count}: the input has 32 patches \(8 x 4 at "
-                           r"target_length=64\); mask between 1 and 30 of them"):  # fmt: skip
+        with pytest.raises(
+            ValueError,
+            match=rf"model.{key}={count}: the input has 32 patches \(8 x 4 at "
+            r"target_length=64\); mask between 1 and 30 of them",
+        ):
             SSLModule(encoder, **{"mask_patches": 12, key: count})
-    result = subprocess.run(train_cmd(data_root, tmp_path / "run", "model.val_mask_patches=1000",
-                                      experiment="pretrain_demo"), cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)  # fmt: skip
+    result = subprocess.run(
+        train_cmd(data_root, tmp_path / "run", "model.val_mask_patches=1000", experiment="pretrain_demo"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2 and "model.val_mask_patches=1000" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()  # not after a whole epoch
 
@@ -438,8 +540,9 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(data_root, tmp_path
     before = (run_dir / "metrics.json").read_bytes()
     last = (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns
     assert json.loads(before)["finished"] is True
-    result = subprocess.run(train_cmd(data_root, run_dir, "ckpt_path=last"), cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        train_cmd(data_root, run_dir, "ckpt_path=last"), cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "finished its training at step 40" in result.stdout + result.stderr
     assert (run_dir / "metrics.json").read_bytes() == before
@@ -478,8 +581,11 @@ def _hostile_export(tmp_path, damage: str) -> Path:
     from src.models.pretrained import save_encoder
     from tests.helpers.encoders import make_encoder
 
-    out = save_encoder(make_encoder("ssamba", None, embed_dim=32, depth=2, target_length=128), tmp_path / "enc",
-                       data={"mean": -5.0, "std": 4.0})  # fmt: skip
+    out = save_encoder(
+        make_encoder("ssamba", None, embed_dim=32, depth=2, target_length=128),
+        tmp_path / "enc",
+        data={"mean": -5.0, "std": 4.0},
+    )
     config_file, weights = out / "config.json", out / "encoder.safetensors"
     config = json.loads(config_file.read_text())
     if damage == "truncated weights":
@@ -492,17 +598,31 @@ def _hostile_export(tmp_path, damage: str) -> Path:
     elif damage == "no encoder key":
         config_file.write_text(json.dumps({"data": config["data"]}))
     else:
-        key, value = {"unknown key": ("foo", 1), "wrongly typed key": ("depth", "2"), "depth 1000000": ("depth", 10**6),
-                      "embed_dim 10**7": ("embed_dim", 10**7), "target_length 10**9": ("target_length", 10**9),
-                      "depth 4 (weights have 2)": ("depth", 4)}[damage]  # fmt: skip
+        key, value = {
+            "unknown key": ("foo", 1),
+            "wrongly typed key": ("depth", "2"),
+            "depth 1000000": ("depth", 10**6),
+            "embed_dim 10**7": ("embed_dim", 10**7),
+            "target_length 10**9": ("target_length", 10**9),
+            "depth 4 (weights have 2)": ("depth", 4),
+        }[damage]
         config["encoder"][key] = value
         config_file.write_text(json.dumps(config))
     return out
 
 
-HOSTILE_EXPORTS = ["truncated weights", "NaN weights", "config.json is /dev/zero", "no encoder key", "unknown key",
-                   "wrongly typed key", "depth 1000000", "embed_dim 10**7", "target_length 10**9",
-                   "depth 4 (weights have 2)"]  # fmt: skip
+HOSTILE_EXPORTS = [
+    "truncated weights",
+    "NaN weights",
+    "config.json is /dev/zero",
+    "no encoder key",
+    "unknown key",
+    "wrongly typed key",
+    "depth 1000000",
+    "embed_dim 10**7",
+    "target_length 10**9",
+    "depth 4 (weights have 2)",
+]
 
 
 @pytest.mark.parametrize("damage", HOSTILE_EXPORTS)
@@ -519,7 +639,7 @@ def test_a_hostile_export_is_refused_before_anything_is_built(tmp_path, damage, 
         built.append(args)
         raise AssertionError("the encoder was built")
 
-    monkeypatch.setattr(encoder_module.AudioMambaEncoder, "__init__", refuse)
+    monkeypatch.setattr(encoder_module.SSAMBAEncoder, "__init__", refuse)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(ValueError) as caught:
         hear.load_model(str(export))
@@ -531,9 +651,9 @@ def test_a_hostile_export_is_refused_before_anything_is_built(tmp_path, damage, 
 def test_embed_with_a_hostile_export_is_one_line(tmp_path, damage):
     export = _hostile_export(tmp_path, damage)
     af.tone(tmp_path / "in" / "a.wav", seconds=1.0)
-    result = subprocess.run([sys.executable, "-m", "src.embed", "--model", str(export), "--input", str(tmp_path / "in"),
-                             "--output", str(tmp_path / "out"), "--device", "cpu"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    command = [sys.executable, "-m", "src.embedding", "--model", str(export), "--input", str(tmp_path / "in")]
+    command += ["--output", str(tmp_path / "out"), "--device", "cpu"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1
     assert not (tmp_path / "out").exists()
@@ -542,16 +662,26 @@ def test_embed_with_a_hostile_export_is_one_line(tmp_path, damage):
 def test_fine_tuning_from_nan_weights_stops_in_one_line_without_a_run_folder(data_root, tmp_path):
     export = _hostile_export(tmp_path, "NaN weights")
     run_dir = tmp_path / "run"
-    result = subprocess.run(train_cmd(data_root, run_dir, f"model.pretrained={export}", "data.target_length=128"),
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        train_cmd(data_root, run_dir, f"model.pretrained={export}", "data.target_length=128"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2 and "hold NaN or inf" in result.stderr and "Traceback" not in result.stderr
     assert not run_dir.exists()
 
 
 def test_a_nan_loss_stops_training_with_a_checkpoint_and_valid_json(data_root, tmp_path):
     run_dir = tmp_path / "run"
-    result = subprocess.run(train_cmd(data_root, run_dir, "model.optimizer.lr=1e30", "trainer.max_steps=200"), cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        train_cmd(data_root, run_dir, "model.optimizer.lr=1e30", "trainer.max_steps=200"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2 and "the training loss became" in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     saved = torch.load(run_dir / "checkpoints" / "before_nonfinite.ckpt", weights_only=True, map_location="cpu")
@@ -562,9 +692,9 @@ def test_a_nan_loss_stops_training_with_a_checkpoint_and_valid_json(data_root, t
 
 
 _PEAK = """import runpy, sys
-sys.argv = ["src.embed", *sys.argv[1:]]
+sys.argv = ["src.embedding", *sys.argv[1:]]
 try:
-    runpy.run_module("src.embed", run_name="__main__", alter_sys=True)
+    runpy.run_module("src.embedding", run_name="__main__", alter_sys=True)
 except SystemExit as e:
     assert not e.code, e.code
 hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))  # this process's own peak
@@ -586,9 +716,26 @@ def _long_tone(path: Path, minutes: int, sr: int = 44100) -> Path:
 
 
 def _embed_peak(export, folder, out) -> int:
-    result = subprocess.run([sys.executable, "-c", _PEAK, "--model", str(export), "--input", str(folder), "--output",
-                             str(out), "--device", "cpu", "--timestamps"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=1200)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _PEAK,
+            "--model",
+            str(export),
+            "--input",
+            str(folder),
+            "--output",
+            str(out),
+            "--device",
+            "cpu",
+            "--timestamps",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return int(result.stdout.split("peak_kib")[-1])
 
@@ -600,8 +747,11 @@ def test_embedding_a_long_file_keeps_memory_flat_and_timestamps_exact(tmp_path):
     from src.models.pretrained import save_encoder
     from tests.helpers.encoders import make_encoder
 
-    export = save_encoder(make_encoder("ssamba", None, embed_dim=32, depth=2, target_length=128), tmp_path / "enc",
-                          data={"mean": -5.0, "std": 4.0})  # fmt: skip
+    export = save_encoder(
+        make_encoder("ssamba", None, embed_dim=32, depth=2, target_length=128),
+        tmp_path / "enc",
+        data={"mean": -5.0, "std": 4.0},
+    )
     peaks = {}
     for minutes in (6, 60):
         _long_tone(tmp_path / f"in{minutes}" / "a.wav", minutes)
@@ -617,13 +767,16 @@ def test_embedding_a_long_file_keeps_memory_flat_and_timestamps_exact(tmp_path):
 def test_absurd_and_non_finite_samples_are_refused_per_file_and_by_the_api(tmp_path):
     import soundfile as sf
 
-    from src.embed import embed_folder
     from src.embedding import hear
+    from src.embedding.folder import embed_folder
     from src.models.pretrained import save_encoder
     from tests.helpers.encoders import make_encoder
 
-    export = save_encoder(make_encoder("ssamba", None, embed_dim=32, depth=2, target_length=128), tmp_path / "enc",
-                          data={"mean": -5.0, "std": 4.0})  # fmt: skip
+    export = save_encoder(
+        make_encoder("ssamba", None, embed_dim=32, depth=2, target_length=128),
+        tmp_path / "enc",
+        data={"mean": -5.0, "std": 4.0},
+    )
     model = hear.load_model(str(export))
     (tmp_path / "in").mkdir()
     sf.write(str(tmp_path / "in" / "huge.wav"), np.full(16000, 1e30, np.float32), 16000, subtype="FLOAT")
@@ -631,7 +784,9 @@ def test_absurd_and_non_finite_samples_are_refused_per_file_and_by_the_api(tmp_p
     skipped = embed_folder(model, tmp_path / "in", tmp_path / "out")
     assert len(skipped) == 1 and "huge.wav: samples up to 1e+30" in skipped[0]
     assert (tmp_path / "out" / "fine.npy").exists() and not (tmp_path / "out" / "huge.npy").exists()
-    for bad, why in ((torch.full((1, 16000), float("nan")), "NaN or inf samples"), (torch.full((1, 16000), 1e30),
-                     "samples up to 1e\\+30")):  # fmt: skip
+    for bad, why in (
+        (torch.full((1, 16000), float("nan")), "NaN or inf samples"),
+        (torch.full((1, 16000), 1e30), "samples up to 1e\\+30"),
+    ):
         with pytest.raises(ValueError, match=f"^audio: {why}"):
             hear.get_scene_embeddings(bad, model)

@@ -47,10 +47,15 @@ def test_portable_scan_matches_float64_reference_forward_and_backward(case):
 def one_set(length=77):
     """Inputs of scan_portable_bel: one set in mamba-ssm's (B, E, L) layout."""
     return dict(
-        u=torch.randn(2, 4, length), delta=0.5 * torch.randn(2, 4, length), A=-torch.rand(4, 8) * 4 - 0.1,
-        B=torch.randn(2, 8, length), C=torch.randn(2, 8, length), D=torch.randn(4), z=torch.randn(2, 4, length),
+        u=torch.randn(2, 4, length),
+        delta=0.5 * torch.randn(2, 4, length),
+        A=-torch.rand(4, 8) * 4 - 0.1,
+        B=torch.randn(2, 8, length),
+        C=torch.randn(2, 8, length),
+        D=torch.randn(4),
+        z=torch.randn(2, 4, length),
         delta_bias=0.5 * torch.randn(4),
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize("steps_per_block", [1, 3, 16, 200])

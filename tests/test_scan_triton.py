@@ -65,8 +65,9 @@ def test_scan_of_bf16_inputs_without_autograd_returns_bf16_close_to_the_referenc
     with torch.no_grad():
         y = selective_scan_triton(low[0], low[1], A, low[2], low[2], None, None, None, (False, True), tiling=tiny(1))
     assert y.dtype == torch.bfloat16
-    ref = stacked_scan_reference(*(t.cpu().double() for t in (low[0], low[1], A, low[2], low[2])), None, None, None,
-                                 reverse=(False, True))  # fmt: skip
+    ref = stacked_scan_reference(
+        *(t.cpu().double() for t in (low[0], low[1], A, low[2], low[2])), None, None, None, reverse=(False, True)
+    )
     torch.testing.assert_close(y.cpu().double(), ref, rtol=2e-2, atol=2e-2)
 
 

@@ -262,7 +262,7 @@ def test_the_workers_of_a_killed_build_die_with_it(tmp_path):
         "--shard-size",
         "4",
     ]
-    proc = subprocess.Popen(build_cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(build_cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while len(workers := [c for c in _children(proc.pid)]) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -38,13 +38,33 @@ def _needs_cluster():
 
 def slurm_cmd(data_root, sweep, *extra):
     return [
-        sys.executable, "-m", "src.train", "-m", "hydra/launcher=slurm", "experiment=ks2_demo",
-        "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
-        "++encoder.size=null", "++encoder.embed_dim=32", "++encoder.depth=2", "data.num_workers=0", "data.batch_size=4",
-        "data.freqm=0", "data.timem=0", "logger=[]", "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0",
-        "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10", "hydra.launcher.mem_gb=null",
-        f"paths.data_dir={data_root}", f"hydra.sweep.dir={sweep}", *extra,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "src.train",
+        "-m",
+        "hydra/launcher=slurm",
+        "experiment=ks2_demo",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        "++encoder.size=null",
+        "++encoder.embed_dim=32",
+        "++encoder.depth=2",
+        "data.num_workers=0",
+        "data.batch_size=4",
+        "data.freqm=0",
+        "data.timem=0",
+        "logger=[]",
+        "trainer.limit_val_batches=1",
+        "trainer.num_sanity_val_steps=0",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.timeout_min=10",
+        "hydra.launcher.mem_gb=null",
+        f"paths.data_dir={data_root}",
+        f"hydra.sweep.dir={sweep}",
+        *extra,
+    ]
 
 
 def ranks(job_dir: Path) -> list[dict]:
@@ -55,8 +75,11 @@ def test_sweep_runs_ddp_jobs_on_slurm(data_root, tmp_path):
     sweep = tmp_path / "sweep"
     result = subprocess.run(
         slurm_cmd(data_root, sweep, "trainer.max_epochs=1", "model.optimizer.lr=1e-3,2e-3"),
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     for job in ("0", "1"):
         records = ranks(sweep / job)
@@ -74,10 +97,18 @@ def test_requeued_job_resumes_from_its_checkpoint(data_root, tmp_path):
     sweep = tmp_path / "sweep"
     steps = 60
     proc = subprocess.Popen(
-        slurm_cmd(data_root, sweep, f"trainer.max_steps={steps}", "trainer.max_epochs=100",
-                  "callbacks.model_checkpoint.every_n_train_steps=5"),
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        slurm_cmd(
+            data_root,
+            sweep,
+            f"trainer.max_steps={steps}",
+            "trainer.max_epochs=100",
+            "callbacks.model_checkpoint.every_n_train_steps=5",
+        ),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     last = sweep / "0" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -98,13 +129,30 @@ def test_a_fine_tuning_recipe_sweeps_its_folds_on_slurm(data_root, tmp_path):
     folds as a SLURM array: both jobs test, and summary.json holds the mean over the folds."""
     sweep = tmp_path / "sweep"
     command = [
-        sys.executable, "-m", "src.train", "-m", "hydra/launcher=slurm", "experiment=esc50", "data.fold=1,2",
-        "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.max_epochs=1",
+        sys.executable,
+        "-m",
+        "src.train",
+        "-m",
+        "hydra/launcher=slurm",
+        "experiment=esc50",
+        "data.fold=1,2",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+        "trainer.max_epochs=1",
         "trainer.num_sanity_val_steps=0",
-        "++encoder.size=null", "++encoder.embed_dim=32", "++encoder.depth=2", "data.num_workers=0", "data.batch_size=4",
-        "data.target_length=128", "logger=[]", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10",
-        "hydra.launcher.mem_gb=null", f"paths.data_dir={data_root}", f"hydra.sweep.dir={sweep}",
-    ]  # fmt: skip
+        "++encoder.size=null",
+        "++encoder.embed_dim=32",
+        "++encoder.depth=2",
+        "data.num_workers=0",
+        "data.batch_size=4",
+        "data.target_length=128",
+        "logger=[]",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.timeout_min=10",
+        "hydra.launcher.mem_gb=null",
+        f"paths.data_dir={data_root}",
+        f"hydra.sweep.dir={sweep}",
+    ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads((sweep / "summary.json").read_text())

@@ -10,8 +10,10 @@ def job(n, overrides, **metrics):
 
 
 def test_an_lr_sweep_reports_each_point_and_the_best_not_a_mean_across_points():
-    jobs = [job(0, ["model.optimizer.lr=1e-4"], **{"val/acc": 0.5, "test/acc": 0.4}),
-            job(1, ["model.optimizer.lr=1e-3"], **{"val/acc": 0.7, "test/acc": 0.6})]  # fmt: skip
+    jobs = [
+        job(0, ["model.optimizer.lr=1e-4"], **{"val/acc": 0.5, "test/acc": 0.4}),
+        job(1, ["model.optimizer.lr=1e-3"], **{"val/acc": 0.7, "test/acc": 0.6}),
+    ]
     summary = summarise(jobs, "val/acc")
     assert summary["metric"] == "test/acc"  # every job tested: the test metric is the one to report
     assert [(p["overrides"], p["mean"], p["n"]) for p in summary["points"]] == [
@@ -22,8 +24,10 @@ def test_an_lr_sweep_reports_each_point_and_the_best_not_a_mean_across_points():
 
 
 def test_seeds_and_folds_are_repeats_of_a_point_and_their_mean_is_reported():
-    jobs = [job(k, [f"model.optimizer.lr={lr}", f"seed={seed}"], **{"val/acc": acc})
-            for k, (lr, seed, acc) in enumerate([(1, 1, 0.5), (1, 2, 0.7), (2, 1, 0.8), (2, 2, 0.8)])]  # fmt: skip
+    jobs = [
+        job(k, [f"model.optimizer.lr={lr}", f"seed={seed}"], **{"val/acc": acc})
+        for k, (lr, seed, acc) in enumerate([(1, 1, 0.5), (1, 2, 0.7), (2, 1, 0.8), (2, 2, 0.8)])
+    ]
     summary = summarise(jobs, "val/acc")
     assert summary["metric"] == "val/acc"  # no job tested
     first, second = summary["points"]

@@ -111,10 +111,18 @@ def test_a_fine_tuning_recipe_on_several_nodes_asks_slurm_for_them(data_root, tm
     """experiment=esc50 (trainer=gpu, as every fine-tuning recipe) with trainer.num_nodes=2."""
     env = _fake_slurm(tmp_path)
     result = run(
-        ["hydra/launcher=slurm", "experiment=esc50", "trainer.num_nodes=2", "data.fold=1,2",
-         f"paths.data_dir={data_root}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-        tmp_path, env=env, timeout=180,
-    )  # fmt: skip
+        [
+            "hydra/launcher=slurm",
+            "experiment=esc50",
+            "trainer.num_nodes=2",
+            "data.fold=1,2",
+            f"paths.data_dir={data_root}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        tmp_path,
+        env=env,
+        timeout=180,
+    )
     script = (tmp_path / "job.sh").read_text()
     assert "#SBATCH --nodes=2" in script and "#SBATCH --ntasks-per-node=1" in script
     assert "#SBATCH --gpus-per-node=1" in script and "#SBATCH --array=0-1" in script
@@ -151,11 +159,16 @@ def test_a_failing_job_does_not_stop_the_sweep_and_is_in_the_summary(data_root, 
     optimizer is made): the jobs after it run, summary.json lists its error, the exit code is 1."""
     sweep = tmp_path / "sweep"
     result = run(
-        [*([] if launcher == "basic" else ["hydra/launcher=local"]), "experiment=ks2_demo",
-         f"paths.data_dir={data_root}", f"hydra.sweep.dir={sweep}", "model.optimizer.lr=1e-3,-1,2e-3",
-         "+trainer.fast_dev_run=true"],
+        [
+            *([] if launcher == "basic" else ["hydra/launcher=local"]),
+            "experiment=ks2_demo",
+            f"paths.data_dir={data_root}",
+            f"hydra.sweep.dir={sweep}",
+            "model.optimizer.lr=1e-3,-1,2e-3",
+            "+trainer.fast_dev_run=true",
+        ],
         tmp_path,
-    )  # fmt: skip
+    )
     assert result.returncode == 1, result.stderr[-3000:]
     summary = json.loads((sweep / "summary.json").read_text())
     jobs = {j["job"]: j for j in summary["jobs"]}

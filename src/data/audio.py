@@ -233,6 +233,6 @@ def pad_or_cut(spec: Tensor, target_length: int) -> Tensor:
     return spec[..., :target_length]
 
 
-def normalize(spec: Tensor, mean: float, std: float) -> Tensor:
+def normalise(spec: Tensor, mean: float, std: float) -> Tensor:
     """SSAST's (x - mean) / (2 std)."""
     return (spec - mean) / (2 * std)

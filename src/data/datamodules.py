@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from src.data import augment
-from src.data.audio import AudioError, fbank, load_audio, normalize, pad_or_cut
+from src.data.audio import AudioError, fbank, load_audio, normalise, pad_or_cut
 from src.data.sampler import ResumableSampler
 from src.data.shards import FeatureStore
 from src.utils.devices import per_device_batch
@@ -72,7 +72,7 @@ class PretrainDataset(Dataset):
             start = rand.integer(0, real_extra) if self.train else 0
             spec = spec[..., start : start + self.target_length]
         spec = pad_or_cut(spec, self.target_length)
-        return {"fbank": normalize(spec, self.mean, self.std), "index": i}
+        return {"fbank": normalise(spec, self.mean, self.std), "index": i}
 
 
 class ClassificationDataset(Dataset):
@@ -143,7 +143,7 @@ class ClassificationDataset(Dataset):
             spec = self._spec(i)
         if self.train:
             spec = augment.spec_augment(spec, self.freqm, self.timem, rand)
-        spec = normalize(spec, self.mean, self.std)
+        spec = normalise(spec, self.mean, self.std)
         if self.train and self.noise:
             spec = augment.noise_and_roll(spec, rand)
         return {"fbank": spec, "target": y, "index": i}

@@ -42,17 +42,17 @@ from tqdm import tqdm
 
 from src.data.audio import KALDI, AudioError, FbankConfig, fbank, load_audio, pad_or_cut
 from src.utils.errors import MissingInput, UserError, command
-from src.utils.io import atomic_path, exclusive_lock, read_jsonl, remove_partial_writes, write_json, write_jsonl
+from src.utils.io import (
+    atomic_path,
+    exclusive_lock,
+    file_sha256,
+    read_jsonl,
+    remove_partial_writes,
+    write_json,
+    write_jsonl,
+)
 
 FORMAT_VERSION = 1
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shard_name(k: int) -> str:
@@ -233,7 +233,7 @@ def _build_shards(out: Path, chunks: list, config: FbankConfig, target_length: i
         with ProcessPoolExecutor(
             max(1, workers), mp_context=get_context("spawn"), initializer=_worker_init,
             initargs=(os.getpid(), str(out / ".workers.lock")),
-        ) as pool:  # fmt: skip
+        ) as pool:
             futures = [
                 pool.submit(_build_shard, str(out), k, chunks[k], config.to_dict(), target_length) for k in todo
             ]
@@ -245,7 +245,7 @@ def _build_shards(out: Path, chunks: list, config: FbankConfig, target_length: i
                         raise
                     pool.shutdown(cancel_futures=True)
                     raise UserError(f"{out}: the disk filled up while writing shards; free space and run the "
-                                    "same command again (finished shards are kept)") from None  # fmt: skip
+                                    "same command again (finished shards are kept)") from None
                 results[result["shard"]] = result
                 bar.update(len(chunks[result["shard"]]))
     bar.close()
@@ -416,13 +416,13 @@ def _check_index(store: FeatureStore, manifest: dict | None) -> list[str]:
             problems.append(f"index.jsonl line {line}: {rec.get('id')!r} is in no shard{fix}")
         elif any(rec.get(k) != v for k, v in expected.items()):
             problems.append(f"index.jsonl line {line}: {rec['id']} is at shard {expected['shard']} row "
-                            f"{expected['row']} ({expected['n_frames']} frames), not as listed{fix}")  # fmt: skip
+                            f"{expected['row']} ({expected['n_frames']} frames), not as listed{fix}")
         elif manifest is not None and rec["id"] in manifest:
             entry = manifest[rec["id"]]
             for key in ("labels", "split", "fold"):
                 if rec.get(key) != entry.get(key, [] if key == "labels" else None):
                     problems.append(f"index.jsonl line {line}: {rec['id']} has {key} {rec.get(key)!r}, the manifest "
-                                    f"{entry.get(key)!r}{fix}")  # fmt: skip
+                                    f"{entry.get(key)!r}{fix}")
         seen.add(rec.get("id"))
     missing = sorted(set(where) - seen)
     if missing:

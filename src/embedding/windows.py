@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from src.data.audio import KALDI, FbankConfig, fbank, normalize, pad_or_cut
+from src.data.audio import KALDI, FbankConfig, fbank, normalise, pad_or_cut
 from src.models.pretrained import build_pretrained, read_pretrained
 from src.utils.errors import UserError
 
@@ -66,7 +66,7 @@ class WindowGrid:
         the end (then normalised, as training pads) to cover n_columns columns, cut into windows."""
         spec = fbank(wave.float().reshape(1, -1).cpu(), self.fbank_config)  # (1, F, frames)
         n_windows = math.ceil(n_columns / self.columns)
-        spec = normalize(pad_or_cut(spec, (n_windows - 1) * self.hop + self.window_frames), mean, std)
+        spec = normalise(pad_or_cut(spec, (n_windows - 1) * self.hop + self.window_frames), mean, std)
         return spec.unfold(-1, self.window_frames, self.hop).permute(2, 0, 1, 3).contiguous()
 
     def stream(self, read, n_samples: int, dc: float, mean: float, std: float, n_columns: int, per_chunk: int):
@@ -87,7 +87,7 @@ class WindowGrid:
                 spec = fbank(part, cfg, dc=dc)  # (1, F, last - f0): the clip's frames f0 ... last - 1
             else:
                 spec = torch.zeros(1, cfg.num_mel_bins, 0)
-            spec = normalize(pad_or_cut(spec, f1 - f0), mean, std)  # zeros past the clip's end, as windows()
+            spec = normalise(pad_or_cut(spec, f1 - f0), mean, std)  # zeros past the clip's end, as windows()
             yield spec.unfold(-1, self.window_frames, self.hop).permute(2, 0, 1, 3).contiguous()
 
     def column_tokens(self, tokens: Tensor, f_dim: int, n_columns: int) -> Tensor:

@@ -60,8 +60,14 @@ def _grid_input(state: dict, patch, fstride, tstride, num_mel_bins, target_lengt
             f"input {num_mel_bins}x{target_length} with stride {fstride}x{tstride} gives {f}x{t} = {f * t} patches, "
             f"but the checkpoint's positional embedding has {tokens}; check --target-length / --fstride / --tstride"
         )
-    return {"fshape": patch[0], "tshape": patch[1], "num_mel_bins": num_mel_bins, "target_length": target_length,
-            "fstride": fstride, "tstride": tstride}  # fmt: skip
+    return {
+        "fshape": patch[0],
+        "tshape": patch[1],
+        "num_mel_bins": num_mel_bins,
+        "target_length": target_length,
+        "fstride": fstride,
+        "tstride": tstride,
+    }
 
 
 def _read_layout(state: dict, marker: str, blocks: str, kind: str):

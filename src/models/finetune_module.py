@@ -20,7 +20,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 
 from src.models.components import as_config, build_encoder
-from src.models.optim import apply_warmup, make_optimizer, reseed_step
+from src.models.optim import apply_warmup, make_optimizer, optimizer_settings, reseed_step
 from src.models.pretrained import build_pretrained, check_fits, normalisation_of, read_pretrained
 from src.utils.errors import UserError
 
@@ -52,8 +52,10 @@ class FinetuneModule(L.LightningModule):
         target_length (the data's) and patch stride (encoder.fstride, encoder.tstride: the stride
         has one home, the encoder config). fstride, tstride: only what checkpoints written before
         that still name; they must agree with the encoder config. num_classes, multilabel:
-        None takes them from the datamodule (the prepared data's classes.json). lr_schedule:
-        MultiStepLR per epoch with milestones range(start, 1000, step) and gamma (official).
+        None takes them from the datamodule (the prepared data's classes.json). optimizer: {name, lr,
+        weight_decay, betas}, from configs/model/finetune.yaml (the module holds no values of its
+        own). lr_schedule: MultiStepLR per epoch with milestones range(start, 1000, step) and gamma
+        (official); None: a constant rate.
         loss: "ce" (cross-entropy on argmax(target)) or "bce" (BCE with soft or multi-hot
         targets); None: bce for multi-label data, else ce."""
         super().__init__()
@@ -65,8 +67,10 @@ class FinetuneModule(L.LightningModule):
         config = as_config(encoder)
         for name, value in (("fstride", fstride), ("tstride", tstride)):
             if value is not None and value != getattr(config, name):
-                raise UserError(f"model.{name}={value} but encoder.{name}={getattr(config, name)}: the patch stride "
-                                f"is the encoder config's; set encoder.{name} and leave model.{name} out")  # fmt: skip
+                raise UserError(
+                    f"model.{name}={value} but encoder.{name}={getattr(config, name)}: the patch stride "
+                    f"is the encoder config's; set encoder.{name} and leave model.{name} out"
+                )
         if pretrained:
             pretrained_config, state, _ = read_pretrained(pretrained)
             self.encoder = build_pretrained(pretrained_config, state, pretrained)
@@ -80,9 +84,6 @@ class FinetuneModule(L.LightningModule):
         if freeze_encoder:
             self.encoder.requires_grad_(False)
         self.head: nn.Module | None = None
-        self.optimizer_cfg = {"name": "adam", "lr": 1e-4, "weight_decay": 5e-7, "betas": (0.95, 0.999)}
-        self.optimizer_cfg.update(optimizer or {})
-        self.lr_schedule = {"start": 1000, "step": 1, "gamma": 1.0, **(lr_schedule or {})}
         self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in ("train", "val", "test")})
         self.best = MaxMetric()
         self.num_prefix_tokens = self.encoder.num_prefix_tokens
@@ -170,13 +171,16 @@ class FinetuneModule(L.LightningModule):
     def configure_optimizers(self):
         head = list(self.head.parameters())
         encoder = [p for p in self.encoder.parameters() if p.requires_grad]
-        lr = self.optimizer_cfg["lr"]
+        settings = optimizer_settings(self.hparams.optimizer)
+        lr = settings["lr"]
         # named groups: the learning-rate monitor logs lr-Adam/encoder and lr-Adam/head
         groups = [{"params": head, "lr": lr * self.hparams.head_lr_mult, "name": "head"}]
         if encoder:
             groups.insert(0, {"params": encoder, "lr": lr, "name": "encoder"})
-        optimizer = make_optimizer(groups, **self.optimizer_cfg)
-        s = self.lr_schedule
+        optimizer = make_optimizer(groups, **settings)
+        s = self.hparams.lr_schedule
+        if s is None:
+            return optimizer
         milestones = list(range(s["start"], 1000, s["step"]))
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=s["gamma"])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -13,9 +13,11 @@ from src.utils.errors import UserError
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
-def make_optimizer(param_groups, name: str = "adamw", lr: float = 1e-4, weight_decay: float = 0.0, betas=(0.9, 0.999)):
-    """Adam or AdamW; on CUDA parameters its fused kernel (one launch per step for every tensor, where
-    the default foreach implementation launches per group of tensors and per operation)."""
+def make_optimizer(param_groups, name: str, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999)):
+    """Adam or AdamW as a recipe's model.optimizer names it (configs/model/*.yaml hold the values;
+    weight_decay and betas default to torch's); on CUDA parameters its fused kernel (one launch per
+    step for every tensor, where the default foreach implementation launches per group of tensors
+    and per operation)."""
     if name not in OPTIMIZERS:
         raise UserError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
     if lr < 0:
@@ -61,3 +63,13 @@ def cosine_factor(step: int, total_steps: int, warmup_steps: int) -> float:
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def optimizer_settings(optimizer: dict | None) -> dict:
+    """A module's model.optimizer, which the recipe's YAML sets (its one home); a module built
+    without one can run but not train."""
+    if not optimizer:
+        raise UserError(
+            "model.optimizer is not set: give {name, lr, ...} as configs/model/ssl.yaml and finetune.yaml do"
+        )
+    return dict(optimizer)

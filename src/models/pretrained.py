@@ -102,8 +102,10 @@ def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     except (KeyError, TypeError, ValueError, IndexError):
         raise UserError(f"{path}: its header is damaged; export the encoder again") from None
     if 8 + length + end != size:
-        raise UserError(f"{path}: {size} bytes where its header needs {8 + length + end}: cut short or damaged; "
-                        "export the encoder again")  # fmt: skip
+        raise UserError(
+            f"{path}: {size} bytes where its header needs {8 + length + end}: cut short or damaged; "
+            "export the encoder again"
+        )
     return shapes
 
 
@@ -112,8 +114,9 @@ def check_config_fits_weights(config: PatchConfig, shapes: dict, source: str) ->
     shapes alone before the model is built."""
     numbered = [k.split(".")[1] for k in shapes if k.startswith(("layers.", "blocks."))]
     blocks = {int(n) for n in numbered if n.isdigit()}
-    f_dim, t_dim = patch_grid(config.num_mel_bins, config.target_length, config.fshape, config.tshape,
-                              config.fstride, config.tstride)  # fmt: skip
+    f_dim, t_dim = patch_grid(
+        config.num_mel_bins, config.target_length, config.fshape, config.tshape, config.fstride, config.tstride
+    )
     positions = shapes.get("pos_embed", (0, 0))[1] if len(shapes.get("pos_embed", ())) == 3 else None
     prefix = positions - f_dim * t_dim if positions is not None else None
     found = {
@@ -122,12 +125,18 @@ def check_config_fits_weights(config: PatchConfig, shapes: dict, source: str) ->
         "fshape x tshape": tuple(shapes.get("patch_embed.proj.weight", (None, None, None, None))[2:]),
         "positions": positions,
     }
-    wanted = {"embed_dim": config.embed_dim, "depth": config.depth, "fshape x tshape": (config.fshape, config.tshape),
-              "positions": f_dim * t_dim + (prefix if prefix in (1, 2) else 1)}  # fmt: skip
+    wanted = {
+        "embed_dim": config.embed_dim,
+        "depth": config.depth,
+        "fshape x tshape": (config.fshape, config.tshape),
+        "positions": f_dim * t_dim + (prefix if prefix in (1, 2) else 1),
+    }
     wrong = [f"{k} {wanted[k]} vs {found[k]}" for k in wanted if wanted[k] != found[k]]
     if wrong:
-        raise UserError(f"{source}: its config does not describe its weights (config vs weights: {', '.join(wrong)}); "
-                        "the config or the weights are damaged, or not this project's")  # fmt: skip
+        raise UserError(
+            f"{source}: its config does not describe its weights (config vs weights: {', '.join(wrong)}); "
+            "the config or the weights are damaged, or not this project's"
+        )
 
 
 def check_finite(state: dict, source: str) -> None:
@@ -136,8 +145,10 @@ def check_finite(state: dict, source: str) -> None:
         return
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise UserError(f"{source}: {len(bad)} tensors hold NaN or inf (first: {bad[0]}); the weights are broken "
-                        "(a diverged training?); SSAMBA_ALLOW_NONFINITE_WEIGHTS=1 loads them anyway")  # fmt: skip
+        raise UserError(
+            f"{source}: {len(bad)} tensors hold NaN or inf (first: {bad[0]}); the weights are broken "
+            "(a diverged training?); SSAMBA_ALLOW_NONFINITE_WEIGHTS=1 loads them anyway"
+        )
 
 
 def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:

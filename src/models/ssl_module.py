@@ -19,7 +19,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from src.models.components import as_config, build_encoder
 from src.models.components.losses import info_nce, masked_mse, patchify
 from src.models.components.masking import make_mask, mask_indices, most_masked
-from src.models.optim import apply_warmup, cosine_factor, make_optimizer, reseed_step
+from src.models.optim import apply_warmup, cosine_factor, make_optimizer, optimizer_settings, reseed_step
 from src.models.pretrained import check_fits, from_pretrained, load_strict, normalisation_of, save_encoder
 from src.utils.errors import UserError
 
@@ -51,9 +51,10 @@ class SSLModule(L.LightningModule):
         masking: official | official_loop | cluster | random (components/masking.py). two_passes: the
         official two encoder passes with independent masks (one per objective), or one shared pass.
         val_mask_patches: None for mask_patches (the official code always validates with 400, which
-        configs/model/ssl.yaml sets). scheduler: {"name": "plateau",
-        "factor": 0.5, "patience": 2} (official, on val/acc at every validation) or {"name": "cosine"}
-        or {"name": "none"}. compile: torch.compile
+        configs/model/ssl.yaml sets). optimizer: {name, lr, weight_decay, betas} (make_optimizer);
+        configs/model/ssl.yaml holds the recipe's values, the module none of its own. scheduler:
+        {"name": "plateau", "factor", "patience"} (official, on val/acc at every validation),
+        {"name": "cosine"}, or {"name": "none"} (None: none). compile: torch.compile
         the heads and losses (`objective`) for training. init_from: an export folder to continue SSL
         from (src/export.py, or src.models.convert of an official pretraining checkpoint): its encoder
         with the mask embedding, and the heads from heads.safetensors when it is there."""
@@ -71,9 +72,7 @@ class SSLModule(L.LightningModule):
         patch_values = self.encoder.patch_shape[0] * self.encoder.patch_shape[1]
         self.cpredlayer = prediction_head(dim, patch_values)
         self.gpredlayer = prediction_head(dim, patch_values)
-        self.optimizer_cfg = {"name": "adamw", "lr": 1e-4, "weight_decay": 5e-8, "betas": (0.95, 0.999)}
-        self.optimizer_cfg.update(optimizer or {})
-        self.scheduler_cfg = {"name": "plateau", "factor": 0.5, "patience": 2, **(scheduler or {})}
+        self.scheduler_cfg = dict(scheduler or {"name": "none"})
         if init_from:
             self._load_heads(Path(init_from) / "heads.safetensors")
         self.metrics = nn.ModuleDict(
@@ -173,8 +172,7 @@ class SSLModule(L.LightningModule):
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
 
     def configure_optimizers(self):
-        cfg = dict(self.optimizer_cfg)
-        optimizer = make_optimizer(self.parameters(), **cfg)
+        optimizer = make_optimizer(self.parameters(), **optimizer_settings(self.hparams.optimizer))
         name = self.scheduler_cfg["name"]
         if name == "plateau":
             # official: ReduceLROnPlateau(max) on the masked-patch accuracy after every validation, so

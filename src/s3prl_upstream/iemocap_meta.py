@@ -34,8 +34,9 @@ def session_entries(root: Path, session: str) -> list[dict]:
             if len(fields) < 3 or fields[2] not in ("neu", "hap", "ang", "sad", "exc") or fields[1] not in wavs:
                 continue
             path = wavs[fields[1]].relative_to(root).as_posix()
-            entries.append({"path": path, "label": fields[2].replace("exc", "hap"),
-                            "speaker": Path(path).name.split("_")[0]})  # fmt: skip
+            entries.append(
+                {"path": path, "label": fields[2].replace("exc", "hap"), "speaker": Path(path).name.split("_")[0]}
+            )
     return entries
 
 

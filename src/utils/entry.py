@@ -33,8 +33,10 @@ def run_folder(cfg: DictConfig):
         yield
         return
     out = Path(cfg.paths.output_dir)
-    busy = (f"{out} is in use by another training; give this one its own folder (the default hydra.run.dir), "
-            "or wait for the other to end before resuming in it")  # fmt: skip
+    busy = (
+        f"{out} is in use by another training; give this one its own folder (the default hydra.run.dir), "
+        "or wait for the other to end before resuming in it"
+    )
     with exclusive_lock(out / ".lock", busy):
         for leftover in remove_partial_writes(Path(cfg.paths.output_dir) / "checkpoints"):
             log.info(f"removed {leftover.name}, left by a checkpoint write that was killed")
@@ -42,13 +44,21 @@ def run_folder(cfg: DictConfig):
 
 
 # trainer settings that are fractions or counts: numbers
-NUMBERS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "val_check_interval",
-           "gradient_clip_val")  # fmt: skip
+NUMBERS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "val_check_interval", "gradient_clip_val")
 # the counts, whole numbers, and the least each may be (-1: "no limit" to Lightning)
-AT_LEAST = {"trainer.max_epochs": -1, "trainer.max_steps": -1, "trainer.min_epochs": 0, "trainer.min_steps": 0,
-            "trainer.check_val_every_n_epoch": 1, "trainer.log_every_n_steps": 1,
-            "trainer.accumulate_grad_batches": 1, "trainer.num_sanity_val_steps": -1, "trainer.num_nodes": 1,
-            "data.batch_size": 1, "data.num_workers": 0}  # fmt: skip
+AT_LEAST = {
+    "trainer.max_epochs": -1,
+    "trainer.max_steps": -1,
+    "trainer.min_epochs": 0,
+    "trainer.min_steps": 0,
+    "trainer.check_val_every_n_epoch": 1,
+    "trainer.log_every_n_steps": 1,
+    "trainer.accumulate_grad_batches": 1,
+    "trainer.num_sanity_val_steps": -1,
+    "trainer.num_nodes": 1,
+    "data.batch_size": 1,
+    "data.num_workers": 0,
+}
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -92,8 +102,10 @@ def _check_arguments(cfg: DictConfig, group: str) -> None:
     unknown = sorted(k for k in node if not k.startswith("_") and k not in parameters)
     if unknown:
         known = sorted(k for k in parameters if k != "self")
-        raise UserError(f"{group}.{unknown[0]} is not a setting of {node._target_.rsplit('.', 1)[-1]}; "
-                        f"its settings: {', '.join(known)}")  # fmt: skip
+        raise UserError(
+            f"{group}.{unknown[0]} is not a setting of {node._target_.rsplit('.', 1)[-1]}; "
+            f"its settings: {', '.join(known)}"
+        )
 
 
 def processes_per_node(cfg: DictConfig) -> int:
@@ -146,8 +158,11 @@ def resume_path(cfg: DictConfig, trainer: L.Trainer) -> str | None:
         if path is None:  # requeued before its first checkpoint
             log.info("no last.ckpt yet: starting from scratch")
             return None
-        runs = sorted(Path(cfg.paths.log_dir).glob(f"{cfg.task_name}/runs/*/checkpoints/last.ckpt"),
-                      key=lambda p: p.stat().st_mtime, reverse=True)  # fmt: skip
+        runs = sorted(
+            Path(cfg.paths.log_dir).glob(f"{cfg.task_name}/runs/*/checkpoints/last.ckpt"),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
         where = "; ".join(f"hydra.run.dir={p.parent.parent}" for p in runs[:3])
         raise UserError(
             f"ckpt_path=last found no {last}: it resumes in the run folder of the run that stopped, so pass that "

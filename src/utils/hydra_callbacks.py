@@ -43,8 +43,10 @@ class SweepSummary(Callback):
         summary = summarise(jobs, self.metric or config.get("optimized_metric"))
         write_json(sweep_dir / "summary.json", summary)
         failed = [j for j in jobs if "error" in j]
-        print(f"sweep: {len(jobs) - len(failed)} jobs finished, {len(failed)} failed; results in "
-              f"{sweep_dir / 'summary.json'}")  # fmt: skip
+        print(
+            f"sweep: {len(jobs) - len(failed)} jobs finished, {len(failed)} failed; results in "
+            f"{sweep_dir / 'summary.json'}"
+        )
         shared = set.intersection(*(set(j["overrides"]) for j in jobs)) if jobs else set()
         for job in failed:  # named by what sets it apart from the other jobs
             own = " ".join(o for o in job["overrides"] if o not in shared) or "the only point"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -104,3 +105,12 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 except json.JSONDecodeError as e:
                     raise UserError(f"{path}:{n}: not valid JSON ({e}); regenerate the manifest") from e
     return rows
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file, read 16 MiB at a time (downloads, shards and manifests are checked by it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()

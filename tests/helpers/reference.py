@@ -47,9 +47,16 @@ def stacked_scan_reference(u, delta, A, B, C, D, z, delta_bias, reverse, delta_s
             return None if x is None else (x.transpose(1, 2).flip(-1) if backwards else x.transpose(1, 2))
 
         y, _ = selective_scan_reference(
-            order(u[s]), order(delta[s]), A[s], order(B[s]), order(C[s]),
-            None if D is None else D[s], order(z), None if delta_bias is None else delta_bias[s], delta_softplus,
-        )  # fmt: skip
+            order(u[s]),
+            order(delta[s]),
+            A[s],
+            order(B[s]),
+            order(C[s]),
+            None if D is None else D[s],
+            order(z),
+            None if delta_bias is None else delta_bias[s],
+            delta_softplus,
+        )
         ys.append((y.flip(-1) if backwards else y).transpose(1, 2))
     return torch.stack(ys)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from src.utils.io import atomic_path
+from src.utils.io import atomic_path, file_sha256
 
 SPEECH_COMMANDS = {
     "v0.01": (
@@ -41,17 +41,9 @@ LIBRISPEECH_URL = "https://www.openslr.org/resources/12/{}.tar.gz"
 ESC50_URL = "https://github.com/karolpiczak/ESC-50/archive/master.zip"
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fetch(url: str, dest: Path, expected_sha256: str | None) -> Path:
     """Download url to dest (atomically); reuse a complete earlier download with the right sum."""
-    if dest.exists() and (expected_sha256 is None or sha256(dest) == expected_sha256):
+    if dest.exists() and (expected_sha256 is None or file_sha256(dest) == expected_sha256):
         return dest
     with atomic_path(dest) as tmp, urllib.request.urlopen(url) as response:
         total = int(response.headers.get("Content-Length") or 0) or None
@@ -59,7 +51,7 @@ def fetch(url: str, dest: Path, expected_sha256: str | None) -> Path:
             for block in iter(lambda: response.read(1 << 20), b""):
                 f.write(block)
                 bar.update(len(block))
-        if expected_sha256 is not None and (got := sha256(tmp)) != expected_sha256:
+        if expected_sha256 is not None and (got := file_sha256(tmp)) != expected_sha256:
             raise RuntimeError(f"{url}: checksum mismatch (got {got}, expected {expected_sha256}); try again")
     return dest
 

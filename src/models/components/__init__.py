@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from dataclasses import fields, replace
 
-from src.models.components.encoder import QUIRKS, SSAMBA_SIZES, AudioMambaEncoder, SSAMBAConfig
+from src.models.components.encoder import QUIRKS, SSAMBA_SIZES, SSAMBAConfig, SSAMBAEncoder
 from src.models.components.patching import PatchConfig, PatchEncoder
 from src.models.components.vit import SSAST_SIZES, SSASTConfig, SSASTEncoder
 from src.utils.errors import UserError
 
 BACKBONES = {
-    "ssamba": (SSAMBAConfig, AudioMambaEncoder, SSAMBA_SIZES),
+    "ssamba": (SSAMBAConfig, SSAMBAEncoder, SSAMBA_SIZES),
     "ssast": (SSASTConfig, SSASTEncoder, SSAST_SIZES),
 }
 # what the size presets set: an explicit value must agree with the size, or size must be null
@@ -106,7 +106,7 @@ def build_encoder(config: PatchConfig) -> PatchEncoder:
 
 
 __all__ = [
-    "AudioMambaEncoder",
+    "SSAMBAEncoder",
     "SSAMBAConfig",
     "SSASTConfig",
     "SSASTEncoder",

@@ -99,7 +99,7 @@ class MambaBlock(nn.Module):
         return self.mixer(normed, reverse=reverse), residual
 
 
-class AudioMambaEncoder(PatchEncoder):
+class SSAMBAEncoder(PatchEncoder):
     def __init__(self, config: SSAMBAConfig):
         super().__init__(config, num_prefix_tokens=1)
         depth, dim = config.depth, config.embed_dim

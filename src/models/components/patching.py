@@ -21,10 +21,23 @@ POS_RESIZE_RULES = ("official", "fixed")
 
 # the ranges a config's numbers may take: at least 1 (0 for a rate), at most a size no model of
 # this project reaches, so that a mistyped value is refused before anything is allocated
-LIMITS = {"embed_dim": (1, 8192), "num_mel_bins": (1, 1024), "target_length": (1, 1_000_000), "fshape": (1, 1024),
-          "tshape": (1, 1024), "fstride": (1, 1024), "tstride": (1, 1024), "depth": (1, 512), "d_state": (1, 256),
-          "d_conv": (1, 64), "expand": (1, 16), "num_heads": (1, 256), "norm_eps": (1e-12, 1.0),
-          "drop_path_rate": (0.0, 0.99), "mlp_ratio": (0.01, 64.0)}  # fmt: skip
+LIMITS = {
+    "embed_dim": (1, 8192),
+    "num_mel_bins": (1, 1024),
+    "target_length": (1, 1_000_000),
+    "fshape": (1, 1024),
+    "tshape": (1, 1024),
+    "fstride": (1, 1024),
+    "tstride": (1, 1024),
+    "depth": (1, 512),
+    "d_state": (1, 256),
+    "d_conv": (1, 64),
+    "expand": (1, 16),
+    "num_heads": (1, 256),
+    "norm_eps": (1e-12, 1.0),
+    "drop_path_rate": (0.0, 0.99),
+    "mlp_ratio": (0.01, 64.0),
+}
 TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
 
 
@@ -34,8 +47,10 @@ def check_fields(config) -> None:
     for f in fields(config):
         value, kinds = getattr(config, f.name), TYPES.get(str(f.type), ())
         if kinds and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
-            raise UserError(f"encoder.{f.name}={value!r} is not {'a' if f.type != 'int' else 'a whole'} "
-                            f"{'number' if f.type in ('int', 'float') else f.type}")  # fmt: skip
+            raise UserError(
+                f"encoder.{f.name}={value!r} is not {'a' if f.type != 'int' else 'a whole'} "
+                f"{'number' if f.type in ('int', 'float') else f.type}"
+            )
         low, high = LIMITS.get(f.name, (None, None))
         if low is not None and not low <= value <= high:
             raise UserError(f"encoder.{f.name}={value} is outside {low}..{high}")

@@ -1,0 +1,88 @@
+"""docs/extending.md used as a reader uses it: its GTZAN example's three files are copied out of the
+page into a copy of the repository (nothing else is edited there), a miniature GTZAN is prepared
+with the documented command, and the new experiment trains and tests with fast_dev_run."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from tests.helpers import audio_files as af
+
+ROOT = Path(__file__).resolve().parents[1]
+GUIDE = ROOT / "docs" / "extending.md"
+
+
+def guide_files() -> dict[str, str]:
+    """{path: content} of the guide's code blocks that start with a `# <path>` line."""
+    blocks = re.findall(
+        r"```(?:python|yaml)\n# ((?:src|configs)/[\w/]+\.(?:py|yaml))\n(.*?)```", GUIDE.read_text(), re.S
+    )
+    return dict(blocks)
+
+
+def gtzan_layout(root: Path, genres=("blues", "rock"), per_genre=10) -> Path:
+    for g, genre in enumerate(genres):
+        for n in range(per_genre):
+            af.tone(root / "genres_original" / genre / f"{genre}.{n:05d}.wav", seconds=1.0, freq=220 + 220 * g)
+    af.text_as_wav(root / "genres_original" / "rock" / "rock.00099.wav")  # a broken clip, skipped and listed
+    return root
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A copy of the repository with the guide's files added; the paths it added."""
+    copy = tmp_path_factory.mktemp("repo")
+    ignore = shutil.ignore_patterns("__pycache__")
+    for part in ("src", "configs"):
+        shutil.copytree(ROOT / part, copy / part, ignore=ignore)
+    shutil.copy(ROOT / ".project-root", copy / ".project-root")
+    added = []
+    for path, content in guide_files().items():
+        assert not (copy / path).exists(), f"{path} would edit a file the project has: the guide adds files only"
+        (copy / path).write_text(content)
+        added.append(path)
+    return copy, added
+
+
+def test_the_guide_adds_a_dataset_and_its_task_in_three_new_files(repo):
+    _, added = repo
+    assert sorted(added) == ["configs/data/gtzan.yaml", "configs/experiment/gtzan.yaml", "src/data/prepare/gtzan.py"]
+
+
+def test_the_guides_task_prepares_trains_and_tests_through_the_registry(repo, tmp_path):
+    copy, _ = repo
+    raw, data = gtzan_layout(tmp_path / "GTZAN"), tmp_path / "data"
+    out = data / "prepared" / "gtzan"
+    command = [sys.executable, "-m", "src.data.prepare", "gtzan", "--root", str(raw), "--out", str(out)]
+    prepared = subprocess.run(command, cwd=copy, capture_output=True, text=True, timeout=300)
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(manifest) == 20 and {m["fold"] for m in manifest} == set(range(1, 11))
+    assert "rock.00099.wav" in (out / "bad_files.jsonl").read_text()
+    run = tmp_path / "run"
+    small = ["trainer.accelerator=cpu", "trainer.devices=1", "logger=null", "extras.print_config=false"]
+    small += ["data.num_workers=0", "data.pin_memory=false", "data.batch_size=2", "data.target_length=128"]
+    small += ["data.timem=24", "encoder.size=null", "encoder.embed_dim=32", "encoder.depth=2"]
+    command = [sys.executable, "-m", "src.train", "experiment=gtzan", f"paths.data_dir={data}", f"hydra.run.dir={run}"]
+    command += ["trainer.fast_dev_run=true", *small]
+    trained = subprocess.run(command, cwd=copy, capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "test/acc" in metrics, metrics
+
+
+def test_the_guides_task_sweeps_its_ten_folds_into_one_summary(repo):
+    copy, _ = repo
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(copy / "configs")):
+        cfg = compose("train.yaml", overrides=["experiment=gtzan"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params["data.fold"] == "1,2,3,4,5,6,7,8,9,10"
+    assert cfg.hydra.callbacks.sweep_summary.metric == "test/acc"
+    assert cfg.data.target_length == 3000 and cfg.encoder.tstride == 10
