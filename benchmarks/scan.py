@@ -14,7 +14,9 @@ median of --repeats after --warmup, for:
                   the model needs around them
 "forward" is inference (no autograd); "forward + backward" runs the forward and the gradients of
 every input, as training does. Every run also checks the
-Triton results against mamba-ssm's (max relative difference, output and each gradient).
+Triton results against mamba-ssm's (max relative difference, output and each gradient), and gives
+each shape's floor (benchmarks/scan_floor.py: the exps, FMAs and bytes the scans need, at the rates
+this card reaches in the same run) and the Triton kernels' time as a multiple of it.
 --sweep times a grid of launch shapes (tile length, channels per program, warps, chunking) too.
 
 Writes <out>/scan.json and <out>/scan.md, docs/figures/scan.png, and the table into
@@ -31,6 +33,7 @@ import torch
 
 from benchmarks import report
 from benchmarks.efficiency import time_ms
+from benchmarks.scan_floor import floor_ms, measure_peaks
 from src.kernels import mamba_kernels_available, selective_scan
 from src.kernels.scan_triton import ScanTiling, default_tilings, selective_scan_triton
 from src.utils.errors import command
@@ -198,6 +201,8 @@ def main(argv=None) -> int:
         "dtype": "bfloat16",
         "shapes": [],
     }
+    record["peaks"] = measure_peaks(time_ms)
+    print("card peaks:", json.dumps(record["peaks"]), flush=True)
     for shape in map(parse_shape, args.shapes):
         torch.manual_seed(0)
         inputs = make_inputs(*shape)
@@ -208,6 +213,7 @@ def main(argv=None) -> int:
             "length": shape[2],
             "ms": {},
             "tiling": {"forward": vars(forward), "backward": vars(backward)},
+            "floor_ms": floor_ms(*shape, record["peaks"], D_STATE),
         }
         for name, (fwd, fwd_bwd) in runners(inputs).items():
             row["ms"][name] = {
@@ -280,8 +286,9 @@ def markdown(record: dict) -> str:
         f"{record['card']}, torch {record['torch']}; ms, median of the timed runs; the Triton kernels "
         "with their default launch shapes (default_tilings).",
         "",
-        "| batch x E x L | phase | Triton | mamba-ssm kernel | mamba-ssm in model | speed-up vs kernel | vs in model |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| batch x E x L | phase | Triton | mamba-ssm kernel | mamba-ssm in model | speed-up vs kernel | vs in model "
+        "| floor | Triton / floor |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in record["shapes"]:
         shape = f"{row['batch']} x {row['dim']} x {row['length']}"
@@ -290,10 +297,20 @@ def markdown(record: dict) -> str:
                 f"{row['ms'][n][phase]:.3f}" if n in row["ms"] else "-"
                 for n in ("triton", "mamba kernel", "mamba in model")
             ]
+            floor = row.get("floor_ms", {}).get(phase)
+            versus_floor = f"{floor:.3f} | {row['ms']['triton'][phase] / floor:.1f}x" if floor else "- | -"
             lines.append(
                 f"| {shape} | {label} | {' | '.join(cells)} | {speedup(row, 'mamba kernel', phase)} | "
-                f"{speedup(row, 'mamba in model', phase)} |"
+                f"{speedup(row, 'mamba in model', phase)} | {versus_floor} |"
             )
+    if "peaks" in record:
+        p = record["peaks"]
+        lines += [
+            "",
+            f"Floor: the slowest unit's time for the scans' exps, FMAs and bytes (benchmarks/scan_floor.py) at "
+            f"this card's measured {p['exps_per_s'] / 1e12:.2f} T exp2/s, {p['fmas_per_s'] / 1e12:.1f} T FMA/s "
+            f"and {p['bytes_per_s'] / 1e12:.2f} TB/s.",
+        ]
     diffs = [(row, row.get("max_rel_diff_vs_mamba")) for row in record["shapes"] if row.get("max_rel_diff_vs_mamba")]
     if diffs:
         lines += ["", "Largest relative difference, Triton vs mamba-ssm, bf16 (max |a - b| / max |b|):", ""]

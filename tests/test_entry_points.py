@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # each argparse command with arguments that are a user's mistake (a path that is not there)
 MISTAKES = {
-    "src.embedding": ["--model", "{missing}", "--input", "{tmp}", "--output", "{tmp}/out"],
+    "src.embedding.__main__": ["--model", "{missing}", "--input", "{tmp}", "--output", "{tmp}/out"],
     "src.models.convert": ["ssamba", "--ckpt", "{missing}.pth", "--out", "{tmp}/out"],
     "src.data.shards": ["verify", "{missing}"],
     "src.data.prepare.__main__": ["esc50", "--root", "{tmp}"],

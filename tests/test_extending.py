@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from tests.helpers import audio_files as af
+from tests.helpers.hydra_cfg import SMALL_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "extending.md"
@@ -67,11 +68,10 @@ def test_the_guides_task_prepares_trains_and_tests_through_the_registry(repo, tm
     assert len(manifest) == 20 and {m["fold"] for m in manifest} == set(range(1, 11))
     assert "rock.00099.wav" in (out / "bad_files.jsonl").read_text()
     run = tmp_path / "run"
-    small = ["trainer.accelerator=cpu", "trainer.devices=1", "logger=null", "extras.print_config=false"]
-    small += ["data.num_workers=0", "data.pin_memory=false", "data.batch_size=2", "data.target_length=128"]
-    small += ["data.timem=24", "encoder.size=null", "encoder.embed_dim=32", "encoder.depth=2"]
+    small = ["trainer.accelerator=cpu", "trainer.devices=1", "logger=[]", "extras.print_config=false", *SMALL_RUN]
+    small += ["data.pin_memory=false", "data.target_length=128", "data.timem=24"]
     command = [sys.executable, "-m", "src.train", "experiment=gtzan", f"paths.data_dir={data}", f"hydra.run.dir={run}"]
-    command += ["trainer.fast_dev_run=true", *small]
+    command += ["+trainer.fast_dev_run=true", *small]
     trained = subprocess.run(command, cwd=copy, capture_output=True, text=True, timeout=600)
     assert trained.returncode == 0, trained.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())

@@ -1,11 +1,16 @@
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
+import yaml
 
 from src.models.finetune_module import FinetuneModule
 from src.models.pretrained import from_pretrained, read_pretrained, save_encoder
 from src.models.ssl_module import SSLModule
+from src.utils.errors import UserError
 
+ROOT = Path(__file__).resolve().parents[1]
 ENC = dict(backbone="ssamba", size=None, embed_dim=32, depth=2, target_length=160)
 
 
@@ -75,14 +80,24 @@ def test_checkpoint_that_does_not_fit_is_explained(tmp_path):
 
 
 def test_linear_probe_freezes_the_encoder_and_head_lr_multiplier():
-    ft = finetune(128, num_classes=5, freeze_encoder=True, loss="bce")
+    recipe = yaml.safe_load((ROOT / "configs" / "model" / "finetune.yaml").read_text())["optimizer"]
+    ft = finetune(128, num_classes=5, freeze_encoder=True, loss="bce", optimizer=recipe)
     assert not any(p.requires_grad for p in ft.encoder.parameters())
     ft.trainer = None
     opt = ft.configure_optimizers()["optimizer"]
     assert len(opt.param_groups) == 1  # head only
-    ft = finetune(128, num_classes=5, head_lr_mult=3.0, multilabel=True)
+    ft = finetune(128, num_classes=5, head_lr_mult=3.0, multilabel=True, optimizer=recipe)
     groups = ft.configure_optimizers()["optimizer"].param_groups
-    assert groups[1]["lr"] == pytest.approx(3 * groups[0]["lr"])
+    assert groups[1]["lr"] == pytest.approx(3 * groups[0]["lr"]) and groups[0]["lr"] == recipe["lr"]
+
+
+def test_the_optimizer_has_one_home_the_recipe():
+    """The module holds no optimizer values of its own: built without the recipe's it runs but
+    cannot train, and says where the values live."""
+    ft = finetune(128, num_classes=5)
+    ft.trainer = None
+    with pytest.raises(UserError, match="model.optimizer is not set"):
+        ft.configure_optimizers()
 
 
 def test_pooling_mean_excludes_cls_and_cls_pooling_takes_it():

@@ -64,26 +64,17 @@ def test_any_length_works_including_shorter_than_a_patch(export_dir):
     assert emb.shape == (1, 1, 32) and torch.isfinite(emb).all()
 
 
+def embed(export_dir, tmp_path, *extra) -> int:
+    """python -m src.embedding on tmp_path/in, into tmp_path/out, on the CPU."""
+    folders = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
+    return embed_main(["--model", str(export_dir), *folders, "--device", "cpu", *extra])
+
+
 def test_embed_cli_agrees_with_the_api(export_dir, tmp_path):
     af.tone(tmp_path / "in" / "a.wav", seconds=2.0)
     af.tone(tmp_path / "in" / "sub" / "b.flac", seconds=1.0, sr=44100, channels=2, fmt="FLAC")
     af.text_as_wav(tmp_path / "in" / "broken.wav")
-    assert (
-        embed_main(
-            [
-                "--model",
-                str(export_dir),
-                "--input",
-                str(tmp_path / "in"),
-                "--output",
-                str(tmp_path / "out"),
-                "--timestamps",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert embed(export_dir, tmp_path, "--timestamps") == 0
     from src.data.audio import load_audio
 
     model = hear.load_model(str(export_dir))
@@ -100,21 +91,7 @@ def test_files_that_differ_only_by_extension_keep_one_output_each(export_dir, tm
     af.tone(tmp_path / "in" / "clip.wav", seconds=1.0, freq=440.0)
     af.tone(tmp_path / "in" / "clip.flac", seconds=1.0, freq=880.0, fmt="FLAC")
     af.tone(tmp_path / "in" / "other.wav", seconds=1.0)
-    assert (
-        embed_main(
-            [
-                "--model",
-                str(export_dir),
-                "--input",
-                str(tmp_path / "in"),
-                "--output",
-                str(tmp_path / "out"),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert embed(export_dir, tmp_path) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clip.flac.npy", "clip.wav.npy", "other.npy"]
     assert not np.allclose(np.load(tmp_path / "out" / "clip.wav.npy"), np.load(tmp_path / "out" / "clip.flac.npy"))
 

@@ -90,26 +90,9 @@ def test_a_torchaudio_built_for_another_torch_is_one_line_naming_both(tmp_path):
     )
     af.tone(tmp_path / "in" / "a.wav", seconds=1.0)
     env = {**os.environ, "PYTHONPATH": f"{shadow.parent}{os.pathsep}{ROOT}"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "src.embedding",
-            "--model",
-            str(export),
-            "--input",
-            str(tmp_path / "in"),
-            "--output",
-            str(tmp_path / "out"),
-            "--device",
-            "cpu",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    folders = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--device", "cpu"]
+    command = [sys.executable, "-m", "src.embedding", "--model", str(export), *folders]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.startswith("error:")]
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr  # beside it: the progress bar

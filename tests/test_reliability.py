@@ -23,6 +23,7 @@ from src.utils.io import read_jsonl
 from src.utils.utils import _user_cause
 from tests.helpers import audio_files as af
 from tests.helpers import layouts
+from tests.helpers.hydra_cfg import SMALL_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -222,11 +223,7 @@ def test_eval_of_a_pretraining_checkpoint_reports_its_validation(data_root, tmp_
     run = tmp_path / "pre"
     common = [
         "experiment=pretrain_demo",
-        "++encoder.size=null",
-        "++encoder.embed_dim=32",
-        "++encoder.depth=2",
-        "data.num_workers=0",
-        "data.batch_size=4",
+        *SMALL_RUN,
         "logger=[]",
         f"paths.data_dir={data_root}",
     ]
@@ -275,11 +272,7 @@ def test_a_rank_that_raises_stops_the_whole_ddp_job(data_root, tmp_path):
         "experiment=ks2_demo",
         "trainer=ddp_sim",
         "trainer.strategy=ddp",
-        "++encoder.size=null",
-        "++encoder.embed_dim=32",
-        "++encoder.depth=2",
-        "data.num_workers=0",
-        "data.batch_size=4",
+        *SMALL_RUN,
         "logger=[]",
         f"paths.data_dir={data_root}",
         f"hydra.run.dir={tmp_path / 'run'}",
@@ -520,9 +513,9 @@ def test_a_learning_rate_of_zero_warns_and_a_negative_one_is_refused():
 
     params = [torch.nn.Parameter(torch.zeros(2))]
     with pytest.warns(UserWarning, match="learning rate is 0"):
-        make_optimizer(params, lr=0.0)
+        make_optimizer(params, "adamw", lr=0.0)
     with pytest.raises(ValueError, match="set model.optimizer.lr to a positive value"):
-        make_optimizer(params, lr=-1e-4)
+        make_optimizer(params, "adamw", lr=-1e-4)
 
 
 def test_a_store_whose_index_is_gone_says_how_to_rebuild_it(data_root, tmp_path):

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.hydra_cfg import SMALL_RUN
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slurm
 
@@ -48,11 +50,7 @@ def slurm_cmd(data_root, sweep, *extra):
         "trainer.accelerator=cpu",
         "trainer.devices=2",
         "trainer.precision=32-true",
-        "++encoder.size=null",
-        "++encoder.embed_dim=32",
-        "++encoder.depth=2",
-        "data.num_workers=0",
-        "data.batch_size=4",
+        *SMALL_RUN,
         "data.freqm=0",
         "data.timem=0",
         "logger=[]",
@@ -140,11 +138,7 @@ def test_a_fine_tuning_recipe_sweeps_its_folds_on_slurm(data_root, tmp_path):
         "trainer.precision=32-true",
         "trainer.max_epochs=1",
         "trainer.num_sanity_val_steps=0",
-        "++encoder.size=null",
-        "++encoder.embed_dim=32",
-        "++encoder.depth=2",
-        "data.num_workers=0",
-        "data.batch_size=4",
+        *SMALL_RUN,
         "data.target_length=128",
         "logger=[]",
         "hydra.launcher.cpus_per_task=1",

@@ -91,8 +91,9 @@ def test_cluster_mask_exact_count_and_clusters(num_mask):
     torch.manual_seed(0)
     mask = cluster_mask(16, (8, 64), num_mask)
     assert mask.dtype == torch.bool and (mask.sum(1) == num_mask).all()
-    idx = mask_indices(mask)
+    idx = mask_indices(mask, num_mask)
     assert idx.shape == (16, num_mask) and (idx.diff(dim=1) > 0).all()  # ascending, no duplicates
+    assert torch.equal(idx, mask.nonzero()[:, 1].view(16, num_mask))  # the masked positions, in order
     grid = mask.view(16, 8, 64)
     neighbours = torch.zeros_like(grid)
     neighbours[:, 1:] |= grid[:, :-1]

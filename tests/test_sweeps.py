@@ -10,13 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.hydra_cfg import SMALL_RUN
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
-    "++encoder.size=null",
-    "++encoder.embed_dim=32",
-    "++encoder.depth=2",
-    "data.num_workers=0",
-    "data.batch_size=4",
+    *SMALL_RUN,
     "logger=[]",
 ]
 

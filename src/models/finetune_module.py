@@ -180,7 +180,7 @@ class FinetuneModule(L.LightningModule):
         optimizer = make_optimizer(groups, **settings)
         s = self.hparams.lr_schedule
         if s is None:
-            return optimizer
+            return {"optimizer": optimizer}
         milestones = list(range(s["start"], 1000, s["step"]))
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=s["gamma"])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

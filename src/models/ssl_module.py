@@ -111,7 +111,7 @@ class SSLModule(L.LightningModule):
         """Encoder outputs at num_mask masked patches and those patches' true values: (B, M, D), (B, M, P)."""
         grid = self.encoder.grid_for(spec.shape[2], spec.shape[3])
         mask = make_mask(self.hparams.masking, spec.shape[0], grid, num_mask, seed, spec.device)
-        idx = mask_indices(mask)  # (B, M)
+        idx = mask_indices(mask, num_mask)  # (B, M)
         tokens = self.encoder(spec, mask=mask)[:, self.encoder.num_prefix_tokens :]  # (B, L, D)
         hidden = tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
         patches = patchify(spec, self.encoder.patch_shape, self.encoder.patch_stride)  # (B, L, P)

@@ -10,6 +10,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
+# a small CPU run on the command line: the tiny encoder shrunk further, the loader in-process
+SMALL_RUN = [
+    "++encoder.size=null",
+    "++encoder.embed_dim=32",
+    "++encoder.depth=2",
+    "data.num_workers=0",
+    "data.batch_size=4",
+]
 TINY = ["++encoder.size=null", "++encoder.embed_dim=32", "++encoder.depth=2", "++encoder.drop_path_rate=0.0"]
 
 

@@ -1,7 +1,7 @@
 """Which patches the SSL objectives mask (docs/official.md §5).
 
 Every strategy returns a (B, L) bool mask with exactly `num_mask` True per row; the masked
-positions as a (B, num_mask) index tensor are `mask_indices(mask)`.
+positions as a (B, num_mask) index tensor are `mask_indices(mask, num_mask)`.
 
 - "official" (the default): SSAST/SSAMBA's gen_maskid_patch, vectorised over the batch and drawn
   from torch's generator: the same distribution as the official loop, quirks included (patch 0 is
@@ -136,9 +136,10 @@ def make_mask(strategy: str, batch: int, grid, num_mask: int, seed: int | None =
     raise ValueError(f"unknown masking {strategy!r}; choose one of {STRATEGIES}")
 
 
-def mask_indices(mask: Tensor) -> Tensor:
-    """(B, L) bool with the same count per row -> (B, M) positions, ascending."""
-    return mask.nonzero()[:, 1].view(mask.shape[0], -1)
+def mask_indices(mask: Tensor, count: int) -> Tensor:
+    """(B, L) bool with `count` True per row -> (B, count) positions, ascending. A stable sort, not
+    nonzero(): nonzero's output size is known only on the host, a sync of the GPU every step."""
+    return torch.argsort(mask.to(torch.uint8), dim=1, descending=True, stable=True)[:, :count]
 
 
 def _top(score: Tensor, k: int) -> Tensor:

@@ -1,0 +1,61 @@
+"""benchmarks/scan_floor.py: the work counts and floors benchmarks/scan.py reports beside the measured
+times, and the peak kernels it times (run here in Triton's interpreter)."""
+
+import pytest
+import torch
+
+from benchmarks.scan import markdown
+from benchmarks.scan_floor import chains, floor_ms, work
+from tests.helpers.triton_cpu import INTERPRETED  # conftest switched the interpreter on without a GPU
+
+DEVICE = "cpu" if INTERPRETED else "cuda"
+
+
+def test_the_work_of_the_pretraining_shape():
+    """(64, 384, 513), both directions, 16 states: 403 M state updates a pass."""
+    w = work(64, 384, 513)
+    updates = 2 * 64 * 513 * 384 * 16
+    assert updates == 403_439_616
+    assert (w["forward"]["exps"], w["forward"]["fmas"]) == (updates, 3 * updates)
+    assert (w["backward"]["exps"], w["backward"]["fmas"]) == (2 * updates, 10 * updates)
+    ble = 64 * 513 * 384 * 2  # one (B, L, E) bf16 tensor
+    states = 2 * 64 * 384 * 16 * 9 * 4  # fp32 states every 64 of 513 steps: 9 a sequence
+    bc = 2 * 2 * 64 * 513 * 16 * 2
+    forward = 2 * ble + 2 * ble + ble + bc + 2 * ble + states  # u, delta (2 sets), z, B and C, y, states
+    assert w["forward"]["bytes"] == forward
+    assert w["backward"]["bytes"] == forward + (4 * ble + ble + bc)  # + du, ddelta, dz, dB, dC written
+
+
+def test_a_pass_floor_is_its_slowest_unit_and_the_passes_add_up():
+    w = work(4, 384, 22001)
+    peaks = {"exps_per_s": 4e12, "fmas_per_s": 30e12, "bytes_per_s": 4e12}
+    f = floor_ms(4, 384, 22001, peaks)
+    forward = 1e3 * max(w["forward"]["exps"] / 4e12, w["forward"]["fmas"] / 30e12, w["forward"]["bytes"] / 4e12)
+    backward = 1e3 * max(w["backward"]["exps"] / 4e12, w["backward"]["fmas"] / 30e12, w["backward"]["bytes"] / 4e12)
+    assert f["forward"] == pytest.approx(forward) and f["forward_backward"] == pytest.approx(forward + backward)
+    assert f["bound"] == {"forward": "exp", "backward": "exp"}
+    slow_memory = floor_ms(4, 384, 22001, {**peaks, "bytes_per_s": 1e9})
+    assert slow_memory["bound"]["forward"] == "memory"
+    assert slow_memory["forward"] == pytest.approx(1e3 * w["forward"]["bytes"] / 1e9)
+
+
+@pytest.mark.parametrize("kind", ["exp", "fma"])
+def test_the_peak_kernels_compute_their_chains(kind):
+    """What the peaks time is the work they count: four chains of `iters` steps an element."""
+    x = torch.rand(512, device=DEVICE)
+    got = chains(kind, x, iters=3).cpu().double()
+    a = x.cpu().double()
+    lanes = [a, a + 0.25, a + 0.5, a + 0.75]
+    for _ in range(3):
+        lanes = [torch.exp2(-0.5 * v) if kind == "exp" else 0.5 * v + 0.25 for v in lanes]
+    torch.testing.assert_close(got, sum(lanes), rtol=1e-5, atol=1e-5)
+
+
+def test_the_table_shows_the_floor_when_the_run_measured_it():
+    row = {"batch": 4, "dim": 8, "length": 16, "ms": {"triton": {"forward": 0.2, "forward_backward": 0.9}}}
+    record = {"card": "a card", "torch": "2.11", "d_state": 16, "shapes": [row]}
+    assert "| - | - |" in markdown(record)  # an older run: no floor
+    row["floor_ms"] = {"forward": 0.1, "forward_backward": 0.3}
+    record["peaks"] = {"exps_per_s": 4.2e12, "fmas_per_s": 33e12, "bytes_per_s": 4.4e12}
+    table = markdown(record)
+    assert "| 0.100 | 2.0x |" in table and "| 0.300 | 3.0x |" in table and "4.20 T exp2/s" in table
