@@ -31,24 +31,36 @@ def scan_table(record: dict) -> str:
 THROUGHPUT_MODEL_RUN = "H100, this issue"
 
 
+def _cost_run(throughput: dict) -> dict:
+    """The newest run of `throughput.py train` (bare steps and the loop of each size, one card), else
+    the `model` run THROUGHPUT_MODEL_RUN, which has no loop."""
+    combined = [r for r in throughput["runs"] if any(x["what"] == "src/train.py" and "size" in x for x in r["records"])]
+    return combined[-1] if combined else _run(throughput, THROUGHPUT_MODEL_RUN)
+
+
 def throughput_model_table(throughput: dict) -> str:
-    run = _run(throughput, THROUGHPUT_MODEL_RUN)
+    run = _cost_run(throughput)
     steps = {(r["backbone"], r["size"]): r for r in run["records"] if r["what"] == "ssl_pretraining_step"}
+    loops = {r["size"]: r for r in run["records"] if r["what"] == "src/train.py" and r.get("devices") == 1}
     lines = [
         f'{run["card"]}, run "{run["run"]}" of throughput.json.',
         "",
         "| size | SSAMBA ms / step | SSAMBA samples/s | SSAMBA peak | SSAST ms / step | SSAST samples/s | SSAST peak "
-        "| throughput vs SSAST | memory vs SSAST |",
-        "| --- |" + " --- |" * 8,
+        "| throughput vs SSAST | memory vs SSAST | through src/train.py, samples/s | vs the bare step |",
+        "| --- |" + " --- |" * 10,
     ]
     for size in ("tiny", "small", "base"):
         a, s = steps.get(("ssamba", size)), steps.get(("ssast", size))
         if a is None or s is None:
             continue
+        loop = loops.get(size)
+        through = (
+            f"{loop['samples_per_s']:.1f} | {loop['samples_per_s'] / a['samples_per_s']:.2f}x" if loop else "- | -"
+        )
         lines.append(
             f"| {size} | {a['ms_per_step']:.1f} | {a['samples_per_s']:.1f} | {a['peak_mib'] / 1024:.1f} GiB | "
             f"{s['ms_per_step']:.1f} | {s['samples_per_s']:.1f} | {s['peak_mib'] / 1024:.1f} GiB | "
-            f"{a['samples_per_s'] / s['samples_per_s']:.2f}x | {a['peak_mib'] / s['peak_mib']:.2f}x |"
+            f"{a['samples_per_s'] / s['samples_per_s']:.2f}x | {a['peak_mib'] / s['peak_mib']:.2f}x | {through} |"
         )
     return "\n".join(lines) + "\n"
 

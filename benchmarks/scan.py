@@ -46,6 +46,10 @@ REVERSE = (False, True)
 SWEEP = [  # (forward, backward) launch shapes around the defaults
     (ScanTiling(block_d=16), ScanTiling(block_d=16, max_registers=regs)) for regs in (144, 168, 192, None)
 ] + [(ScanTiling(block_d=32, min_programs=p), ScanTiling(block_d=32, min_programs=p)) for p in (2048, 8192)]
+# 8 channels a warp: a channel's states over 4 lanes, so the backward's per-step sums of dB and dC over
+# channels cross 3 levels of 8 lanes holding 4 states each (16 x 5 with 32 channels), at the price of
+# half-sector loads and twice the programs (untimed so far: the sweep's next GPU run measures them)
+SWEEP += [(ScanTiling(block_d=8), ScanTiling(block_d=8, max_registers=regs)) for regs in (None, 128)]
 
 
 def make_inputs(batch: int, dim: int, length: int, dtype=torch.bfloat16, aligned_rank: bool = True) -> dict:

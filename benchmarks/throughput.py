@@ -3,14 +3,16 @@
     python -m benchmarks.throughput model [--sizes tiny small base] [--batch-per-gpu 64]
     torchrun --nproc-per-node 2 -m benchmarks.throughput model ...        # DDP, one process per GPU
     python -m benchmarks.throughput loader --store DIR [--workers 8]      # samples/s from fp16 shards
-    python -m benchmarks.throughput train --store DIR [--devices 1 2]  # src/train.py itself, loader included
+    python -m benchmarks.throughput train --store DIR [--sizes tiny small base] [--devices 1 2]
+                                      # bare steps, then src/train.py itself (loader, DDP) per device count
     python -m benchmarks.throughput synthetic-store --out DIR [--clips 4096]
 
 `model` times full SSL steps (two masked passes, InfoNCE + 10 MSE, backward, AdamW) in bf16-mixed
 with fp32 parameters on the fused kernels, after warm-up, for SSAMBA and SSAST of each size in one
 invocation, and prints SSAMBA's throughput and peak memory as a ratio of SSAST's; it appends the
 run to --json (default docs/benchmarks/throughput.json). `loader` reads a feature store through the
-pretraining Dataset and a DataLoader as training does.
+pretraining Dataset and a DataLoader as training does. `train` records in one run, per size, the bare
+steps of SSAMBA and SSAST and src/train.py's pretraining per device count, with their ratios.
 """
 
 from __future__ import annotations
@@ -182,45 +184,71 @@ def loader_throughput(args) -> None:
 
 
 def train_throughput(args) -> None:
-    """The real entry point, src/train.py, on a feature store, for each device count at the same batch
-    per GPU (data.batch_size is the global batch), training only: samples/s as the Throughput callback
-    measures them (loader, DDP and logging included)."""
+    """One run of what pretraining costs, on one card: per size, the bare SSL step of SSAMBA and of
+    SSAST (in this process, one GPU) and the real entry point, src/train.py, on a feature store for
+    each device count at the same batch per GPU (data.batch_size is the global batch), training only:
+    samples/s as the Throughput callback measures them (loader, DDP and logging included). The run
+    records their ratios (train_ratios)."""
     records = []
-    for devices in args.devices:
-        run_dir = Path(args.runs) / f"{args.experiment}_devices{devices}"
-        command = [
-            sys.executable,
-            "-m",
-            "src.train",
-            f"experiment={args.experiment}",
-            "callbacks=throughput",
-            f"data.sources=[{{path:'{Path(args.store).resolve()}',split:null,weight:1.0}}]",
-            "data.val_source=null",
-            f"data.num_workers={args.workers}",
-            f"data.batch_size={args.batch_per_gpu * devices}",
-            f"trainer.devices={devices}",
-            f"trainer.max_steps={args.steps}",
-            f"callbacks.throughput.warmup_steps={args.warmup}",
-            "trainer.limit_val_batches=0",
-            "trainer.num_sanity_val_steps=0",
-            "optimized_metric=train/loss",
-            f"hydra.run.dir={run_dir}",
-            *args.overrides,
-        ]
-        print(" ".join(command), flush=True)
-        subprocess.run(command, check=True, cwd=ROOT)
-        result = json.loads((run_dir / "throughput.json").read_text())
-        records.append({"what": "src/train.py", "experiment": args.experiment, **result})
-        print(json.dumps(records[-1]), flush=True)
-    one = next((r for r in records if r["devices"] == 1), None)
-    lines = [
-        f"{r['devices']} GPUs: {r['samples_per_s'] / one['samples_per_s']:.2f}x one GPU's samples/s"
-        for r in records
-        if one is not None and r is not one
-    ]
+    for size in args.sizes:
+        for backbone in ("ssamba", "ssast"):
+            bare = measure_ssl_step(backbone, size, args.batch_per_gpu, args.bare_warmup, args.bare_steps, 1, "none")
+            records.append(bare)
+            print(json.dumps(bare), flush=True)
+        torch.cuda.empty_cache()
+        for devices in args.devices:
+            result = run_train(args, size, devices)
+            records.append({"what": "src/train.py", "experiment": args.experiment, "size": size, **result})
+            records[-1]["batch_per_gpu"] = args.batch_per_gpu
+            print(json.dumps(records[-1]), flush=True)
+    lines = train_ratios(records)
     print("\n".join(lines))
-    run = {"run": args.label or f"src/train.py {args.experiment}", "card": records[0]["card"], "records": records}
-    _append(args.json, {**run, "ratios": lines})
+    card = torch.cuda.get_device_name()
+    _append(
+        args.json,
+        {
+            "run": args.label or f"{card}: src/train.py {args.experiment}",
+            "card": card,
+            "records": records,
+            "ratios": lines,
+        },
+    )
+
+
+def run_train(args, size: str, devices: int) -> dict:
+    """src/train.py's pretraining of one size on `devices` GPUs; its throughput.json."""
+    run_dir = Path(args.runs) / f"{args.experiment}_{size}_devices{devices}"
+    store = Path(args.store).resolve()
+    command = [sys.executable, "-m", "src.train", f"experiment={args.experiment}", f"encoder.size={size}"]
+    command += ["callbacks=throughput", f"callbacks.throughput.warmup_steps={args.warmup}"]
+    command += [f"data.sources=[{{path:'{store}',split:null,weight:1.0}}]", "data.val_source=null"]
+    command += [f"data.num_workers={args.workers}", f"data.batch_size={args.batch_per_gpu * devices}"]
+    command += [f"trainer.devices={devices}", f"trainer.max_steps={args.steps}", "trainer.limit_val_batches=0"]
+    command += ["trainer.num_sanity_val_steps=0", "optimized_metric=train/loss", f"hydra.run.dir={run_dir}"]
+    command += args.overrides
+    print(" ".join(command), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+    return json.loads((run_dir / "throughput.json").read_text())
+
+
+def train_ratios(records: list[dict]) -> list[str]:
+    """Per size: the loop's samples/s on one GPU against SSAMBA's bare step (what the loop loses) and
+    against SSAST's bare step, and each device count against one."""
+    lines = []
+    bare = {(r["backbone"], r["size"]): r for r in records if r["what"] == "ssl_pretraining_step"}
+    loops = [r for r in records if r["what"] == "src/train.py"]
+    for size in dict.fromkeys(r["size"] for r in loops):
+        one = next((r for r in loops if r["size"] == size and r["devices"] == 1), None)
+        if one is not None:
+            for backbone, name in (("ssamba", "SSAMBA's"), ("ssast", "SSAST's")):
+                if (backbone, size) in bare:
+                    ratio = one["samples_per_s"] / bare[backbone, size]["samples_per_s"]
+                    lines.append(f"{size}: src/train.py on 1 GPU at {ratio:.2f}x {name} bare step")
+        for r in loops:
+            if r["size"] == size and one is not None and r is not one:
+                ratio = r["samples_per_s"] / one["samples_per_s"]
+                lines.append(f"{size}: {r['devices']} GPUs at {ratio:.2f}x one GPU's samples/s through src/train.py")
+    return lines
 
 
 def synthetic_store(args) -> None:
@@ -266,8 +294,11 @@ def main(argv=None) -> int:
     ld.add_argument("--batches", type=int, default=60)
     ld.add_argument("--label", default="")
     ld.add_argument("--json", type=Path, default=Path("docs/benchmarks/throughput.json"))
-    t = sub.add_parser("train", help="src/train.py on a feature store, per device count")
+    t = sub.add_parser("train", help="bare steps, then src/train.py on a feature store per device count")
     t.add_argument("--store", required=True)
+    t.add_argument("--sizes", nargs="+", default=["tiny"], choices=["tiny", "small", "base"])
+    t.add_argument("--bare-warmup", type=int, default=5)
+    t.add_argument("--bare-steps", type=int, default=20)
     t.add_argument("--experiment", default="pretrain")
     t.add_argument("--devices", nargs="+", type=int, default=[1, 2])
     t.add_argument("--batch-per-gpu", type=int, default=64, help="data.batch_size is the global batch: this x devices")

@@ -166,7 +166,7 @@ def reverse_mask(reverse) -> int:
     return sum(1 << i for i, r in enumerate(reverse) if r)
 
 
-class DepthwiseConvSiluTriton(torch.autograd.Function):
+class Conv1dSiluTriton(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, reverse: tuple[bool, ...]) -> Tensor:
@@ -185,6 +185,6 @@ class DepthwiseConvSiluTriton(torch.autograd.Function):
         return dx, dw, dbias, None
 
 
-def depthwise_conv_silu_triton(x: Tensor, weight: Tensor, bias: Tensor, reverse: tuple[bool, ...]) -> Tensor:
+def conv1d_silu_triton(x: Tensor, weight: Tensor, bias: Tensor, reverse: tuple[bool, ...]) -> Tensor:
     """x (B, L, E), weight (S, E, K), bias (S, E) -> silu(conv) per set, (S, B, L, E) in x's dtype."""
-    return DepthwiseConvSiluTriton.apply(x, weight, bias, tuple(reverse))
+    return Conv1dSiluTriton.apply(x, weight, bias, tuple(reverse))

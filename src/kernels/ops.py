@@ -29,9 +29,9 @@ def conv1d_silu(x: Tensor, weight: Tensor, bias: Tensor, reverse: Sequence[bool]
     causal for a set that runs forward, anti-causal for a reversed one."""
     chosen = resolve_backend(x, backend)
     if chosen == "triton":
-        from src.kernels.conv_triton import depthwise_conv_silu_triton  # imports triton
+        from src.kernels.conv_triton import conv1d_silu_triton  # imports triton
 
-        return depthwise_conv_silu_triton(x, weight, bias, tuple(reverse))
+        return conv1d_silu_triton(x, weight, bias, tuple(reverse))
     outs = []
     for s, backwards in enumerate(reverse):
         xs, w, b = _scan_order(x, backwards), weight[s].to(x.dtype), bias[s].to(x.dtype)  # xs: (B, E, L)
