@@ -684,6 +684,58 @@ def test_a_nan_loss_stops_training_with_a_checkpoint_and_valid_json(data_root, t
         json.loads(path.read_text())
 
 
+class _Diverging:
+    """A one-tensor model whose loss is NaN at one step, trained by a fused AdamW (which takes the
+    device-side skip flag, as CUDA training's does) on the CPU."""
+
+    @staticmethod
+    def run(tmp_path, nan_at: int, max_steps: int, accumulate: int = 1):
+        import lightning as L
+        from torch.utils.data import DataLoader
+
+        from src.utils.callbacks import StopOnNonFiniteLoss
+
+        class Model(L.LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.w = torch.nn.Parameter(torch.linspace(1.0, 2.0, 4))
+
+            def training_step(self, batch, batch_idx):
+                loss = ((self.w * batch).sum() - 3.0) ** 2
+                return loss * float("nan") if batch_idx == nan_at else loss
+
+            def configure_optimizers(self):
+                return torch.optim.AdamW(self.parameters(), lr=0.1, fused=True)
+
+            def train_dataloader(self):
+                return DataLoader(torch.ones(64, 4), batch_size=2)
+
+        torch.manual_seed(0)
+        model = Model()
+        quiet = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        callbacks = [StopOnNonFiniteLoss(str(tmp_path))]
+        trainer = L.Trainer(
+            max_steps=max_steps, accumulate_grad_batches=accumulate, accelerator="cpu", callbacks=callbacks, **quiet
+        )
+        trainer.fit(model)
+        return model
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_with_a_fused_optimizer_a_nan_loss_is_skipped_on_the_device_and_stops_the_run(tmp_path, accumulate):
+    """No host sync per step: the flag goes to the optimizer on the device, the bad update is never
+    applied, and the run stops when the flag is read, with the weights before the NaN saved."""
+    from src.utils.errors import UserError
+
+    nan_at = 3 * accumulate  # the first micro-batch of optimizer step 3
+    with pytest.raises(UserError, match="the training loss became nan at step 3; the weights before it are in"):
+        _Diverging.run(tmp_path / "nan", nan_at=nan_at, max_steps=20, accumulate=accumulate)
+    before = _Diverging.run(tmp_path / "clean", nan_at=-1, max_steps=3, accumulate=accumulate)
+    saved = torch.load(tmp_path / "nan" / "before_nonfinite.ckpt", weights_only=True, map_location="cpu")
+    torch.testing.assert_close(saved["state_dict"]["w"], before.w.detach(), rtol=0, atol=0)
+    assert saved["optimizer_states"][0]["state"][0]["step"].item() == 3  # the skipped step left no trace
+
+
 _PEAK = """import runpy, sys
 sys.argv = ["src.embedding", *sys.argv[1:]]
 try:

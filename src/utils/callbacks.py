@@ -79,19 +79,62 @@ class CheckpointOnSignal(L.Callback):
 
 
 class StopOnNonFiniteLoss(L.Callback):
-    """A NaN or infinite training loss stops the run before its backward: the weights it would have
-    broken are saved to <dirpath>/before_nonfinite.ckpt and the run ends with one line (a UserError)."""
+    """A NaN or infinite training loss stops the run before its update reaches the weights: the
+    weights are saved to <dirpath>/before_nonfinite.ckpt and the run ends with one line (a UserError).
+
+    With optimizers that take a skip flag on the device (fused Adam / AdamW, what CUDA training
+    uses: `found_inf`, as torch's GradScaler sets it) the check costs no host sync: the flag is set
+    from the loss on the device (the maximum over DDP processes, so all skip together), the
+    optimizer skips that step, and the flag is read at the next step's start, when it has long been
+    copied to the host. Elsewhere (the CPU's optimizers) the loss is checked before its backward."""
 
     def __init__(self, dirpath: str):
         self.dirpath = dirpath
+        self._host = None  # the flag and the loss, copied to the host without waiting
+        self._pending = None  # (the copy's event or None, the step) until the flag is read
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
-        if torch.isfinite(loss.detach()).all():
+        loss = loss.detach().float().mean()
+        if not all(getattr(o, "_step_supports_amp_scaling", False) for o in trainer.optimizers):
+            if not torch.isfinite(loss):  # a host sync; the CPU's optimizers cannot skip on the device
+                self._stop(trainer, loss.item(), trainer.global_step)
             return
+        # with accumulated micro-batches, each flag is read before the next micro-batch: a bad one
+        # stops the run before the step, whatever the later ones give
+        found = (~torch.isfinite(loss)).float()  # () on the device
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(found, op=torch.distributed.ReduceOp.MAX)  # all skip, or none
+        for optimizer in trainer.optimizers:
+            optimizer.found_inf = found  # the fused step reads it and leaves the weights as they are
+        if self._host is None:
+            self._host = torch.empty(2, pin_memory=loss.is_cuda)
+        self._host.copy_(torch.stack([found, loss]), non_blocking=loss.is_cuda)
+        event = torch.cuda.Event() if loss.is_cuda else None
+        if event is not None:
+            event.record()
+        self._pending = (event, trainer.global_step)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._check_pending(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._check_pending(trainer)
+
+    def _check_pending(self, trainer) -> None:
+        if self._pending is None:
+            return
+        event, step = self._pending
+        self._pending = None
+        if event is not None:
+            event.synchronize()  # the step's forward: done long before the host gets here
+        if self._host[0] != 0:
+            self._stop(trainer, self._host[1].item(), step)
+
+    def _stop(self, trainer, loss: float, step: int) -> None:
         path = Path(self.dirpath) / "before_nonfinite.ckpt"
         trainer.save_checkpoint(path)
         raise UserError(
-            f"the training loss became {float(loss.detach().float().mean())} at step {trainer.global_step}; "
+            f"the training loss became {loss} at step {step}; "
             f"the weights before it are in {path}. Lower the learning rate (model.optimizer.lr), clip gradients "
             "(trainer.gradient_clip_val=1.0) or look for broken inputs"
         )
