@@ -84,7 +84,9 @@ class FinetuneModule(L.LightningModule):
         if freeze_encoder:
             self.encoder.requires_grad_(False)
         self.head: nn.Module | None = None
-        self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in ("train", "val", "test")})
+        # nan_strategy="disable": the default's NaN check is a host sync per step (StopOnNonFiniteLoss
+        # stops a NaN loss instead)
+        self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric(nan_strategy="disable") for s in ("train", "val", "test")})
         self.best = MaxMetric()
         self.num_prefix_tokens = self.encoder.num_prefix_tokens
         self._rng_seed = torch.initial_seed() % 2**31  # drop path's draws, from (seed, step): see reseed_step
@@ -99,9 +101,10 @@ class FinetuneModule(L.LightningModule):
         dim = self.encoder.embed_dim
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes))
         make = (
-            (lambda: MultilabelAveragePrecision(num_labels=num_classes, average="macro"))
+            # validate_args=False: checking the values of every batch would sync the GPU each step
+            (lambda: MultilabelAveragePrecision(num_labels=num_classes, average="macro", validate_args=False))
             if multilabel
-            else (lambda: MulticlassAccuracy(num_classes=num_classes, average="micro"))
+            else (lambda: MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False))
         )
         self.scores = nn.ModuleDict({f"{s}_score": make() for s in ("train", "val", "test")})
 
@@ -138,7 +141,7 @@ class FinetuneModule(L.LightningModule):
         multilabel = self.hparams.multilabel
         target = (batch["target"] > 0.5).int() if multilabel else batch["target"].argmax(-1)
         preds = torch.sigmoid(logits) if multilabel else logits
-        self.scores[f"{stage}_score"](preds.detach().float(), target)
+        self.scores[f"{stage}_score"].update(preds.detach().float(), target)  # epoch value only: no batch value
         on_step = stage == "train"
         self.log(f"{stage}/loss", self.losses[f"{stage}_loss"], on_step=on_step, on_epoch=True, prog_bar=True)
         self.log(

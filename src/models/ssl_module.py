@@ -76,7 +76,13 @@ class SSLModule(L.LightningModule):
         if init_from:
             self._load_heads(Path(init_from) / "heads.safetensors")
         self.metrics = nn.ModuleDict(
-            {f"{s}_{k}": MeanMetric() for s in ("train", "val") for k in ("loss", "nce", "mse", "acc")}
+            # nan_strategy="disable": the default's NaN check is a host sync per update (a NaN loss
+            # stops the run through StopOnNonFiniteLoss instead)
+            {
+                f"{s}_{k}": MeanMetric(nan_strategy="disable")
+                for s in ("train", "val")
+                for k in ("loss", "nce", "mse", "acc")
+            }
         )
         self.val_acc_best = MaxMetric()
         # masks are drawn from (seed, rank, step, pass): a resumed run draws the masks it would have
