@@ -191,7 +191,9 @@ class _ResumableDataModule(L.LightningDataModule):
             sampler=sampler,
             drop_last=train,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            # pinned batches copy to the GPU without the host waiting (Lightning copies non-blocking);
+            # without CUDA there is nothing to pin for
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
         )
 
