@@ -53,8 +53,13 @@ def apply_warmup(optimizer, step: int, warmup_steps: int, staircase: bool = True
         return
     factor = warmup_factor(step, warmup_steps, staircase)
     for group in optimizer.param_groups:
-        group.setdefault("base_lr", group["lr"])
-        group["lr"] = group["base_lr"] * factor
+        lr = group["lr"]
+        if "base_lr" not in group:
+            group["base_lr"] = float(lr)  # read once; a tensor lr would alias it
+        if isinstance(lr, torch.Tensor):  # a capturable optimizer's (CUDA graphs): written in place
+            lr.fill_(group["base_lr"] * factor)
+        else:
+            group["lr"] = group["base_lr"] * factor
 
 
 def cosine_factor(step: int, total_steps: int, warmup_steps: int) -> float:
