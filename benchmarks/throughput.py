@@ -1,6 +1,6 @@
 """Pretraining throughput on GPUs, and what the data loader delivers.
 
-    python -m benchmarks.throughput model [--sizes tiny small base] [--batch-per-gpu 64]
+    python -m benchmarks.throughput model [--sizes tiny small base] [--batch-per-gpu 64] [--cuda-graph]
     torchrun --nproc-per-node 2 -m benchmarks.throughput model ...        # DDP, one process per GPU
     python -m benchmarks.throughput loader --store DIR [--workers 8]      # samples/s from fp16 shards
     python -m benchmarks.throughput train --store DIR [--sizes tiny small base] [--devices 1 2]
@@ -56,7 +56,16 @@ def model_throughput(args) -> None:
     records = []
     for size in args.sizes:
         for backbone in args.backbones:
-            record = measure_ssl_step(backbone, size, args.batch_per_gpu, args.warmup, args.steps, world, args.compile)
+            record = measure_ssl_step(
+                backbone,
+                size,
+                args.batch_per_gpu,
+                args.warmup,
+                args.steps,
+                world,
+                args.compile,
+                args.cuda_graph and backbone == "ssamba",
+            )
             records.append(record)
             if rank == 0:
                 print(json.dumps(record), flush=True)
@@ -70,7 +79,9 @@ def model_throughput(args) -> None:
         torch.distributed.destroy_process_group()
 
 
-def measure_ssl_step(backbone: str, size: str, batch: int, warmup: int, steps: int, world: int, compile: str) -> dict:
+def measure_ssl_step(
+    backbone: str, size: str, batch: int, warmup: int, steps: int, world: int, compile: str, cuda_graph: bool = False
+) -> dict:
     """Full SSL steps (two masked passes of 400 of 512 patches, InfoNCE + 10 MSE, backward, the
     recipe's AdamW) of one model, bf16-mixed, after warm-up."""
     torch.manual_seed(0)
@@ -79,7 +90,7 @@ def measure_ssl_step(backbone: str, size: str, batch: int, warmup: int, steps: i
     module = SSLModule({"backbone": backbone, "size": size, "target_length": 1024}, mask_patches=400).cuda()
     if compile == "objective":
         module.objective = torch.compile(module.objective)
-    net = Objective(module)
+    net = Objective(module, cuda_graph)
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net)
     optimizer = ssl_optimizer(module)
@@ -92,6 +103,7 @@ def measure_ssl_step(backbone: str, size: str, batch: int, warmup: int, steps: i
         "gpus": world,
         "batch_per_gpu": batch,
         "compile": compile,
+        "cuda_graph": cuda_graph,
         "samples_per_s": steps * batch * world / seconds,
         "ms_per_step": 1000 * seconds / steps,
         "peak_mib": torch.cuda.max_memory_allocated() / 2**20,
@@ -146,11 +158,13 @@ def time_steps(net, optimizer, x, warmup: int, steps: int) -> float:
 class Objective(torch.nn.Module):
     """The SSL loss as a forward(), so DistributedDataParallel sees it."""
 
-    def __init__(self, module: SSLModule):
+    def __init__(self, module: SSLModule, cuda_graph: bool = False):
         super().__init__()
-        self.module = module
+        self.module, self.cuda_graph = module, cuda_graph
 
     def forward(self, x):
+        if self.cuda_graph:  # the masks drawn eagerly, forward and backward replayed (SSLModule cuda_graph)
+            return self.module._graphed_losses(x, 400, seed=0)["loss"]
         return self.module.losses(x, 400)["loss"]
 
 
@@ -282,6 +296,7 @@ def main(argv=None) -> int:
     m.add_argument("--sizes", nargs="+", default=["tiny", "small", "base"])
     m.add_argument("--backbones", nargs="+", default=["ssamba", "ssast"], choices=["ssamba", "ssast"])
     m.add_argument("--compile", default="none", choices=["none", "objective"], help="torch.compile the heads + losses")
+    m.add_argument("--cuda-graph", action="store_true", help="SSAMBA's step as CUDA graphs (model.cuda_graph)")
     m.add_argument("--label", default="")
     m.add_argument("--batch-per-gpu", type=int, default=64)
     m.add_argument("--warmup", type=int, default=5)

@@ -42,6 +42,19 @@ def test_fast_dev_run_every_experiment(experiment, data_root, tmp_path):
     assert (record["device"], record["precision"]) == ("cpu", "32-true")  # what the run says it used
 
 
+def test_cuda_graph_is_a_cuda_setting_and_the_cpu_step_runs_eagerly(data_root, tmp_path):
+    """model.cuda_graph on a machine without CUDA: the same eager step (tests/test_gpu_graph.py checks
+    the graphed one against it on a GPU)."""
+    losses = []
+    for graph in (False, True):
+        cfg = compose_cfg("train.yaml", ["experiment=pretrain_demo", f"model.cuda_graph={graph}"], data_root, tmp_path)
+        with open_dict(cfg):
+            cfg.trainer.fast_dev_run = True
+        metrics, _ = train(cfg)
+        losses.append(float(metrics["train/loss_step"]))
+    assert losses[0] == losses[1]
+
+
 def test_the_demo_experiments_take_cuda_when_there_is_one():
     """make pretrain / make finetune: the default trainer asks Lightning for the best accelerator."""
     for experiment in ("pretrain_demo", "ks2_demo"):

@@ -46,6 +46,7 @@ class SSLModule(L.LightningModule):
         export_dir: str | None = None,
         compile: bool = False,
         init_from: str | None = None,
+        cuda_graph: bool = False,
     ):
         """encoder: the encoder config (a recipe for encoder_config, or a saved config dict).
         masking: official | official_loop | cluster | random (components/masking.py). two_passes: the
@@ -113,11 +114,14 @@ class SSLModule(L.LightningModule):
             load_strict(head, {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}, str(path))
 
     # ---- the objective -------------------------------------------------------------------------
-    def masked_outputs(self, spec: Tensor, num_mask: int, seed: int | None = None) -> tuple[Tensor, Tensor]:
-        """Encoder outputs at num_mask masked patches and those patches' true values: (B, M, D), (B, M, P)."""
+    def masks(self, spec: Tensor, num_mask: int, seed: int | None = None) -> tuple[Tensor, Tensor]:
+        """A masked pass's mask (B, L) bool and its masked positions (B, M)."""
         grid = self.encoder.grid_for(spec.shape[2], spec.shape[3])
         mask = make_mask(self.hparams.masking, spec.shape[0], grid, num_mask, seed, spec.device)
-        idx = mask_indices(mask, num_mask)  # (B, M)
+        return mask, mask_indices(mask, num_mask)
+
+    def masked_outputs(self, spec: Tensor, mask: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Encoder outputs at the masked positions idx and those patches' true values: (B, M, D), (B, M, P)."""
         tokens = self.encoder(spec, mask=mask)[:, self.encoder.num_prefix_tokens :]  # (B, L, D)
         hidden = tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
         patches = patchify(spec, self.encoder.patch_shape, self.encoder.patch_stride)  # (B, L, P)
@@ -126,9 +130,20 @@ class SSLModule(L.LightningModule):
 
     def losses(self, spec: Tensor, num_mask: int, seed: int | None = None) -> dict[str, Tensor]:
         """seed: masks of the two passes from seed and seed + 1 (None: fresh random masks)."""
-        hidden_nce, target_nce = self.masked_outputs(spec, num_mask, seed)
+        return self.masked_losses(spec, *self._pass_masks(spec, num_mask, seed))
+
+    def _pass_masks(self, spec: Tensor, num_mask: int, seed: int | None) -> tuple[Tensor, ...]:
+        """(mask, idx) of the InfoNCE pass, then of the MSE pass (the same with one pass)."""
+        first = self.masks(spec, num_mask, seed)
+        if not self.hparams.two_passes:
+            return (*first, *first)
+        return (*first, *self.masks(spec, num_mask, None if seed is None else seed + 1))
+
+    def masked_losses(self, spec: Tensor, mask_nce, idx_nce, mask_mse, idx_mse) -> dict[str, Tensor]:
+        """The losses of given masks: the step that a CUDA graph captures (cuda_graph)."""
+        hidden_nce, target_nce = self.masked_outputs(spec, mask_nce, idx_nce)
         if self.hparams.two_passes:
-            hidden_mse, target_mse = self.masked_outputs(spec, num_mask, None if seed is None else seed + 1)
+            hidden_mse, target_mse = self.masked_outputs(spec, mask_mse, idx_mse)
         else:
             hidden_mse, target_mse = hidden_nce, target_nce
         return self.objective(hidden_nce, target_nce, hidden_mse, target_mse)
@@ -154,9 +169,28 @@ class SSLModule(L.LightningModule):
             apply_warmup(self.optimizers(), self.global_step, self.hparams.warmup_steps, self.hparams.staircase_warmup)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        out = self.losses(batch["fbank"], self.hparams.mask_patches, self._step_seed(self.global_step))
+        spec, seed = batch["fbank"], self._step_seed(self.global_step)
+        if self.hparams.cuda_graph and spec.is_cuda:
+            out = self._graphed_losses(spec, self.hparams.mask_patches, seed)
+        else:
+            out = self.losses(spec, self.hparams.mask_patches, seed)
         self._log("train", out, on_step=True)
         return out["loss"]
+
+    def _graphed_losses(self, spec: Tensor, num_mask: int, seed: int) -> dict[str, Tensor]:
+        """losses() with masked_losses' forward and backward replayed as CUDA graphs, captured at the
+        first call (the batch's shape from then on) after make_graphed_callables' eager warm-up runs,
+        which also compile and tune the Triton kernels."""
+        args = (spec, *self._pass_masks(spec, num_mask, seed))
+        graphed = self.__dict__.get("_graphed")  # kept out of the module tree: it holds this module
+        if graphed is None:
+            on = torch.is_autocast_enabled("cuda")
+            graphed = _MaskedLosses(self, torch.get_autocast_dtype("cuda") if on else None)
+            with torch.autocast("cuda", enabled=False):  # graphs refuse autocast's cache; the step sets its own
+                graphed = torch.cuda.make_graphed_callables(graphed, args)
+            self.__dict__["_graphed"] = graphed
+        loss, nce, mse, acc = graphed(*args)
+        return {"loss": loss, "nce": nce, "mse": mse, "acc": acc}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         seed = self._step_seed(-1 - batch_idx)  # the same validation masks every time
@@ -219,3 +253,18 @@ class SSLModule(L.LightningModule):
         if self.hparams.export_dir and self.trainer.is_global_zero:
             extra = {"ssl": {"mask_patches": self.hparams.mask_patches}}
             save_encoder(self.encoder, self.hparams.export_dir, data=normalisation_of(self.trainer), extra=extra)
+
+
+class _MaskedLosses(nn.Module):
+    """SSLModule.masked_losses as a module's forward, as make_graphed_callables wants (a module's
+    parameters get gradients), under autocast without its weight cache (which graphs refuse)."""
+
+    def __init__(self, module: SSLModule, autocast_dtype: torch.dtype | None):
+        super().__init__()
+        self.module, self.autocast_dtype = module, autocast_dtype
+
+    def forward(self, spec, mask_nce, idx_nce, mask_mse, idx_mse):
+        on = self.autocast_dtype is not None
+        with torch.autocast("cuda", dtype=self.autocast_dtype or torch.float32, enabled=on, cache_enabled=False):
+            out = self.module.masked_losses(spec, mask_nce, idx_nce, mask_mse, idx_mse)
+        return out["loss"], out["nce"], out["mse"], out["acc"]
