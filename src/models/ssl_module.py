@@ -184,10 +184,15 @@ class SSLModule(L.LightningModule):
         args = (spec, *self._pass_masks(spec, num_mask, seed))
         graphed = self.__dict__.get("_graphed")  # kept out of the module tree: it holds this module
         if graphed is None:
+            trainer = self._trainer
+            if trainer is not None and trainer.accumulate_grad_batches > 1:  # the gradients are the graph's memory
+                raise UserError(
+                    "model.cuda_graph needs trainer.accumulate_grad_batches=1; or set model.cuda_graph=false"
+                )
             on = torch.is_autocast_enabled("cuda")
             graphed = _MaskedLosses(self, torch.get_autocast_dtype("cuda") if on else None)
             with torch.autocast("cuda", enabled=False):  # graphs refuse autocast's cache; the step sets its own
-                graphed = torch.cuda.make_graphed_callables(graphed, args)
+                graphed = torch.cuda.make_graphed_callables(graphed, args, allow_unused_input=True)
             self.__dict__["_graphed"] = graphed
         loss, nce, mse, acc = graphed(*args)
         return {"loss": loss, "nce": nce, "mse": mse, "acc": acc}
