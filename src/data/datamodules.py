@@ -23,8 +23,8 @@ from src.data.audio import AudioError, fbank, load_audio, normalise, pad_or_cut
 from src.data.sampler import ResumableSampler
 from src.data.shards import FeatureStore
 from src.utils.devices import per_device_batch
-from src.utils.io import read_jsonl
 from src.utils.errors import MissingInput, UserError
+from src.utils.io import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,9 @@ class KeyedConcatDataset(ConcatDataset):
 class PretrainDataset(Dataset):
     """Fixed-length crops of one feature store's clips, normalised; no augmentation."""
 
-    def __init__(self, store: FeatureStore, indices: list[int], target_length: int, mean: float, std: float, train: bool):
+    def __init__(
+        self, store: FeatureStore, indices: list[int], target_length: int, mean: float, std: float, train: bool
+    ):
         self.store, self.indices = store, indices
         self.target_length, self.mean, self.std, self.train = target_length, mean, std, train
 
@@ -348,9 +350,8 @@ class ClassificationDataModule(_ResumableDataModule):
             return read_jsonl(self.manifest_dir / "manifest.jsonl"), None
         store = FeatureStore(self.features_dir)
         if store.meta["target_length"] < self.target_length:
-            rank_zero_warn(
-                f"{self.features_dir} holds {store.meta['target_length']} frames a clip; padding to {self.target_length}"
-            )
+            stored = store.meta["target_length"]
+            rank_zero_warn(f"{self.features_dir} holds {stored} frames a clip; padding to {self.target_length}")
         return [{**rec, "store_index": i} for i, rec in enumerate(store.index)], store
 
     def _select(self, clips: list[dict], stage: str) -> list[dict]:
@@ -393,4 +394,3 @@ class ClassificationDataModule(_ResumableDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.sets["test"], False)
-

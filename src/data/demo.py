@@ -30,8 +30,8 @@ import torch
 from tqdm import tqdm
 
 from src.data.audio import resample
-from src.utils.io import atomic_path, write_text
 from src.utils.errors import command
+from src.utils.io import atomic_path, write_text
 
 SAMPLE_RATE = 16000
 KEYWORDS = "yes no up down left right on off stop go zero one two three four five".split()
@@ -167,7 +167,10 @@ def generate(out: str | Path, seed: int = 0, per_word: int = 120, unlabelled: in
         text = " ".join(rng.choice(words, size=int(rng.integers(6, 14))))
         speech = _resample(tts.say(text, p["voice"], p["rate"], p["pitch"], p["range"]), tts.sample_rate)
         speaker, chapter = 100 + s, 1000 + s
-        _write(subset / f"{speaker}" / f"{chapter}" / f"{speaker}-{chapter}-{n:04d}.flac", _mix_noise(speech, noise_bank, rng))
+        _write(
+            subset / f"{speaker}" / f"{chapter}" / f"{speaker}-{chapter}-{n:04d}.flac",
+            _mix_noise(speech, noise_bank, rng),
+        )
     print(f"demo corpus in {out}: {len(KEYWORDS)} keywords x {per_word} clips, {unlabelled} unlabelled phrases")
     return out
 

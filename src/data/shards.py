@@ -24,7 +24,6 @@ import argparse
 import ctypes
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -231,12 +230,12 @@ def _build_shards(out: Path, chunks: list, config: FbankConfig, target_length: i
     bar = tqdm(total=sum(map(len, chunks)), initial=sum(len(chunks[k]) for k in done), desc="fbank", unit="clip")
     if todo:
         with ProcessPoolExecutor(
-            max(1, workers), mp_context=get_context("spawn"), initializer=_worker_init,
+            max(1, workers),
+            mp_context=get_context("spawn"),
+            initializer=_worker_init,
             initargs=(os.getpid(), str(out / ".workers.lock")),
         ) as pool:
-            futures = [
-                pool.submit(_build_shard, str(out), k, chunks[k], config.to_dict(), target_length) for k in todo
-            ]
+            futures = [pool.submit(_build_shard, str(out), k, chunks[k], config.to_dict(), target_length) for k in todo]
             for future in as_completed(futures):
                 try:
                     result = future.result()
@@ -244,8 +243,10 @@ def _build_shards(out: Path, chunks: list, config: FbankConfig, target_length: i
                     if e.errno != errno.ENOSPC:
                         raise
                     pool.shutdown(cancel_futures=True)
-                    raise UserError(f"{out}: the disk filled up while writing shards; free space and run the "
-                                    "same command again (finished shards are kept)") from None
+                    raise UserError(
+                        f"{out}: the disk filled up while writing shards; free space and run the "
+                        "same command again (finished shards are kept)"
+                    ) from None
                 results[result["shard"]] = result
                 bar.update(len(chunks[result["shard"]]))
     bar.close()
@@ -415,14 +416,18 @@ def _check_index(store: FeatureStore, manifest: dict | None) -> list[str]:
         if expected is None:
             problems.append(f"index.jsonl line {line}: {rec.get('id')!r} is in no shard{fix}")
         elif any(rec.get(k) != v for k, v in expected.items()):
-            problems.append(f"index.jsonl line {line}: {rec['id']} is at shard {expected['shard']} row "
-                            f"{expected['row']} ({expected['n_frames']} frames), not as listed{fix}")
+            problems.append(
+                f"index.jsonl line {line}: {rec['id']} is at shard {expected['shard']} row "
+                f"{expected['row']} ({expected['n_frames']} frames), not as listed{fix}"
+            )
         elif manifest is not None and rec["id"] in manifest:
             entry = manifest[rec["id"]]
             for key in ("labels", "split", "fold"):
                 if rec.get(key) != entry.get(key, [] if key == "labels" else None):
-                    problems.append(f"index.jsonl line {line}: {rec['id']} has {key} {rec.get(key)!r}, the manifest "
-                                    f"{entry.get(key)!r}{fix}")
+                    problems.append(
+                        f"index.jsonl line {line}: {rec['id']} has {key} {rec.get(key)!r}, the manifest "
+                        f"{entry.get(key)!r}{fix}"
+                    )
         seen.add(rec.get("id"))
     missing = sorted(set(where) - seen)
     if missing:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from src.data.prepare import DATASETS
 from src.data.prepare.common import finalize
-from src.utils.errors import UserError, command
+from src.utils.errors import command
 
 
 def parser() -> argparse.ArgumentParser:

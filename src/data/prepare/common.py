@@ -13,16 +13,16 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
 from src.data.audio import AudioError, audio_duration
-from src.utils.io import write_json, write_jsonl
 from src.utils.errors import MissingInput, UserError
+from src.utils.io import write_json, write_jsonl
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ without a fixed checksum, so its unpacked contents are checked instead (2000 cli
 from __future__ import annotations
 
 import csv
-import hashlib
 import tarfile
 import urllib.request
 import zipfile

@@ -30,7 +30,9 @@ def save_ckpt(module, path):
 
 
 torch.manual_seed(0)
-ssl = randomize(SSLModule(dict(backbone="ssamba", size="tiny", embed_dim=32, depth=2, input_tdim=128), mask_patches=20), 1)
+ssl = randomize(
+    SSLModule(dict(backbone="ssamba", size="tiny", embed_dim=32, depth=2, input_tdim=128), mask_patches=20), 1
+)
 save_ckpt(ssl, HERE / "ssl.ckpt")
 save_encoder(ssl.encoder, HERE / "ssamba_export", extra={"data": {"mean": -3.9, "std": 3.5, "target_length": 128}})
 ft = randomize(KS2Module(encoder={}, pretrained=str(HERE / "ssamba_export"), input_tdim=128, num_classes=5), 2)
