@@ -180,10 +180,10 @@ class _ResumableDataModule(L.LightningDataModule):
             self._train_sampler = sampler
             if self._resume is not None:
                 state = self._resume
-                global_batch = state.get("global_batch", state["batch_size"] * state["world_size"])
+                global_batch = state["batch_size"] * state["world_size"]
                 if global_batch == batch * world:  # any number of devices: the position is global
                     sampler.set_epoch(state["epoch"])
-                    sampler.resume_at(state.get("samples_done", state["batches_done"] * global_batch))
+                    sampler.resume_at(state["batches_done"] * global_batch)  # in the epoch's global order
                 else:
                     rank_zero_warn("resuming with another global batch size (data.batch_size): this epoch restarts")
                 self._resume = None
@@ -204,13 +204,9 @@ class _ResumableDataModule(L.LightningDataModule):
         if trainer is None or self._train_sampler is None:
             return {}
         _, world = self._world()
-        batches_done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        global_batch = self.per_device_batch_size() * world
         return {
             "epoch": trainer.current_epoch,
-            "batches_done": batches_done,
-            "samples_done": batches_done * global_batch,  # the position in the epoch's global order
-            "global_batch": global_batch,
+            "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed,
             "world_size": world,
             "batch_size": self.per_device_batch_size(),
         }
