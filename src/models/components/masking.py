@@ -59,15 +59,10 @@ def official_mask_vectorised(
     side = torch.randint(3, 6, (batch, 1, 1), generator=generator, device=device)  # (B, 1, 1) per sample
     clusters = 4 * -(-num_mask // 9) + 16  # drawn ahead; the loop stops at the first that covers enough
     start = torch.randint(0, num_patches, (batch, clusters, 1), generator=generator, device=device)
-    offsets = torch.arange(25, device=device)  # a 5x5 square, cut to `side`
-    di, dj = offsets // 5, offsets % 5
+    di, dj, in_square = _square(side)
     cand = start + row_width * di + dj  # (B, clusters, 25): flat positions, wrapping across rows
-    keep = (di < side) & (dj < side) & (cand > 0) & (cand < num_patches)
-    flat = torch.where(keep, cand, num_patches)  # dropped candidates -> a dump slot
-    cluster_id = torch.arange(clusters, device=device).view(1, clusters, 1).expand_as(flat)
-    first = torch.full((batch, num_patches + 1), clusters, device=device)  # first cluster covering a patch
-    first.scatter_reduce_(1, flat.reshape(batch, -1), cluster_id.reshape(batch, -1), reduce="amin")
-    first = first[:, :num_patches]  # (B, P)
+    keep = in_square & (cand > 0) & (cand < num_patches)
+    first = _first_cluster(torch.where(keep, cand, num_patches), num_patches)  # (B, P)
     new = torch.zeros(batch, clusters + 1, device=device, dtype=torch.long)
     covered_after = new.scatter_add_(1, first, torch.ones_like(first))[:, :clusters].cumsum(1)  # (B, clusters)
     enough = covered_after > num_mask  # the loop's exit test after each cluster
@@ -89,19 +84,13 @@ def cluster_mask(batch: int, grid: tuple[int, int], num_mask: int, generator=Non
     starts = -(-3 * num_mask // 9) + 4  # enough clusters of the smallest size to cover num_mask
     f0 = torch.randint(0, f_dim, (batch, starts, 1), generator=generator, device=device)
     t0 = torch.randint(0, t_dim, (batch, starts, 1), generator=generator, device=device)
-    offsets = torch.arange(25, device=device)  # a 5x5 square, cut to `side`
-    di, dj = offsets // 5, offsets % 5  # (25,)
-    f = f0 + di  # (B, starts, 25)
-    t = t0 + dj
-    keep = (di < side) & (dj < side) & (f < f_dim) & (t < t_dim)
-    flat = torch.where(keep, f * t_dim + t, num_patches)  # out-of-grid -> a dump slot
+    di, dj, in_square = _square(side)
+    f, t = f0 + di, t0 + dj  # (B, starts, 25)
+    keep = in_square & (f < f_dim) & (t < t_dim)
     # like the official loop: clusters are taken in order until num_mask patches are covered, so
     # rank each patch by the first cluster covering it; the last cluster may be cut; if the
     # clusters cover too few, random other patches fill up
-    cluster_id = torch.arange(starts, device=device).view(1, starts, 1).expand_as(flat)
-    first = torch.full((batch, num_patches + 1), starts, device=device)
-    first.scatter_reduce_(1, flat.reshape(batch, -1), cluster_id.reshape(batch, -1), reduce="amin")
-    first = first[:, :num_patches]
+    first = _first_cluster(torch.where(keep, f * t_dim + t, num_patches), num_patches)  # (B, P)
     noise = torch.rand(batch, num_patches, generator=generator, device=device)
     score = torch.where(first < starts, (starts - first).float() + noise, noise - 1)
     return _top(score, num_mask)
@@ -134,6 +123,24 @@ def make_mask(strategy: str, batch: int, grid, num_mask: int, seed: int | None =
     if strategy == "random":
         return random_mask(batch, grid[0] * grid[1], num_mask, generator=generator, device=device)
     raise ValueError(f"unknown masking {strategy!r}; choose one of {STRATEGIES}")
+
+
+def _square(side: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The offsets (row, column) of a 5x5 square, (25,) each, and which lie in each sample's
+    side x side square: (B, 1, 25) from side (B, 1, 1)."""
+    offsets = torch.arange(25, device=side.device)
+    di, dj = offsets // 5, offsets % 5
+    return di, dj, (di < side) & (dj < side)
+
+
+def _first_cluster(flat: Tensor, num_patches: int) -> Tensor:
+    """flat (B, C, 25): the patches each of C clusters covers (num_patches where none) -> (B, P) the
+    first cluster covering each patch, C for a patch none covers."""
+    batch, clusters = flat.shape[:2]
+    cluster_id = torch.arange(clusters, device=flat.device).view(1, clusters, 1).expand_as(flat)
+    first = torch.full((batch, num_patches + 1), clusters, device=flat.device)  # the last slot: the dump
+    first.scatter_reduce_(1, flat.reshape(batch, -1), cluster_id.reshape(batch, -1), reduce="amin")
+    return first[:, :num_patches]
 
 
 def mask_indices(mask: Tensor, count: int) -> Tensor:
