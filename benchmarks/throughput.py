@@ -211,9 +211,8 @@ def train_throughput(args) -> None:
             print(json.dumps(bare), flush=True)
         torch.cuda.empty_cache()
         for devices in args.devices:
-            result = run_train(args, size, devices)
-            records.append({"what": "src/train.py", "experiment": args.experiment, "size": size, **result})
-            records[-1]["batch_per_gpu"] = args.batch_per_gpu
+            loop = {"what": "src/train.py", "experiment": args.experiment, "size": size}
+            records.append({**loop, "batch_per_gpu": args.batch_per_gpu, **run_train(args, size, devices)})
             print(json.dumps(records[-1]), flush=True)
     lines = train_ratios(records)
     print("\n".join(lines))
