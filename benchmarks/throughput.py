@@ -198,22 +198,26 @@ def loader_throughput(args) -> None:
 
 
 def train_throughput(args) -> None:
-    """One run of what pretraining costs, on one card: per size, the bare SSL step of SSAMBA and of
-    SSAST (in this process, one GPU) and the real entry point, src/train.py, on a feature store for
-    each device count at the same batch per GPU (data.batch_size is the global batch), training only:
-    samples/s as the Throughput callback measures them (loader, DDP and logging included). The run
-    records their ratios (train_ratios)."""
+    """One run of what pretraining costs, on one card: per size, the bare SSL step of SSAMBA (eager
+    and as CUDA graphs) and of SSAST (in this process, one GPU), and the real entry point,
+    src/train.py, on a feature store for each device count and each model.cuda_graph of --graph at
+    the same batch per GPU (data.batch_size is the global batch), training only: samples/s as the
+    Throughput callback measures them (loader, DDP and logging included). The run records their
+    ratios (train_ratios)."""
     records = []
     for size in args.sizes:
-        for backbone in ("ssamba", "ssast"):
-            bare = measure_ssl_step(backbone, size, args.batch_per_gpu, args.bare_warmup, args.bare_steps, 1, "none")
+        for backbone, graph in (("ssamba", False), ("ssamba", True), ("ssast", False)):
+            bare = measure_ssl_step(
+                backbone, size, args.batch_per_gpu, args.bare_warmup, args.bare_steps, 1, "none", graph
+            )
             records.append(bare)
             print(json.dumps(bare), flush=True)
         torch.cuda.empty_cache()
         for devices in args.devices:
-            loop = {"what": "src/train.py", "experiment": args.experiment, "size": size}
-            records.append({**loop, "batch_per_gpu": args.batch_per_gpu, **run_train(args, size, devices)})
-            print(json.dumps(records[-1]), flush=True)
+            for graph in args.graph:
+                loop = {"what": "src/train.py", "experiment": args.experiment, "size": size, "cuda_graph": graph}
+                records.append({**loop, "batch_per_gpu": args.batch_per_gpu, **run_train(args, size, devices, graph)})
+                print(json.dumps(records[-1]), flush=True)
     lines = train_ratios(records)
     print("\n".join(lines))
     card = torch.cuda.get_device_name()
@@ -228,9 +232,10 @@ def train_throughput(args) -> None:
     )
 
 
-def run_train(args, size: str, devices: int) -> dict:
-    """src/train.py's pretraining of one size on `devices` GPUs; its throughput.json."""
-    run_dir = Path(args.runs) / f"{args.experiment}_{size}_devices{devices}"
+def run_train(args, size: str, devices: int, graph: str) -> dict:
+    """src/train.py's pretraining of one size on `devices` GPUs with model.cuda_graph=graph; its
+    throughput.json."""
+    run_dir = Path(args.runs) / f"{args.experiment}_{size}_devices{devices}_graph-{graph}"
     store = Path(args.store).resolve()
     command = [sys.executable, "-m", "src.train", f"experiment={args.experiment}", f"encoder.size={size}"]
     command += ["callbacks=throughput", f"callbacks.throughput.warmup_steps={args.warmup}"]
@@ -238,6 +243,7 @@ def run_train(args, size: str, devices: int) -> dict:
     command += [f"data.num_workers={args.workers}", f"data.batch_size={args.batch_per_gpu * devices}"]
     command += [f"trainer.devices={devices}", f"trainer.max_steps={args.steps}", "trainer.limit_val_batches=0"]
     command += ["trainer.num_sanity_val_steps=0", "optimized_metric=train/loss", f"hydra.run.dir={run_dir}"]
+    command += [f"model.cuda_graph={graph}"]
     command += args.overrides
     print(" ".join(command), flush=True)
     subprocess.run(command, check=True, cwd=ROOT)
@@ -245,22 +251,31 @@ def run_train(args, size: str, devices: int) -> dict:
 
 
 def train_ratios(records: list[dict]) -> list[str]:
-    """Per size: the loop's samples/s on one GPU against SSAMBA's bare step (what the loop loses) and
-    against SSAST's bare step, and each device count against one."""
+    """Per size and model.cuda_graph: the loop's samples/s on one GPU against SSAMBA's bare step
+    (eager; what the loop loses) and against SSAST's bare step, and each device count against one."""
     lines = []
-    bare = {(r["backbone"], r["size"]): r for r in records if r["what"] == "ssl_pretraining_step"}
+    bare = {
+        (r["backbone"], r["size"]): r
+        for r in records
+        if r["what"] == "ssl_pretraining_step" and not r.get("cuda_graph")
+    }
     loops = [r for r in records if r["what"] == "src/train.py"]
-    for size in dict.fromkeys(r["size"] for r in loops):
-        one = next((r for r in loops if r["size"] == size and r["devices"] == 1), None)
-        if one is not None:
-            for backbone, name in (("ssamba", "SSAMBA's"), ("ssast", "SSAST's")):
-                if (backbone, size) in bare:
-                    ratio = one["samples_per_s"] / bare[backbone, size]["samples_per_s"]
-                    lines.append(f"{size}: src/train.py on 1 GPU at {ratio:.2f}x {name} bare step")
-        for r in loops:
-            if r["size"] == size and one is not None and r is not one:
+    for size, graph in dict.fromkeys((r["size"], r.get("cuda_graph", "false")) for r in loops):
+        same = [r for r in loops if r["size"] == size and r.get("cuda_graph", "false") == graph]
+        one = next((r for r in same if r["devices"] == 1), None)
+        if one is None:
+            continue
+        for backbone, name in (("ssamba", "SSAMBA's"), ("ssast", "SSAST's")):
+            if (backbone, size) in bare:
+                ratio = one["samples_per_s"] / bare[backbone, size]["samples_per_s"]
+                lines.append(f"{size}: src/train.py model.cuda_graph={graph} on 1 GPU at {ratio:.2f}x {name} bare step")
+        for r in same:
+            if r is not one:
                 ratio = r["samples_per_s"] / one["samples_per_s"]
-                lines.append(f"{size}: {r['devices']} GPUs at {ratio:.2f}x one GPU's samples/s through src/train.py")
+                lines.append(
+                    f"{size}: model.cuda_graph={graph} {r['devices']} GPUs at {ratio:.2f}x one GPU's samples/s "
+                    "through src/train.py"
+                )
     return lines
 
 
@@ -315,6 +330,8 @@ def main(argv=None) -> int:
     t.add_argument("--bare-steps", type=int, default=20)
     t.add_argument("--experiment", default="pretrain")
     t.add_argument("--devices", nargs="+", type=int, default=[1, 2])
+    t.add_argument("--graph", nargs="+", default=["false", "auto"], choices=["false", "auto", "true"],
+                   help="model.cuda_graph settings of the loop (auto: on in one process)")
     t.add_argument("--batch-per-gpu", type=int, default=64, help="data.batch_size is the global batch: this x devices")
     t.add_argument("--steps", type=int, default=60)
     t.add_argument("--warmup", type=int, default=10)

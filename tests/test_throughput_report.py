@@ -10,8 +10,9 @@ def bare(backbone, size, samples_per_s):
     return {**record, "ms_per_step": 64_000 / samples_per_s, "peak_mib": 4096}
 
 
-def loop(size, devices, samples_per_s):
-    return {"what": "src/train.py", "size": size, "devices": devices, "samples_per_s": samples_per_s}
+def loop(size, devices, samples_per_s, graph="false"):
+    record = {"what": "src/train.py", "size": size, "devices": devices, "samples_per_s": samples_per_s}
+    return {**record, "cuda_graph": graph}
 
 
 RECORDS = [bare("ssamba", "tiny", 400.0), bare("ssast", "tiny", 1000.0), loop("tiny", 1, 380.0), loop("tiny", 2, 722.0)]
@@ -19,9 +20,20 @@ RECORDS = [bare("ssamba", "tiny", 400.0), bare("ssast", "tiny", 1000.0), loop("t
 
 def test_the_run_records_the_loop_against_both_bare_steps_and_one_gpu():
     assert train_ratios(RECORDS) == [
-        "tiny: src/train.py on 1 GPU at 0.95x SSAMBA's bare step",
-        "tiny: src/train.py on 1 GPU at 0.38x SSAST's bare step",
-        "tiny: 2 GPUs at 1.90x one GPU's samples/s through src/train.py",
+        "tiny: src/train.py model.cuda_graph=false on 1 GPU at 0.95x SSAMBA's bare step",
+        "tiny: src/train.py model.cuda_graph=false on 1 GPU at 0.38x SSAST's bare step",
+        "tiny: model.cuda_graph=false 2 GPUs at 1.90x one GPU's samples/s through src/train.py",
+    ]
+
+
+def test_each_graph_setting_of_the_loop_is_its_own_ratio_against_the_eager_bare_step():
+    graphed_bare = {**bare("ssamba", "tiny", 500.0), "cuda_graph": True}
+    records = [*RECORDS[:2], graphed_bare, loop("tiny", 1, 380.0), loop("tiny", 1, 480.0, "auto")]
+    assert train_ratios(records) == [
+        "tiny: src/train.py model.cuda_graph=false on 1 GPU at 0.95x SSAMBA's bare step",
+        "tiny: src/train.py model.cuda_graph=false on 1 GPU at 0.38x SSAST's bare step",
+        "tiny: src/train.py model.cuda_graph=auto on 1 GPU at 1.20x SSAMBA's bare step",
+        "tiny: src/train.py model.cuda_graph=auto on 1 GPU at 0.48x SSAST's bare step",
     ]
 
 
@@ -34,5 +46,11 @@ def test_the_cost_table_takes_the_newest_combined_run_and_its_loop_column():
     combined = {"run": "one card: src/train.py pretrain", "card": "a card", "records": RECORDS}
     table = throughput_model_table({"runs": [older, combined]})
     assert 'a card, run "one card: src/train.py pretrain"' in table
-    assert table.rstrip().endswith("| 0.40x | 1.00x | 380.0 | 0.95x |")
-    assert "| - | - |" in throughput_model_table({"runs": [older]})  # a model run: no loop column
+    assert table.rstrip().endswith("| 0.40x | 1.00x | 380.0 | - | 0.95x |")
+    assert "| - | - | - |" in throughput_model_table({"runs": [older]})  # a model run: no loop columns
+    graphed = {**bare("ssamba", "tiny", 500.0), "cuda_graph": True}
+    both = {**combined, "records": [*RECORDS, graphed, loop("tiny", 1, 480.0, "auto")]}
+    row = throughput_model_table({"runs": [both]}).rstrip().splitlines()[-1]
+    # the faster bare step (graphed) is the one compared with SSAST, and the faster loop with it
+    assert row.startswith("| tiny | 160.0 | 128.0 | 500.0 |")
+    assert row.endswith("| 0.50x | 1.00x | 380.0 | 480.0 | 0.96x |")

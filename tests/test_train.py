@@ -46,13 +46,35 @@ def test_cuda_graph_is_a_cuda_setting_and_the_cpu_step_runs_eagerly(data_root, t
     """model.cuda_graph on a machine without CUDA: the same eager step (tests/test_gpu_graph.py checks
     the graphed one against it on a GPU)."""
     losses = []
-    for graph in (False, True):
+    for graph in (False, True, "auto"):
         cfg = compose_cfg("train.yaml", ["experiment=pretrain_demo", f"model.cuda_graph={graph}"], data_root, tmp_path)
         with open_dict(cfg):
             cfg.trainer.fast_dev_run = True
         metrics, _ = train(cfg)
         losses.append(float(metrics["train/loss_step"]))
-    assert losses[0] == losses[1]
+    assert losses[0] == losses[1] == losses[2]
+
+
+def test_cuda_graph_auto_is_on_for_one_process_without_accumulation_and_true_refuses_accumulation():
+    from types import SimpleNamespace
+
+    from src.models.ssl_module import SSLModule
+    from src.utils.errors import UserError
+
+    encoder = dict(backbone="ssamba", size="tiny", depth=2, target_length=64)
+    module = SSLModule(encoder, mask_patches=8, val_mask_patches=8)
+    cases = {(1, 1): True, (2, 1): False, (1, 2): False}  # (accumulate, processes) -> graphed under auto
+    for (accumulate, world), graphed in cases.items():
+        module._trainer = SimpleNamespace(accumulate_grad_batches=accumulate, world_size=world)
+        assert module._graph_wanted() is graphed, (accumulate, world)
+    module.hparams.cuda_graph = True
+    module._trainer = SimpleNamespace(accumulate_grad_batches=1, world_size=2)
+    assert module._graph_wanted()  # DDP: on when asked for
+    module._trainer = SimpleNamespace(accumulate_grad_batches=4, world_size=1)
+    with pytest.raises(UserError, match="accumulate_grad_batches=1 \\(it is 4\\)"):
+        module._graph_wanted()
+    with pytest.raises(UserError, match="model.cuda_graph='yes'"):
+        SSLModule(encoder, mask_patches=8, val_mask_patches=8, cuda_graph="yes")
 
 
 def test_the_demo_experiments_take_cuda_when_there_is_one():

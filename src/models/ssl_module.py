@@ -46,7 +46,7 @@ class SSLModule(L.LightningModule):
         export_dir: str | None = None,
         compile: bool = False,
         init_from: str | None = None,
-        cuda_graph: bool = False,
+        cuda_graph: bool | str = "auto",
     ):
         """encoder: the encoder config (a recipe for encoder_config, or a saved config dict).
         masking: official | official_loop | cluster | random (components/masking.py). two_passes: the
@@ -58,7 +58,11 @@ class SSLModule(L.LightningModule):
         {"name": "cosine"}, or {"name": "none"} (None: none). compile: torch.compile
         the heads and losses (`objective`) for training. init_from: an export folder to continue SSL
         from (src/export.py, or src.models.convert of an official pretraining checkpoint): its encoder
-        with the mask embedding, and the heads from heads.safetensors when it is there."""
+        with the mask embedding, and the heads from heads.safetensors when it is there. cuda_graph:
+        the training step's forward and backward replayed as CUDA graphs (_graphed_losses); "auto" on
+        CUDA in one process without gradient accumulation, true also under DDP, false never."""
+        if cuda_graph not in ("auto", True, False):
+            raise UserError(f"model.cuda_graph={cuda_graph!r}: use auto, true or false")
         super().__init__()
         self.save_hyperparameters(logger=False)
         if init_from:
@@ -156,6 +160,8 @@ class SSLModule(L.LightningModule):
 
     # ---- Lightning -----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.trainer.strategy.root_device.type == "cuda":
+            self._graph_wanted()  # refuses a graph that cannot work before any step runs
         if self.hparams.compile and stage == "fit":
             # the heads and losses: small ops that inductor fuses; the encoder already runs fused kernels
             self.objective = torch.compile(self.objective)
@@ -170,12 +176,27 @@ class SSLModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         spec, seed = batch["fbank"], self._step_seed(self.global_step)
-        if self.hparams.cuda_graph and spec.is_cuda:
+        if spec.is_cuda and self._graph_wanted():
             out = self._graphed_losses(spec, self.hparams.mask_patches, seed)
         else:
             out = self.losses(spec, self.hparams.mask_patches, seed)
         self._log("train", out, on_step=True)
         return out["loss"]
+
+    def _graph_wanted(self) -> bool:
+        """model.cuda_graph for this run: auto is on in one process without gradient accumulation
+        (DDP with the graph is not yet measured); true under accumulation is refused, since the
+        graph's gradients live in its own memory and each replay would overwrite the last."""
+        choice, trainer = self.hparams.cuda_graph, self._trainer
+        accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
+        if choice == "auto":
+            return accumulate == 1 and (trainer is None or trainer.world_size == 1)
+        if choice and accumulate > 1:
+            raise UserError(
+                f"model.cuda_graph=true needs trainer.accumulate_grad_batches=1 (it is {accumulate}); "
+                "or set model.cuda_graph=auto"
+            )
+        return bool(choice)
 
     def _graphed_losses(self, spec: Tensor, num_mask: int, seed: int) -> dict[str, Tensor]:
         """losses() with masked_losses' forward and backward replayed as CUDA graphs, captured at the
@@ -184,11 +205,6 @@ class SSLModule(L.LightningModule):
         args = (spec, *self._pass_masks(spec, num_mask, seed))
         graphed = self.__dict__.get("_graphed")  # kept out of the module tree: it holds this module
         if graphed is None:
-            trainer = self._trainer
-            if trainer is not None and trainer.accumulate_grad_batches > 1:  # the gradients are the graph's memory
-                raise UserError(
-                    "model.cuda_graph needs trainer.accumulate_grad_batches=1; or set model.cuda_graph=false"
-                )
             on = torch.is_autocast_enabled("cuda")
             graphed = _MaskedLosses(self, torch.get_autocast_dtype("cuda") if on else None)
             with torch.autocast("cuda", enabled=False):  # graphs refuse autocast's cache; the step sets its own
