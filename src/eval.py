@@ -32,6 +32,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     checkpoint = entry.existing_checkpoint(cfg.ckpt_path)
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.check()
+    entry.check_data(cfg, checkpoint, datamodule, resuming=False)
     # the weights come from the checkpoint, not from the encoder export a fine-tuning starts from
     model = hydra.utils.instantiate(cfg.model, **({"pretrained": None} if "pretrained" in cfg.model else {}))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)

@@ -36,6 +36,7 @@ OmegaConf.register_new_resolver(
 @task_wrapper
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     entry.check_settings(cfg)  # before anything is built
+    entry.check_fresh_start(cfg)  # (the Hydra callback RunFolderGuard checked before .hydra/ was written)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     threads = set_threads(cfg.get("threads", "auto"), entry.processes_per_node(cfg))
@@ -63,26 +64,33 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
     with entry.run_folder(cfg):  # one training at a time in a run folder
         ckpt_path = entry.resume_path(cfg, trainer)
+        entry.check_data(cfg, ckpt_path, datamodule, resuming=True)
         done = entry.finished_run(cfg, ckpt_path)
-        if done is not None:  # ckpt_path=last on a finished run (or a requeue after the end): nothing to do
+        if done is not None and entry.phases_left(cfg, done) == []:  # ckpt_path=last on a finished run
             log.info(
                 f"{cfg.paths.output_dir} finished its training at step {done.get('global_step')} "
                 "(metrics.json); nothing to resume. To train it further, raise trainer.max_epochs or "
                 "trainer.max_steps"
             )
             return {k: v for k, v in done.items() if isinstance(v, float)}, {"cfg": cfg, "trainer": trainer}
-        if cfg.get("train"):
+        phases, metrics, best = dict((done or {}).get("phases") or {}), {}, None
+        if done is not None:  # trained to the end before a stop during test: test only
+            log.info(f"{cfg.paths.output_dir} finished its training; running what is left: test")
+            best = done.get("best_checkpoint")
+        elif cfg.get("train"):
             # a checkpoint that does not fit the model stops in the modules' on_load_checkpoint (a UserError)
-            trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        entry.write_rank_record(cfg, trainer, ckpt_path)
-        if cfg.get("test"):
+            with entry.phase(cfg, trainer, phases, "fit"):
+                trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
             best = entry.best_checkpoint(trainer)
+            entry.write_rank_record(cfg, trainer, ckpt_path)
+        if cfg.get("test"):
             if not best:
                 log.warning("no best checkpoint: testing the current weights")
-            trainer.test(model=model, datamodule=datamodule, ckpt_path=best, weights_only=True)
+            with entry.phase(cfg, trainer, phases, "test", metrics):
+                trainer.test(model=model, datamodule=datamodule, ckpt_path=best, weights_only=True)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-        entry.write_run_summary(cfg, trainer, metrics)
+        entry.write_run_summary(cfg, trainer, metrics, phases)
     return metrics, {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
 
 

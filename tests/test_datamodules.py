@@ -54,6 +54,21 @@ def test_sampler_order_depends_on_epoch_and_skip_resumes():
     assert list(s) == first  # the resume applies once
 
 
+def test_a_resume_at_an_epochs_end_starts_the_next_epoch_whole():
+    """A stop after an epoch's last batch resumes in the next epoch (Lightning moves on): the saved
+    position belongs to the finished epoch and must not cut the next one short."""
+    s = ResumableSampler(20, seed=1)
+    s.set_epoch(1)
+    whole = list(s)
+    s.set_epoch(0)
+    s.resume_at(20, epoch=0)
+    s.set_epoch(1)  # Lightning starts epoch 1
+    assert list(s) == whole
+    s.set_epoch(1)
+    s.resume_at(8, epoch=1)
+    assert list(s) == whole[8:]  # a position in the epoch that comes next still applies
+
+
 @pytest.mark.parametrize("before,after", [(2, 1), (1, 2), (2, 4), (4, 2)])
 @pytest.mark.parametrize("weights", [None, torch.rand(48)])
 def test_a_resume_on_another_number_of_ranks_continues_the_global_order_exactly(before, after, weights):

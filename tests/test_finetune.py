@@ -179,3 +179,20 @@ def test_export_cli_writes_a_fine_tuned_encoder_that_loads_alone(tmp_path):
     x = torch.randn(1, 1, 128, 128)
     with torch.no_grad():
         torch.testing.assert_close(enc(x), ft.encoder.eval()(x))
+
+
+@pytest.mark.parametrize("saved,asked", [("ssast", "ssamba"), ("ssamba", "ssast")])
+def test_an_export_of_another_backbone_is_refused_naming_both_and_the_override(saved, asked, tmp_path):
+    """model.pretrained (fine-tuning) and model.init_from (SSL) never swap the backbone encoder= asks for."""
+    from tests.helpers.encoders import make_encoder
+
+    def heads(backbone):
+        return {"num_heads": 2} if backbone == "ssast" else {}
+
+    save_encoder(make_encoder(saved, None, embed_dim=32, depth=2, target_length=64, **heads(saved)), tmp_path / "e")
+    recipe = {"backbone": asked, "size": None, "embed_dim": 32, "depth": 2, "target_length": 64, **heads(asked)}
+    want = f"holds a {saved} encoder but this run asks for encoder={asked}; pass encoder={saved}"
+    with pytest.raises(UserError, match=want):
+        FinetuneModule(recipe, num_classes=3, pretrained=str(tmp_path / "e"))
+    with pytest.raises(UserError, match=want):
+        SSLModule(recipe, mask_patches=4, val_mask_patches=4, init_from=str(tmp_path / "e"))

@@ -4,6 +4,7 @@ docs/reliability.md lists these cases; each row names its test here."""
 import json
 import os
 import pickle
+import shlex
 import signal
 import subprocess
 import sys
@@ -129,15 +130,12 @@ def test_killed_training_resumes_where_it_stopped(experiment, sig, data_root, tm
     assert proc.returncode != 0
     stopped_at = final_state(run_dir)["global_step"]
     assert 0 < stopped_at < STEPS
-    if sig != signal.SIGKILL:
-        assert b"ckpt_path=last" in err  # the signal handler saved last.ckpt at a batch boundary
-    subprocess.run(
-        train_cmd(data_root, run_dir, "ckpt_path=last", experiment=experiment),
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    resume = train_cmd(data_root, run_dir, "ckpt_path=last", experiment=experiment)
+    if sig != signal.SIGKILL:  # the handler saved last.ckpt at a batch boundary and printed the command
+        printed = err.decode().split("resume with: ")[-1].strip().splitlines()[0]
+        assert printed.startswith("python -m src.train ") and f"hydra.run.dir={run_dir}" in printed
+        resume = [sys.executable, *shlex.split(printed)[1:]]  # as printed
+    subprocess.run(resume, cwd=ROOT, check=True, capture_output=True, timeout=300)
     resumed = final_state(run_dir)
     assert resumed["global_step"] == uninterrupted["global_step"] == STEPS
     # same data order, same optimizer and scheduler state: the same weights at the end
@@ -357,7 +355,8 @@ def test_an_hour_long_file_is_cut_to_the_target_length(tmp_path):
 
 def test_last_checkpoint_is_written_on_its_schedule_before_any_validation(data_root, tmp_path):
     """Lightning holds a monitored callback's step saves until the metric exists; last.ckpt has its
-    own callback, which monitors nothing."""
+    own callback, which monitors nothing, and writes it when training ends too (step 7, not the
+    periodic save's 6)."""
     from omegaconf import open_dict
 
     from src.train import train
@@ -371,7 +370,7 @@ def test_last_checkpoint_is_written_on_its_schedule_before_any_validation(data_r
     train(cfg)
     files = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert files == ["last.ckpt"]
-    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 7
 
 
 def test_a_killed_checkpoint_write_keeps_the_old_file_and_its_leftover_is_removed(tmp_path, monkeypatch):
@@ -557,6 +556,7 @@ def test_a_run_summary_keeps_what_the_file_held_before(tmp_path):
         interrupted=False,
         global_step=9,
         checkpoint_callbacks=[],
+        callbacks=[],
         loggers=[],
         world_size=1,
         strategy=device,
@@ -835,3 +835,103 @@ def test_absurd_and_non_finite_samples_are_refused_per_file_and_by_the_api(tmp_p
     ):
         with pytest.raises(ValueError, match=f"^audio: {why}"):
             hear.get_scene_embeddings(bad, model)
+
+
+def test_a_run_folder_with_checkpoints_is_not_started_over_and_a_refused_run_writes_nothing(data_root, tmp_path):
+    """The first command again in a stopped run's folder, without ckpt_path=last: refused in one line
+    before Hydra writes its record or the log (RunFolderGuard), so the folder is as the stop left it."""
+    run_dir = tmp_path / "run"
+    subprocess.run(train_cmd(data_root, run_dir), cwd=ROOT, check=True, capture_output=True, timeout=300)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    result = subprocess.run(train_cmd(data_root, run_dir), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "holds the checkpoints of an earlier run" in result.stderr and "ckpt_path=last" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def _fake_datamodule(mean=-4.27, std=4.57, classes=("a", "b", "c"), fingerprint="f1"):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(mean=mean, std=std, classes=list(classes), fingerprint=lambda: fingerprint)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"classes": ("b", "a", "c")}, "first difference at output 0: ['a'] vs ['b']"),
+        ({"classes": ("a", "b")}, "trained on 3 classes and this run's data has 2"),
+        ({"mean": 0.0, "std": 1.0}, "pass data.mean=-4.27 data.std=4.57"),
+        ({"fingerprint": "f2"}, "was trained on other data (fingerprint f1, this run's f2"),
+    ],
+)
+def test_a_checkpoint_of_other_data_is_refused_naming_both_sides_and_the_override(change, message, tmp_path):
+    from omegaconf import OmegaConf
+
+    from src.utils import entry
+    from src.utils.errors import UserError
+
+    ckpt = tmp_path / "c.ckpt"
+    torch.save({"data": {"mean": -4.27, "std": 4.57, "classes": ["a", "b", "c"], "fingerprint": "f1"}}, ckpt)
+    cfg = OmegaConf.create({"data_check": True})
+    entry.check_data(cfg, str(ckpt), _fake_datamodule(), resuming=True)  # the same data: accepted
+    with pytest.raises(UserError, match="data_check=false") as refused:
+        entry.check_data(cfg, str(ckpt), _fake_datamodule(**change), resuming=True)
+    assert message in str(refused.value)
+    entry.check_data(OmegaConf.create({"data_check": False}), str(ckpt), _fake_datamodule(**change), resuming=True)
+    if "fingerprint" in change:  # eval tests on its own split: only a resume compares the training data
+        entry.check_data(cfg, str(ckpt), _fake_datamodule(**change), resuming=False)
+
+
+def test_eval_on_reordered_classes_is_one_line(data_root, tmp_path, uninterrupted):
+    """src/eval.py with a checkpoint whose classes are not the data's: exit 2, nothing evaluated."""
+    ckpt = tmp_path / "c.ckpt"
+    state = dict(uninterrupted)
+    state["data"] = {**state["data"], "classes": list(reversed(state["data"]["classes"]))}
+    torch.save(state, ckpt)
+    skip = ("trainer.max_", "test=", "callbacks.")
+    args = [a for a in train_cmd(data_root, tmp_path / "e", f"ckpt_path={ckpt}")[3:] if not a.startswith(skip)]
+    result = subprocess.run(
+        [sys.executable, "-m", "src.eval", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2, result.stderr[-1500:]
+    assert "first difference at output 0" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_full_disk_at_a_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    from src.utils.checkpoints import AtomicCheckpointIO
+    from src.utils.errors import UserError
+
+    io, target = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1}, target)
+
+    def disk_full(obj, f):
+        f.write(b"part of it")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(UserError, match=f"no space left in {tmp_path} to write last.ckpt .*MiB needed") as full:
+        io.save_checkpoint({"global_step": 2, "w": torch.zeros(2**20)}, target)
+    assert "the previous last.ckpt is kept" in str(full.value) and "ckpt_path=last" in str(full.value)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True)["global_step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_a_nonfinite_validation_loss_is_named_and_recorded(data_root, tmp_path, caplog):
+    from omegaconf import open_dict
+
+    from src.train import train
+    from tests.helpers.hydra_cfg import compose_cfg
+
+    cfg = compose_cfg("train.yaml", ["experiment=ks2_demo", "test=false", "trainer.max_epochs=1"], data_root, tmp_path)
+    with open_dict(cfg):
+        cfg.trainer.limit_train_batches = 2
+        cfg.trainer.limit_val_batches = 1
+        cfg.callbacks.poison = {"_target_": "tests.helpers.signals.NanValidationLoss"}
+    train(cfg)
+    assert "the val loss is nan at step 2" in caplog.text
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["nonfinite_losses"] == [{"stage": "val", "step": 2, "epoch": 0, "loss": None}]

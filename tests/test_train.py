@@ -238,4 +238,6 @@ def test_the_pretraining_export_carries_its_data_normalisation_and_length_to_the
     assert (model.mean, model.std, model.grid.window_frames) == (-3.25, 2.5, 96)
     assert model.encoder.config.target_length == 96
     again = export(str(tmp_path / "checkpoints" / "last.ckpt"), str(tmp_path / "again"))
-    assert json.loads((again / "config.json").read_text())["data"] == {"mean": -3.25, "std": 2.5}
+    data = json.loads((again / "config.json").read_text())["data"]
+    assert (data["mean"], data["std"]) == (-3.25, 2.5)
+    assert len(data["fingerprint"]) == 16  # and which training data it was (the stores' indexes)

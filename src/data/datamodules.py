@@ -9,6 +9,7 @@ augmentation (augment.SampleRandom).
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -24,7 +25,7 @@ from src.data.sampler import ResumableSampler
 from src.data.shards import FeatureStore
 from src.utils.devices import per_device_batch
 from src.utils.errors import MissingInput, UserError
-from src.utils.io import read_jsonl
+from src.utils.io import file_sha256, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,18 @@ class _ResumableDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers, self.pin_memory, self.seed = batch_size, num_workers, pin_memory, seed
         self._resume: dict | None = None
         self._train_sampler: ResumableSampler | None = None
+        self._fingerprint: str | None = None
+
+    def fingerprint(self) -> str:
+        """A short hash of what training reads (the files' contents, not their paths, and how they
+        are split and mixed): checkpoints record it, and a resume on other data is refused."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256("\n".join(self._fingerprint_parts()).encode())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
+
+    def _fingerprint_parts(self) -> list[str]:
+        raise NotImplementedError
 
     def check(self) -> None:
         """Raise FileNotFoundError, with how to get the data, if it is not prepared."""
@@ -183,7 +196,8 @@ class _ResumableDataModule(L.LightningDataModule):
                 global_batch = state["batch_size"] * state["world_size"]
                 if global_batch == batch * world:  # any number of devices: the position is global
                     sampler.set_epoch(state["epoch"])
-                    sampler.resume_at(state["batches_done"] * global_batch)  # in the epoch's global order
+                    # in that epoch's global order; a stop at its end resumes in the next, from its start
+                    sampler.resume_at(state["batches_done"] * global_batch, epoch=state["epoch"])
                 else:
                     rank_zero_warn("resuming with another global batch size (data.batch_size): this epoch restarts")
                 self._resume = None
@@ -204,8 +218,11 @@ class _ResumableDataModule(L.LightningDataModule):
         if trainer is None or self._train_sampler is None:
             return {}
         _, world = self._world()
+        # the epoch those batches belong to: the last one started (trainer.current_epoch counts the
+        # completed ones, so it is already the next epoch in a checkpoint taken after an epoch's end)
+        started = trainer.fit_loop.epoch_progress.current.started
         return {
-            "epoch": trainer.current_epoch,
+            "epoch": max(started - 1, 0),
             "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed,
             "world_size": world,
             "batch_size": self.per_device_batch_size(),
@@ -250,6 +267,12 @@ class PretrainDataModule(_ResumableDataModule):
                     "feature store",
                     "build it with `python -m src.data.shards build` (make pretrain does this for the demo)",
                 )
+
+    def _fingerprint_parts(self) -> list[str]:
+        index = [file_sha256(Path(s["path"]) / "index.jsonl") for s in self.sources]
+        return [f"{i} split={s.get('split')} weight={s.get('weight', 1.0)}" for i, s in zip(index, self.sources)] + [
+            f"samples_per_epoch={self.samples_per_epoch}"
+        ]
 
     def _dataset(self, source: dict, train: bool) -> PretrainDataset:
         store = FeatureStore(source["path"])
@@ -340,6 +363,12 @@ class ClassificationDataModule(_ResumableDataModule):
     @property
     def multilabel(self) -> bool:
         return bool(self._read_classes().get("multilabel"))
+
+    def _fingerprint_parts(self) -> list[str]:
+        files = [self.manifest_dir / "manifest.jsonl"] + (
+            [Path(self.features_dir) / "index.jsonl"] if self.features_dir else []
+        )
+        return [file_sha256(f) for f in files] + [f"fold={self.fold} splits={self.splits}"]
 
     def _clips(self) -> tuple[list[dict], FeatureStore | None]:
         if self.features_dir is None:

@@ -36,6 +36,7 @@ class ResumableSampler(DistributedSampler):
         self.draws = draws or num_samples
         self.drop_last = drop_last
         self._start = 0  # position in the global order where the next iteration starts
+        self._start_epoch = None  # the epoch that position belongs to (None: whichever comes next)
 
     def _global_order(self) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -53,7 +54,8 @@ class ResumableSampler(DistributedSampler):
 
     def __iter__(self):
         order = self._global_order()
-        start, self._start = self._start, 0
+        start = self._start if self._start_epoch in (None, self.epoch) else 0
+        self._start, self._start_epoch = 0, None
         remaining = len(order) - start
         per_rank = remaining // self.num_replicas if self.drop_last else -(-remaining // self.num_replicas)
         end = start + per_rank * self.num_replicas
@@ -62,7 +64,9 @@ class ResumableSampler(DistributedSampler):
         positions = range(start + self.rank, end, self.num_replicas)
         return iter([(int(order[p]), (self.seed, self.epoch, p)) for p in positions])
 
-    def resume_at(self, position: int) -> None:
+    def resume_at(self, position: int, epoch: int | None = None) -> None:
         """Resume: the next iteration starts at this position of the epoch's global order (the
-        samples every rank took before the stop: batches done x the global batch)."""
-        self._start = position
+        samples every rank took before the stop: batches done x the global batch). With `epoch`,
+        only if the next iteration is of that epoch: a stop at an epoch's end resumes in the next
+        epoch, which starts at its beginning."""
+        self._start, self._start_epoch = position, epoch

@@ -21,7 +21,14 @@ from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePre
 
 from src.models.components import as_config, build_encoder
 from src.models.optim import apply_warmup, make_optimizer, optimizer_settings, reseed_step
-from src.models.pretrained import build_pretrained, check_fits, normalisation_of, read_pretrained
+from src.models.pretrained import (
+    build_pretrained,
+    check_backbone,
+    check_fits,
+    data_record,
+    read_pretrained,
+)
+from src.models.resume import restore_best, save_best
 from src.utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -73,6 +80,7 @@ class FinetuneModule(L.LightningModule):
                 )
         if pretrained:
             pretrained_config, state, _ = read_pretrained(pretrained)
+            check_backbone(pretrained_config, config, f"model.pretrained={pretrained}")
             self.encoder = build_pretrained(pretrained_config, state, pretrained)
             log.info("loaded the pretrained encoder from %s", pretrained)
         else:
@@ -149,9 +157,6 @@ class FinetuneModule(L.LightningModule):
         )
         return loss
 
-    def on_train_start(self) -> None:
-        self.best.reset()
-
     def on_train_batch_start(self, batch, batch_idx) -> None:
         reseed_step(self._rng_seed, self.global_step, self.global_rank)
         apply_warmup(self.optimizers(), self.global_step, self.hparams.warmup_steps, self.hparams.staircase_warmup)
@@ -189,9 +194,11 @@ class FinetuneModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["data"] = normalisation_of(self._trainer)
+        checkpoint["data"] = data_record(self._trainer)
         checkpoint["rng_seed"] = self._rng_seed
+        save_best(self.best, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_fits(self, checkpoint["state_dict"], f"ckpt_path={getattr(self._trainer, 'ckpt_path', None)}")
         self._rng_seed = checkpoint.get("rng_seed", self._rng_seed)
+        restore_best(self.best, checkpoint)

@@ -1,7 +1,7 @@
 """Pretrained encoders in and out, without Lightning or Hydra: export folders and checkpoints.
 
 An export is a folder with `encoder.safetensors` (with the SSL mask embedding when the encoder has
-one) and `config.json`: {"encoder": the encoder's config.to_dict(), "data": {"mean", "std"}: the
+one) and `config.json`: {"encoder": the encoder's config.to_dict(), "data": {"mean", "std", ...}: the
 normalisation of the data it was trained on, ...}. The input length and mel-bin count are the
 encoder config's target_length and num_mel_bins. A converted pretraining checkpoint adds
 `heads.safetensors` (the SSL heads). `from_pretrained(path)` rebuilds the encoder.
@@ -199,6 +199,17 @@ def read_pretrained(path: str | Path) -> tuple[PatchConfig, dict, dict | None]:
     return config, state, ckpt.get("data")
 
 
+def check_backbone(saved: PatchConfig, asked: PatchConfig, source: str) -> None:
+    """A pretrained encoder of another backbone than the run's `encoder=` is refused: the run would
+    train one backbone while its config and log name the other (an SSAMBA-vs-SSAST comparison would
+    measure one model twice)."""
+    if saved.backbone != asked.backbone:
+        raise UserError(
+            f"{source} holds a {saved.backbone} encoder but this run asks for encoder={asked.backbone}; "
+            f"pass encoder={saved.backbone} to fine-tune it, or an export of a {asked.backbone} encoder"
+        )
+
+
 def build_pretrained(config: PatchConfig, state: dict, source: str, mask_token: bool = False) -> nn.Module:
     """The encoder of config with the weights of state (strict: every weight must fit). The SSL mask
     embedding is loaded with mask_token=True (to continue SSL: then it must be there) and otherwise
@@ -240,10 +251,17 @@ def load_strict(module: nn.Module, state: dict, source: str) -> None:
     module.load_state_dict(state, strict=True)
 
 
-def normalisation_of(trainer) -> dict | None:
-    """{"mean", "std"} of the datamodule a trainer runs, for checkpoints and exports to record; None
-    without one (a datamodule is duck-typed: models/ never imports data/)."""
+def data_record(trainer) -> dict | None:
+    """What checkpoints and exports record of the data a trainer runs: the normalisation {"mean",
+    "std"}, the class names in the model's output order ("classes", for a classifier's data) and a
+    fingerprint of the training data ("fingerprint", the datamodule's); None without a datamodule
+    (a datamodule is duck-typed: models/ never imports data/)."""
     datamodule = getattr(trainer, "datamodule", None)
     if datamodule is None or not hasattr(datamodule, "mean"):
         return None
-    return {"mean": float(datamodule.mean), "std": float(datamodule.std)}
+    record = {"mean": float(datamodule.mean), "std": float(datamodule.std)}
+    if hasattr(datamodule, "classes"):
+        record["classes"] = list(datamodule.classes)
+    if hasattr(datamodule, "fingerprint"):
+        record["fingerprint"] = datamodule.fingerprint()
+    return record

@@ -20,7 +20,16 @@ from src.models.components import as_config, build_encoder
 from src.models.components.losses import info_nce, masked_mse, patchify
 from src.models.components.masking import make_mask, mask_indices, most_masked
 from src.models.optim import apply_warmup, cosine_factor, make_optimizer, optimizer_settings, reseed_step
-from src.models.pretrained import check_fits, from_pretrained, load_strict, normalisation_of, save_encoder
+from src.models.pretrained import (
+    build_pretrained,
+    check_backbone,
+    check_fits,
+    data_record,
+    load_strict,
+    read_pretrained,
+    save_encoder,
+)
+from src.models.resume import restore_best, save_best
 from src.utils.errors import UserError
 
 
@@ -66,7 +75,9 @@ class SSLModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(logger=False)
         if init_from:
-            self.encoder = from_pretrained(init_from, mask_token=True).train()
+            saved, state, _ = read_pretrained(init_from)
+            check_backbone(saved, as_config(encoder), f"model.init_from={init_from}")
+            self.encoder = build_pretrained(saved, state, init_from, mask_token=True).train()
             self.hparams.init_from, self.hparams.init_from_path = None, init_from
         else:
             self.encoder = build_encoder(replace(as_config(encoder), mask_token=True))
@@ -166,9 +177,6 @@ class SSLModule(L.LightningModule):
             # the heads and losses: small ops that inductor fuses; the encoder already runs fused kernels
             self.objective = torch.compile(self.objective)
 
-    def on_train_start(self) -> None:
-        self.val_acc_best.reset()
-
     def on_train_batch_start(self, batch, batch_idx) -> None:
         reseed_step(self._mask_seed, self.global_step, self.global_rank)
         if self.scheduler_cfg["name"] != "cosine":
@@ -228,6 +236,8 @@ class SSLModule(L.LightningModule):
             self.log(f"{stage}/{key}", metric, on_step=on_step, on_epoch=True, prog_bar=key in ("loss", "acc"))
 
     def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:  # the untrained (or resumed) weights: not a score of the run
+            return
         acc = self.metrics["val_acc"].compute()
         self.val_acc_best(acc)
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
@@ -261,11 +271,13 @@ class SSLModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mask_seed"] = self._mask_seed
-        checkpoint["data"] = normalisation_of(self._trainer)
+        save_best(self.val_acc_best, checkpoint)
+        checkpoint["data"] = data_record(self._trainer)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_fits(self, checkpoint["state_dict"], f"ckpt_path={getattr(self._trainer, 'ckpt_path', None)}")
         self._mask_seed = checkpoint.get("mask_seed", self._mask_seed)
+        restore_best(self.val_acc_best, checkpoint)
         if "plateau_scheduler" in checkpoint and not checkpoint.get("lr_schedulers"):
             # checkpoints up to eb12644 kept the plateau scheduler's state under their own key
             checkpoint["lr_schedulers"] = [checkpoint.pop("plateau_scheduler")]
@@ -273,7 +285,7 @@ class SSLModule(L.LightningModule):
     def on_train_end(self) -> None:
         if self.hparams.export_dir and self.trainer.is_global_zero:
             extra = {"ssl": {"mask_patches": self.hparams.mask_patches}}
-            save_encoder(self.encoder, self.hparams.export_dir, data=normalisation_of(self.trainer), extra=extra)
+            save_encoder(self.encoder, self.hparams.export_dir, data=data_record(self.trainer), extra=extra)
 
 
 class _MaskedLosses(nn.Module):

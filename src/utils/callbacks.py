@@ -9,6 +9,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from src.utils.errors import UserError
@@ -48,34 +50,154 @@ def _metrics(trainer, prefix: str) -> str:
 
 
 class CheckpointOnSignal(L.Callback):
-    """SIGTERM (a kill, the end of a time limit) or SIGUSR2 (submitit's pre-emption warning): finish
-    the current batch, save <dirpath>/last.ckpt, then stop, so the next run resumes there with
-    ckpt_path=last. After SIGUSR2 the previous handler (submitit's requeue) runs once saved."""
+    """A stop asked for by a signal: SIGTERM (a kill, the end of a time limit), SIGUSR1 (Lightning's
+    SLURM guidance, `--signal=SIGUSR1@90`), SIGUSR2 (submitit's pre-emption warning) or SIGINT
+    (Ctrl-C; a second Ctrl-C stops at once). Training finishes the current batch (or validation
+    batch), saves <dirpath>/last.ckpt and stops, so the next run resumes there with ckpt_path=last;
+    a stop during test saves nothing (the weights tested are the best checkpoint's, not the run's
+    last) and ckpt_path=last runs the test again. After SIGUSR2 the previous handler (submitit's
+    requeue) runs once saved."""
+
+    # SIGTERM's previous handler is Lightning's (it forwards the signal to DDP's other processes): it
+    # runs first, then the stop is held if a validation is under way
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
     def __init__(self, dirpath: str):
         self.dirpath = dirpath
-        self._usr2 = False
-        self._previous = None
+        self.received: int | None = None
+        self._after_validation = False  # a stop held until the validation under way ends
+        self._previous: dict = {}
         self._trainer = None
 
-    def on_fit_start(self, trainer, pl_module) -> None:
+    def setup(self, trainer, pl_module, stage: str) -> None:
         self._trainer = trainer
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.getsignal(signal.SIGUSR2)
-            signal.signal(signal.SIGUSR2, self._on_usr2)
+        if threading.current_thread() is threading.main_thread() and not self._previous:
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._on_signal)
 
-    def _on_usr2(self, signum, frame) -> None:
-        self._usr2 = True
-        self._trainer._signal_connector.received_sigterm = True  # Lightning stops after this batch
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _on_signal(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: now
+        self.received = signum
+        previous = self._previous.get(signum)
+        if signum == signal.SIGTERM and callable(previous):
+            previous(signum, frame)
+        trainer = self._trainer
+        if trainer.state.fn == TrainerFn.FITTING and (trainer.validating or trainer.sanity_checking):
+            trainer._signal_connector.received_sigterm = False
+            self._after_validation = True
+            log.info(f"received {signal.Signals(signum).name}: stopping once this validation ends")
+        else:
+            trainer._signal_connector.received_sigterm = True  # Lightning stops after this batch
+            log.info(f"received {signal.Signals(signum).name}: stopping after this batch")
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        """A stop asked for during training's validation waits for its end: Lightning would resume
+        a validation stopped half-way with its metrics from the other half only."""
+        if trainer.state.fn == TrainerFn.FITTING and trainer.received_sigterm:
+            trainer._signal_connector.received_sigterm = False
+            self._after_validation = True
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._after_validation:
+            self._after_validation = False
+            trainer._signal_connector.received_sigterm = True  # stops at the next batch boundary
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):
             return
-        path = Path(self.dirpath) / "last.ckpt"
-        trainer.save_checkpoint(path)
-        log.info(f"stopped by a signal at step {trainer.global_step}: saved {path}; resume with ckpt_path=last")
-        if self._usr2 and callable(self._previous):
-            self._previous(signal.SIGUSR2, None)
+        if trainer.state.fn == TrainerFn.FITTING:
+            path = Path(self.dirpath) / "last.ckpt"
+            trainer.save_checkpoint(path)
+            log.info(f"stopped by a signal at step {trainer.global_step}: saved {path}; resume with ckpt_path=last")
+        if self.received == signal.SIGUSR2 and callable(self._previous.get(signal.SIGUSR2)):
+            self._previous[signal.SIGUSR2](signal.SIGUSR2, None)
+
+
+class LastCheckpoint(Checkpoint):
+    """<dirpath>/last.ckpt, the checkpoint a run resumes from (ckpt_path=last), written so that a
+    kill loses at most `every_minutes` of training: every `every_n_train_steps` optimizer steps
+    (None: not by steps), once `every_minutes` have passed since the last write (checked after each
+    optimizer step; under DDP rank 0's clock decides, shared every `sync_every` steps so that every
+    process saves at the same step), at every epoch's end (after its validation), and when training
+    ends. One file, overwritten atomically (AtomicCheckpointIO). A Checkpoint, so Lightning runs it
+    after the other callbacks (the best checkpoint's ModelCheckpoint included): what it writes at
+    an epoch's end knows that epoch's best."""
+
+    FILE = "last.ckpt"
+
+    def __init__(self, dirpath: str, every_n_train_steps: int | None = None, every_minutes: float | None = 10.0,
+                 sync_every: int = 10):  # fmt: skip
+        for name, value in (("every_n_train_steps", every_n_train_steps), ("every_minutes", every_minutes)):
+            if value is not None and (isinstance(value, bool) or value <= 0):
+                raise UserError(f"callbacks.last_checkpoint.{name}={value!r}: use a positive number, or null for none")
+        self.dirpath, self.every_n, self.every_minutes, self.sync_every = (
+            dirpath,
+            every_n_train_steps,
+            every_minutes,
+            sync_every,
+        )
+        self._clock = time.monotonic()
+        self._saved_at = None  # (global step, epochs completed) of the last write
+        self._after_validation = False  # a write that is due once the validation under way ends
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dirpath) / self.FILE
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._clock = time.monotonic()
+        self._saved_at = self._position(trainer)  # a resumed run does not write what it resumed from
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.fit_loop._should_accumulate():  # mid-accumulation: no optimizer step yet
+            return
+        step = trainer.global_step
+        due = bool(self.every_n) and step % self.every_n == 0
+        if not due and self.every_minutes is not None:
+            if trainer.world_size == 1:
+                due = time.monotonic() - self._clock >= 60 * self.every_minutes
+            elif step % self.sync_every == 0:  # the same decision in every process, at a few steps' cost
+                due = trainer.strategy.broadcast(time.monotonic() - self._clock >= 60 * self.every_minutes, src=0)
+        if due and _validation_follows(trainer):
+            self._after_validation = True  # a checkpoint between a batch and its validation resumes past it
+        elif due:
+            self._save(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not self._after_validation or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        self._after_validation = False
+        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:  # else on_train_epoch_end saves
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._after_validation = False
+        self._save(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._save(trainer)
+
+    def _position(self, trainer) -> tuple[int, int, int]:
+        progress = trainer.fit_loop.epoch_progress.current
+        return trainer.global_step, progress.processed, progress.completed
+
+    def _save(self, trainer) -> None:
+        if trainer.fast_dev_run or trainer.sanity_checking or self._saved_at == self._position(trainer):
+            return  # a debug run (fast_dev_run) writes no checkpoints, as Lightning's own callbacks
+        trainer.save_checkpoint(self.path)
+        self._saved_at, self._clock = self._position(trainer), time.monotonic()
+
+
+def _validation_follows(trainer) -> bool:
+    """Whether Lightning validates right after the training batch that just ended."""
+    loop = trainer.fit_loop.epoch_loop
+    return trainer.fit_loop._data_fetcher is not None and loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
 
 
 class StopOnNonFiniteLoss(L.Callback):
@@ -137,6 +259,33 @@ class StopOnNonFiniteLoss(L.Callback):
             f"the training loss became {loss} at step {step}; "
             f"the weights before it are in {path}. Lower the learning rate (model.optimizer.lr), clip gradients "
             "(trainer.gradient_clip_val=1.0) or look for broken inputs"
+        )
+
+
+class NonFiniteEvalLoss(L.Callback):
+    """A validation or test loss that is NaN or infinite (a broken clip in that split, or weights
+    gone bad) does not pass silently: one warning naming the stage and step, and the run's
+    metrics.json lists every such event under "nonfinite_losses" (entry.write_run_summary)."""
+
+    def __init__(self):
+        self.events: list[dict] = []
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._check(trainer, "val")
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._check(trainer, "test")
+
+    def _check(self, trainer, stage: str) -> None:
+        loss = trainer.callback_metrics.get(f"{stage}/loss")
+        if loss is None or torch.isfinite(loss).all():
+            return
+        event = {"stage": stage, "step": trainer.global_step, "epoch": trainer.current_epoch, "loss": float(loss)}
+        self.events.append(event)
+        log.warning(
+            f"the {stage} loss is {float(loss)} at step {trainer.global_step}: a clip of the {stage} split may hold "
+            "NaN or inf features, or the weights went bad; its metrics are not to be trusted"
         )
 
 

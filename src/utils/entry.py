@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.utils.devices import per_device_batch
 from src.utils.errors import MissingInput, UserError
-from src.utils.io import exclusive_lock, remove_partial_writes, write_json
+from src.utils.io import exclusive_lock, folder_busy, remove_partial_writes, write_json
 from src.utils.pylogger import RankedLogger
 
 log = RankedLogger(__name__)
@@ -41,6 +41,27 @@ def run_folder(cfg: DictConfig):
         for leftover in remove_partial_writes(Path(cfg.paths.output_dir) / "checkpoints"):
             log.info(f"removed {leftover.name}, left by a checkpoint write that was killed")
         yield
+
+
+def check_fresh_start(cfg: DictConfig, out: Path | None = None) -> None:
+    """Before anything is written into the run folder (`out`, default cfg.paths.output_dir): a folder
+    that holds a run's checkpoints is resumed (ckpt_path=last, or a SLURM requeue), never started
+    over, and a folder another training holds is not touched. Each a UserError naming the way out."""
+    out = Path(out or cfg.paths.output_dir)
+    if not _launching_process() or not out.is_dir():
+        return
+    if folder_busy(out / ".lock"):
+        raise UserError(
+            f"{out} is in use by another training; give this one its own folder (the default hydra.run.dir), "
+            "or wait for the other to end before resuming in it"
+        )
+    requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+    checkpoints = sorted((out / "checkpoints").glob("*.ckpt"))
+    if checkpoints and cfg.get("ckpt_path") is None and not requeued:
+        raise UserError(
+            f"{out} holds the checkpoints of an earlier run ({', '.join(p.name for p in checkpoints[:3])}): resume "
+            f"it with ckpt_path=last, or leave out hydra.run.dir to start a new run in a new folder"
+        )
 
 
 # trainer settings that are fractions or counts: numbers
@@ -171,9 +192,48 @@ def resume_path(cfg: DictConfig, trainer: L.Trainer) -> str | None:
     return existing_checkpoint(path) if path else None
 
 
+def check_data(cfg: DictConfig, ckpt_path: str | None, datamodule, resuming: bool) -> None:
+    """The data a checkpoint was trained on (its "data" record) against this run's datamodule: the
+    class names in order and the normalisation must be the same, and to resume a training the
+    training data too (the fingerprint). Each mismatch a UserError naming both sides and the fix;
+    data_check=false accepts them. A checkpoint that records nothing (older ones) passes."""
+    if not ckpt_path or not cfg.get("data_check", True):
+        return
+    from src.models.pretrained import read_checkpoint
+
+    saved = read_checkpoint(ckpt_path, mmap=True).get("data") or {}
+    accept = "or data_check=false to accept it"
+    if "mean" in saved and hasattr(datamodule, "mean"):
+        ours = (float(datamodule.mean), float(datamodule.std))
+        if not all(abs(a - b) <= 1e-6 * max(1.0, abs(b)) for a, b in zip(ours, (saved["mean"], saved["std"]))):
+            raise UserError(
+                f"ckpt_path={ckpt_path} was trained on data normalised with mean {saved['mean']:.6g}, std "
+                f"{saved['std']:.6g}, but this run has data.mean={ours[0]:.6g} data.std={ours[1]:.6g}; pass "
+                f"data.mean={saved['mean']:.6g} data.std={saved['std']:.6g}, {accept}"
+            )
+    if "classes" in saved and hasattr(datamodule, "classes") and list(saved["classes"]) != list(datamodule.classes):
+        ours = list(datamodule.classes)
+        first = next(
+            (i for i, (a, b) in enumerate(zip(saved["classes"], ours)) if a != b), min(len(ours), len(saved["classes"]))
+        )
+        raise UserError(
+            f"ckpt_path={ckpt_path} was trained on {len(saved['classes'])} classes and this run's data has "
+            f"{len(ours)} (first difference at output {first}: {saved['classes'][first : first + 1]} vs "
+            f"{ours[first : first + 1]}); evaluate on the data it was trained on (its classes.json), {accept}"
+        )
+    if resuming and saved.get("fingerprint") and hasattr(datamodule, "fingerprint"):
+        if saved["fingerprint"] != datamodule.fingerprint():
+            raise UserError(
+                f"ckpt_path={ckpt_path} was trained on other data (fingerprint {saved['fingerprint']}, this "
+                f"run's {datamodule.fingerprint()}: the stores or manifests were rebuilt or changed); resume on "
+                f"the data it was trained on, {accept}"
+            )
+
+
 def finished_run(cfg: DictConfig, ckpt_path: str | None) -> dict | None:
-    """The metrics of this run folder's finished training when ckpt_path=last would resume it with the
-    same length (max_epochs, max_steps): nothing is left to do. None otherwise."""
+    """The summary (metrics.json) of this run folder when ckpt_path=last would resume a training that
+    ended with the same length (max_epochs, max_steps): there is no training left to do, at most a
+    phase after it that was stopped (phases_left). None otherwise."""
     summary_path = Path(cfg.paths.output_dir) / "metrics.json"
     if not ckpt_path or not summary_path.exists() or Path(ckpt_path).name != "last.ckpt":
         return None
@@ -182,22 +242,73 @@ def finished_run(cfg: DictConfig, ckpt_path: str | None) -> dict | None:
     except ValueError:
         return None
     length = {k: cfg.trainer.get(k) for k in ("max_epochs", "max_steps")}
-    if summary.get("finished") and all(summary.get(k) == v for k, v in length.items()):
+    phases = summary.get("phases") or {"fit": "finished" if summary.get("finished") else "stopped"}
+    if phases.get("fit") == "finished" and all(summary.get(k) == v for k, v in length.items()):
         return summary
     return None
 
 
+def phases_left(cfg: DictConfig, summary: dict) -> list[str]:
+    """The phases cfg asks for after training that a finished training's summary has not finished."""
+    phases = summary.get("phases") or {}
+    return [
+        p
+        for p in ("test",)
+        if cfg.get(p) and phases.get(p, "finished" if summary.get("finished") else None) != "finished"
+    ]
+
+
+@contextmanager
+def phase(cfg: DictConfig, trainer: L.Trainer, phases: dict, name: str, metrics: dict | None = None):
+    """Record in `phases` whether the Lightning call inside finished or was stopped; a stop (a signal:
+    SIGTERMException) is written to metrics.json before it propagates, so the summary never says
+    finished for a run that was not."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        yield
+    except SIGTERMException:
+        phases[name] = "stopped"
+        write_run_summary(cfg, trainer, metrics or {}, phases)
+        raise
+    finished = trainer.state.status == "finished" and not trainer.interrupted
+    phases[name] = "finished" if finished else "stopped"
+
+
 def best_checkpoint(trainer: L.Trainer) -> str | None:
     """The best checkpoint by the monitored metric (the model_checkpoint callback's), if any."""
-    return next((c.best_model_path for c in trainer.checkpoint_callbacks if c.best_model_path), None)
+    return next((c.best_model_path for c in trainer.checkpoint_callbacks if getattr(c, "best_model_path", None)), None)
+
+
+def nonfinite_losses(trainer: L.Trainer) -> list[dict]:
+    """The NaN or infinite validation and test losses of this run (NonFiniteEvalLoss's record)."""
+    from src.utils.callbacks import NonFiniteEvalLoss
+
+    return [e for c in trainer.callbacks if isinstance(c, NonFiniteEvalLoss) for e in c.events]
+
+
+def last_checkpoint(trainer: L.Trainer) -> str | None:
+    """The last.ckpt of the run's LastCheckpoint callback, once it has been written."""
+    from src.utils.callbacks import LastCheckpoint
+
+    paths = [c.path for c in trainer.callbacks if isinstance(c, LastCheckpoint)]
+    return next((str(p) for p in paths if p.exists()), None)
 
 
 @rank_zero_only
-def write_run_summary(cfg: DictConfig, trainer: L.Trainer, metrics: dict) -> None:
-    """<output>/metrics.json: final metrics plus where the checkpoints and logs are."""
+def write_run_summary(cfg: DictConfig, trainer: L.Trainer, metrics: dict, phases: dict | None = None) -> None:
+    """<output>/metrics.json: final metrics, each phase's outcome (phases: {"fit": "finished" or
+    "stopped", "test": ...}; `finished` only when every phase the config asks for finished; without
+    phases, whether the trainer's last call finished), and where the checkpoints and logs are."""
+    if phases is None:
+        finished = trainer.state.status == "finished" and not trainer.interrupted
+    else:
+        asked = [p for p, wanted in (("fit", cfg.get("train")), ("test", cfg.get("test"))) if wanted]
+        finished = all(phases.get(p) == "finished" for p in asked)
     summary = {
         **metrics,
-        "finished": trainer.state.status == "finished" and not trainer.interrupted,
+        "finished": finished,
+        **({"phases": dict(phases)} if phases is not None else {}),
         "max_epochs": cfg.trainer.get("max_epochs"),
         "max_steps": cfg.trainer.get("max_steps"),
         "fold": cfg.data.get("fold"),
@@ -205,15 +316,23 @@ def write_run_summary(cfg: DictConfig, trainer: L.Trainer, metrics: dict) -> Non
         "precision": str(trainer.precision),
         "global_step": trainer.global_step,
         "best_checkpoint": best_checkpoint(trainer),
-        "last_checkpoint": next((c.last_model_path for c in trainer.checkpoint_callbacks if c.last_model_path), None),
+        "last_checkpoint": last_checkpoint(trainer),
+        "nonfinite_losses": nonfinite_losses(trainer),
         "tensorboard": next((lg.log_dir for lg in trainer.loggers if hasattr(lg, "log_dir")), None),
         "output_dir": cfg.paths.output_dir,
     }
     path = Path(cfg.paths.output_dir) / "metrics.json"
-    try:  # a resumed run keeps what the file held before: a metric it did not compute again stays
-        summary = {**json.loads(path.read_text()), **summary} if path.exists() else summary
+    # a resumed run keeps what the file held before: a metric it did not compute again stays, and a
+    # run that only tested (after a stop during test) keeps the training's step and checkpoints
+    untrained = {"global_step": 0, "best_checkpoint": None, "last_checkpoint": None, "tensorboard": None}
+    summary = {k: v for k, v in summary.items() if k not in untrained or v != untrained[k]}
+    try:
+        before = json.loads(path.read_text()) if path.exists() else {}
     except ValueError:
-        pass
+        before = {}
+    # the non-finite losses of every process that worked in this folder, resumed ones included
+    summary["nonfinite_losses"] = before.get("nonfinite_losses", []) + summary["nonfinite_losses"]
+    summary = {**untrained, **before, **summary}
     write_json(path, summary)
     curves = _plot_curves(cfg) if summary["tensorboard"] else None
     export = Path(cfg.paths.output_dir) / "encoder"

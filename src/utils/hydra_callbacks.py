@@ -16,6 +16,25 @@ from src.utils.io import write_json
 REPEATS = ("seed", "data.fold")
 
 
+class RunFolderGuard(Callback):
+    """Before Hydra writes anything into a single run's folder (.hydra/, the log file): refuse to
+    start over in a folder that holds a run's checkpoints, or one another training holds
+    (entry.check_fresh_start; src/train.py checks the same again for sweeps' jobs and direct calls)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        from src.utils.entry import check_fresh_start
+        from src.utils.errors import UserError, report, traceback_wanted
+
+        if config.get("task_name") != "train":
+            return
+        try:
+            check_fresh_start(config, Path(config.hydra.run.dir))
+        except UserError as e:
+            if traceback_wanted():
+                raise
+            sys.exit(report(e))
+
+
 class SweepSummary(Callback):
     """After a multirun, read every job's metrics.json from the sweep folder (jobs may have run on
     other machines) and write <sweep>/summary.json: per job its overrides and metrics; per point of

@@ -67,6 +67,20 @@ def exclusive_lock(path: str | Path, busy: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def folder_busy(path: str | Path) -> bool:
+    """Whether another process holds exclusive_lock on path (a probe: takes and drops it at once)."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

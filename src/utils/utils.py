@@ -85,12 +85,27 @@ def user_errors_exit(func):
                 log.exception("job failed")
                 return _record_failure(cfg, e)
             raise
-        except SIGTERMException:  # stopped by SIGTERM / pre-emption after saving last.ckpt
-            out = cfg.paths.output_dir
-            print(f"stopped by a signal; resume with ckpt_path=last hydra.run.dir={out}", file=sys.stderr)
+        except SIGTERMException:  # stopped by a signal / pre-emption after saving last.ckpt
+            print(f"stopped by a signal; resume with: {resume_command(cfg)}", file=sys.stderr)
             sys.exit(143)
 
     return wrap
+
+
+def resume_command(cfg: DictConfig) -> str:
+    """The command that resumes this run in its folder: the run's own overrides (a sweep job's
+    included, as a single run), ckpt_path=last and hydra.run.dir; hydra.output_subdir=null keeps the
+    run's .hydra/ record (which a sweep's summary reads) as the first start wrote it."""
+    import shlex
+
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    own = ("ckpt_path=", "hydra.run.dir=", "hydra/launcher=", "hydra.output_subdir=")
+    kept = [o for o in overrides if not o.lstrip("+~").startswith(own)]
+    module = "src.eval" if cfg.get("task_name") == "eval" else "src.train"
+    args = [*kept, "ckpt_path=last", f"hydra.run.dir={cfg.paths.output_dir}", "hydra.output_subdir=null"]
+    return f"python -m {module} " + " ".join(shlex.quote(a) for a in args)
 
 
 def _in_sweep() -> bool:
