@@ -55,9 +55,9 @@ def throughput_model_table(throughput: dict) -> str:
     lines = [
         f'{run["card"]}, run "{run["run"]}" of throughput.json.',
         "",
-        "| size | SSAMBA ms / step | as CUDA graphs | SSAMBA samples/s | SSAMBA peak | SSAST ms / step | SSAST samples/s "
-        "| SSAST peak | throughput vs SSAST | memory vs SSAST | src/train.py samples/s, graph off | graph on "
-        "| vs the bare step |",
+        "| size | SSAMBA ms / step | as CUDA graphs | SSAMBA samples/s | SSAMBA peak | SSAST ms / step "
+        "| SSAST samples/s | SSAST peak | throughput vs SSAST | memory vs SSAST "
+        "| src/train.py samples/s, graph off | graph on | vs the bare step |",
         "| --- |" + " --- |" * 12,
     ]
     for size in ("tiny", "small", "base"):

@@ -330,8 +330,13 @@ def main(argv=None) -> int:
     t.add_argument("--bare-steps", type=int, default=20)
     t.add_argument("--experiment", default="pretrain")
     t.add_argument("--devices", nargs="+", type=int, default=[1, 2])
-    t.add_argument("--graph", nargs="+", default=["false", "auto"], choices=["false", "auto", "true"],
-                   help="model.cuda_graph settings of the loop (auto: on in one process)")
+    t.add_argument(
+        "--graph",
+        nargs="+",
+        default=["false", "auto"],
+        choices=["false", "auto", "true"],
+        help="model.cuda_graph settings of the loop (auto: on in one process)",
+    )
     t.add_argument("--batch-per-gpu", type=int, default=64, help="data.batch_size is the global batch: this x devices")
     t.add_argument("--steps", type=int, default=60)
     t.add_argument("--warmup", type=int, default=10)
