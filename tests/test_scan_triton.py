@@ -21,6 +21,7 @@ def tiny(min_programs):
     return ScanTiling(block_d=4, tile_len=2, ckpt_every=4, min_programs=min_programs)
 
 
+PARTIAL_SUMS = ScanTiling(block_d=4, tile_len=2, ckpt_every=4, min_programs=64, lane_states=False, atomic_bc=False)
 CASES = {
     # name: (length, channels, states, z, reverse, tiling); 2 sets x batch 2 x ceil(E/4) blocks of programs
     "one chunk, odd length": (13, 8, 4, True, (False, True), tiny(1)),
@@ -28,6 +29,7 @@ CASES = {
     "last chunk one step long": (17, 6, 3, False, (False, True), tiny(64)),
     "one step": (1, 8, 4, True, (True, False), tiny(64)),
     "one set": (11, 5, 4, True, (True,), ScanTiling(block_d=8, tile_len=4, ckpt_every=8, min_programs=1)),
+    "dB and dC as partial sums, states laid out by Triton": (13, 8, 4, True, (False, True), PARTIAL_SUMS),
 }
 
 
@@ -81,9 +83,10 @@ def test_forward_and_backward_tilings_must_share_checkpoints():
 
 
 def test_default_tilings_follow_the_measured_rules():
-    # tiny at batch 64: 32-channel programs would be too few -> 16 channels, backward register cap
+    # tiny at batch 64: 32-channel forward programs would be too few -> 16 channels; the backward:
+    # 32 channels in Triton's layout, dB and dC added with atomics
     forward, backward = default_tilings(2, 64, 384, 513)
-    assert (forward.block_d, backward.block_d, backward.max_registers) == (16, 16, 168)
+    assert (forward.block_d, backward.block_d, backward.lane_states, backward.atomic_bc) == (16, 32, False, True)
     # base at batch 64: enough 32-channel programs, no chunks
     forward, backward = default_tilings(2, 64, 1536, 513)
     assert forward.block_d == backward.block_d == 32 and forward.min_programs == 2048

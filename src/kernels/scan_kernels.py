@@ -28,7 +28,11 @@ chunks only when the (set, batch, channel-block) programs are too few to fill th
 A short sequence is one chunk and runs pass 2 alone. The adjoint q_t = dy_t C_t + a_{t+1} q_{t+1}
 (a_t = exp(dt_t A)) pairs with the state h_t at every step; the step's input x_t = dt_t B_t u_t
 gives a_t h_{t-1} = h_t - x_t, so no step needs h_{t-1}. Gradients of B and C are summed over the
-channels of a program, then over programs (no atomics: deterministic). Runs under
+channels of a program, then added over programs with atomics (ATOMIC_BC), or written per program
+and summed afterwards in a fixed order (deterministic). The backward's walks load the next tile's
+inputs (and scratch state) one tile ahead, as the forward does. LANE (ScanTiling.lane_states) keeps
+a channel's states in one lane; without it Triton may vectorise the state accesses and lays 4
+states x 4 channels on a thread (fewer shuffles in the sums over channels). Runs under
 TRITON_INTERPRET=1 on a CPU for tests.
 """
 
@@ -51,10 +55,11 @@ def _program(a_ptr, d_ptr, bias_ptr, batch, rev_mask, n_chunks, zero, DIM, N, BN
     (BD,), states n (BN,), their masks, A (BN, BD) fp32, bias and D (BD,), and where its chunk's
     (N, E) state slice sits in a (S*B, n_chunks, N, E) buffer.
 
-    `zero` is 0, passed unspecialised, and offsets every (N, E) state access: it hides their
-    alignment from the compiler, which would otherwise vectorise them across channels and so lay
-    the (BN, BD) tensors out with several channels per thread and the states spread over lanes.
-    Unvectorised, the layout is a channel per lane (or two lanes), its states in registers."""
+    `zero` is 0, passed unspecialised (or a literal 0 without LANE), and offsets every (N, E) state
+    access: unspecialised it hides their alignment from the compiler, which would otherwise
+    vectorise them across channels and so lay the (BN, BD) tensors out with several channels per
+    thread and the states spread over lanes. Unvectorised, the layout is a channel per lane (or
+    two lanes), its states in registers."""
     sb = tl.program_id(0)  # set * batch + batch index
     s, b = sb // batch, sb % batch
     chunk = tl.program_id(2)
@@ -129,10 +134,14 @@ def scan_forward_kernel(
     su_s, su_b, su_l, sdt_s, sdt_b, sdt_l, sb_s, sb_b, sb_l, sc_s, sc_b, sc_l, sz_b, sz_l,
     DIM: tl.constexpr, N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, CK: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_H_START: tl.constexpr,
-    WRITE_Y: tl.constexpr, WRITE_CKPT: tl.constexpr, WRITE_END: tl.constexpr,
+    WRITE_Y: tl.constexpr, WRITE_CKPT: tl.constexpr, WRITE_END: tl.constexpr, LANE: tl.constexpr,
 ):  # fmt: skip
+    if LANE:
+        hide = zero
+    else:
+        hide = 0
     sb, s, b, chunk, rev, d, n, d_ok, nd_ok, A, bias, D, state_at = _program(
-        a_ptr, d_ptr, bias_ptr, batch, rev_mask, n_chunks, zero, DIM, N, BN, BD
+        a_ptr, d_ptr, bias_ptr, batch, rev_mask, n_chunks, hide, DIM, N, BN, BD
     )
     A2 = A * LOG2E  # (BN, BD): exp(dt A) = exp2(dt A2)
     if HAS_H_START:
@@ -160,7 +169,7 @@ def scan_forward_kernel(
         )
         if WRITE_CKPT:
             if k0 % CK == 0:  # the state entering these CK steps: the backward restarts here
-                ckpt_at = zero + ((sb * n_ckpts + k0 // CK) * N + n[:, None]).to(tl.int64) * DIM + d[None, :]
+                ckpt_at = hide + ((sb * n_ckpts + k0 // CK) * N + n[:, None]).to(tl.int64) * DIM + d[None, :]
                 tl.store(ckpt_ptr + ckpt_at, h, mask=nd_ok)
         for i in tl.static_range(T):
             ok = k0 + i < k_end
@@ -214,10 +223,14 @@ def scan_backward_kernel(
     sdy_s, sdy_b, sdy_l,
     DIM: tl.constexpr, N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, CK: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_G_START: tl.constexpr,
-    CARRY_ONLY: tl.constexpr,
+    CARRY_ONLY: tl.constexpr, LANE: tl.constexpr, ATOMIC_BC: tl.constexpr,
 ):  # fmt: skip
+    if LANE:
+        hide = zero
+    else:
+        hide = 0
     sb, s, b, chunk, rev, d, n, d_ok, nd_ok, A, bias, D, state_at = _program(
-        a_ptr, d_ptr, bias_ptr, batch, rev_mask, n_chunks, zero, DIM, N, BN, BD
+        a_ptr, d_ptr, bias_ptr, batch, rev_mask, n_chunks, hide, DIM, N, BN, BD
     )
     A2 = A * LOG2E
     if not HAS_D:
@@ -237,10 +250,13 @@ def scan_backward_kernel(
     )  # fmt: skip
     steps = (su_l, sdt_l, sb_l, sc_l, sz_l, sdy_l)
     out_ptrs = sb.to(tl.int64) * length * DIM + d  # du, ddt, dz: (S, B, L, E) contiguous
-    bc_at = (block * tl.num_programs(0) + sb).to(tl.int64) * length * N + n  # dB, dC: (blocks, S*B, L, N)
+    if ATOMIC_BC:  # dB, dC: (S*B, L, N), every channel block adds into it
+        bc_at = sb.to(tl.int64) * length * N + n
+    else:  # dB, dC: (blocks, S*B, L, N), summed over blocks afterwards
+        bc_at = (block * tl.num_programs(0) + sb).to(tl.int64) * length * N + n
     # this program's scratch: (CK // T, BN, BD) fp32, the states at the start of every tile of a segment
     program = (sb * tl.num_programs(1) + block) * n_chunks + chunk
-    scratch_at = zero + (program.to(tl.int64) * (CK // T) * BN + n[:, None]) * BD + tl.arange(0, BD)[None, :]
+    scratch_at = hide + (program.to(tl.int64) * (CK // T) * BN + n[:, None]) * BD + tl.arange(0, BD)[None, :]
     k_begin = chunk * chunk_len
     k_end = tl.minimum(k_begin + chunk_len, length)
     n_segments = tl.cdiv(k_end - k_begin, CK)
@@ -248,11 +264,13 @@ def scan_backward_kernel(
         k1 = k_begin + (n_segments - 1 - js) * CK  # segments from the chunk's end to its start
         n_tiles = tl.cdiv(tl.minimum(k1 + CK, k_end) - k1, T)
         if not CARRY_ONLY:  # the state at the start of every tile, from the one the forward kept
-            ckpt_at = zero + ((sb * n_ckpts + k1 // CK) * N + n[:, None]).to(tl.int64) * DIM + d[None, :]
+            ckpt_at = hide + ((sb * n_ckpts + k1 // CK) * N + n[:, None]).to(tl.int64) * DIM + d[None, :]
             h = tl.load(ckpt_ptr + ckpt_at, mask=nd_ok, other=0.0)
+            walk = _load_tile(pointers, steps, k1, k1, k_end, length, rev, d, n, d_ok, N, T, False, False, False)
             for jt in tl.range(0, n_tiles - 1):
-                us, dts, Bs, _, _, _ = _load_tile(
-                    pointers, steps, k1 + jt * T, k1, k_end, length, rev, d, n, d_ok, N, T, False, False, False
+                us, dts, Bs, _, _, _ = walk  # this tile; the next one's loads go out before its stores
+                walk = _load_tile(
+                    pointers, steps, k1 + (jt + 1) * T, k1, k_end, length, rev, d, n, d_ok, N, T, False, False, False
                 )
                 tl.store(scratch_ptr + scratch_at + jt * BN * BD, h)
                 for i in tl.static_range(T):
@@ -262,11 +280,12 @@ def scan_backward_kernel(
                         + Bs[i].to(tl.float32)[:, None] * (dt * us[i].to(tl.float32))[None, :]
                     )
             tl.store(scratch_ptr + scratch_at + (n_tiles - 1) * BN * BD, h)
+        k_last = k1 + (n_tiles - 1) * T
+        tile = _load_tile(pointers, steps, k_last, k1, k_end, length, rev, d, n, d_ok, N, T, True, HAS_Z, True)
         for jt in tl.range(0, n_tiles):
-            k0 = k1 + (n_tiles - 1 - jt) * T  # tiles from the segment's end to its start
-            us, dts, Bs, Cs, zs, dys = _load_tile(
-                pointers, steps, k0, k1, k_end, length, rev, d, n, d_ok, N, T, True, HAS_Z, True
-            )
+            k0 = k_last - jt * T  # tiles from the segment's end to its start
+            us, dts, Bs, Cs, zs, dys = tile  # this tile; the one before it loads meanwhile
+            tile = _load_tile(pointers, steps, k0 - T, k1, k_end, length, rev, d, n, d_ok, N, T, True, HAS_Z, True)
             # the tile's states, decays and step sizes, in registers
             hs, decays, dt_outs, dt_ins = (), (), (), ()
             for i in tl.static_range(T):
@@ -318,8 +337,14 @@ def scan_backward_kernel(
                     tl.store(du_ptr + out_ptrs + t * DIM, du.to(du_ptr.dtype.element_ty), mask=m)
                     tl.store(ddt_ptr + out_ptrs + t * DIM, ddt.to(ddt_ptr.dtype.element_ty), mask=m)
                     bc_ok = (n < N) & (k < k_end)  # dB, dC: sums over this program's channels
-                    tl.store(db_ptr + bc_at + t * N, tl.sum(q * dt_u[None, :], axis=1), mask=bc_ok)
-                    tl.store(dc_ptr + bc_at + t * N, tl.sum(h * dy[None, :], axis=1), mask=bc_ok)
+                    db = tl.sum(q * dt_u[None, :], axis=1)
+                    dc = tl.sum(h * dy[None, :], axis=1)
+                    if ATOMIC_BC:
+                        tl.atomic_add(db_ptr + bc_at + t * N, db, mask=bc_ok, sem="relaxed")
+                        tl.atomic_add(dc_ptr + bc_at + t * N, dc, mask=bc_ok, sem="relaxed")
+                    else:
+                        tl.store(db_ptr + bc_at + t * N, db, mask=bc_ok)
+                        tl.store(dc_ptr + bc_at + t * N, dc, mask=bc_ok)
                     dA += q_hx * dt[None, :]
                     dD += dy * u
                     dbias += ddt

@@ -23,27 +23,34 @@ class ScanTiling:
     tile_len steps unrolled together (the backward holds a tile's states in registers); ckpt_every
     steps (a multiple of tile_len, the same for both kernels) between the states the forward keeps for
     the backward; sequences cut into chunks until there are min_programs programs; max_registers per
-    thread for ptxas (None: its choice; fewer registers, more warps per SM)."""
+    thread for ptxas (None: its choice; fewer registers, more warps per SM); lane_states: a channel's
+    states in one lane's registers (scan_kernels._program), else the layout Triton picks when it may
+    vectorise the state accesses; atomic_bc: the backward adds each program's dB and dC into one fp32
+    tensor with atomics, else writes per-program partial sums that are summed afterwards in a fixed
+    order (also used whenever torch.use_deterministic_algorithms is on)."""
 
     block_d: int = 16
     tile_len: int = 2
     ckpt_every: int = 64
     min_programs: int = 2048
     max_registers: int | None = None
+    lane_states: bool = True
+    atomic_bc: bool = True
 
 
 def default_tilings(sets: int, batch: int, dim: int, length: int) -> tuple[ScanTiling, ScanTiling]:
-    """(forward, backward) launch shapes, from benchmarks/scan.py's sweeps on an H100: 32 channels per
-    program (fewer instructions per state update) when that alone makes 2048 programs, or when the
-    sequence is long enough to supply 8192 programs as chunks; else 16 channels (twice the programs),
-    with the backward capped at 168 registers, which buys more warps per SM than the spill-free 229."""
+    """(forward, backward) launch shapes, from benchmarks/scan.py's sweeps on an H100
+    (docs/benchmarks.md). Long sequences (> 4096 steps): 32 channels per program, chunked to 8192
+    programs, both ways. Otherwise the forward takes 32 channels per program when that alone makes
+    2048 programs, else 16 (twice the programs); the backward takes 32 channels in the layout
+    Triton picks (4 states x 4 channels a thread: the per-step sums of dB and dC over channels cross
+    3 levels of lanes rather than 4 to 5), adding dB and dC with atomics (2.46 against 2.74 ms for
+    forward + backward at (64, 384, 513), same run)."""
     if length > 4096:
         wide = ScanTiling(block_d=32, min_programs=8192)
-    elif sets * batch * triton.cdiv(dim, 32) >= 2048:
-        wide = ScanTiling(block_d=32)
-    else:
-        return ScanTiling(block_d=16), ScanTiling(block_d=16, max_registers=168)
-    return wide, wide
+        return wide, wide
+    forward = ScanTiling(block_d=32 if sets * batch * triton.cdiv(dim, 32) >= 2048 else 16)
+    return forward, ScanTiling(block_d=32, lane_states=False)
 
 
 def chunking(sets: int, batch: int, dim: int, length: int, tiling: ScanTiling) -> tuple[int, int]:
@@ -88,7 +95,8 @@ class _Launch:
         self.strides = _strides(u) + _strides(delta) + _strides(B) + _strides(C) + z_strides
         self.shape = dict(DIM=self.dim, N=self.d_state, BN=triton.next_power_of_2(self.d_state), BD=tiling.block_d)
         self.flags = dict(SOFTPLUS=delta_softplus, HAS_Z=z is not None, HAS_D=D is not None)
-        self.flags.update(T=tiling.tile_len, CK=tiling.ckpt_every, num_warps=1, **self.shape)
+        self.flags.update(T=tiling.tile_len, CK=tiling.ckpt_every, LANE=tiling.lane_states, num_warps=1)
+        self.flags.update(self.shape)
         if tiling.max_registers:
             self.flags["maxnreg"] = tiling.max_registers
         self.sizes = (self.batch, self.length, self.chunk_len, self.n_chunks, self.n_ckpts)
@@ -146,8 +154,10 @@ def scan_backward(dy, ckpt, u, delta, A, B, C, D, z, delta_bias, reverse, delta_
     du = torch.empty(u.shape, device=u.device, dtype=u.dtype)
     ddelta = torch.empty(delta.shape, device=u.device, dtype=delta.dtype)
     dz_sets = torch.empty(u.shape, device=u.device, dtype=z.dtype) if z is not None else None
-    dB_blocks = torch.empty(run.blocks, S * batch, L, run.d_state, device=u.device, dtype=torch.float32)
-    dC_blocks = torch.empty_like(dB_blocks)
+    atomic = tiling.atomic_bc and not torch.are_deterministic_algorithms_enabled()
+    make = torch.zeros if atomic else torch.empty  # with atomics every block adds into one
+    dB_blocks = make(1 if atomic else run.blocks, S * batch, L, run.d_state, device=u.device, dtype=torch.float32)
+    dC_blocks = make(dB_blocks.shape, device=u.device, dtype=torch.float32)
     dA_part = run.states(S * batch, run.n_chunks)
     dD_part = torch.empty(S * batch, run.n_chunks, E, device=u.device, dtype=torch.float32)
     dbias_part = torch.empty_like(dD_part)
@@ -161,17 +171,18 @@ def scan_backward(dy, ckpt, u, delta, A, B, C, D, z, delta_bias, reverse, delta_
         scan_backward_kernel[run.grid](
             *run.inputs, dy, ckpt, g_out, scratch,
             du, ddelta, du, dB_blocks, dC_blocks, dA_part, dD_part, dbias_part, g_out, dt_sum,
-            *run.sizes, run.rev_mask, 0, *run.strides, *dy_strides, HAS_G_START=False, CARRY_ONLY=True, **run.flags,
+            *run.sizes, run.rev_mask, 0, *run.strides, *dy_strides, HAS_G_START=False, CARRY_ONLY=True,
+            ATOMIC_BC=atomic, **run.flags,
         )  # fmt: skip
         g_start = run.carry(g_out, dt_sum, backward=True)
     scan_backward_kernel[run.grid](
         *run.inputs, dy, ckpt, g_start if g_start is not None else ckpt, scratch,
         du, ddelta, dz_sets if dz_sets is not None else du, dB_blocks, dC_blocks, dA_part, dD_part, dbias_part,
         ckpt, ckpt, *run.sizes, run.rev_mask, 0, *run.strides, *dy_strides,
-        HAS_G_START=g_start is not None, CARRY_ONLY=False, **run.flags,
+        HAS_G_START=g_start is not None, CARRY_ONLY=False, ATOMIC_BC=atomic, **run.flags,
     )  # fmt: skip
-    dB = dB_blocks.sum(0).view(S, batch, L, run.d_state).to(B.dtype)
-    dC = dC_blocks.sum(0).view(S, batch, L, run.d_state).to(C.dtype)
+    dB = (dB_blocks[0] if atomic else dB_blocks.sum(0)).view(S, batch, L, run.d_state).to(B.dtype)
+    dC = (dC_blocks[0] if atomic else dC_blocks.sum(0)).view(S, batch, L, run.d_state).to(C.dtype)
     dA = dA_part.view(S, -1, run.d_state, E).sum(1).transpose(1, 2)
     dD = dD_part.view(S, -1, E).sum(1) if D is not None else None
     dbias = dbias_part.view(S, -1, E).sum(1)
