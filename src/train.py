@@ -90,7 +90,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
             with entry.phase(cfg, trainer, phases, "test", metrics):
                 trainer.test(model=model, datamodule=datamodule, ckpt_path=best, weights_only=True)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-        entry.write_run_summary(cfg, trainer, metrics, phases)
+        summary = entry.write_run_summary(cfg, trainer, metrics, phases) or {}
+        # a resumed run's metrics include those it did not log again (a validation before the stop)
+        metrics = {**{k: v for k, v in summary.items() if "/" in k and isinstance(v, float)}, **metrics}
     return metrics, {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
 
 
@@ -99,6 +101,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 def main(cfg: DictConfig) -> float | None:
     extras(cfg)
     metrics, _ = train(cfg)
+    if not entry.launching_process():  # the other DDP processes: rank 0 reports the run's metric
+        return None
     return get_metric_value(metrics, cfg.get("optimized_metric"))
 
 

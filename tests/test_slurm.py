@@ -3,6 +3,7 @@
 Skipped, with the reason, where no cluster answers."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -154,3 +155,64 @@ def test_a_fine_tuning_recipe_sweeps_its_folds_on_slurm(data_root, tmp_path):
     assert sorted(j["metrics"]["fold"] for j in summary["jobs"]) == [1, 2]
     records = [r for job in ("0", "1") for r in ranks(sweep / job)]
     assert len(records) == 2 and all(r["slurm_job_id"] for r in records)  # each fold ran as a SLURM job
+
+
+def test_a_sweep_job_cancelled_mid_training_ends_the_sweep_with_a_summary_naming_it(data_root, tmp_path):
+    """A plain scancel leaves no result: the launcher's wait ends (it used to poll forever on a
+    cluster without accounting), the other job finishes, summary.json lists the cancelled one."""
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen(
+        slurm_cmd(data_root, sweep, "trainer.max_steps=400", "trainer.max_epochs=100", "seed=1,2"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "SSAMBA_SLURM_GRACE_S": "5"},
+    )
+    deadline = time.monotonic() + 300
+    while not (sweep / "0" / ".hydra").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(5)  # training under way
+    assert proc.poll() is None and not (sweep / "0" / "metrics.json").exists(), "job 0 ended before it was cancelled"
+    jobs = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+    first = next(j for j in jobs if j.endswith("_0"))
+    subprocess.run(["scancel", first], check=True, timeout=30)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1, err[-4000:]  # the sweep ends, saying one job failed
+    summary = json.loads((sweep / "summary.json").read_text())
+    by_job = {j["job"]: j for j in summary["jobs"]}
+    assert "metrics" in by_job["1"] and "metrics" not in by_job["0"]
+    assert "stopped at step" in by_job["0"]["error"] and "ckpt_path=last" in by_job["0"]["error"]  # scancel: TERM first
+
+
+def test_a_warning_signal_during_validation_or_test_requeues_and_the_job_ends_whole(data_root, tmp_path):
+    """USR2 to every task of a DDP job (as SLURM's warning) while it validates (job 0), or while it
+    tests (job 1; one sweep, so that their requeue waits overlap): the validation runs to its end
+    before last.ckpt, a test writes none; submitit requeues, and the requeued job ends with every
+    phase finished at the full step count and the metrics of the runs before it."""
+    sweep = tmp_path / "sweep"
+    stop = [
+        "+callbacks.stop._target_=tests.helpers.signals.SignalAt",
+        # during test: before its first batch, so that every process takes the stop at that batch's end
+        "+callbacks.stop.hook=on_validation_batch_end,on_test_batch_start",
+        "+callbacks.stop.step=0",
+        "+callbacks.stop.sig=USR2",
+        "+callbacks.stop.slurm=true",
+    ]
+    steps = 12
+    # a clip per process and batch, so that the test split gives each process more than one batch (a
+    # signal after the last one leaves nothing to stop)
+    command = slurm_cmd(
+        data_root, sweep, f"trainer.max_steps={steps}", "trainer.max_epochs=100", "data.batch_size=2",
+        "trainer.limit_val_batches=3", "trainer.limit_test_batches=3", "test=true", *stop,
+    )  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    for job in ("0", "1"):
+        summary = json.loads((sweep / job / "metrics.json").read_text())
+        assert summary["global_step"] == steps
+        assert summary["finished"] and summary["phases"] == {"fit": "finished", "test": "finished"}
+        assert "val/acc" in summary and "test/acc" in summary
+        assert "received SIGUSR2" in (sweep / job / "train.log").read_text()
+    assert "stopping once this validation ends" in (sweep / "0" / "train.log").read_text()
+    assert "running what is left: test" in (sweep / "1" / "train.log").read_text()  # training had ended

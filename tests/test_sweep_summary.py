@@ -40,3 +40,29 @@ def test_seeds_and_folds_are_repeats_of_a_point_and_their_mean_is_reported():
     assert summary["best"]["overrides"] == ["model.optimizer.lr=2"]
     folds = summarise([job(k, [f"data.fold={k}"], **{"test/acc": a}) for k, a in enumerate([0.5, 0.7])], "test/acc")
     assert (folds["mean"], folds["n"], folds["points"][0]["repeats"]) == (pytest.approx(0.6), 2, "data.folds")
+
+
+def test_a_job_stopped_before_its_end_is_failed_with_its_resume_command(tmp_path, capsys):
+    """A job whose metrics.json says finished: false (a signal, scancel) is not a result: listed as
+    failed with the command that resumes it, and the sweep exits 1."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from src.utils.hydra_callbacks import SweepSummary
+
+    for n, finished in ((0, True), (1, False)):
+        folder = tmp_path / str(n)
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text(f"- seed={n}\n")
+        metrics = {"val/acc": 0.5, "finished": finished, "global_step": 7, "phases": {"fit": "stopped"}}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "optimized_metric": "val/acc"})
+    with pytest.raises(SystemExit) as ended:
+        SweepSummary().on_multirun_end(config)
+    assert ended.value.code == 1
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["failed"] == ["1"] and summary["n"] == 1
+    error = summary["jobs"][1]["error"]
+    assert error.startswith("stopped at step 7 before its end")
+    assert f"python -m src.train seed=1 ckpt_path=last hydra.run.dir={tmp_path / '1'}" in error

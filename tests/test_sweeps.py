@@ -176,3 +176,47 @@ def test_a_failing_job_does_not_stop_the_sweep_and_is_in_the_summary(data_root, 
     assert (
         "sweep: 2 jobs finished, 1 failed" in result.stdout and "job 1 (model.optimizer.lr=-1) failed" in result.stdout
     )
+
+
+@pytest.mark.parametrize(
+    "timeout_min,signal_delay_s,refused",
+    [(1, 30, True), (2, 120, True), (5, 120, False), (240, 120, False)],
+)
+def test_a_slurm_time_limit_the_warning_signal_would_beat_is_refused_before_submitting(
+    timeout_min, signal_delay_s, refused, tmp_path
+):
+    from src.utils.errors import UserError
+    from src.utils.hydra_callbacks import check_slurm_timing
+
+    if not refused:
+        check_slurm_timing(timeout_min, signal_delay_s)
+        return
+    with pytest.raises(UserError, match=f"timeout_min={timeout_min} with signal_delay_s={signal_delay_s}"):
+        check_slurm_timing(timeout_min, signal_delay_s)
+    if timeout_min == 1:  # through the command: one line, exit 2, no sbatch called (none is on PATH here)
+        sweep = tmp_path / "sweep"
+        args = ["hydra/launcher=slurm", f"hydra.sweep.dir={sweep}", "hydra.launcher.timeout_min=1"]
+        result = run([*args, "hydra.launcher.signal_delay_s=30", "seed=1,2"], tmp_path, env={"PATH": os.defpath})
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "raise timeout_min to at least 3" in result.stderr and "Traceback" not in result.stderr
+        assert not sweep.exists() or not any(sweep.iterdir())
+
+
+@pytest.mark.parametrize(
+    "left,delay,timed_out", [("1:50", "120", True), ("7:30", "120", False), ("2-00:00:00", "", False)]
+)
+def test_a_warning_with_more_time_left_than_its_delay_is_a_preemption(left, delay, timed_out, tmp_path, monkeypatch):
+    """submitit counts every USR2 as a timeout when timeout_min <= 10; the project asks SLURM's time
+    left (a fake squeue here) against the delay the launcher exports."""
+    from src.utils.callbacks import _slurm_duration_s, slurm_timed_out
+
+    squeue = tmp_path / "squeue"
+    squeue.write_text(f"#!/bin/sh\necho {left}\n")
+    squeue.chmod(squeue.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("SSAMBA_SIGNAL_DELAY_S", delay or "120")
+    assert slurm_timed_out() is timed_out
+    assert _slurm_duration_s("UNLIMITED") is None and _slurm_duration_s("1-02:03:04") == 93784
+    monkeypatch.delenv("SLURM_JOB_ID")
+    assert slurm_timed_out() is None  # not a SLURM job: submitit's own rule stays

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -56,7 +58,7 @@ class CheckpointOnSignal(L.Callback):
     batch), saves <dirpath>/last.ckpt and stops, so the next run resumes there with ckpt_path=last;
     a stop during test saves nothing (the weights tested are the best checkpoint's, not the run's
     last) and ckpt_path=last runs the test again. After SIGUSR2 the previous handler (submitit's
-    requeue) runs once saved."""
+    requeue) runs once saved and recorded (requeue)."""
 
     # SIGTERM's previous handler is Lightning's (it forwards the signal to DDP's other processes): it
     # runs first, then the stop is held if a validation is under way
@@ -65,7 +67,9 @@ class CheckpointOnSignal(L.Callback):
     def __init__(self, dirpath: str):
         self.dirpath = dirpath
         self.received: int | None = None
+        self.pending_requeue = None  # submitit's USR2 handler, once the stop is saved
         self._after_validation = False  # a stop held until the validation under way ends
+        self._in_test = False  # a stop asked for during test, until every process agrees on it
         self._previous: dict = {}
         self._trainer = None
 
@@ -92,6 +96,10 @@ class CheckpointOnSignal(L.Callback):
             trainer._signal_connector.received_sigterm = False
             self._after_validation = True
             log.info(f"received {signal.Signals(signum).name}: stopping once this validation ends")
+        elif trainer.testing and trainer.world_size > 1:  # every process stops at one batch (on_test_batch_end)
+            trainer._signal_connector.received_sigterm = False
+            self._in_test = True
+            log.info(f"received {signal.Signals(signum).name}: stopping the test after this batch")
         else:
             trainer._signal_connector.received_sigterm = True  # Lightning stops after this batch
             log.info(f"received {signal.Signals(signum).name}: stopping after this batch")
@@ -108,6 +116,16 @@ class CheckpointOnSignal(L.Callback):
             self._after_validation = False
             trainer._signal_connector.received_sigterm = True  # stops at the next batch boundary
 
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        """A stop asked for during test, taken at the same batch by every process (Lightning's test
+        loop does not share it, and a process that stopped alone would leave the others hanging in
+        the next collective)."""
+        if trainer.world_size == 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        flag = torch.tensor([float(self._in_test or trainer.received_sigterm)], device=pl_module.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        trainer._signal_connector.received_sigterm = bool(flag.item())
+
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):
             return
@@ -115,8 +133,53 @@ class CheckpointOnSignal(L.Callback):
             path = Path(self.dirpath) / "last.ckpt"
             trainer.save_checkpoint(path)
             log.info(f"stopped by a signal at step {trainer.global_step}: saved {path}; resume with ckpt_path=last")
-        if self.received == signal.SIGUSR2 and callable(self._previous.get(signal.SIGUSR2)):
-            self._previous[signal.SIGUSR2](signal.SIGUSR2, None)
+        requeue = self._previous.get(signal.SIGUSR2)
+        if self.received == signal.SIGUSR2 and callable(requeue):
+            self.pending_requeue = requeue  # after the run's summary is written: submitit's handler exits
+
+    def requeue(self) -> None:
+        """Hand over to submitit's USR2 handler, which requeues the job and ends the process: the
+        entry point calls it once metrics.json records the stop (entry.phase)."""
+        requeue, self.pending_requeue = self.pending_requeue, None
+        if requeue is None:
+            return
+        owner = getattr(requeue, "__self__", None)
+        if owner is not None and hasattr(owner, "has_timed_out"):
+            # submitit tells a time limit from a pre-emption by elapsed time alone, and with
+            # timeout_min <= 10 counts every signal as a timeout (of max_num_timeout): ask SLURM
+            timed_out = slurm_timed_out()
+            if timed_out is not None:
+                owner.has_timed_out = lambda: timed_out
+        requeue(signal.SIGUSR2, None)
+
+
+def slurm_timed_out() -> bool | None:
+    """Whether this SLURM job's warning signal is its time limit (the time left is at most the
+    warning's delay, $SSAMBA_SIGNAL_DELAY_S, which hydra/launcher=slurm exports, plus a minute)
+    rather than a pre-emption; None when SLURM does not say."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    left = _slurm_duration_s(out.stdout.strip())
+    if out.returncode != 0 or left is None:
+        return None
+    return left <= float(os.environ.get("SSAMBA_SIGNAL_DELAY_S", "120")) + 60
+
+
+def _slurm_duration_s(text: str) -> float | None:
+    """Seconds of squeue's [D-]HH:MM:SS / MM:SS; None for UNLIMITED or anything else."""
+    days, _, clock = text.rpartition("-")
+    parts = clock.split(":")
+    if not text or not all(p.isdigit() for p in parts) or (days and not days.isdigit()) or len(parts) > 3:
+        return None
+    seconds = 0
+    for p in parts:
+        seconds = 60 * seconds + int(p)
+    return seconds + 86400 * int(days or 0)
 
 
 class LastCheckpoint(Checkpoint):

@@ -20,7 +20,7 @@ from src.utils.pylogger import RankedLogger
 log = RankedLogger(__name__)
 
 
-def _launching_process() -> bool:
+def launching_process() -> bool:
     """True in the process that started the run: not in the ranks Lightning's ddp or srun start."""
     return all(os.environ.get(name, "0") == "0" for name in ("SLURM_PROCID", "LOCAL_RANK", "RANK"))
 
@@ -29,7 +29,7 @@ def _launching_process() -> bool:
 def run_folder(cfg: DictConfig):
     """Hold the run folder for this training (<run>/.lock: a second training into it is refused) and
     clear the temp files that killed checkpoint writes left in it."""
-    if not _launching_process():
+    if not launching_process():
         yield
         return
     out = Path(cfg.paths.output_dir)
@@ -48,7 +48,7 @@ def check_fresh_start(cfg: DictConfig, out: Path | None = None) -> None:
     that holds a run's checkpoints is resumed (ckpt_path=last, or a SLURM requeue), never started
     over, and a folder another training holds is not touched. Each a UserError naming the way out."""
     out = Path(out or cfg.paths.output_dir)
-    if not _launching_process() or not out.is_dir():
+    if not launching_process() or not out.is_dir():
         return
     if folder_busy(out / ".lock"):
         raise UserError(
@@ -269,7 +269,13 @@ def phase(cfg: DictConfig, trainer: L.Trainer, phases: dict, name: str, metrics:
         yield
     except SIGTERMException:
         phases[name] = "stopped"
-        write_run_summary(cfg, trainer, metrics or {}, phases)
+        so_far = {k: float(v) for k, v in trainer.callback_metrics.items()}  # what a resume may not log again
+        write_run_summary(cfg, trainer, {**so_far, **(metrics or {})}, phases)
+        from src.utils.callbacks import CheckpointOnSignal
+
+        for callback in trainer.callbacks:  # submitit's requeue, which ends the process, comes last
+            if isinstance(callback, CheckpointOnSignal):
+                callback.requeue()
         raise
     finished = trainer.state.status == "finished" and not trainer.interrupted
     phases[name] = "finished" if finished else "stopped"
@@ -296,10 +302,12 @@ def last_checkpoint(trainer: L.Trainer) -> str | None:
 
 
 @rank_zero_only
-def write_run_summary(cfg: DictConfig, trainer: L.Trainer, metrics: dict, phases: dict | None = None) -> None:
+def write_run_summary(cfg: DictConfig, trainer: L.Trainer, metrics: dict, phases: dict | None = None) -> dict:
     """<output>/metrics.json: final metrics, each phase's outcome (phases: {"fit": "finished" or
     "stopped", "test": ...}; `finished` only when every phase the config asks for finished; without
-    phases, whether the trainer's last call finished), and where the checkpoints and logs are."""
+    phases, whether the trainer's last call finished), and where the checkpoints and logs are.
+    Returns what the file holds now (a resumed run's metrics with those of the runs before it);
+    None on the processes other than rank 0."""
     if phases is None:
         finished = trainer.state.status == "finished" and not trainer.interrupted
     else:
@@ -345,6 +353,7 @@ def write_run_summary(cfg: DictConfig, trainer: L.Trainer, metrics: dict, phases
     lines += [f"curves:           {curves}"] if curves else []
     lines += [f"{k}: {v:.4f}" for k, v in sorted(metrics.items()) if k.startswith("test/")]
     print("\n".join(lines))
+    return summary
 
 
 def _plot_curves(cfg: DictConfig) -> Path | None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from src.utils.errors import UserError, report, traceback_wanted
 from src.utils.io import write_json
 
 # overrides that repeat a point rather than move it: its mean over them means something
@@ -23,7 +24,6 @@ class RunFolderGuard(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         from src.utils.entry import check_fresh_start
-        from src.utils.errors import UserError, report, traceback_wanted
 
         if config.get("task_name") != "train":
             return
@@ -33,6 +33,44 @@ class RunFolderGuard(Callback):
             if traceback_wanted():
                 raise
             sys.exit(report(e))
+
+
+# SLURM sends the warning signal signal_delay_s before the limit, give or take its 30 s check
+# period; the run needs about this long to start and install its handlers
+SLURM_CHECK_PERIOD_S, STARTUP_S = 30, 120
+
+
+def check_slurm_timing(timeout_min: float, signal_delay_s: float) -> None:
+    """A SLURM job whose warning signal can come before the run has its handlers dies at once, with
+    no checkpoint and no requeue: refuse such a pair of settings before anything is submitted."""
+    room = 60 * timeout_min - signal_delay_s - SLURM_CHECK_PERIOD_S
+    if room < STARTUP_S:
+        least = -(-(signal_delay_s + SLURM_CHECK_PERIOD_S + STARTUP_S) // 60)
+        raise UserError(
+            f"hydra.launcher.timeout_min={timeout_min} with signal_delay_s={signal_delay_s}: SLURM may send its "
+            f"warning signal {signal_delay_s + SLURM_CHECK_PERIOD_S:.0f} s before the limit, before the run has "
+            f"started (about {STARTUP_S} s); raise timeout_min to at least {least:.0f} or lower signal_delay_s"
+        )
+
+
+class LaunchChecks(Callback):
+    """Before a multirun submits anything: settings of the launcher that cannot work (SLURM's time
+    limit against its warning signal), in one line and exit 2; and on SLURM a wait for the jobs that
+    ends when one dies without a result (src/utils/slurm_wait.py)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        launcher = config.hydra.get("launcher") or {}
+        if "SlurmLauncher" not in str(launcher.get("_target_", "")):
+            return
+        try:
+            check_slurm_timing(float(launcher.timeout_min), float(launcher.signal_delay_s))
+        except UserError as e:
+            if traceback_wanted():
+                raise
+            sys.exit(report(e))
+        from src.utils import slurm_wait
+
+        slurm_wait.install()
 
 
 class SweepSummary(Callback):
@@ -52,8 +90,15 @@ class SweepSummary(Callback):
         for folder in sorted(folders, key=lambda p: int(p.name) if p.name.isdigit() else 0):
             overrides = OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "overrides.yaml"))
             job = {"job": folder.name, "overrides": overrides}
-            if (folder / "metrics.json").exists():
-                job["metrics"] = json.loads((folder / "metrics.json").read_text())
+            metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").exists() else None
+            if metrics is not None and metrics.get("finished", True) is False:  # stopped (a signal, a kill)
+                resume = " ".join([*overrides, "ckpt_path=last", f"hydra.run.dir={folder}", "hydra.output_subdir=null"])
+                job["error"] = (
+                    f"stopped at step {metrics.get('global_step')} before its end ({metrics.get('phases')}); "
+                    f"resume it with: python -m src.train {resume}"
+                )
+            elif metrics is not None:
+                job["metrics"] = metrics
             elif (folder / "failed.json").exists():
                 job["error"] = json.loads((folder / "failed.json").read_text())["error"]
             else:  # killed (out of memory, a time limit without requeue) before it wrote anything
