@@ -84,6 +84,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
             best = entry.best_checkpoint(trainer)
             entry.write_rank_record(cfg, trainer, ckpt_path)
+            if cfg.get("test"):  # the training's outcome on disk before the test: a kill there loses only the test
+                entry.write_run_summary(cfg, trainer, metrics, phases, quiet=True)
         if cfg.get("test"):
             if not best:
                 log.warning("no best checkpoint: testing the current weights")

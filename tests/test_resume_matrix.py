@@ -114,14 +114,11 @@ POINTS = {
     "epoch_end": ("on_train_epoch_end", 0, False),
     "test": ("on_test_batch_end", 0, False),
 }
-CASES = [(point, "TERM") for point in POINTS] + [
-    ("mid_epoch", "USR1"),
-    ("mid_epoch", "USR2"),
-    ("mid_epoch", "INT"),
-    ("mid_epoch", "KILL"),  # after the periodic save at step 2: steps 3 and 4 are trained again
-    ("last_batch", "KILL"),  # after the save at step 6
-    ("epoch_end", "KILL"),  # after the epoch-end save
-]
+# every signal at every point; "KILL" right after the last periodic save: mid_epoch after the save at
+# step 2 (steps 3 and 4 are trained again), last_batch after the one at step 4 (a save due at an
+# epoch's last batch waits for its validation), validation and test likewise, epoch_end after the
+# epoch's own save
+CASES = [(point, sig) for point in POINTS for sig in ("TERM", "USR1", "USR2", "INT", "KILL")]
 
 
 @pytest.mark.parametrize("point,sig", CASES, ids=[f"{p}-{s}" for p, s in CASES])

@@ -270,7 +270,7 @@ def phase(cfg: DictConfig, trainer: L.Trainer, phases: dict, name: str, metrics:
     except SIGTERMException:
         phases[name] = "stopped"
         so_far = {k: float(v) for k, v in trainer.callback_metrics.items()}  # what a resume may not log again
-        write_run_summary(cfg, trainer, {**so_far, **(metrics or {})}, phases)
+        write_run_summary(cfg, trainer, {**so_far, **(metrics or {})}, phases, quiet=True)
         from src.utils.callbacks import CheckpointOnSignal
 
         for callback in trainer.callbacks:  # submitit's requeue, which ends the process, comes last
@@ -302,12 +302,15 @@ def last_checkpoint(trainer: L.Trainer) -> str | None:
 
 
 @rank_zero_only
-def write_run_summary(cfg: DictConfig, trainer: L.Trainer, metrics: dict, phases: dict | None = None) -> dict:
+def write_run_summary(
+    cfg: DictConfig, trainer: L.Trainer, metrics: dict, phases: dict | None = None, quiet: bool = False
+) -> dict:
     """<output>/metrics.json: final metrics, each phase's outcome (phases: {"fit": "finished" or
     "stopped", "test": ...}; `finished` only when every phase the config asks for finished; without
     phases, whether the trainer's last call finished), and where the checkpoints and logs are.
     Returns what the file holds now (a resumed run's metrics with those of the runs before it);
-    None on the processes other than rank 0."""
+    None on the processes other than rank 0. quiet: write it without printing where things are (a
+    record between phases)."""
     if phases is None:
         finished = trainer.state.status == "finished" and not trainer.interrupted
     else:
@@ -342,6 +345,8 @@ def write_run_summary(cfg: DictConfig, trainer: L.Trainer, metrics: dict, phases
     summary["nonfinite_losses"] = before.get("nonfinite_losses", []) + summary["nonfinite_losses"]
     summary = {**untrained, **before, **summary}
     write_json(path, summary)
+    if quiet:
+        return summary
     curves = _plot_curves(cfg) if summary["tensorboard"] else None
     export = Path(cfg.paths.output_dir) / "encoder"
     lines = [f"run folder:       {cfg.paths.output_dir}"]

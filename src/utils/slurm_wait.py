@@ -12,12 +12,16 @@ sweep goes on, and SweepSummary lists it ("no result").
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import time
+from pathlib import Path
 
 from hydra.core.utils import JobReturn, JobStatus
+
+from src.utils.io import write_json, write_text
 
 log = logging.getLogger(__name__)
 GRACE_S = float(os.environ.get("SSAMBA_SLURM_GRACE_S", "60"))  # tests shorten it
@@ -38,20 +42,26 @@ def in_queue(job_id: str) -> bool | None:
     return bool(result.stdout.strip())
 
 
-def no_result(job_id: str) -> JobReturn:
+def no_result(job_id: str, folder: Path | None, overrides: list[str]) -> JobReturn:
     """A job that ended without a result, as Hydra's multirun goes on past it (a FAILED return would
-    end the multirun before SweepSummary, which lists the job from its folder)."""
-    log.warning(f"SLURM job {job_id} ended without a result (killed?); the sweep goes on")
+    end the multirun before SweepSummary). A job that never wrote its folder's record (it did not
+    start, or died first) gets one, with failed.json, so that SweepSummary lists it."""
+    message = f"no result: SLURM job {job_id} ended without one (killed, or it never started?)"
+    log.warning(f"{message}; the sweep goes on")
+    if folder is not None and not (folder / ".hydra" / "overrides.yaml").exists():
+        write_text(folder / ".hydra" / "overrides.yaml", "".join(f"- {json.dumps(o)}\n" for o in overrides))
+        write_json(folder / "failed.json", {"error": message, "type": "NoResult"})
     ret = JobReturn()
     ret.status, ret.return_value = JobStatus.COMPLETED, None
     return ret
 
 
 class _Waited:
-    """A submitit job whose results() returns a failed JobReturn rather than waiting forever."""
+    """A submitit job whose results() returns, rather than waiting forever, once the job has left the
+    queue without a result. folder: the job's run folder (None if unknown); overrides: its own."""
 
-    def __init__(self, job):
-        self.job = job
+    def __init__(self, job, folder: Path | None = None, overrides=()):
+        self.job, self.folder, self.overrides = job, folder, list(overrides)
 
     def results(self) -> list:
         gone_since = None
@@ -59,14 +69,15 @@ class _Waited:
             if in_queue(self.job.job_id) is False:
                 gone_since = gone_since or time.monotonic()
                 if time.monotonic() - gone_since > GRACE_S and not self._results_written():
-                    return [no_result(self.job.job_id)]  # submitit's results() would wait for it forever
+                    # submitit's results() would wait for it forever
+                    return [no_result(self.job.job_id, self.folder, self.overrides)]
             else:
                 gone_since = None
             time.sleep(POLL_S)
         try:
             return self.job.results()
         except Exception:  # no result after all (accounting said the job ended)
-            return [no_result(self.job.job_id)]
+            return [no_result(self.job.job_id, self.folder, self.overrides)]
 
     def _results_written(self) -> bool:
         """Whether every task of the job wrote its result file."""
@@ -82,8 +93,14 @@ def install() -> None:
     if getattr(submit, "waits_until_gone", False):
         return
 
-    def map_array(executor, *args, **kwargs):
-        return [_Waited(job) for job in submit(executor, *args, **kwargs)]
+    def map_array(executor, fn, *args, **kwargs):
+        jobs = submit(executor, fn, *args, **kwargs)
+        # Hydra's launcher maps (overrides, "hydra.sweep.dir", job index, ...) over the jobs
+        sweep = getattr(getattr(fn, "config", None), "hydra", None)
+        if sweep is None or len(args) < 3:
+            return [_Waited(job) for job in jobs]
+        root = Path(str(sweep.sweep.dir))
+        return [_Waited(job, root / str(idx), overrides) for job, overrides, idx in zip(jobs, args[0], args[2])]
 
     map_array.waits_until_gone = True
     submitit.AutoExecutor.map_array = map_array
