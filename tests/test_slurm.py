@@ -7,7 +7,9 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,29 @@ def _needs_cluster():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     if not _cluster_idle():
         pytest.skip("no SLURM test cluster: start it with `tests/slurm/cluster.sh start` (.ci/run does)")
+
+
+@contextmanager
+def requeued_jobs_start_at_once():
+    """Slurm holds a requeued job for two minutes before it may start again (EligibleTime); on the
+    test cluster a thread moves such jobs' start to now, so that a requeue test does not wait for it."""
+    done = threading.Event()
+
+    def release():
+        while not done.wait(1.0):
+            pending = subprocess.run(["squeue", "-h", "-t", "PD", "-o", "%i %r"], capture_output=True, text=True)
+            for line in pending.stdout.splitlines():
+                job, reason = line.split(maxsplit=1)
+                if reason.strip() == "BeginTime":
+                    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def slurm_cmd(data_root, sweep, *extra):
@@ -114,8 +139,9 @@ def test_requeued_job_resumes_from_its_checkpoint(data_root, tmp_path):
         time.sleep(0.2)
     assert last.exists(), "the job wrote no checkpoint"
     job_id = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()[0]
-    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
-    out, err = proc.communicate(timeout=600)
+    with requeued_jobs_start_at_once():
+        subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
+        out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-4000:]
     record = ranks(sweep / "0")[0]
     assert record["slurm_restart_count"] >= 1
@@ -162,17 +188,22 @@ def test_a_sweep_job_cancelled_mid_training_ends_the_sweep_with_a_summary_naming
     cluster without accounting), the other job finishes, summary.json lists the cancelled one."""
     sweep = tmp_path / "sweep"
     proc = subprocess.Popen(
-        slurm_cmd(data_root, sweep, "trainer.max_steps=400", "trainer.max_epochs=100", "seed=1,2"),
+        slurm_cmd(
+            data_root, sweep, "trainer.max_steps=400", "trainer.max_epochs=100", "seed=1,2",
+            "callbacks.model_checkpoint.every_n_train_steps=5",
+        ),  # fmt: skip
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "SSAMBA_SLURM_GRACE_S": "5"},
     )
+    # training under way (a first last.ckpt): on a loaded machine a fixed wait after the run folder
+    # appeared could cancel the job before its processes had set up their signal handlers
+    last = sweep / "0" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
-    while not (sweep / "0" / ".hydra").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    time.sleep(5)  # training under way
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert proc.poll() is None and not (sweep / "0" / "metrics.json").exists(), "job 0 ended before it was cancelled"
     jobs = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
     first = next(j for j in jobs if j.endswith("_0"))
@@ -206,7 +237,8 @@ def test_a_warning_signal_during_validation_or_test_requeues_and_the_job_ends_wh
         data_root, sweep, f"trainer.max_steps={steps}", "trainer.max_epochs=100", "data.batch_size=2",
         "trainer.limit_val_batches=3", "trainer.limit_test_batches=3", "test=true", *stop,
     )  # fmt: skip
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    with requeued_jobs_start_at_once():  # submitit's requeue
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     for job in ("0", "1"):
         summary = json.loads((sweep / job / "metrics.json").read_text())

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -182,15 +181,17 @@ def _slurm_duration_s(text: str) -> float | None:
     return seconds + 86400 * int(days or 0)
 
 
-class LastCheckpoint(Checkpoint):
+class LastCheckpoint(L.Callback):
     """<dirpath>/last.ckpt, the checkpoint a run resumes from (ckpt_path=last), written so that a
     kill loses at most `every_minutes` of training: every `every_n_train_steps` optimizer steps
     (None: not by steps), once `every_minutes` have passed since the last write (checked after each
     optimizer step; under DDP rank 0's clock decides, shared every `sync_every` steps so that every
     process saves at the same step), at every epoch's end (after its validation), and when training
-    ends. One file, overwritten atomically (AtomicCheckpointIO). A Checkpoint, so Lightning runs it
-    after the other callbacks (the best checkpoint's ModelCheckpoint included): what it writes at
-    an epoch's end knows that epoch's best."""
+    ends. One file, overwritten atomically (AtomicCheckpointIO). Not a Checkpoint: Lightning would run
+    it after the progress bar, whose rank-0-only metric syncs would then meet this save's barrier
+    on the other ranks (a DDP hang at an epoch's end). The best checkpoint's callback saves when
+    validation ends (save_on_train_epoch_end: false), so what this writes at the epoch's end knows
+    that epoch's best."""
 
     FILE = "last.ckpt"
 
