@@ -189,7 +189,11 @@ def test_a_sweep_job_cancelled_mid_training_ends_the_sweep_with_a_summary_naming
     sweep = tmp_path / "sweep"
     proc = subprocess.Popen(
         slurm_cmd(
-            data_root, sweep, "trainer.max_steps=400", "trainer.max_epochs=100", "seed=1,2",
+            data_root,
+            sweep,
+            "trainer.max_steps=400",
+            "trainer.max_epochs=100",
+            "seed=1,2",
             "callbacks.model_checkpoint.every_n_train_steps=5",
         ),  # fmt: skip
         cwd=ROOT,
