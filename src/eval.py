@@ -12,13 +12,15 @@ import rootutils
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 
+# PROJECT_ROOT (which configs/paths reads) and the project on the import path, before the project's
+# imports: `python src/train.py` works from a plain checkout, not only after `pip install -e .`
+rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True)
+
 from src.utils import entry
 from src.utils.errors import UserError
 from src.utils.instantiators import instantiate_group
 from src.utils.threads import set_threads
 from src.utils.utils import extras, print_config, task_wrapper, user_errors_exit
-
-rootutils.setup_root(__file__, indicator=".project-root")  # PROJECT_ROOT, which configs/paths reads
 
 
 @task_wrapper

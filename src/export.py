@@ -14,11 +14,13 @@ import hydra
 import rootutils
 from omegaconf import DictConfig
 
+# PROJECT_ROOT (which configs/paths reads) and the project on the import path, before the project's
+# imports: `python src/train.py` works from a plain checkout, not only after `pip install -e .`
+rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True)
+
 from src.models.pretrained import build_pretrained, read_pretrained, save_encoder
 from src.utils.errors import UserError
 from src.utils.utils import user_errors_exit
-
-rootutils.setup_root(__file__, indicator=".project-root")  # PROJECT_ROOT, which configs/paths reads
 
 
 def export(ckpt_path: str, out_dir: str | None = None, mean: float | None = None, std: float | None = None) -> Path:

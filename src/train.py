@@ -16,14 +16,16 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
+# PROJECT_ROOT (which configs/paths reads) and the project on the import path, before the project's
+# imports: `python src/train.py` works from a plain checkout, not only after `pip install -e .`
+rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True)
+
 from src.utils import entry
 from src.utils.checkpoints import AtomicCheckpointIO
 from src.utils.instantiators import instantiate_group
 from src.utils.pylogger import RankedLogger
 from src.utils.threads import set_threads
 from src.utils.utils import extras, get_metric_value, print_config, task_wrapper, user_errors_exit
-
-rootutils.setup_root(__file__, indicator=".project-root")  # PROJECT_ROOT, which configs/paths reads
 
 log = RankedLogger(__name__)
 # SLURM / submitit asks for GPUs only when the trainer uses them

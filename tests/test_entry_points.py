@@ -65,3 +65,25 @@ def test_the_commands_need_no_sys_path_set_up_by_hand():
         if "sys.path.insert" in p.read_text() or "sys.path.append" in p.read_text()
     ]
     assert not editing, editing
+
+
+# `python src/<script>.py` as from a plain checkout: the editable install's finder removed, so that
+# `src` is importable only through what the script itself sets up (rootutils, pythonpath=True)
+PLAIN_CHECKOUT = """
+import importlib.util, runpy, sys
+sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+sys.path[:] = [p for p in sys.path if p not in ("", {root!r})]
+sys.path.insert(0, {src!r})  # what `python src/<script>.py` puts first
+assert importlib.util.find_spec("src") is None, "src importable before the script ran"
+sys.argv = [{script!r}, "--cfg", "job"]
+runpy.run_path({script!r}, run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("script", ["train.py", "eval.py", "export.py"])
+def test_the_entry_scripts_run_from_a_plain_checkout(script):
+    code = PLAIN_CHECKOUT.format(root=str(ROOT), src=str(ROOT / "src"), script=str(ROOT / "src" / script))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ckpt_path:" in result.stdout  # the composed config, printed by Hydra's --cfg job
