@@ -13,7 +13,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 
 # PROJECT_ROOT (which configs/paths reads) and the project on the import path, before the project's
-# imports: `python src/train.py` works from a plain checkout, not only after `pip install -e .`
+# imports: the file run by its path works from a plain checkout, not only after `pip install -e .`
 rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True)
 
 from src.utils import entry

@@ -15,7 +15,7 @@ import rootutils
 from omegaconf import DictConfig
 
 # PROJECT_ROOT (which configs/paths reads) and the project on the import path, before the project's
-# imports: `python src/train.py` works from a plain checkout, not only after `pip install -e .`
+# imports: the file run by its path works from a plain checkout, not only after `pip install -e .`
 rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True)
 
 from src.models.pretrained import build_pretrained, read_pretrained, save_encoder

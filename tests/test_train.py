@@ -10,7 +10,7 @@ from omegaconf import open_dict
 
 from src.train import train
 from src.utils.errors import UserError
-from tests.helpers.hydra_cfg import compose_cfg
+from tests.helpers.hydra_cfg import TINY, compose_cfg, compose_run
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
@@ -40,6 +40,41 @@ def test_fast_dev_run_every_experiment(experiment, data_root, tmp_path):
     assert any(k.startswith(f"{stage}/") for k in metrics), metrics
     record = json.loads((tmp_path / "metrics.json").read_text())
     assert (record["device"], record["precision"]) == ("cpu", "32-true")  # what the run says it used
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_debug_smoke_runs_every_experiment(experiment, data_root, tmp_path):
+    """debug=smoke as a user runs it: the recipe's data, callbacks and logger on the CPU with a
+    2-layer 32-wide encoder, 3 steps, then validation and (fine-tuning) test."""
+    short = [] if experiment.startswith("pretrain") else ["data.target_length=128"]  # as above
+    cfg = compose_run("train.yaml", [f"experiment={experiment}", "debug=smoke", *short], data_root, tmp_path)
+    metrics, objects = train(cfg)
+    trainer = objects["trainer"]  # 3 steps, or the epoch of the tests' miniature datasets when it is shorter
+    assert 0 < trainer.global_step == trainer.num_training_batches <= 3
+    assert objects["model"].encoder.config.embed_dim == 32
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists() and list((tmp_path / "tensorboard").rglob("events.*"))
+    stage = "val" if experiment.startswith("pretrain") else "test"
+    assert any(k.startswith(f"{stage}/") for k in metrics), metrics
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert (record["device"], record["precision"], record["finished"]) == ("cpu", "32-true", True)
+
+
+DEBUG_PRESETS = sorted(p.stem for p in (ROOT / "configs" / "debug").glob("*.yaml") if p.stem != "smoke")
+
+
+@pytest.mark.parametrize("preset", DEBUG_PRESETS)
+def test_every_debug_preset_runs_a_gpu_recipe_on_the_cpu_in_full_precision(preset, data_root, tmp_path):
+    """The presets that drop the callbacks and loggers (callbacks: null) print their config and run;
+    a GPU recipe's bf16 and DDP give way to one CPU process in fp32, without anomaly detection."""
+    overrides = ["experiment=ks2", "trainer=ddp_bf16", f"debug={preset}", "data.target_length=128", "data.batch_size=2"]
+    overrides += TINY
+    cfg = compose_run("train.yaml", overrides, data_root, tmp_path)
+    metrics, objects = train(cfg)
+    trainer = objects["trainer"]
+    assert trainer.global_step > 0 and any(k.startswith("test/") for k in metrics), metrics
+    assert (str(trainer.precision), trainer.world_size) == ("32-true", 1) and not trainer._detect_anomaly
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert (record["device"], record["precision"]) == ("cpu", "32-true")
 
 
 def test_cuda_graph_is_a_cuda_setting_and_the_cpu_step_runs_eagerly(data_root, tmp_path):

@@ -35,7 +35,9 @@ def print_config(cfg: DictConfig) -> None:
     if not (cfg.get("extras") or {}).get("print_config"):
         return
     shown = {k: cfg[k] for k in ("data", "encoder", "model", "trainer", "callbacks", "logger", "paths") if k in cfg}
-    text = OmegaConf.to_yaml(OmegaConf.create({k: OmegaConf.to_container(v, resolve=True) for k, v in shown.items()}))
+    # a group set to null (debug presets: callbacks: null) is shown as null
+    plain = {k: None if v is None else OmegaConf.to_container(v, resolve=True) for k, v in shown.items()}
+    text = OmegaConf.to_yaml(OmegaConf.create(plain))
     log.info("config:\n" + text)
 
 
