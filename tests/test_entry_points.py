@@ -84,6 +84,7 @@ runpy.run_path({script!r}, run_name="__main__")
 def test_the_entry_scripts_run_from_a_plain_checkout(script):
     code = PLAIN_CHECKOUT.format(root=str(ROOT), src=str(ROOT / "src"), script=str(ROOT / "src" / script))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    command = [sys.executable, "-c", code]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ckpt_path:" in result.stdout  # the composed config, printed by Hydra's --cfg job
