@@ -453,6 +453,25 @@ def test_config_mistakes_end_in_one_line_with_the_fix(data_root, tmp_path, overr
         assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a CUDA GPU")
+@pytest.mark.parametrize("trainer", ["gpu", "ddp_bf16"])
+def test_a_gpu_recipe_on_a_machine_without_a_gpu_is_one_line_naming_the_cpu_trainers(tmp_path, trainer):
+    """The recipes' trainer=gpu as a user runs it on a laptop: the fix in one line, exit 2, no run folder."""
+    command = [
+        sys.executable,
+        "-m",
+        "src.train",
+        "experiment=ks2",
+        f"trainer={trainer}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no CUDA GPU" in errors[0] and "trainer=cpu" in errors[0], errors
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     "override,message",
     [

@@ -101,8 +101,23 @@ def check_settings(cfg: DictConfig) -> None:
     devices = cfg.trainer.get("devices")
     if isinstance(devices, bool) or (isinstance(devices, int) and devices < 1 and devices != -1):
         raise UserError(f"trainer.devices={devices!r}: use a count of at least 1, a list of device ids, or auto")
+    check_accelerator(cfg)
     for group in ("model", "data"):
         _check_arguments(cfg, group)
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    """A GPU recipe (trainer=gpu, ddp, ddp_bf16) on a machine without a CUDA GPU: one line naming the
+    trainers that run here, not Lightning's "No supported gpu backend found!" traceback."""
+    import torch
+
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"trainer.accelerator={accelerator} (this recipe's trainer is for GPUs) but this machine has no CUDA "
+            "GPU; add trainer=default (a GPU where there is one, else the CPU) or trainer=cpu, and for a quick "
+            "run on the CPU debug=smoke"
+        )
 
 
 def _check_arguments(cfg: DictConfig, group: str) -> None:
