@@ -37,6 +37,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     entry.check_data(cfg, checkpoint, datamodule, resuming=False)
     # the weights come from the checkpoint, not from the encoder export a fine-tuning starts from
     model = hydra.utils.instantiate(cfg.model, **({"pretrained": None} if "pretrained" in cfg.model else {}))
+    entry.resolve_metric(cfg, model, datamodule)  # recorded in metrics.json
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)
     print_config(cfg)
     # a fine-tuned model on the test split; a pretraining (no test step) on its validation set

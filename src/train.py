@@ -25,11 +25,13 @@ from src.utils.checkpoints import AtomicCheckpointIO
 from src.utils.instantiators import instantiate_group
 from src.utils.pylogger import RankedLogger
 from src.utils.threads import set_threads
-from src.utils.utils import extras, get_metric_value, print_config, task_wrapper, user_errors_exit
+from src.utils.utils import extras, get_metric_value, lower_is_better, print_config, task_wrapper, user_errors_exit
 
 log = RankedLogger(__name__)
 # SLURM / submitit asks for GPUs only when the trainer uses them
 # (auto asks for none: a login node cannot tell what the job's node has; trainer=gpu asks for them)
+# the best checkpoint's and early stopping's direction for the monitored metric
+OmegaConf.register_new_resolver("metric_mode", lambda metric: "min" if lower_is_better(metric) else "max", replace=True)
 OmegaConf.register_new_resolver(
     "gpus_for", lambda accelerator, devices: 0 if accelerator in ("cpu", "auto") else devices, replace=True
 )
@@ -48,6 +50,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     datamodule.check()  # a missing dataset stops here, with how to get it
     log.info(f"model: {cfg.model._target_} ({cfg.encoder.backbone}-{cfg.encoder.size})")
     model = hydra.utils.instantiate(cfg.model)
+    log.info(f"monitored: {entry.resolve_metric(cfg, model, datamodule)} (optimized_metric)")  # before the callbacks
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     if not loggers:  # nothing to monitor the learning rate into

@@ -113,3 +113,39 @@ def test_every_registered_dataset_has_a_test_layout_and_prepares_through_the_com
         assert main([name, "--root", str(root), "--out", str(tmp_path / "out" / name)]) == 0
         assert (tmp_path / "out" / name / "manifest.jsonl").exists()
     assert {d.name for d in DATASETS.values() if d.download} == {"esc50", "librispeech", "speechcommands"}
+
+
+def test_each_dataset_has_only_its_own_options_and_two_may_declare_the_same_flag(monkeypatch, capsys):
+    """A second dataset declaring --task (as a CREMA-D preparer would) no longer breaks the command
+    for every dataset; `<dataset> --help` lists only that dataset's options, and another dataset's
+    option is refused, not accepted and ignored."""
+    from src.data.prepare import DATASETS
+    from src.data.prepare.__main__ import parser
+    from src.data.prepare.common import Dataset, Prepared
+
+    task = ((("--task",), {"default": "emotion", "help": "emotion or speaker"}),)
+    monkeypatch.setitem(DATASETS, "cremad", Dataset("cremad", lambda root, task: Prepared("cremad", []), arguments=task))
+    p = parser()
+    assert p.parse_args(["cremad", "--root", "x", "--task", "speaker"]).task == "speaker"
+    assert p.parse_args(["speechcommands", "--root", "x", "--task", "ks1"]).task == "ks1"
+    with pytest.raises(SystemExit) as refused:
+        p.parse_args(["esc50", "--root", "x", "--task", "ks1"])  # esc50 has no --task
+    assert refused.value.code == 2 and "unrecognized arguments: --task ks1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        p.parse_args(["cremad", "--help"])
+    shown = capsys.readouterr().out
+    assert "emotion or speaker" in shown and "--test-root" not in shown and "--subsets" not in shown
+    assert "--download" not in shown  # cremad has no downloader
+
+
+def test_two_preparers_declaring_one_dataset_name_are_refused():
+    from types import SimpleNamespace
+
+    from src.data.prepare import registry
+    from src.data.prepare.common import Dataset
+
+    first = SimpleNamespace(__name__="src.data.prepare.emotions", DATASET=Dataset("cremad", print))
+    second = SimpleNamespace(__name__="src.data.prepare.cremad", DATASET=Dataset("cremad", print))
+    with pytest.raises(ValueError, match=r"two preparers declare the dataset 'cremad': .*emotions and .*cremad"):
+        registry([first, second])
+    assert set(registry([first])) == {"cremad"}

@@ -66,3 +66,27 @@ def test_a_job_stopped_before_its_end_is_failed_with_its_resume_command(tmp_path
     error = summary["jobs"][1]["error"]
     assert error.startswith("stopped at step 7 before its end")
     assert f"python -m src.train seed=1 ckpt_path=last hydra.run.dir={tmp_path / '1'}" in error
+
+
+def test_an_auto_metric_is_what_the_jobs_resolved_for_their_data_and_a_loss_is_best_lowest(tmp_path, capsys):
+    """optimized_metric=auto in the launching process: the summary reads the metric each job
+    recorded (val/mAP for multi-label data) and reports its test twin; for a loss the best point
+    is the lowest."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from src.utils.hydra_callbacks import SweepSummary
+
+    for n, score in ((0, 0.3), (1, 0.6)):
+        folder = tmp_path / str(n)
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text(f"- model.optimizer.lr={n + 1}e-4\n")
+        metrics = {"val/mAP": score, "test/mAP": score - 0.1, "finished": True, "optimized_metric": "val/mAP"}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "optimized_metric": "auto"})
+    SweepSummary().on_multirun_end(config)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["metric"] == "test/mAP" and summary["best"]["overrides"] == ["model.optimizer.lr=2e-4"]
+    losses = [job(0, ["a=1"], **{"val/loss": 0.9}), job(1, ["a=2"], **{"val/loss": 0.4})]
+    assert summarise(losses, "val/loss")["best"]["overrides"] == ["a=2"]

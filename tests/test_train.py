@@ -276,3 +276,28 @@ def test_the_pretraining_export_carries_its_data_normalisation_and_length_to_the
     data = json.loads((again / "config.json").read_text())["data"]
     assert (data["mean"], data["std"]) == (-3.25, 2.5)
     assert len(data["fingerprint"]) == 16  # and which training data it was (the stores' indexes)
+
+
+def test_the_monitored_metric_follows_the_data_and_one_never_logged_is_refused_before_training(data_root, tmp_path):
+    """optimized_metric=auto (the default): val/mAP on AudioSet's multi-label data, val/acc on
+    keywords; the checkpoint callback monitors it. A metric validation does not log: one line
+    before the first step, not a ModelCheckpoint error after the first epoch."""
+    for experiment, expected in (("as20k", "val/mAP"), ("ks2_demo", "val/acc")):
+        cfg = compose_run(
+            "train.yaml",
+            [f"experiment={experiment}", "debug=smoke", "data.target_length=128"],
+            data_root,
+            tmp_path / experiment,
+        )
+        metrics, objects = train(cfg)
+        assert cfg.optimized_metric == expected and expected in metrics
+        assert objects["trainer"].checkpoint_callback.monitor == expected
+        assert json.loads((tmp_path / experiment / "metrics.json").read_text())["optimized_metric"] == expected
+    cfg = compose_run(
+        "train.yaml", ["experiment=as20k", "debug=smoke", "optimized_metric=val/acc"], data_root, tmp_path / "wrong"
+    )
+    with pytest.raises(
+        UserError, match=r"optimized_metric=val/acc: validation here logs val/mAP.*optimized_metric=auto"
+    ):
+        train(cfg)
+    assert not (tmp_path / "wrong" / "checkpoints").exists()

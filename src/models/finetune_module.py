@@ -116,6 +116,14 @@ class FinetuneModule(L.LightningModule):
         )
         self.scores = nn.ModuleDict({f"{s}_score": make() for s in ("train", "val", "test")})
 
+    def validation_metrics(self, datamodule) -> list[str]:
+        """What validation logs, the one to monitor first: accuracy, or mAP on multi-label data."""
+        multilabel = self.hparams.multilabel
+        if multilabel is None:
+            multilabel = getattr(datamodule, "multilabel", False)
+        name = "mAP" if multilabel else "acc"
+        return [f"val/{name}", f"val/{name}_best", "val/loss"]
+
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         n, multilabel = getattr(datamodule, "num_classes", None), getattr(datamodule, "multilabel", None)

@@ -170,6 +170,10 @@ class SSLModule(L.LightningModule):
         return {"loss": nce + self.hparams.gen_weight * mse, "nce": nce, "mse": mse, "acc": acc}
 
     # ---- Lightning -----------------------------------------------------------------------------
+    def validation_metrics(self, datamodule=None) -> list[str]:
+        """What validation logs, the one to monitor first: the masked patches' accuracy."""
+        return ["val/acc", "val/acc_best", "val/loss", "val/nce", "val/mse"]
+
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.trainer.strategy.root_device.type == "cuda":
             self._graph_wanted()  # refuses a graph that cannot work before any step runs

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning_utilities.core.rank_zero import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.utils.devices import per_device_batch
 from src.utils.errors import MissingInput, UserError
@@ -104,6 +104,24 @@ def check_settings(cfg: DictConfig) -> None:
     check_accelerator(cfg)
     for group in ("model", "data"):
         _check_arguments(cfg, group)
+
+
+def resolve_metric(cfg: DictConfig, model, datamodule) -> str | None:
+    """optimized_metric (what the best checkpoint, early stopping and sweeps follow): `auto` becomes
+    the module's own for this data (val/mAP on multi-label data, else val/acc); a metric validation
+    does not log is refused here, before training, not after the first epoch. Returns it."""
+    logged = model.validation_metrics(datamodule)
+    metric = cfg.get("optimized_metric")
+    if metric == "auto":
+        metric = logged[0]
+        with open_dict(cfg):
+            cfg.optimized_metric = metric
+    elif metric is not None and metric not in logged and not metric.startswith("train/"):
+        raise UserError(
+            f"optimized_metric={metric}: validation here logs {', '.join(logged)}; "
+            f"set optimized_metric=auto ({logged[0]}) or one of those"
+        )
+    return metric
 
 
 def check_accelerator(cfg: DictConfig) -> None:
@@ -337,6 +355,7 @@ def write_run_summary(
         **({"phases": dict(phases)} if phases is not None else {}),
         "max_epochs": cfg.trainer.get("max_epochs"),
         "max_steps": cfg.trainer.get("max_steps"),
+        "optimized_metric": cfg.get("optimized_metric"),
         "fold": cfg.data.get("fold"),
         "device": device_name(trainer),
         "precision": str(trainer.precision),

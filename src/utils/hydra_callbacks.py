@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.utils.errors import UserError, report, traceback_wanted
 from src.utils.io import write_json
+from src.utils.utils import lower_is_better
 
 # overrides that repeat a point rather than move it: its mean over them means something
 REPEATS = ("seed", "data.fold")
@@ -104,7 +105,10 @@ class SweepSummary(Callback):
             else:  # killed (out of memory, a time limit without requeue) before it wrote anything
                 job["error"] = "no result: the job ended without writing metrics.json (killed?)"
             jobs.append(job)
-        summary = summarise(jobs, self.metric or config.get("optimized_metric"))
+        metric = self.metric or config.get("optimized_metric")
+        if metric in (None, "auto"):  # each job resolved it for its data (metrics.json)
+            metric = next((j["metrics"].get("optimized_metric") for j in jobs if "metrics" in j), None)
+        summary = summarise(jobs, metric)
         write_json(sweep_dir / "summary.json", summary)
         failed = [j for j in jobs if "error" in j]
         print(
@@ -150,7 +154,7 @@ def summarise(jobs: list[dict], metric: str | None) -> dict:
     summary = {"metric": metric, "points": rows, "jobs": jobs, "failed": [j["job"] for j in jobs if "error" in j]}
     scored = [r for r in rows if r["n"]]
     if len(scored) > 1:
-        summary["best"] = max(scored, key=lambda r: r["mean"])
+        summary["best"] = (min if lower_is_better(metric) else max)(scored, key=lambda r: r["mean"])
     elif scored:  # one point (cross-validation folds, seeds): its mean is the sweep's
         summary.update(mean=scored[0]["mean"], std=scored[0]["std"], n=scored[0]["n"])
     return summary

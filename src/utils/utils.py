@@ -31,6 +31,11 @@ def extras(cfg: DictConfig) -> None:
 
 
 @rank_zero_only
+def lower_is_better(metric: str | None) -> bool:
+    """A loss is minimised; accuracy, mAP and the like are maximised."""
+    return bool(metric) and "loss" in metric.rsplit("/", 1)[-1]
+
+
 def print_config(cfg: DictConfig) -> None:
     if not (cfg.get("extras") or {}).get("print_config"):
         return

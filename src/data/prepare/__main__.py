@@ -16,16 +16,19 @@ from src.utils.errors import command
 
 
 def parser() -> argparse.ArgumentParser:
+    """One sub-command per dataset, each with only its own options (`<dataset> --help` lists them)."""
     p = argparse.ArgumentParser(prog="python -m src.data.prepare", description=__doc__)
-    p.add_argument("dataset", choices=sorted(DATASETS))
-    p.add_argument("--root", type=Path, required=True, help="the dataset's top folder")
-    p.add_argument("--out", type=Path, help="where the manifest goes (default data/prepared/<name>)")
-    downloadable = ", ".join(sorted(name for name, d in DATASETS.items() if d.download))
-    p.add_argument("--download", action="store_true", help=f"fetch first ({downloadable})")
-    p.add_argument("--workers", type=int, help="threads for probing files")
+    commands = p.add_subparsers(dest="dataset", required=True, metavar="dataset", title="datasets")
     for name, dataset in sorted(DATASETS.items()):
+        summary = " ".join((sys.modules[dataset.prepare.__module__].__doc__ or "").strip().split("\n\n")[0].split())
+        d = commands.add_parser(name, help=summary, description=summary)
+        d.add_argument("--root", type=Path, required=True, help="the dataset's top folder")
+        d.add_argument("--out", type=Path, help=f"where the manifest goes (default data/prepared/{name}[-<task>])")
+        if dataset.download is not None:
+            d.add_argument("--download", action="store_true", help="fetch it into --root first")
+        d.add_argument("--workers", type=int, help="threads for probing files")
         for flags, options in dataset.arguments:
-            p.add_argument(*flags, **{**options, "help": f"{name}: {options.get('help', '')}"})
+            d.add_argument(*flags, **options)
     return p
 
 
@@ -35,9 +38,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     dataset = DATASETS[args.dataset]
     root = args.root.expanduser().resolve()
-    if args.download:
-        if dataset.download is None:
-            p.error(f"{args.dataset} cannot be downloaded automatically; see docs/data.md")
+    if getattr(args, "download", False):
         dataset.download(root, args)
     if not root.is_dir():
         p.error(f"--root {root} is not a folder; pass the dataset's top folder, or add --download")
