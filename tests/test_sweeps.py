@@ -3,6 +3,7 @@ checked against a fake `sbatch` on PATH."""
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -220,3 +221,36 @@ def test_a_warning_with_more_time_left_than_its_delay_is_a_preemption(left, dela
     assert _slurm_duration_s("UNLIMITED") is None and _slurm_duration_s("1-02:03:04") == 93784
     monkeypatch.delenv("SLURM_JOB_ID")
     assert slurm_timed_out() is None  # not a SLURM job: submitit's own rule stays
+
+
+def test_the_slurm_settings_file_is_read_by_the_slurm_launcher_only(data_root, tmp_path):
+    """configs/local/slurm.yaml, the example copied as docs/slurm.md says, sets the
+    SLURM launcher's partition and limit (the command line still wins); a local run of `make
+    pretrain`'s recipe with it and a machine's configs/local/default.yaml in place runs."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    import src.train  # noqa: F401  (the resolvers the configs use)
+
+    copy = tmp_path / "repo"
+    for part in ("src", "configs"):
+        shutil.copytree(ROOT / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / ".project-root", copy / ".project-root")
+    shutil.copy(copy / "configs" / "local" / "slurm.yaml.example", copy / "configs" / "local" / "slurm.yaml")
+    (copy / "configs" / "local" / "default.yaml").write_text(f"# @package _global_\npaths:\n  data_dir: {data_root}\n")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(copy / "configs")):
+        slurm = compose("train.yaml", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+        launcher = OmegaConf.to_container(slurm.hydra.launcher, resolve=True)
+        assert (launcher["partition"], launcher["timeout_min"]) == ("gpu", 2880)
+        assert launcher["setup"][0] == "export SSAMBA_SIGNAL_DELAY_S=120"
+        override = ["hydra/launcher=slurm", "hydra.launcher.partition=debug"]
+        assert compose("train.yaml", overrides=override, return_hydra_config=True).hydra.launcher.partition == "debug"
+        local = compose("train.yaml", overrides=[], return_hydra_config=True)
+        assert "partition" not in local.hydra.launcher
+    command = [sys.executable, "-m", "src.train", "experiment=pretrain_demo", "debug=smoke", "logger=[]"]
+    command += [f"hydra.run.dir={tmp_path / 'run'}"]
+    result = subprocess.run(command, cwd=copy, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["finished"]
