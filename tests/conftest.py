@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,6 +31,7 @@ def data_root(tmp_path_factory):
     from src.data.prepare.common import finalize
     from src.data.shards import build
     from tests.helpers import layouts
+    from tests.helpers.stores import build_pretraining_stores
 
     root = tmp_path_factory.mktemp("data")
     raw = tmp_path_factory.mktemp("raw")
@@ -39,8 +41,7 @@ def data_root(tmp_path_factory):
         for options in dataset.variants:
             made = dataset.prepare(layout, **options)
             finalize(made, prepared / made.name, workers=2)
-    for name in ("audioset", "librispeech"):
-        build(prepared / name / "manifest.jsonl", root / "features" / name, target_length=1024, workers=1)
+    build_pretraining_stores(Path(__file__).parents[1] / "configs", root, raw)  # every source a config names
     demo = root / "demo"
     finalize(
         DATASETS["speechcommands"].prepare(raw / "speechcommands", task="ks2"),

@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from tests.helpers import audio_files as af
+from tests.helpers import layouts
 from tests.helpers.hydra_cfg import SMALL_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,9 +53,54 @@ def repo(tmp_path_factory):
     return copy, added
 
 
-def test_the_guide_adds_a_dataset_and_its_task_in_three_new_files(repo):
+def test_the_guide_adds_a_dataset_and_its_task_in_three_new_files_and_a_pretraining_source_in_two(repo):
     _, added = repo
-    assert sorted(added) == ["configs/data/gtzan.yaml", "configs/experiment/gtzan.yaml", "src/data/prepare/gtzan.py"]
+    assert sorted(added) == [
+        "configs/data/gtzan.yaml",
+        "configs/data/pretrain_mine.yaml",
+        "configs/experiment/gtzan.yaml",
+        "configs/experiment/pretrain_mine.yaml",
+        "src/data/prepare/gtzan.py",
+    ]
+
+
+def _section_commands(title: str) -> list[str]:
+    """The commands of the first bash block after a section title of the guide."""
+    section = GUIDE.read_text().split(f"## {title}", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return [line for line in block.splitlines() if line.startswith("python -m")]
+
+
+def test_the_guides_own_recordings_are_prepared_measured_and_pretrained_on(repo, data_root, tmp_path):
+    """The section's commands as written (the recordings' folder swapped for the test's),
+    then its experiment with debug=smoke; the tests' store builder sees the new source by itself."""
+    from tests.helpers.stores import pretraining_stores
+
+    copy, _ = repo
+    data, recordings = tmp_path / "data", layouts.folder(tmp_path / "recordings")
+    (data / "features").mkdir(parents=True)
+    for name in ("audioset", "librispeech"):  # the tests' miniature stores stand in for the big ones
+        (data / "features" / name).symlink_to(data_root / "features" / name)
+    commands = _section_commands("Pretrain on your own audio")
+    assert [c.split()[2:4] for c in commands] == [
+        ["src.data.prepare", "folder"],
+        ["src.data.shards", "build"],
+        ["src.data.shards", "stats"],
+    ]
+    for command in commands:  # from the folder that holds data/, as a user runs them from the repository
+        args = [sys.executable, *command.replace("~/recordings", str(recordings)).split()[1:]]
+        done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, (command, done.stderr[-3000:])
+    measured = json.loads(done.stdout.strip().splitlines()[-1])  # the stats command's mean and std
+    assert set(measured) == {"mean", "std"} and measured["std"] > 0
+    assert "mine" in pretraining_stores(copy / "configs")
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "src.train", "experiment=pretrain_mine", "debug=smoke", "logger=[]"]
+    command += [f"paths.data_dir={data}", f"hydra.run.dir={run}"]
+    trained = subprocess.run(command, cwd=copy, capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["finished"] and metrics["optimized_metric"] == "val/acc" and "val/acc" in metrics
 
 
 def test_the_guides_task_prepares_trains_and_tests_through_the_registry(repo, tmp_path):

@@ -124,7 +124,9 @@ def test_each_dataset_has_only_its_own_options_and_two_may_declare_the_same_flag
     from src.data.prepare.common import Dataset, Prepared
 
     task = ((("--task",), {"default": "emotion", "help": "emotion or speaker"}),)
-    monkeypatch.setitem(DATASETS, "cremad", Dataset("cremad", lambda root, task: Prepared("cremad", []), arguments=task))
+    monkeypatch.setitem(
+        DATASETS, "cremad", Dataset("cremad", lambda root, task: Prepared("cremad", []), arguments=task)
+    )
     p = parser()
     assert p.parse_args(["cremad", "--root", "x", "--task", "speaker"]).task == "speaker"
     assert p.parse_args(["speechcommands", "--root", "x", "--task", "ks1"]).task == "ks1"
@@ -149,3 +151,20 @@ def test_two_preparers_declaring_one_dataset_name_are_refused():
     with pytest.raises(ValueError, match=r"two preparers declare the dataset 'cremad': .*emotions and .*cremad"):
         registry([first, second])
     assert set(registry([first])) == {"cremad"}
+
+
+def test_a_folder_of_own_recordings_is_prepared_at_any_depth_and_what_is_not_audio_is_listed(tmp_path, capsys):
+    root = layouts.folder(tmp_path / "My Recordings")
+    assert prepare_main(["folder", "--root", str(root), "--out", str(tmp_path / "out")]) == 0
+    rows = read_jsonl(tmp_path / "out" / "manifest.jsonl")
+    assert [r["id"] for r in rows] == [
+        "field/2024/birds.wav",
+        "field/2024/rain.FLAC",
+        "field/wind.ogg",
+        "studio/take 1.wav",
+    ]
+    assert all(r["labels"] == [] and r["split"] is None for r in rows)  # unlabelled, one pool
+    assert [b["id"] for b in read_jsonl(tmp_path / "out" / "bad_files.jsonl")] == ["studio/notes.wav"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["dataset"] == "my_recordings" and "left out 2 files" in summary["notes"][0]
+    assert ".mp3 (1)" in summary["notes"][0] and ".txt (1)" in summary["notes"][0]

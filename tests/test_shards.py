@@ -287,3 +287,31 @@ def test_the_workers_of_a_killed_build_die_with_it(tmp_path):
         [*build_cmd[:-4], "--workers", "2", "--shard-size", "4"], cwd=root, check=True, capture_output=True, timeout=600
     )
     assert verify(tmp_path / "feat") == []
+
+
+def test_stats_of_a_pretraining_mix_weigh_each_store_as_the_sampler_draws_it(tmp_path, capsys):
+    """Stores of clips of different lengths: weights equal to the clip counts give the pooled store's
+    statistics; weights 2:1 over stores of equal size give the statistics of the first store's clips
+    counted twice (as an epoch draws them); the command prints the same."""
+    root = layouts.folder(tmp_path / "rec")
+    finalize(PREPARERS["folder"](root), tmp_path / "prep", workers=2)
+    rows = read_jsonl(tmp_path / "prep" / "manifest.jsonl")
+    assert len(rows) == 4 and len({round(r["duration"], 2) for r in rows}) > 1
+    for name, part in (("a", rows[:2]), ("b", rows[2:]), ("ab", rows)):
+        write_jsonl(tmp_path / f"{name}.jsonl", part)
+        build(tmp_path / f"{name}.jsonl", tmp_path / name, target_length=256, shard_size=2, workers=1)
+    a, b = tmp_path / "a", tmp_path / "b"
+    pooled = shards.mixed_stats([(a, None, 2.0), (b, None, 2.0)])
+    assert pooled == pytest.approx(stats(tmp_path / "ab"), rel=1e-6)
+
+    def real(root):
+        store = FeatureStore(root)
+        return [store[i][..., : store.index[i]["n_frames"]].flatten().double() for i in range(len(store))]
+
+    drawn = torch.cat(real(a) * 2 + real(b))
+    mean, std = shards.mixed_stats([(a, None, 2.0), (b, None, 1.0)])
+    assert mean == pytest.approx(drawn.mean().item(), rel=1e-6)
+    assert std == pytest.approx(drawn.std(unbiased=False).item(), rel=1e-6)
+    assert shards.main(["stats", str(a), str(b), "--weights", "2", "1"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed == {"mean": pytest.approx(mean, abs=1e-6), "std": pytest.approx(std, abs=1e-6)}

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from omegaconf import open_dict
 
@@ -195,7 +196,9 @@ def run_cli(*args, cwd=ROOT, env=None, timeout=300):
 
 
 def test_real_recipe_without_data_says_how_to_get_it(tmp_path):
-    result = run_cli("experiment=ks2", f"paths.data_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
+    # the CPU trainer: without a GPU, the GPU recipe's trainer is the first thing named
+    cpu = [] if torch.cuda.is_available() else ["trainer=cpu"]
+    result = run_cli("experiment=ks2", *cpu, f"paths.data_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2
     assert "Speech Commands v0.02 is not prepared" in result.stderr
     assert "python -m src.data.prepare speechcommands" in result.stderr

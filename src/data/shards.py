@@ -16,6 +16,7 @@ space stops before it starts. Commands:
         --target-length 1024 [--workers 2] [--shard-size 1024]
     python -m src.data.shards verify data/features/X
     python -m src.data.shards stats data/features/X [--split train]     # dataset mean and std
+    python -m src.data.shards stats data/features/A data/features/B --weights 2 0.28   # a mix
 """
 
 from __future__ import annotations
@@ -437,19 +438,42 @@ def _check_index(store: FeatureStore, manifest: dict | None) -> list[str]:
     return problems
 
 
-def stats(root: str | Path, split: str | None = None) -> tuple[float, float]:
-    """Mean and std of the real (unpadded) fbank frames: the dataset_mean / dataset_std of a recipe."""
+def moments(root: str | Path, split: str | None = None) -> dict:
+    """Sums over a store's real (unpadded) fbank values: {"sum", "sum_sq", "values", "frames", "clips"}."""
     store = FeatureStore(root)
-    total, total_sq, count = 0.0, 0.0, 0
-    for i in tqdm(store.select(split=split), desc="stats", unit="clip"):
+    total, total_sq, count, frames = 0.0, 0.0, 0, 0
+    chosen = store.select(split=split)
+    for i in tqdm(chosen, desc=f"stats {Path(root).name}", unit="clip"):
         spec = store[i][..., : store.index[i]["n_frames"]].double()
         total += spec.sum().item()
         total_sq += (spec * spec).sum().item()
         count += spec.numel()
+        frames += store.index[i]["n_frames"]
     if count == 0:
         raise UserError(f"{root}: no clips{f' in split {split}' if split else ''}")
-    mean = total / count
-    return mean, max(total_sq / count - mean * mean, 0.0) ** 0.5
+    return {"sum": total, "sum_sq": total_sq, "values": count, "frames": frames, "clips": len(chosen)}
+
+
+def stats(root: str | Path, split: str | None = None) -> tuple[float, float]:
+    """Mean and std of the real (unpadded) fbank frames: the dataset_mean / dataset_std of a recipe."""
+    return mixed_stats([(root, split, 1.0)])
+
+
+def mixed_stats(sources: list[tuple[str | Path, str | None, float]]) -> tuple[float, float]:
+    """Mean and std of what a pretraining mix feeds the encoder: each (store, split, weight) is drawn
+    with its weight's share of the clips (PretrainDataModule's sampler), so a store's values count in
+    proportion to weight x its frames per clip; exact sums, not averaged per-store stds."""
+    if not sources:
+        raise UserError("stats needs at least one store")
+    parts = [(moments(root, split), float(weight)) for root, split, weight in sources]
+    if any(weight <= 0 for _, weight in parts):
+        raise UserError("every --weights value must be above 0")
+    # values a draw yields from each store, per clip drawn: weight share x the store's values per clip
+    share = [weight / m["clips"] for m, weight in parts]
+    count = sum(s * m["values"] for (m, _), s in zip(parts, share))
+    mean = sum(s * m["sum"] for (m, _), s in zip(parts, share)) / count
+    mean_sq = sum(s * m["sum_sq"] for (m, _), s in zip(parts, share)) / count
+    return mean, max(mean_sq - mean * mean, 0.0) ** 0.5
 
 
 @command
@@ -464,9 +488,15 @@ def main(argv=None) -> int:
     b.add_argument("--workers", type=int, default=2)
     v = sub.add_parser("verify", help="check a store's files against its index")
     v.add_argument("root", type=Path)
-    s = sub.add_parser("stats", help="mean and std of a store (for data.mean / data.std)")
-    s.add_argument("root", type=Path)
-    s.add_argument("--split")
+    s = sub.add_parser(
+        "stats",
+        help="mean and std of a store, or of a pretraining mix of stores (for data.mean / data.std)",
+        description="The mean and std of the real fbank frames of one store, or of several mixed as the "
+        "pretraining sampler mixes them (--weights, a data config's sources' weights).",
+    )
+    s.add_argument("roots", type=Path, nargs="+", metavar="store")
+    s.add_argument("--split", nargs="+", help="one split for every store, or one per store ('all': every clip)")
+    s.add_argument("--weights", type=float, nargs="+", help="one per store, as in the data config (default: 1 each)")
     args = parser.parse_args(argv)
     if args.command == "build":
         build(args.manifest, args.out, args.target_length, args.shard_size, args.workers)
@@ -477,7 +507,13 @@ def main(argv=None) -> int:
         print("ok" if not problems else f"{len(problems)} problems")
         return 1 if problems else 0
     else:
-        mean, std = stats(args.root, args.split)
+        n = len(args.roots)
+        splits = args.split or [None]
+        weights = args.weights or [1.0] * n
+        if len(splits) not in (1, n) or len(weights) != n:
+            raise UserError(f"{n} stores: give --split once or {n} times, and --weights {n} times")
+        splits = [None if s in (None, "all") else s for s in (splits * n if len(splits) == 1 else splits)]
+        mean, std = mixed_stats(list(zip(args.roots, splits, weights)))
         print(json.dumps({"mean": round(mean, 7), "std": round(std, 7)}))
     return 0
 

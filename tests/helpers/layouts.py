@@ -111,7 +111,22 @@ def _csv(path: Path, header, rows) -> None:
 
 
 # each registered dataset's miniature layout (src/data/prepare: DATASETS), as the tests prepare it
+def folder(root: Path) -> Path:
+    """A user's own recordings: nested folders, several formats and rates, a broken file, files
+    that are not audio, and a link back up the tree (a loop, if links were followed)."""
+    af.tone(root / "field" / "2024" / "birds.wav", seconds=2.0, sr=44100)
+    af.tone(root / "field" / "2024" / "rain.FLAC", seconds=1.5, fmt="FLAC")
+    af.tone(root / "field" / "wind.ogg", seconds=1.5, fmt="OGG", subtype="VORBIS")
+    af.tone(root / "studio" / "take 1.wav", seconds=2.0, channels=2, freq=330)
+    af.text_as_wav(root / "studio" / "notes.wav")  # broken: listed, not a clip
+    (root / "studio" / "notes.txt").write_text("session notes\n")
+    (root / "studio" / "take 2.mp3").write_bytes(b"ID3")  # a format the reader does not take: counted
+    (root / "field" / "back").symlink_to(root, target_is_directory=True)
+    return root
+
+
 LAYOUTS = {
+    "folder": folder,
     "speechcommands": lambda root: speech_commands(root, words=("yes", "no", "up", "bed"), per_word=6),
     "esc50": esc50,
     "audioset": audioset,

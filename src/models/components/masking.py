@@ -5,7 +5,8 @@ positions as a (B, num_mask) index tensor are `mask_indices(mask, num_mask)`.
 
 - "official" (the default): SSAST/SSAMBA's gen_maskid_patch, vectorised over the batch and drawn
   from torch's generator: the same distribution as the official loop, quirks included (patch 0 is
-  never masked, a hard-coded row width of 64 patches, clusters that wrap across rows, clusters
+  never masked, a cluster's rows placed the grid's time patches apart (the official p_t_dim: 64 at
+  1024 frames, 25 at 400), clusters that wrap across rows, clusters
   drawn until more than num_mask patches are covered, then the num_mask lowest positions kept,
   which is what truncating CPython's set of small ints does whenever it iterates in ascending
   order, as it does at the recipes' 250-400 of 512 and 24 of 64).
@@ -36,7 +37,8 @@ def most_masked(strategy: str, num_patches: int) -> int:
 
 
 def official_mask_ids(num_patches: int, num_mask: int, rng: random.Random, row_width: int = 64) -> list[int]:
-    """gen_maskid_patch exactly as the official code runs it."""
+    """gen_maskid_patch exactly as the official code runs it; row_width is its p_t_dim, the grid's
+    number of time patches."""
     mask_id: list[int] = []
     cur_clus = rng.randrange(3) + 3  # cluster side in {3, 4, 5}, fixed for the sample
     while len(list(set(mask_id))) <= num_mask:
@@ -101,23 +103,27 @@ def random_mask(batch: int, num_patches: int, num_mask: int, generator=None, dev
     return _top(torch.rand(batch, num_patches, generator=generator, device=device), num_mask)
 
 
-def official_mask(batch: int, num_patches: int, num_mask: int, rng: random.Random, device=None) -> Tensor:
+def official_mask(
+    batch: int, num_patches: int, num_mask: int, rng: random.Random, device=None, row_width: int = 64
+) -> Tensor:
     _check(num_mask, most_masked("official_loop", num_patches))
     mask = torch.zeros(batch, num_patches, dtype=torch.bool)
     for b in range(batch):
-        mask[b, official_mask_ids(num_patches, num_mask, rng)] = True
+        mask[b, official_mask_ids(num_patches, num_mask, rng, row_width)] = True
     return mask.to(device)
 
 
 def make_mask(strategy: str, batch: int, grid, num_mask: int, seed: int | None = None, device=None):
     """Masks for a batch; a seed makes them reproducible (e.g. the same masks after a resume)."""
     if strategy == "official_loop":
-        return official_mask(batch, grid[0] * grid[1], num_mask, random.Random(seed), device)
+        return official_mask(batch, grid[0] * grid[1], num_mask, random.Random(seed), device, row_width=grid[1])
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device or "cpu").manual_seed(seed)
     if strategy == "official":
-        return official_mask_vectorised(batch, grid[0] * grid[1], num_mask, generator=generator, device=device)
+        return official_mask_vectorised(
+            batch, grid[0] * grid[1], num_mask, generator=generator, device=device, row_width=grid[1]
+        )
     if strategy == "cluster":
         return cluster_mask(batch, grid, num_mask, generator=generator, device=device)
     if strategy == "random":
