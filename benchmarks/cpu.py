@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import report
+from benchmarks.provenance import provenance
 from src.embedding import hear
 from src.embedding.folder import embed_folder
 from src.kernels.portable import scan_portable_bel
@@ -121,6 +122,7 @@ def main(argv=None) -> int:
         "torch": torch.__version__,
     }
     result = {"machine": machine, "scan": scan_rows(args.repeats), "embed": embed_row(args.minutes)}
+    result["measured"] = provenance(f"CPU: {machine['cpu']}, {machine['cores']} cores")
     write_json(args.out / "benchmarks" / "cpu.json", result)
     table = report.cpu_table(result)
     write_text(args.out / "benchmarks" / "cpu.md", table)

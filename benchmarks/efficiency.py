@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.provenance import provenance
 from src.models.components import build_encoder, encoder_config
 from src.utils.errors import command
 from src.utils.io import write_json, write_text
@@ -154,7 +155,8 @@ def main(argv=None) -> int:
         print("this benchmark needs a CUDA GPU", file=sys.stderr)
         return 2
 
-    results = {"card": card(), "batch": BATCH, "floors": measure_bandwidth_and_matmul(), "series": []}
+    results = {"card": card(), "measured": provenance(), "batch": BATCH, "floors": measure_bandwidth_and_matmul()}
+    results["series"] = []
     for size in args.sizes:
         for precision in args.precisions:
             for backbone, modes in MODES.items():

@@ -22,6 +22,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.efficiency import frames_for
+from benchmarks.provenance import provenance
 from benchmarks.throughput import ssl_optimizer, train_step
 from src.models.components import build_encoder, encoder_config
 from src.models.ssl_module import SSLModule
@@ -98,6 +99,7 @@ def main(argv=None) -> int:
     name += f"_{args.tag}" if args.tag else ""
     result = {
         "card": torch.cuda.get_device_name(),
+        "measured": provenance(),
         "kernels_env": os.environ.get("SSAMBA_KERNELS", "auto"),
         **{k: v for k, v in vars(args).items() if k not in ("out", "top")},
         "wall_ms": wall_ms,

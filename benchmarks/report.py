@@ -12,6 +12,8 @@ import json
 import statistics
 from pathlib import Path
 
+from benchmarks.provenance import measured_line
+
 ROOT = Path(__file__).resolve().parents[1]
 
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -25,7 +27,7 @@ def _run(throughput: dict, label: str) -> dict:
 def scan_table(record: dict) -> str:
     from benchmarks.scan import markdown
 
-    return markdown(record)
+    return markdown(record) + "\n" + measured_line(record) + "\n"
 
 
 THROUGHPUT_MODEL_RUN = "H100, this issue"
@@ -84,6 +86,7 @@ def throughput_model_table(throughput: dict) -> str:
             f"{fastest_loop['samples_per_s'] / best['samples_per_s']:.2f}x" if fastest_loop else "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", measured_line(run)]
     return "\n".join(lines) + "\n"
 
 
@@ -114,7 +117,10 @@ def throughput_train_table(throughput: dict) -> str:
         "",
         f"Two GPUs at 64 per GPU (run 2) against one GPU (run 1): "
         f"{two['samples_per_s'] / ones[0]['samples_per_s']:.2f}x its samples/s.",
+        "",
     ]
+    for k, (label, _) in enumerate(THROUGHPUT_TRAIN_RUNS, start=1):
+        lines.append(f"Run {k}: {measured_line(_run(throughput, label))}")
     return "\n".join(lines) + "\n"
 
 
@@ -142,6 +148,7 @@ def efficiency_tiny_table(efficiency: dict) -> str:
     for t in tokens:
         cells = [f"{p[t]['ms']:.1f} / {p[t]['peak_mib']:.0f}" if t in p else "-" for p in columns.values()]
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    lines += ["", measured_line(efficiency)]
     return "\n".join(lines) + "\n"
 
 
@@ -162,6 +169,7 @@ def paper_claim_table(efficiency: dict) -> str:
             f"{s['peak_mib']:.0f} MiB | {100 * (1 - a['ms'] / s['ms']):.2f}% | "
             f"{100 * (1 - a['peak_mib'] / s['peak_mib']):.2f}% |"
         )
+    lines += ["", measured_line(efficiency)]
     return "\n".join(lines) + "\n"
 
 
@@ -184,6 +192,7 @@ def floor_table(efficiency: dict) -> str:
             f"{fl['encoder_GFLOP']:.0f} | {fl['encoder_floor_ms']:.2f} | {best['ms']:.1f} | "
             f"{best['ms'] / fl['encoder_floor_ms']:.0f} |"
         )
+    lines += ["", measured_line(efficiency)]
     return "\n".join(lines) + "\n"
 
 
@@ -206,6 +215,7 @@ def cpu_table(cpu: dict) -> str:
         "",
         f"`python -m src.embedding` on one {e['minutes']:g}-minute file ({e['preset']}): {e['seconds']:.1f} s.",
     ]
+    lines += ["", measured_line(cpu)]
     return "\n".join(lines) + "\n"
 
 
@@ -231,6 +241,7 @@ def threads_table(threads: dict) -> str:
         slow = f"{c['slowdown']:.1f}x" if c["slowdown"] else "-"
         machine = "busy" if c["busy"] else "idle"
         lines.append(f"| {machine} | {c['setting']} ({c['threads']}) | {step} | {each} | {slow} |")
+    lines += ["", measured_line(threads)]
     return "\n".join(lines) + "\n"
 
 

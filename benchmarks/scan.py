@@ -33,6 +33,7 @@ import torch
 
 from benchmarks import report
 from benchmarks.efficiency import time_ms
+from benchmarks.provenance import provenance
 from benchmarks.scan_floor import floor_ms, measure_peaks
 from src.kernels import mamba_kernels_available, selective_scan
 from src.kernels.scan_triton import ScanTiling, default_tilings, selective_scan_triton
@@ -201,6 +202,7 @@ def main(argv=None) -> int:
     record = {
         "card": torch.cuda.get_device_name(),
         "torch": torch.__version__,
+        "measured": provenance(),
         "d_state": D_STATE,
         "dtype": "bfloat16",
         "shapes": [],

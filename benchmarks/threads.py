@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import report
+from benchmarks.provenance import provenance
 from src.utils.errors import command
 from src.utils.io import atomic_path, write_json, write_text
 from src.utils.threads import choose_threads, physical_cores
@@ -153,6 +154,7 @@ def main(argv=None) -> int:
         "workload": "demo pretraining step: SSAMBA width 64, depth 4, 128 frames, batch 32, two masked passes, AdamW",
         "neighbour": "the same training in another process with torch's default threads",
         "cases": cases,
+        "measured": provenance(f"CPU: {platform.processor() or platform.machine()}"),
     }
     write_json(args.out / "benchmarks" / "threads.json", result)
     table = report.threads_table(result)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import yaml
 
+from benchmarks.provenance import provenance
 from src.data.datamodules import PretrainDataset
 from src.data.shards import FeatureStore
 from src.models.optim import make_optimizer
@@ -42,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _append(path: Path, run: dict) -> None:
     """Add one invocation's records to the file's list of runs."""
     runs = json.loads(path.read_text())["runs"] if path.exists() else []
-    write_json(path, {"runs": runs + [run]})
+    write_json(path, {"runs": runs + [{**run, "measured": provenance()}]})
 
 
 def model_throughput(args) -> None:

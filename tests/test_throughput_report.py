@@ -43,14 +43,17 @@ def test_the_cost_table_takes_the_newest_combined_run_and_its_loop_column():
         "card": "old card",
         "records": [bare("ssamba", "tiny", 1.0), bare("ssast", "tiny", 2.0)],
     }
-    combined = {"run": "one card: src/train.py pretrain", "card": "a card", "records": RECORDS}
+    measured = {"commit": "abc1234", "date": "2026-12-06 04:00 UTC", "torch": "2.11.0", "device": "a card"}
+    combined = {"run": "one card: src/train.py pretrain", "card": "a card", "records": RECORDS, "measured": measured}
     table = throughput_model_table({"runs": [older, combined]})
     assert 'a card, run "one card: src/train.py pretrain"' in table
-    assert table.rstrip().endswith("| 0.40x | 1.00x | 380.0 | - | 0.95x |")
+    rows = [line for line in table.splitlines() if line.startswith("|")]
+    assert rows[-1].endswith("| 0.40x | 1.00x | 380.0 | - | 0.95x |")
+    assert table.rstrip().endswith("Measured on a card, commit abc1234, 2026-12-06 04:00 UTC, torch 2.11.0.")
     assert "| - | - | - |" in throughput_model_table({"runs": [older]})  # a model run: no loop columns
     graphed = {**bare("ssamba", "tiny", 500.0), "cuda_graph": True}
     both = {**combined, "records": [*RECORDS, graphed, loop("tiny", 1, 480.0, "auto")]}
-    row = throughput_model_table({"runs": [both]}).rstrip().splitlines()[-1]
+    row = [line for line in throughput_model_table({"runs": [both]}).splitlines() if line.startswith("|")][-1]
     # the faster bare step (graphed) is the one compared with SSAST, and the faster loop with it
     assert row.startswith("| tiny | 160.0 | 128.0 | 500.0 |")
     assert row.endswith("| 0.50x | 1.00x | 380.0 | 480.0 | 0.96x |")

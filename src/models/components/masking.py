@@ -11,7 +11,7 @@ positions as a (B, num_mask) index tensor are `mask_indices(mask, num_mask)`.
   which is what truncating CPython's set of small ints does whenever it iterates in ascending
   order, as it does at the recipes' 250-400 of 512 and 24 of 64).
 - "official_loop": gen_maskid_patch ported line by line (Python's `random` and set): one Python
-  loop per sample (60 ms a batch of 64 on the 2-core CPU machine, per masked pass), for parity tests only.
+  loop per sample (about 10x the vectorised draw: docs/benchmarks/masking.md), for parity tests only.
 - "cluster": square clusters of 3-5 patches on the real (f, t) grid, no wrap-around, patch 0
   allowed; vectorised.
 - "random": uniformly random patches.
