@@ -297,6 +297,10 @@ NOT_IN_A_JSON = {
 }
 # settings, not measurements: the shapes, seeds, mask counts and step counts the commands ran with
 SETTINGS = {"1024", "6144", "12345", "200", "20", "400", "128"}
+SETTING_PATTERN = (
+    r"\(\d+(?:, \d+)+\)|\d+ x \d+|(?:batch|width|depth) \d+"  # shapes
+    r"|\d+ (?:timed|warm-up|masked|patches|frames|tokens)\b"  # counts a command was run with
+)
 
 
 def _json_values(paths) -> tuple[list[float], str]:
@@ -349,11 +353,7 @@ def test_every_number_in_the_benchmarks_prose_comes_from_a_json_its_section_name
         prose = re.sub(r"<!-- (\S+):begin -->.*?<!-- \1:end -->", "", section, flags=re.S)
         # what is not a measurement: commands, links, commits, issue numbers, shapes and run settings
         prose = re.sub(r"`[^`]*`|\]\([^)]*\)|\(\w{7}\)|commit \w+|issue \d+", "", prose)
-        prose = re.sub(
-            r"\(\d+(?:, \d+)+\)|\d+ x \d+|(?:batch|width|depth) \d+|\d+ (?:timed|warm-up|masked|patches|frames|tokens)\b",
-            "",
-            prose,
-        )
+        prose = re.sub(SETTING_PATTERN, "", prose)
         array = np.array(values)
         for found in re.finditer(r"(?<![\w.\-/])(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)(x|%)?(?![\w.]|\.\d)", prose):
             number, unit = found.group(1), found.group(2)
