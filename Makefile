@@ -13,7 +13,10 @@ LOCK := requirements/dev.txt
 
 # Exactly the lock's versions, nothing resolved at install time (--no-deps); the project itself is
 # built with the lock's setuptools (--no-build-isolation), so nothing published later enters.
+# the lock is for CPython 3.11: another version is named before a venv is made
 $(STAMP): setup.cfg pyproject.toml $(LOCK)
+	@test -x $(PY) || $(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { \
+		echo "error: the lock (requirements/dev.txt) is for Python 3.11 but $(PYTHON) is $$($(PYTHON) -V 2>&1); run make PYTHON=python3.11 ..." >&2; exit 2; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --no-deps -r $(LOCK)
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .

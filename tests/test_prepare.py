@@ -60,7 +60,7 @@ def test_audioset_multilabel_splits_and_bad_entries(tmp_path):
     assert classes["names"]["/m/04rlf"] == "Music"
     assert m["balanced/bal_1"]["labels"] == ["/m/04rlf", "/m/0jbk"] and m["eval/ev_0"]["split"] == "eval"
     reasons = " ".join(b["reason"] for b in bad)
-    assert "file is gone" in reasons and "not in the index" in reasons
+    assert "not on disk: the dataset's own list" in reasons and "not in the index" in reasons  # no "re-run" hint
 
 
 def test_librispeech_subsets(tmp_path):
@@ -75,7 +75,7 @@ def test_voxceleb1_identification_split(tmp_path):
     assert classes["classes"] == ["id10001", "id10002", "id10003"]
     assert {r["split"] for r in m.values()} == {"train", "valid", "test"}
     assert m["id10002/vid3/00003"]["labels"] == ["id10002"]
-    assert len(bad) == 1 and "file is gone" in bad[0]["reason"]
+    assert len(bad) == 1 and bad[0]["reason"].startswith("not on disk") and "re-run" not in bad[0]["reason"]
 
 
 def test_iemocap_four_classes_with_exc_merged_into_hap(tmp_path):

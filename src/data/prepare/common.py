@@ -80,6 +80,8 @@ def stable_fraction(key: str) -> float:
 
 
 def _probe(entry: Entry):
+    if not os.path.lexists(entry.path):  # the dataset's own list names it; re-preparing will not bring it back
+        return entry, "not on disk: the dataset's own list (its CSV or JSON) names it, but the file is missing"
     try:
         total = audio_duration(entry.path)
     except AudioError as e:
