@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -101,6 +102,10 @@ def test_the_guides_own_recordings_are_prepared_measured_and_pretrained_on(repo,
     assert trained.returncode == 0, trained.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["finished"] and metrics["optimized_metric"] == "val/acc" and "val/acc" in metrics
+    # the data config's normalisation, which the guide says to take from the stats command, is the export's
+    mix = yaml.safe_load((copy / "configs" / "data" / "pretrain_mine.yaml").read_text())
+    exported = json.loads((run / "encoder" / "config.json").read_text())["data"]
+    assert (exported["mean"], exported["std"]) == (mix["mean"], mix["std"])
 
 
 def test_the_guides_task_prepares_trains_and_tests_through_the_registry(repo, tmp_path):
