@@ -245,6 +245,33 @@ def threads_table(threads: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def index_table(record: dict) -> str:
+    j, c = record["jsonl"], record["columns"]
+
+    def workers(side: dict) -> str:
+        extra = [w["extra_private_mib"] for w in side["workers"]]
+        return f"{min(extra):,.1f} to {max(extra):,.1f} MiB ({len(extra)} workers)"
+
+    lines = [
+        f"A synthetic index of {record['clips']:,} clips in the store's format, each side in a fresh process; "
+        "the workers read every row's shard, row, frame count and labels.",
+        "",
+        "| index | on disk | load | the index in the main process | each loader worker's extra private memory |",
+        "| --- | --- | --- | --- | --- |",
+        f"| index.jsonl read as Python objects (before) | {j['file_mib']:.0f} MiB | {j['load_s']:.1f} s | "
+        f"{j['growth_mib']:,.0f} MiB | {workers(j)} |",
+        f"| columns, memory-mapped (`index/`) | {c['disk_mib']:.0f} MiB | {c['load_s']:.2f} s | "
+        f"{c['growth_mib']:,.0f} MiB (shared pages) | {workers(c)} |",
+        "",
+        f"Writing the columns from index.jsonl (`verify --upgrade`, or the build's last step): {c['write_s']:.0f} s. "
+        f"A loader of {len(c['workers'])} workers reading one record a sample: {c['loader_samples_per_s']:,.0f} "
+        "samples/s.",
+        "",
+        measured_line(record),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 BLOCKS = {
     "scan": ("scan.json", scan_table),
     "throughput-model": ("throughput.json", throughput_model_table),
@@ -254,6 +281,7 @@ BLOCKS = {
     "floor": ("efficiency.json", floor_table),
     "cpu": ("cpu.json", cpu_table),
     "threads": ("threads.json", threads_table),
+    "index": ("index.json", index_table),
 }
 
 

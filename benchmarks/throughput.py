@@ -32,6 +32,7 @@ import yaml
 from benchmarks.provenance import provenance
 from src.data.datamodules import PretrainDataset
 from src.data.shards import FeatureStore
+from src.data.store_index import write_columns
 from src.models.optim import make_optimizer
 from src.models.ssl_module import SSLModule
 from src.utils.errors import command
@@ -298,6 +299,7 @@ def synthetic_store(args) -> None:
         base = {"n_frames": 1024, "labels": [], "split": "train", "fold": None}
         index += [{"id": f"c{k}_{r}", "shard": k, "row": r, **base} for r in range(rows)]
     write_jsonl(out / "index.jsonl", index)
+    write_columns(out, index)
     meta = {"complete": True, "num_shards": n_shards, "clips": args.clips, "shape": [128, 1024], "target_length": 1024}
     write_json(out / "meta.json", {**meta, "classes": [], "manifest": "synthetic", "manifest_sha256": ""})
     print(f"synthetic store with {args.clips} clips at {out}")

@@ -71,7 +71,7 @@ class PretrainDataset(Dataset):
         spec = self.store[k]  # (1, F, T_store)
         extra = spec.shape[-1] - self.target_length
         if extra > 0:  # a random crop of the clip's real frames (not of the store's padding)
-            real_extra = max(0, self.store.index[k]["n_frames"] - self.target_length)
+            real_extra = max(0, self.store.n_frames(k) - self.target_length)
             start = rand.integer(0, real_extra) if self.train else 0
             spec = spec[..., start : start + self.target_length]
         spec = pad_or_cut(spec, self.target_length)
@@ -276,8 +276,8 @@ class PretrainDataModule(_ResumableDataModule):
 
     def _dataset(self, source: dict, train: bool) -> PretrainDataset:
         store = FeatureStore(source["path"])
-        indices = store.select(split=source.get("split"))
-        if not indices:
+        indices = store.select(split=source.get("split"))  # an array: no Python object per clip
+        if len(indices) == 0:
             raise UserError(f"{source['path']}: no clips in split {source.get('split')!r}")
         return PretrainDataset(store, indices, self.target_length, self.mean, self.std, train)
 

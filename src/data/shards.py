@@ -26,6 +26,7 @@ import ctypes
 import errno
 import fcntl
 import json
+import logging
 import os
 import shutil
 import signal
@@ -41,6 +42,7 @@ import torch
 from tqdm import tqdm
 
 from src.data.audio import KALDI, AudioError, FbankConfig, fbank, load_audio, pad_or_cut
+from src.data.store_index import StoreIndex, columns_current, upgrade_index, write_columns
 from src.utils.errors import MissingInput, UserError, command
 from src.utils.io import (
     atomic_path,
@@ -52,6 +54,7 @@ from src.utils.io import (
     write_jsonl,
 )
 
+log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 
 
@@ -184,6 +187,7 @@ def _finish(out, manifest, settings, chunks, results, entries, config, target_le
     """Write the index, the bad-file list and the complete meta.json; report."""
     index, bad = _index(chunks, results, {e["id"]: e for e in entries})
     write_jsonl(out / "index.jsonl", index)
+    write_columns(out, index)  # after index.jsonl, whose size and time they record
     write_jsonl(out / "bad_files.jsonl", bad)
     classes_file = manifest.parent / "classes.json"
     classes = json.loads(classes_file.read_text()) if classes_file.exists() else {"classes": [], "multilabel": False}
@@ -329,7 +333,12 @@ class FeatureStore:
                 f"{self.root}: index.jsonl is gone; run the build command that made this store again "
                 "(python -m src.data.shards build ...): it keeps the finished shards and rewrites the index"
             )
-        self.index = read_jsonl(self.root / "index.jsonl")
+        self.index = StoreIndex(self.root)  # memory-mapped columns, or index.jsonl for an older store
+        if not self.index.mapped:
+            log.warning(
+                f"{self.root}: the index is read from index.jsonl (about 1 KB of memory a clip, in every loader "
+                f"process); `python -m src.data.shards verify --upgrade {self.root}` writes its columns once"
+            )
         self._arrays: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -347,27 +356,25 @@ class FeatureStore:
             self._arrays[shard] = np.load(self.root / f"{shard_name(shard)}.npy", mmap_mode="r")
         return self._arrays[shard]
 
+    def n_frames(self, i: int) -> int:
+        """Clip i's real (unpadded) frames."""
+        return int(self.index.column("n_frames")[i])
+
     def __getitem__(self, i: int) -> torch.Tensor:
         """(1, mel, target_length) float32 fbank, un-normalised."""
-        rec = self.index[i]
-        return torch.from_numpy(np.array(self.array(rec["shard"])[rec["row"]], dtype=np.float32)).unsqueeze(0)
+        shard, row = int(self.index.column("shard")[i]), int(self.index.column("row")[i])
+        return torch.from_numpy(np.array(self.array(shard)[row], dtype=np.float32)).unsqueeze(0)
 
-    def select(self, split: str | None = None, folds=None, exclude_folds=None) -> list[int]:
-        """Indices of the clips in a split and/or a set of folds."""
-        keep = []
-        for i, rec in enumerate(self.index):
-            if split is not None and rec.get("split") != split:
-                continue
-            if folds is not None and rec.get("fold") not in folds:
-                continue
-            if exclude_folds is not None and rec.get("fold") in exclude_folds:
-                continue
-            keep.append(i)
-        return keep
+    def select(self, split: str | None = None, folds=None, exclude_folds=None) -> np.ndarray:
+        """Positions of the clips in a split and/or a set of folds, ascending (an int64 array)."""
+        return self.index.select(split, folds, exclude_folds)
 
 
-def verify(root: str | Path) -> list[str]:
-    """Problems found in a store (an empty list means it is sound)."""
+def verify(root: str | Path, upgrade: bool = False) -> list[str]:
+    """Problems found in a store (an empty list means it is sound). upgrade: first write the index's
+    columns where they are missing or older than index.jsonl (a store from before them)."""
+    if upgrade and upgrade_index(root):
+        print(f"{root}: wrote the index columns (index/) from index.jsonl")
     store = FeatureStore(root)
     problems, shape = [], tuple(store.meta["shape"])
     rows_per_shard: dict[int, int] = {}
@@ -412,7 +419,8 @@ def _check_index(store: FeatureStore, manifest: dict | None) -> list[str]:
         for row, (clip_id, frames) in enumerate(zip(sidecar["ids"], sidecar["n_frames"])):
             where[clip_id] = {"shard": k, "row": row, "n_frames": frames}
     problems, seen = [], set()
-    for line, rec in enumerate(store.index, start=1):
+    rows = read_jsonl(store.root / "index.jsonl")  # the record the columns are made from
+    for line, rec in enumerate(rows, start=1):
         expected = where.get(rec.get("id"))
         if expected is None:
             problems.append(f"index.jsonl line {line}: {rec.get('id')!r} is in no shard{fix}")
@@ -433,8 +441,17 @@ def _check_index(store: FeatureStore, manifest: dict | None) -> list[str]:
     missing = sorted(set(where) - seen)
     if missing:
         problems.append(f"index.jsonl lacks {len(missing)} stored clips (first: {missing[0]}){fix}")
-    if store.meta.get("clips") is not None and store.meta["clips"] != len(store.index):
-        problems.append(f"index.jsonl has {len(store.index)} lines, meta.json says {store.meta['clips']} clips{fix}")
+    if store.meta.get("clips") is not None and store.meta["clips"] != len(rows):
+        problems.append(f"index.jsonl has {len(rows)} lines, meta.json says {store.meta['clips']} clips{fix}")
+    if problems:  # a rebuild rewrites the columns too
+        return problems
+    upgrade = f"python -m src.data.shards verify --upgrade {store.root} writes them"
+    if not columns_current(store.root):
+        problems.append(f"the index columns (index/) are missing or older than index.jsonl; {upgrade}")
+    elif list(store.index) != rows:
+        problems.append(
+            f"the index columns (index/) differ from index.jsonl; remove {store.root / 'index'}, then {upgrade}"
+        )
     return problems
 
 
@@ -443,12 +460,12 @@ def moments(root: str | Path, split: str | None = None) -> dict:
     store = FeatureStore(root)
     total, total_sq, count, frames = 0.0, 0.0, 0, 0
     chosen = store.select(split=split)
-    for i in tqdm(chosen, desc=f"stats {Path(root).name}", unit="clip"):
-        spec = store[i][..., : store.index[i]["n_frames"]].double()
+    for i in tqdm(chosen.tolist(), desc=f"stats {Path(root).name}", unit="clip"):
+        spec = store[i][..., : store.n_frames(i)].double()
         total += spec.sum().item()
         total_sq += (spec * spec).sum().item()
         count += spec.numel()
-        frames += store.index[i]["n_frames"]
+        frames += store.n_frames(i)
     if count == 0:
         raise UserError(f"{root}: no clips{f' in split {split}' if split else ''}")
     return {"sum": total, "sum_sq": total_sq, "values": count, "frames": frames, "clips": len(chosen)}
@@ -488,6 +505,7 @@ def main(argv=None) -> int:
     b.add_argument("--workers", type=int, default=2)
     v = sub.add_parser("verify", help="check a store's files against its index")
     v.add_argument("root", type=Path)
+    v.add_argument("--upgrade", action="store_true", help="first write the index's columns (a store from before them)")
     s = sub.add_parser(
         "stats",
         help="mean and std of a store, or of a pretraining mix of stores (for data.mean / data.std)",
@@ -501,7 +519,7 @@ def main(argv=None) -> int:
     if args.command == "build":
         build(args.manifest, args.out, args.target_length, args.shard_size, args.workers)
     elif args.command == "verify":
-        problems = verify(args.root)
+        problems = verify(args.root, upgrade=args.upgrade)
         for p in problems:
             print(f"problem: {p}")
         print("ok" if not problems else f"{len(problems)} problems")
