@@ -27,6 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
 from benchmarks import report
 from benchmarks.provenance import provenance
 from src.data.store_index import upgrade_index
@@ -75,7 +78,7 @@ def synthetic_store(root: Path, clips: int, seed: int = 0) -> None:
     write_json(root / "meta.json", {**meta, "target_length": 1024, "classes": mids, "manifest": "synthetic"})
 
 
-class _EveryRecord:
+class _EveryRecord(IterableDataset):
     """The same reads from index.jsonl's objects: every record's shard, row, frame count and labels."""
 
     def __init__(self, rows):
@@ -90,15 +93,13 @@ class _EveryRecord:
 def measure_jsonl(root: Path, workers: int) -> dict:
     """Load and memory of index.jsonl as Python objects; `workers` forked loader workers read every
     record (fewer than the columns' run: each may copy the whole index, gigabytes)."""
-    from torch.utils.data import DataLoader, IterableDataset
-
     from src.utils.io import read_jsonl
 
     before, start = rss_mib(), time.perf_counter()
     rows = read_jsonl(root / "index.jsonl")
     load_s = time.perf_counter() - start
     result = {"load_s": load_s, "rss_mib": rss_mib(), "growth_mib": rss_mib() - before, "rows": len(rows)}
-    every = type("EveryRecord", (_EveryRecord, IterableDataset), {})(rows)
+    every = _EveryRecord(rows)
     reports = list(DataLoader(every, batch_size=None, num_workers=workers, multiprocessing_context="fork"))
     result["workers"] = [
         {**r, "extra_private_mib": r["worker_private_after_mib"] - r["worker_private_before_mib"]} for r in reports
@@ -119,7 +120,7 @@ def _touch_every_row(index) -> int:
     return total
 
 
-class _EveryRow:
+class _EveryRow(IterableDataset):
     """An iterable dataset whose every worker reads every row, then yields its memory before and after."""
 
     def __init__(self, index):
@@ -131,7 +132,7 @@ class _EveryRow:
         yield {"worker_private_before_mib": before, "worker_private_after_mib": private_mib(), "pid": os.getpid()}
 
 
-class _Rows:
+class _Rows(Dataset):
     """A map-style dataset of index records (what a loader asks of the index per sample)."""
 
     def __init__(self, index):
@@ -146,9 +147,6 @@ class _Rows:
 
 
 def measure_columns(root: Path, workers: int, samples: int) -> dict:
-    import torch
-    from torch.utils.data import DataLoader, IterableDataset
-
     from src.data.store_index import StoreIndex
 
     before, start = rss_mib(), time.perf_counter()
@@ -157,7 +155,7 @@ def measure_columns(root: Path, workers: int, samples: int) -> dict:
     _touch_every_row(index)  # the main process reads them too (the sampler's weights, select)
     result = {"load_s": time.perf_counter() - start, "rss_mib": rss_mib(), "growth_mib": rss_mib() - before}
     result["main_private_mib"] = private_mib()
-    every = type("EveryRow", (_EveryRow, IterableDataset), {})(index)
+    every = _EveryRow(index)
     loader = DataLoader(every, batch_size=None, num_workers=workers, multiprocessing_context="fork")
     reports = list(loader)
     result["workers"] = [

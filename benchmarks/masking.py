@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.provenance import provenance
+from benchmarks.provenance import measured_line, provenance
 from src.models.components.masking import make_mask
 from src.utils.io import write_json, write_text
 
@@ -45,11 +45,7 @@ def table(record: dict) -> str:
             f"| {r['grid'][0]} x {r['grid'][1]} | {r['num_mask']} | {r['threads']} | {r['official_ms']:.1f} | "
             f"{r['official_loop_ms']:.1f} | {r['official_loop_ms'] / r['official_ms']:.1f}x |"
         )
-    m = record["measured"]
-    lines += [
-        "",
-        f"Batch {BATCH}, median of {record['repeats']} draws; {m['device']}, commit {m['commit']}, {m['date']}.",
-    ]
+    lines += ["", f"Batch {BATCH}, median of {record['repeats']} draws. {measured_line(record)}"]
     return "\n".join(lines) + "\n"
 
 

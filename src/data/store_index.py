@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src.utils.io import atomic_path, remove_partial_writes, write_json
+from src.utils.io import atomic_path, read_jsonl, remove_partial_writes, write_json
 
 FOLDER = "index"
 ARRAYS = ("shard", "row", "n_frames", "split", "fold", "label_start", "labels", "id_start", "ids")
@@ -84,8 +84,6 @@ def write_columns(store: Path, rows: Iterable[dict]) -> None:
 
 def upgrade_index(store: str | Path) -> bool:
     """Write <store>/index/ from index.jsonl unless it is current; whether it wrote them."""
-    from src.utils.io import read_jsonl
-
     store = Path(store)
     if columns_current(store):
         return False
@@ -118,8 +116,6 @@ class StoreIndex:
             meta = json.loads((self.store / FOLDER / "columns.json").read_text())
             self._arrays: dict[str, np.ndarray] | None = None
         else:
-            from src.utils.io import read_jsonl
-
             self._arrays, meta = columns_from_rows(read_jsonl(self.store / "index.jsonl"))
         self.splits, self.labels, self.rows = meta["splits"], meta["labels"], meta["rows"]
 
@@ -141,21 +137,37 @@ class StoreIndex:
         start, end = self.column("id_start")[i : i + 2]
         return bytes(self.column("ids")[start:end]).decode("utf-8", "surrogateescape")
 
-    def __getitem__(self, i: int) -> dict:
-        split, fold = int(self.column("split")[i]), int(self.column("fold")[i])
-        start, end = self.column("label_start")[i : i + 2]
+    def _record(self, clip_id: str, shard, row, n_frames, label_codes, split, fold) -> dict:
+        """A clip's index.jsonl record from its column values."""
         return {
-            "id": self.clip_id(i),
-            "shard": int(self.column("shard")[i]),
-            "row": int(self.column("row")[i]),
-            "n_frames": int(self.column("n_frames")[i]),
-            "labels": [self.labels[c] for c in self.column("labels")[start:end]],
+            "id": clip_id,
+            "shard": int(shard),
+            "row": int(row),
+            "n_frames": int(n_frames),
+            "labels": [self.labels[c] for c in label_codes],
             "split": None if split < 0 else self.splits[split],
-            "fold": None if fold < 0 else fold,
+            "fold": None if fold < 0 else int(fold),
         }
 
+    def __getitem__(self, i: int) -> dict:
+        c = self.column
+        start, end = c("label_start")[i : i + 2]
+        labels = c("labels")[start:end]
+        return self._record(
+            self.clip_id(i), c("shard")[i], c("row")[i], c("n_frames")[i], labels, c("split")[i], c("fold")[i]
+        )
+
     def __iter__(self) -> Iterator[dict]:
-        return (self[i] for i in range(self.rows))
+        """Every record in order, each column read once (not a memory-mapped lookup per field and clip)."""
+        shard, row, n_frames, split, fold, label_start, labels, id_start = (
+            self.column(n).tolist()
+            for n in ("shard", "row", "n_frames", "split", "fold", "label_start", "labels", "id_start")
+        )
+        ids = bytes(self.column("ids"))
+        for i in range(self.rows):
+            clip_id = ids[id_start[i] : id_start[i + 1]].decode("utf-8", "surrogateescape")
+            codes = labels[label_start[i] : label_start[i + 1]]
+            yield self._record(clip_id, shard[i], row[i], n_frames[i], codes, split[i], fold[i])
 
     def select(self, split: str | None = None, folds=None, exclude_folds=None) -> np.ndarray:
         """Positions of the clips in a split and/or a set of folds, ascending (int64)."""
