@@ -111,6 +111,14 @@ def test_stats_ignore_padding(manifest, tmp_path):
     assert std == pytest.approx(real.std(unbiased=False).item(), rel=1e-6)
 
 
+def test_stats_recorded_by_the_build_equal_the_sums_read_from_the_shards(manifest, tmp_path):
+    build(manifest, tmp_path / "feat", target_length=256, shard_size=6, workers=2)
+    recorded = {split: shards.moments(tmp_path / "feat", split) for split in (None, "train", "valid")}
+    (tmp_path / "feat" / "stats.json").unlink()  # as a store from before stats.json: read every clip
+    assert {split: shards.moments(tmp_path / "feat", split) for split in recorded} == recorded
+    assert recorded["train"]["clips"] + recorded["valid"]["clips"] < recorded[None]["clips"]  # a test split too
+
+
 def test_store_pickles_without_open_memmaps(manifest, tmp_path):
     import pickle
 
@@ -315,3 +323,81 @@ def test_stats_of_a_pretraining_mix_weigh_each_store_as_the_sampler_draws_it(tmp
     assert shards.main(["stats", str(a), str(b), "--weights", "2", "1"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed == {"mean": pytest.approx(mean, abs=1e-6), "std": pytest.approx(std, abs=1e-6)}
+
+
+def store_files(root: Path) -> dict[str, bytes]:
+    """Every file of a store, by path: what readers see (not the locks, part markers or SLURM logs);
+    the index columns' record of index.jsonl's modification time (when that build wrote it) left out."""
+    files = {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.endswith(".lock") and p.relative_to(root).parts[0] not in ("parts", "slurm")
+    }
+    columns = json.loads(files["index/columns.json"])
+    del columns["source"]["mtime_ns"]
+    files["index/columns.json"] = json.dumps(columns).encode()
+    return files
+
+
+def test_a_store_built_in_parts_and_merged_equals_the_local_build_byte_for_byte(manifest, tmp_path, capsys):
+    build(manifest, tmp_path / "local", target_length=128, shard_size=4, workers=2)
+    for part in (2, 0, 1):  # in any order, each alone
+        assert build(manifest, tmp_path / "parts", target_length=128, shard_size=4, workers=1, part=(part, 3)) is None
+        with pytest.raises(shards.UserError, match="the build did not finish"):
+            FeatureStore(tmp_path / "parts")  # incomplete until the merge
+    assert shards.main(["build", "--manifest", str(manifest), "--out", str(tmp_path / "parts"),
+                        "--target-length", "128", "--shard-size", "4", "--merge"]) == 0  # fmt: skip
+    local, merged = store_files(tmp_path / "local"), store_files(tmp_path / "parts")
+    assert sorted(local) == sorted(merged) and "stats.json" in local and "index/shard.npy" in local
+    assert [name for name in local if local[name] != merged[name]] == []
+    assert verify(tmp_path / "parts") == []
+    # a part rerun keeps its shards that verify
+    capsys.readouterr()
+    build(manifest, tmp_path / "parts", target_length=128, shard_size=4, workers=1, part=(1, 3))
+    assert "resuming: 2 of 2 shards already built" in capsys.readouterr().out
+
+
+def test_the_parts_own_contiguous_shards_that_cover_the_store_once():
+    for num_shards, parts in ((10, 3), (2300, 100), (7, 7)):
+        owned = [shards.owned_shards(i, parts, num_shards) for i in range(parts)]
+        assert [k for r in owned for k in r] == list(range(num_shards)) and all(len(r) > 0 for r in owned)
+
+
+def test_a_merge_with_a_part_missing_names_its_shards_and_the_store_stays_unreadable(manifest, tmp_path):
+    out = tmp_path / "parts"
+    for part in (0, 2):
+        build(manifest, out, target_length=128, shard_size=4, workers=1, part=(part, 3))
+    assert len(read_jsonl(manifest)) == 20  # 5 shards of 4: part 1 of 3 owns shards 1 and 2
+    with pytest.raises(shards.UserError, match=r"2 of 5 shards are not built \(first: shard_00001\)"):
+        build(manifest, out, target_length=128, shard_size=4, workers=1, merge=True)
+    with pytest.raises(shards.UserError, match="the build did not finish"):
+        FeatureStore(out)
+    build(manifest, out, target_length=128, shard_size=4, workers=1, part=(1, 3))
+    assert build(manifest, out, target_length=128, shard_size=4, workers=1, merge=True)["clips"] == 20
+
+
+@pytest.mark.parametrize("part, message", [("3/3", "0 <= I < N"), ("0/6", "at most 5 parts"), ("x", "give I/N")])
+def test_a_part_that_does_not_exist_is_refused(manifest, tmp_path, part, message, capsys):
+    argv = ["build", "--manifest", str(manifest), "--out", str(tmp_path / "o"), "--target-length", "64",
+            "--shard-size", "4", "--part", part]  # fmt: skip
+    try:
+        code = shards.main(argv)  # a UserError: one line, exit code 2
+    except SystemExit as stop:  # argparse: the usage, exit code 2
+        code = stop.code
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_a_whole_build_is_refused_while_a_part_is_at_work(manifest, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    with shards.exclusive_lock(out / ".build.lock", "busy", shared=True):  # as a part holds it
+        with pytest.raises(shards.UserError, match="another build is writing there"):
+            build(manifest, out, target_length=64, shard_size=4, workers=1, merge=True)
+        build(manifest, out, target_length=64, shard_size=4, workers=1, part=(0, 2))  # parts share it
+
+
+def test_meta_counts_the_clips_of_every_split(manifest, tmp_path):
+    meta = build(manifest, tmp_path / "feat", target_length=64, shard_size=8, workers=1)
+    entries = read_jsonl(manifest)
+    assert meta["splits"] == {s: sum(e["split"] == s for e in entries) for s in sorted({e["split"] for e in entries})}
+    assert sum(meta["splits"].values()) == meta["clips"]

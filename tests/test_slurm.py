@@ -254,3 +254,51 @@ def test_a_warning_signal_during_validation_or_test_requeues_and_the_job_ends_wh
         assert "received SIGUSR2" in (sweep / job / "train.log").read_text()
     assert "stopping once this validation ends" in (sweep / "0" / "train.log").read_text()
     assert "running what is left: test" in (sweep / "1" / "train.log").read_text()  # training had ended
+
+
+def _queue_empties(timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split():
+        assert time.monotonic() < deadline, "SLURM jobs still queued or running"
+        time.sleep(1)
+
+
+def test_a_store_built_by_a_slurm_array_with_a_failed_part_rerun_equals_the_local_build(tmp_path):
+    """`build --slurm 3`: three array tasks and a merge after them. Part 1 builds its first shard,
+    then fails on its second (a folder stands where that shard's .npy goes: the rename onto it
+    fails); the merge after the array refuses and the store stays unreadable. With the folder gone,
+    the same command submits part 1 alone, which keeps the shard it had built, then the merge: the
+    store verifies and equals a local build of the same manifest, byte for byte."""
+    from src.data.prepare import PREPARERS
+    from src.data.prepare.common import finalize
+    from src.data.shards import FeatureStore, build, verify
+    from src.utils.errors import UserError
+    from tests.helpers import layouts
+    from tests.test_shards import store_files
+
+    finalize(PREPARERS["speechcommands"](layouts.speech_commands(tmp_path / "sc"), task="ks2"), tmp_path / "prep")
+    manifest = tmp_path / "prep" / "manifest.jsonl"
+    settings = ["--manifest", str(manifest), "--target-length", "128", "--shard-size", "4", "--workers", "1"]
+    build(manifest, tmp_path / "local", target_length=128, shard_size=4, workers=1)
+    out = tmp_path / "cluster"
+    (out / "shard_00002.npy").mkdir(parents=True)  # part 1 of 3 owns shards 1 and 2
+    command = [sys.executable, "-m", "src.data.shards", "build", *settings, "--out", str(out), "--slurm", "3"]
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "submitted 3 of 3 parts" in first, first
+    _queue_empties()
+    logs = {job.name: "".join(p.read_text() for p in job.glob("*_log.*")) for job in (out / "slurm").iterdir()}
+    array = first.split("SLURM array job ")[1].split()[0]
+    assert "IsADirectoryError" in logs[f"{array}_1"] and (out / "shard_00001.json").exists()
+    assert "shards are not built (first: shard_00002)" in "".join(logs.values())  # the merge refused
+    with pytest.raises(UserError, match="the build did not finish"):
+        FeatureStore(out)
+    (out / "shard_00002.npy").rmdir()
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "submitted 1 of 3 parts" in again, again
+    _queue_empties()
+    rerun_job = again.split("SLURM array job ")[1].split()[0]  # its one task is part 1
+    rerun = "".join(p.read_text() for p in (out / "slurm").glob(f"{rerun_job}*/*_log.*"))
+    assert "resuming: 1 of 2 shards already built" in rerun  # the rerun part kept the shard it had built
+    assert verify(out) == []
+    local, cluster = store_files(tmp_path / "local"), store_files(out)
+    assert sorted(local) == sorted(cluster) and [n for n in local if local[n] != cluster[n]] == []

@@ -5,15 +5,24 @@
     <out>/shard_00000.json         ids, n_frames, bad files and the .npy's SHA-256 (written after the
                                    .npy: its presence marks the shard finished; `verify` checks the hash)
     <out>/index.jsonl              one line per stored clip: id, shard, row, n_frames, labels, split, fold
+    <out>/index/                   the same as memory-mapped columns (store_index.py), what readers use
     <out>/bad_files.jsonl          every clip that was skipped, with the reason
+    <out>/stats.json               exact sums of the real fbank values, every split and all (`stats`)
 
 Shards are computed by parallel worker processes and each is written atomically, so a killed
 build resumes without redoing finished shards and leaves only hidden temp files, which the next
 build removes. One build at a time holds a folder (a lock), and a build that cannot fit the free
-space stops before it starts. Commands:
+space stops before it starts. The index, bad-file list and stats come from the shards' sidecars,
+then meta.json is written complete, last: a reader never sees a half-written store.
+
+A build can also be spread over machines: `--part I/N` computes only the shards part I owns (a
+contiguous range, the same on every run, so parts never collide and a rerun part skips its shards
+that verify); `--merge` then writes the index, stats and meta from the finished shards. `--slurm N`
+does both on a SLURM cluster (shards_slurm.py). The store is the same, byte for byte, however it
+was built. Commands:
 
     python -m src.data.shards build --manifest data/prepared/X/manifest.jsonl --out data/features/X \
-        --target-length 1024 [--workers 2] [--shard-size 1024]
+        --target-length 1024 [--workers 2] [--shard-size 1024] [--part I/N | --merge | --slurm N]
     python -m src.data.shards verify data/features/X
     python -m src.data.shards stats data/features/X [--split train]     # dataset mean and std
     python -m src.data.shards stats data/features/A data/features/B --weights 2 0.28   # a mix
@@ -75,13 +84,14 @@ def clip_features(entry: dict, config: FbankConfig, target_length: int) -> tuple
     return pad_or_cut(spec, target_length), min(spec.shape[-1], target_length)
 
 
-_held = []  # a worker's shared lock on <out>/.workers.lock, held for its life
+_held = []  # a worker's shared lock on its build's workers lock file in <out>, held for its life
 
 
 def _worker_init(parent: int, workers_lock: str) -> None:
     """A build worker dies with its parent: the kernel sends SIGKILL when the parent ends (Linux), and
-    a thread checks the parent every second (elsewhere). It holds a shared lock on the store's
-    .workers.lock as long as it lives, so a later build can tell that it is still writing."""
+    a thread checks the parent every second (elsewhere). It holds a shared lock on its build's
+    workers lock file (.workers.lock, a part's .workers-part-I-of-N.lock) as long as it lives, so a
+    later build can tell that it is still writing."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -100,35 +110,45 @@ def _worker_init(parent: int, workers_lock: str) -> None:
     _held.append(lock)
 
 
-def _exit_unless_folder_is_ours(out: Path) -> None:
+def _exit_unless_folder_is_ours() -> None:
     """Before a worker writes: if its folder was removed and made again by another build since it
     started (its lock file is not the one at the path any more), it ends without writing."""
     try:
-        same = bool(_held) and os.fstat(_held[0].fileno()).st_ino == os.stat(out / ".workers.lock").st_ino
+        same = bool(_held) and os.fstat(_held[0].fileno()).st_ino == os.stat(_held[0].name).st_ino
     except OSError:
         same = False
     if _held and not same:
         os._exit(1)
 
 
-def _no_workers_left(out: Path) -> None:
-    """Refuse to build while workers of an earlier build of this folder are alive (a killed build's)."""
-    with open(out / ".workers.lock", "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(
-                f"{out}: worker processes of an earlier build are still writing there (the build was killed "
-                "and they have not ended yet); wait a few seconds and run the command again"
-            ) from None
-        fcntl.flock(f, fcntl.LOCK_UN)
+def _no_workers_left(out: Path, workers_lock: str | None = None) -> None:
+    """Refuse to build while workers of an earlier build of this folder are alive (a killed build's):
+    those of the part holding workers_lock, or (None) of any build or part."""
+    names = [workers_lock] if workers_lock else [".workers.lock", *(p.name for p in out.glob(".workers-part-*.lock"))]
+    for name in names:
+        with open(out / name, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(
+                    f"{out}: worker processes of an earlier build are still writing there (the build was "
+                    "killed and they have not ended yet); wait a few seconds and run the command again"
+                ) from None
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def clip_sums(stored: np.ndarray, frames: int) -> tuple[float, float]:
+    """(sum, sum of squares) in float64 of a stored (mel, target_length) fp16 clip's real frames:
+    what the sidecar records and `moments` adds up, so sums from sidecars equal sums from shards."""
+    real = stored[:, :frames].astype(np.float64)
+    return float(real.sum()), float(np.square(real).sum())
 
 
 def _build_shard(out_dir: str, k: int, entries: list[dict], config: dict, target_length: int) -> dict:
     """Worker: compute one shard, write .npy then its .json sidecar, both atomically."""
     torch.set_num_threads(1)
     cfg = FbankConfig(**config)
-    specs, ids, n_frames, bad = [], [], [], []
+    specs, ids, n_frames, bad, sums = [], [], [], [], []
     for entry in entries:
         try:
             spec, frames = clip_features(entry, cfg, target_length)
@@ -138,15 +158,24 @@ def _build_shard(out_dir: str, k: int, entries: list[dict], config: dict, target
         specs.append(spec[0].half().numpy())
         ids.append(entry["id"])
         n_frames.append(frames)
+        sums.append(clip_sums(specs[-1], frames))
     out = Path(out_dir)
-    _exit_unless_folder_is_ours(out)
+    _exit_unless_folder_is_ours()
     array = np.stack(specs) if specs else np.zeros((0, cfg.num_mel_bins, target_length), np.float16)
     # a plain write, not a memmap: a full disk is an OSError here, not a SIGBUS in the worker
     with atomic_path(out / f"{shard_name(k)}.npy") as tmp:
         with open(tmp, "wb") as f:
             np.save(f, array)
         digest = file_sha256(tmp)
-    sidecar = {"ids": ids, "n_frames": n_frames, "bad": bad, "rows": len(ids), "sha256": digest}
+    sidecar = {
+        "ids": ids,
+        "n_frames": n_frames,
+        "sums": [v for v, _ in sums],
+        "sums_sq": [v for _, v in sums],
+        "bad": bad,
+        "rows": len(ids),
+        "sha256": digest,
+    }
     write_json(out / f"{shard_name(k)}.json", sidecar)
     return {"shard": k, **sidecar}
 
@@ -158,9 +187,13 @@ def build(
     shard_size: int = 1024,
     workers: int = 2,
     config: FbankConfig = KALDI,
-) -> dict:
+    part: tuple[int, int] | None = None,
+    merge: bool = False,
+) -> dict | None:
     """Compute the fbanks of a manifest's clips into a feature store at out, resuming a build that
-    stopped; returns the store's meta."""
+    stopped; returns the store's meta. part (I, N): only the shards part I of N owns, and None is
+    returned (the store stays incomplete until a merge); merge: no shards computed, the index, stats
+    and meta written from the shards every part built (refused, naming what is missing)."""
     manifest, out = Path(manifest), Path(out)
     entries = read_jsonl(manifest)
     if not entries:
@@ -174,21 +207,70 @@ def build(
         "manifest_sha256": file_sha256(manifest),
     }
     out.mkdir(parents=True, exist_ok=True)
+    chunks = [entries[i : i + shard_size] for i in range(0, len(entries), shard_size)]
+    if part is not None:
+        _build_part(out, settings, chunks, config, target_length, workers, *part)
+        return None
     busy = f"{out}: another build is writing there; wait for it or choose another --out"
     with exclusive_lock(out / ".build.lock", busy):
         _no_workers_left(out)
         _start(out, settings)
-        chunks = [entries[i : i + shard_size] for i in range(0, len(entries), shard_size)]
-        results = _build_shards(out, chunks, config, target_length, workers)
+        if merge:
+            results = _built_shards(out, chunks, (config.num_mel_bins, target_length))
+        else:
+            results = _build_shards(out, chunks, config, target_length, workers)
         return _finish(out, manifest, settings, chunks, results, entries, config, target_length)
 
 
+def owned_shards(part: int, parts: int, num_shards: int) -> range:
+    """The shard numbers part `part` of `parts` builds: a contiguous range, fixed by the manifest."""
+    return range(part * num_shards // parts, (part + 1) * num_shards // parts)
+
+
+def part_marker(out: Path, part: int, parts: int) -> Path:
+    """Written when a part's shards are all built (what `--slurm` reads to resubmit only the rest)."""
+    return out / "parts" / f"part-{part:05d}-of-{parts:05d}.json"
+
+
+def _build_part(out, settings, chunks, config, target_length, workers, part, parts) -> None:
+    """Build the shards one part owns, beside the other parts at work in the same folder (they share
+    .build.lock; a whole build or merge takes it alone), and mark the part done."""
+    if not (parts >= 1 and 0 <= part < parts):
+        raise UserError(f"--part {part}/{parts}: give I/N with 0 <= I < N")
+    if parts > len(chunks):
+        raise UserError(
+            f"--part {part}/{parts}: the manifest makes {len(chunks)} shards; use at most {len(chunks)} parts"
+        )
+    owned = owned_shards(part, parts, len(chunks))
+    names = [f"{shard_name(k)}{ext}" for k in owned for ext in (".npy", ".json")]
+    workers_lock = f".workers-part-{part}-of-{parts}.lock"
+    whole = f"{out}: a whole build or a merge holds the folder; wait for it to end"
+    again = f"{out}: part {part}/{parts} is being built by another process; wait for it to end"
+    with exclusive_lock(out / ".build.lock", whole, shared=True):
+        with exclusive_lock(out / f".part-{part}-of-{parts}.lock", again):
+            _no_workers_left(out, workers_lock)
+            _start(out, settings, partial_writes=names)
+            _build_shards(out, chunks, config, target_length, workers, owned, workers_lock)
+            marker = {"shards": [owned.start, owned.stop], "manifest_sha256": settings["manifest_sha256"]}
+            write_json(part_marker(out, part, parts), marker)
+    print(f"part {part}/{parts}: shards {owned.start}-{owned.stop - 1} built in {out}; merge once every part is done")
+
+
 def _finish(out, manifest, settings, chunks, results, entries, config, target_length) -> dict:
-    """Write the index, the bad-file list and the complete meta.json; report."""
+    """Write the index, the bad-file list, the stats and, last, the complete meta.json; report."""
     index, bad = _index(chunks, results, {e["id"]: e for e in entries})
     write_jsonl(out / "index.jsonl", index)
     write_columns(out, index)  # after index.jsonl, whose size and time they record
     write_jsonl(out / "bad_files.jsonl", bad)
+    sums = _recorded_sums(index, results, config.num_mel_bins)
+    if sums is not None:
+        write_json(out / "stats.json", sums)
+    else:  # shards from before the sidecars kept sums: `stats` reads the shards
+        (out / "stats.json").unlink(missing_ok=True)
+    splits: dict[str, int] = {}
+    for rec in index:
+        if rec["split"] is not None:
+            splits[rec["split"]] = splits.get(rec["split"], 0) + 1
     classes_file = manifest.parent / "classes.json"
     classes = json.loads(classes_file.read_text()) if classes_file.exists() else {"classes": [], "multilabel": False}
     meta = {
@@ -196,6 +278,7 @@ def _finish(out, manifest, settings, chunks, results, entries, config, target_le
         "num_shards": len(chunks),
         "clips": len(index),
         "skipped": len(bad),
+        "splits": dict(sorted(splits.items())),
         "shape": [config.num_mel_bins, target_length],
         "dtype": "float16",
         "classes": classes.get("classes", []),
@@ -209,9 +292,10 @@ def _finish(out, manifest, settings, chunks, results, entries, config, target_le
     return meta
 
 
-def _start(out: Path, settings: dict) -> None:
-    """Refuse a folder built with other settings; clear what killed builds left; mark the build as under way."""
-    remove_partial_writes(out)  # temp files of writes that were killed (the build lock is ours)
+def _start(out: Path, settings: dict, partial_writes: list[str] | None = None) -> None:
+    """Refuse a folder built with other settings; clear what killed builds left (the temp files of
+    every write, or of the files named: a part's own); mark the build as under way."""
+    remove_partial_writes(out, partial_writes)  # temp files of writes that were killed (their lock is ours)
     meta_path = out / "meta.json"
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
@@ -221,24 +305,36 @@ def _start(out: Path, settings: dict) -> None:
                 f"{out} holds features built with other {', '.join(changed)}; "
                 "choose another --out or delete the folder to rebuild"
             )
-    write_json(meta_path, {**settings, "complete": False})
+    write_json(meta_path, {**settings, "complete": False})  # parts write the same bytes
 
 
-def _build_shards(out: Path, chunks: list, config: FbankConfig, target_length: int, workers: int) -> dict:
-    """{shard number: its sidecar} for every chunk, computing in worker processes those not finished."""
-    done = {k for k in range(len(chunks)) if _shard_finished(out, k, (config.num_mel_bins, target_length))}
+def _build_shards(
+    out: Path,
+    chunks: list,
+    config: FbankConfig,
+    target_length: int,
+    workers: int,
+    owned: range | None = None,
+    workers_lock: str = ".workers.lock",
+) -> dict:
+    """{shard number: its sidecar} for every chunk (or the owned ones), computing in worker processes
+    those not finished."""
+    owned = range(len(chunks)) if owned is None else owned
+    done = {k for k in owned if _shard_finished(out, k, (config.num_mel_bins, target_length))}
     results = {k: json.loads((out / f"{shard_name(k)}.json").read_text()) for k in done}
-    todo = [k for k in range(len(chunks)) if k not in done]
+    todo = [k for k in owned if k not in done]
     if done:
-        print(f"resuming: {len(done)} of {len(chunks)} shards already built in {out}")
+        print(f"resuming: {len(done)} of {len(owned)} shards already built in {out}")
     _check_space(out, sum(len(chunks[k]) for k in todo), config.num_mel_bins, target_length)
-    bar = tqdm(total=sum(map(len, chunks)), initial=sum(len(chunks[k]) for k in done), desc="fbank", unit="clip")
+    bar = tqdm(
+        total=sum(len(chunks[k]) for k in owned), initial=sum(len(chunks[k]) for k in done), desc="fbank", unit="clip"
+    )
     if todo:
         with ProcessPoolExecutor(
             max(1, workers),
             mp_context=get_context("spawn"),
             initializer=_worker_init,
-            initargs=(os.getpid(), str(out / ".workers.lock")),
+            initargs=(os.getpid(), str(out / workers_lock)),
         ) as pool:
             futures = [pool.submit(_build_shard, str(out), k, chunks[k], config.to_dict(), target_length) for k in todo]
             for future in as_completed(futures):
@@ -258,6 +354,29 @@ def _build_shards(out: Path, chunks: list, config: FbankConfig, target_length: i
     return results
 
 
+def _built_shards(out: Path, chunks: list, shape: tuple[int, int]) -> dict:
+    """{shard number: its sidecar} for a merge, refusing while any shard is missing or unfinished.
+    Reads sidecars and .npy headers only: a part verified its shards' checksums when it built or
+    resumed them, and `verify` checks them all."""
+    results, missing = {}, []
+    for k in range(len(chunks)):
+        sidecar, array = out / f"{shard_name(k)}.json", out / f"{shard_name(k)}.npy"
+        try:
+            record = json.loads(sidecar.read_text())
+            if np.load(array, mmap_mode="r").shape != (record["rows"], *shape):
+                raise ValueError("shape")
+            results[k] = record
+        except (OSError, ValueError, KeyError):
+            missing.append(k)
+    if missing:
+        raise UserError(
+            f"{out}: {len(missing)} of {len(chunks)} shards are not built (first: {shard_name(missing[0])}); "
+            "run the parts that own them again (`--part I/N`, or `--slurm N` again: it submits only the "
+            "unfinished parts), or build without --merge to compute them here"
+        )
+    return results
+
+
 def _check_space(out: Path, clips: int, num_mel_bins: int, target_length: int) -> None:
     """Refuse to start when the shards to write (fp16) cannot fit the free space, with a margin."""
     needed = clips * num_mel_bins * target_length * 2 * 1.05
@@ -267,6 +386,35 @@ def _check_space(out: Path, clips: int, num_mel_bins: int, target_length: int) -
             f"{out}: {clips} clips need about {needed / 2**30:.1f} GiB and {free / 2**30:.1f} GiB are free; "
             "free space or choose another --out"
         )
+
+
+def _recorded_sums(index: list[dict], results: dict, num_mel_bins: int) -> dict | None:
+    """stats.json: `moments` of every clip ("all") and of each split, added up in index order from
+    the sidecars' per-clip sums; None where a sidecar predates them."""
+    if any("sums" not in shard for shard in results.values()):
+        return None
+    totals: dict = {"all": _no_sums(), "splits": {}}
+    for rec in index:
+        shard = results[rec["shard"]]
+        chosen = [totals["all"]]
+        if rec["split"] is not None:
+            chosen.append(totals["splits"].setdefault(rec["split"], _no_sums()))
+        for t in chosen:
+            _add_clip(t, shard["sums"][rec["row"]], shard["sums_sq"][rec["row"]], rec["n_frames"], num_mel_bins)
+    totals["splits"] = dict(sorted(totals["splits"].items()))
+    return totals
+
+
+def _no_sums() -> dict:
+    return {"sum": 0.0, "sum_sq": 0.0, "values": 0, "frames": 0, "clips": 0}
+
+
+def _add_clip(totals: dict, value: float, square: float, frames: int, num_mel_bins: int) -> None:
+    totals["sum"] += value
+    totals["sum_sq"] += square
+    totals["values"] += frames * num_mel_bins
+    totals["frames"] += frames
+    totals["clips"] += 1
 
 
 def _index(chunks: list, results: dict, by_id: dict) -> tuple[list[dict], list[dict]]:
@@ -456,19 +604,23 @@ def _check_index(store: FeatureStore, manifest: dict | None) -> list[str]:
 
 
 def moments(root: str | Path, split: str | None = None) -> dict:
-    """Sums over a store's real (unpadded) fbank values: {"sum", "sum_sq", "values", "frames", "clips"}."""
+    """Sums over a store's real (unpadded) fbank values: {"sum", "sum_sq", "values", "frames", "clips"};
+    read from stats.json, which the build writes, or (a store from before it) added up from the shards
+    clip by clip, in the same order and with the same per-clip sums."""
     store = FeatureStore(root)
-    total, total_sq, count, frames = 0.0, 0.0, 0, 0
-    chosen = store.select(split=split)
-    for i in tqdm(chosen.tolist(), desc=f"stats {Path(root).name}", unit="clip"):
-        spec = store[i][..., : store.n_frames(i)].double()
-        total += spec.sum().item()
-        total_sq += (spec * spec).sum().item()
-        count += spec.numel()
-        frames += store.n_frames(i)
-    if count == 0:
+    recorded = store.root / "stats.json"
+    if recorded.exists():
+        sums = json.loads(recorded.read_text())
+        found = sums["all"] if split is None else sums["splits"].get(split)
+    else:
+        found = _no_sums()
+        for i in tqdm(store.select(split=split).tolist(), desc=f"stats {Path(root).name}", unit="clip"):
+            rec = store.index[i]
+            value, square = clip_sums(store.array(rec["shard"])[rec["row"]], rec["n_frames"])
+            _add_clip(found, value, square, rec["n_frames"], store.meta["shape"][0])
+    if not found or found["values"] == 0:
         raise UserError(f"{root}: no clips{f' in split {split}' if split else ''}")
-    return {"sum": total, "sum_sq": total_sq, "values": count, "frames": frames, "clips": len(chosen)}
+    return found
 
 
 def stats(root: str | Path, split: str | None = None) -> tuple[float, float]:
@@ -493,6 +645,21 @@ def mixed_stats(sources: list[tuple[str | Path, str | None, float]]) -> tuple[fl
     return mean, max(mean_sq - mean * mean, 0.0) ** 0.5
 
 
+def _part(text: str) -> tuple[int, int]:
+    try:
+        part, parts = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give I/N, e.g. 3/100") from None
+    return part, parts
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise UserError(f"--sbatch {text!r}: give KEY=VALUE, e.g. account=my_lab")
+    return key.replace("-", "_"), value
+
+
 @command
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.data.shards", description=__doc__.split("\n\n")[0])
@@ -502,7 +669,19 @@ def main(argv=None) -> int:
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--target-length", type=int, required=True, help="frames per clip (1024 = 10.24 s)")
     b.add_argument("--shard-size", type=int, default=1024)
-    b.add_argument("--workers", type=int, default=2)
+    b.add_argument("--workers", type=int, default=2, help="processes (under --slurm: CPUs a part's task gets)")
+    how = b.add_mutually_exclusive_group()
+    how.add_argument("--part", type=_part, metavar="I/N", help="build only the shards part I of N owns (0 <= I < N)")
+    how.add_argument("--merge", action="store_true", help="write the index, stats and meta once every part is built")
+    how.add_argument("--slurm", type=int, metavar="N", help="submit N parts as a SLURM array, then a merge after them")
+    cluster = b.add_argument_group("SLURM (with --slurm)")
+    cluster.add_argument("--partition", help="the partition (default: the cluster's)")
+    cluster.add_argument("--time-min", type=int, default=240, help="a part's time limit in minutes (default 240)")
+    cluster.add_argument("--slurm-setup", nargs="*", default=[], metavar="LINE", help="lines the jobs run first")
+    cluster.add_argument(
+        "--sbatch", nargs="*", default=[], metavar="KEY=VALUE", help="any other sbatch option, e.g. account=my_lab"
+    )
+    cluster.add_argument("--logs", type=Path, help="submitit's folder (default: <out>/slurm)")
     v = sub.add_parser("verify", help="check a store's files against its index")
     v.add_argument("root", type=Path)
     v.add_argument("--upgrade", action="store_true", help="first write the index's columns (a store from before them)")
@@ -517,7 +696,20 @@ def main(argv=None) -> int:
     s.add_argument("--weights", type=float, nargs="+", help="one per store, as in the data config (default: 1 each)")
     args = parser.parse_args(argv)
     if args.command == "build":
-        build(args.manifest, args.out, args.target_length, args.shard_size, args.workers)
+        settings = dict(
+            manifest=args.manifest,
+            out=args.out,
+            target_length=args.target_length,
+            shard_size=args.shard_size,
+            workers=args.workers,
+        )
+        if args.slurm is not None:
+            from src.data.shards_slurm import submit  # imports submitit
+
+            sbatch = dict(_key_value(item) for item in args.sbatch)
+            submit(settings, args.slurm, args.logs, args.partition, args.time_min, args.slurm_setup, sbatch)
+        else:
+            build(**settings, part=args.part, merge=args.merge)
     elif args.command == "verify":
         problems = verify(args.root, upgrade=args.upgrade)
         for p in problems:

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,25 +41,30 @@ def atomic_path(path: str | Path):
             os.remove(tmp)
 
 
-def remove_partial_writes(folder: str | Path) -> list[Path]:
+def remove_partial_writes(folder: str | Path, names: Iterable[str] | None = None) -> list[Path]:
     """Delete the temp files that killed atomic writes left in folder (.<name>.<random>.tmp, as
-    atomic_path names them); returns them. Call it only where no other writer is at work."""
-    leftovers = sorted(Path(folder).glob(".*.tmp")) if Path(folder).is_dir() else []
+    atomic_path names them), of every file or of the files named; returns them. Call it only where
+    no other writer of those files is at work."""
+    if not Path(folder).is_dir():
+        return []
+    patterns = [".*.tmp"] if names is None else [f".{name}.*.tmp" for name in names]
+    leftovers = sorted({path for pattern in patterns for path in Path(folder).glob(pattern)})
     for path in leftovers:
         path.unlink(missing_ok=True)
     return leftovers
 
 
 @contextmanager
-def exclusive_lock(path: str | Path, busy: str):
+def exclusive_lock(path: str | Path, busy: str, shared: bool = False):
     """Hold an exclusive flock on path (created if needed) for the block, or raise UserError(busy)
     at once if another process holds it. The kernel drops the lock when the process ends, however it
-    ends, so a killed holder never leaves a stale lock."""
+    ends, so a killed holder never leaves a stale lock. shared: a shared lock instead, which many
+    processes hold together and which keeps out an exclusive one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UserError(busy) from None
         try:
