@@ -8,7 +8,8 @@ per core of this machine, each into a fresh store, in a fresh process (the impor
 start-up counted, as a real build pays them once). clips/s per worker is the per-core rate; the
 estimate divides the paper's 2.3M clips by it times 100 cores (a SLURM build of 100 one-core parts,
 or fewer parts of several cores), and says what the file system must then carry: each clip is
-read (its WAV) and written (its fp16 rows). Writes <out>/benchmarks/build_rate.json and .md.
+read (its WAV) and written (its fp16 rows). Writes <out>/benchmarks/build_rate.json and .md, and
+the table into docs/benchmarks.md and docs/data.md.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from benchmarks import report
 from benchmarks.provenance import measured_line, provenance
 from src.utils.io import write_json, write_jsonl, write_text
 
@@ -89,6 +91,8 @@ def main(argv=None) -> int:
     record = {"clips": args.clips, "cpus": os.cpu_count(), "rows": rows, "measured": provenance()}
     write_json(args.out / "benchmarks" / "build_rate.json", record)
     write_text(args.out / "benchmarks" / "build_rate.md", table(record))
+    for doc in ("benchmarks.md", "data.md"):
+        report.render_docs(doc=args.out / doc, data=args.out / "benchmarks", names=["build-rate"])
     print(table(record))
     return 0
 

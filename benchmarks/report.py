@@ -272,6 +272,12 @@ def index_table(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def build_rate_table(record: dict) -> str:
+    from benchmarks.build_rate import table  # its own module: it also writes the clips it times
+
+    return table(record)
+
+
 BLOCKS = {
     "scan": ("scan.json", scan_table),
     "throughput-model": ("throughput.json", throughput_model_table),
@@ -282,6 +288,7 @@ BLOCKS = {
     "cpu": ("cpu.json", cpu_table),
     "threads": ("threads.json", threads_table),
     "index": ("index.json", index_table),
+    "build-rate": ("build_rate.json", build_rate_table),
 }
 
 
