@@ -82,17 +82,31 @@ def test_triton_is_the_default_on_cuda():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("length", [1, 129, 513, 2049])
 @pytest.mark.parametrize("has_z", [True, False])
-@pytest.mark.parametrize("launch", ["16 channels, one chunk", "32 channels, chunks", "the defaults"])
+@pytest.mark.parametrize(
+    "launch",
+    [
+        "16 channels, one chunk",
+        "32 channels, chunks",
+        "32 channels, 8 of them masked",
+        "Triton's layout",
+        "the defaults",
+    ],
+)
 def test_triton_scan_against_reference_and_mamba(dtype, length, has_z, launch):
-    # the two kinds of launch default_tilings picks, with and without chunks
+    # the kinds of launch default_tilings picks and the sweep times: 32 channels a lane each (dB and
+    # dC summed by the warp reduce-scatter, masked lanes included), Triton's layout (4 states x 4
+    # channels a thread), 16 channels, with and without chunks
+    dim, tiling = 64, None  # None: default_tilings
     if launch == "16 channels, one chunk":
         tiling = (ScanTiling(block_d=16, min_programs=1), ScanTiling(block_d=16, min_programs=1, max_registers=168))
     elif launch == "32 channels, chunks":
         tiling = ScanTiling(block_d=32, min_programs=4096)
-    else:  # default_tilings: a 32-channel backward in Triton's layout with atomic dB and dC
-        tiling = None
-    inputs = scan_inputs(2, 64, length, dtype, has_z=has_z)
-    grad_y = torch.randn(2, 2, length, 64, device="cuda", dtype=dtype)
+    elif launch == "32 channels, 8 of them masked":
+        dim, tiling = 56, ScanTiling(block_d=32, min_programs=4096)
+    elif launch == "Triton's layout":
+        tiling = ScanTiling(block_d=32, lane_states=False)
+    inputs = scan_inputs(2, dim, length, dtype, has_z=has_z)
+    grad_y = torch.randn(2, 2, length, dim, device="cuda", dtype=dtype)
     ours = run_scan(lambda a: selective_scan_triton(**a, reverse=REVERSE, tiling=tiling), inputs, grad_y)
     mamba = run_scan(lambda a: selective_scan(**a, reverse=REVERSE, backend="mamba"), inputs, grad_y)
     ref = run_scan(lambda a: stacked_scan_reference(**a, reverse=REVERSE), inputs, grad_y.double())

@@ -7,7 +7,7 @@ channels and states."""
 import pytest
 import torch
 
-from src.kernels import conv1d_silu
+from src.kernels import conv1d_silu, scan_triton
 from src.kernels.scan_triton import ScanTiling, default_tilings, selective_scan_triton
 from src.models.components.bimamba import BiMambaMixer
 from tests.helpers.reference import stacked_scan_reference
@@ -83,13 +83,18 @@ def test_forward_and_backward_tilings_must_share_checkpoints():
 
 
 def test_default_tilings_follow_the_measured_rules():
-    # tiny at batch 64: 32-channel forward programs would be too few -> 16 channels; the backward:
-    # 32 channels in Triton's layout, dB and dC added with atomics
+    # 32 channels a program, a channel a lane, dB and dC added with atomics (and the reduce-scatter)
     forward, backward = default_tilings(2, 64, 384, 513)
-    assert (forward.block_d, backward.block_d, backward.lane_states, backward.atomic_bc) == (16, 32, False, True)
-    # base at batch 64: enough 32-channel programs, no chunks
+    assert forward.block_d == backward.block_d == 32 and forward.lane_states and backward.lane_states
+    assert backward.atomic_bc and backward.scatter_bc
+    # tiny at batch 64 (1536 programs): the forward in one chunk, the backward chunked to 4096 programs
+    assert scan_triton.chunking(2, 64, 384, 513, forward)[1] == 1
+    assert scan_triton.chunking(2, 64, 384, 513, backward)[1] == 3
+    # base at batch 64 (6144 programs): no chunks either way
     forward, backward = default_tilings(2, 64, 1536, 513)
-    assert forward.block_d == backward.block_d == 32 and forward.min_programs == 2048
+    assert (
+        scan_triton.chunking(2, 64, 1536, 513, forward)[1] == scan_triton.chunking(2, 64, 1536, 513, backward)[1] == 1
+    )
     # long sequences: 32 channels, chunks until 8192 programs
     assert default_tilings(2, 4, 384, 22001)[0] == ScanTiling(block_d=32, min_programs=8192)
 
@@ -131,3 +136,19 @@ def test_fused_mixer_on_the_triton_kernels_matches_the_portable_mixer(reverse, d
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
     for name, g in want[3].items():
         torch.testing.assert_close(got[3][name], g, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_the_scan_launches_with_the_default_tilings_of_its_own_shape(monkeypatch):
+    # u is (S, B, L, E): default_tilings takes (sets, batch, channels, length); a long sequence
+    # gets the long-sequence launch, not the tilings of a sequence as long as it has channels
+    class Asked(Exception):  # stops before the launch: the question is what was asked
+        pass
+
+    def asking(*shape):
+        raise Asked(shape)
+
+    monkeypatch.setattr(scan_triton, "default_tilings", asking)
+    u = torch.randn(2, 1, 4100, 3)
+    with pytest.raises(Asked) as asked:
+        selective_scan_triton(u, u, -torch.ones(2, 3, 2), u[..., :2], u[..., :2], None, None, None, (0, 1))
+    assert asked.value.args[0] == (2, 1, 3, 4100)

@@ -42,11 +42,37 @@ import triton
 import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
-def _softplus(x):
-    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(x)))
+def _exp2(x, FAST: tl.constexpr):
+    """2**x. FAST: ex2.approx.ftz, one MUFU.EX2 (subnormal results flush to zero), where tl.exp2's
+    ex2.approx.f32 wraps the MUFU in a subnormal range fix. Inline PTX: off under the interpreter."""
+    if FAST:
+        return tl.inline_asm_elementwise(
+            "ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
+    return tl.exp2(x)
+
+
+@triton.jit
+def _log2(x, FAST: tl.constexpr):
+    if FAST:
+        return tl.inline_asm_elementwise(
+            "lg2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
+    return tl.log2(x)
+
+
+@triton.jit
+def _softplus(x, FAST: tl.constexpr):
+    return tl.where(x > 20.0, x, _log2(1.0 + _exp2(x * LOG2E, FAST), FAST) * LN2)
+
+
+@triton.jit
+def _sigmoid(x, FAST: tl.constexpr):
+    return 1.0 / (1.0 + _exp2(-x * LOG2E, FAST))
 
 
 @triton.jit
@@ -115,14 +141,50 @@ def _load_tile(
     return us, dts, Bs, Cs, zs, dys
 
 
+def _halving_asm(bit: int) -> tl.constexpr:
+    """PTX of one reduce-scatter level (_halve) across lanes `bit` apart: a lane keeps $2 (the upper
+    rows) where its bit is set, else $1, sends the other to lane ^ bit, and adds what it gets."""
+    return tl.constexpr(
+        "{ .reg .pred upper; .reg .b32 lane; .reg .f32 send, keep, got;"
+        f" mov.u32 lane, %laneid; and.b32 lane, lane, {bit}; setp.ne.u32 upper, lane, 0;"
+        " selp.f32 send, $1, $2, upper; selp.f32 keep, $2, $1, upper;"
+        f" shfl.sync.bfly.b32 got, send, {bit}, 0x1f, 0xffffffff; add.f32 $0, keep, got; }}"
+    )
+
+
+HALVE_16, HALVE_8, HALVE_4, HALVE_2, HALVE_1 = (_halving_asm(bit) for bit in (16, 8, 4, 2, 1))
+
+
 @triton.jit
-def _dt(raw, bias, m, SOFTPLUS: tl.constexpr):
+def _halve(x, ROWS: tl.constexpr, ASM: tl.constexpr):
+    """One level of a reduce-scatter over the warp: x (2 ROWS, 32) with channel d in lane d -> (ROWS,
+    32): each lane keeps the half of the rows its lane bit selects and adds the partner lane's copy
+    of it (ASM: _halving_asm); a row of a lane with the bit set stands for row ROWS + r. One shuffle
+    a kept row."""
+    lo, hi = tl.split(tl.permute(tl.reshape(x, (2, ROWS, 32)), (1, 2, 0)))
+    return tl.inline_asm_elementwise(ASM, "=f,f,f", [lo, hi], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _sum_over_lanes_scattered(x):
+    """x (32, 32): 32 rows of one value per channel, channel d in lane d (32 channels a warp, one a
+    lane) -> (32,): lane L holds row L summed over the 32 channels. A butterfly that halves the rows
+    at every level: 31 shuffles, where summing each row across the warp takes 5 a row (160)."""
+    x = _halve(x, 16, HALVE_16)
+    x = _halve(x, 8, HALVE_8)
+    x = _halve(x, 4, HALVE_4)
+    x = _halve(x, 2, HALVE_2)
+    return tl.reshape(_halve(x, 1, HALVE_1), (32,))
+
+
+@triton.jit
+def _dt(raw, bias, m, SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
     """dt = softplus(delta + bias), 0 where m is off (a masked step: the state passes through);
     and delta + bias itself."""
     dt_in = raw.to(tl.float32) + bias
     dt = dt_in
     if SOFTPLUS:
-        dt = _softplus(dt)
+        dt = _softplus(dt, FAST)
     return tl.where(m, dt, 0.0), dt_in
 
 
@@ -134,7 +196,7 @@ def scan_forward_kernel(
     su_s, su_b, su_l, sdt_s, sdt_b, sdt_l, sb_s, sb_b, sb_l, sc_s, sc_b, sc_l, sz_b, sz_l,
     DIM: tl.constexpr, N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, CK: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_H_START: tl.constexpr,
-    WRITE_Y: tl.constexpr, WRITE_CKPT: tl.constexpr, WRITE_END: tl.constexpr, LANE: tl.constexpr,
+    WRITE_Y: tl.constexpr, WRITE_CKPT: tl.constexpr, WRITE_END: tl.constexpr, LANE: tl.constexpr, FAST: tl.constexpr,
 ):  # fmt: skip
     if LANE:
         hide = zero
@@ -175,15 +237,15 @@ def scan_forward_kernel(
             ok = k0 + i < k_end
             t = tl.where(rev == 1, length - 1 - (k0 + i), k0 + i)
             u = us[i].to(tl.float32)
-            dt, _ = _dt(dts[i], bias, d_ok & ok, SOFTPLUS)
-            h = tl.exp2(A2 * dt[None, :]) * h + Bs[i].to(tl.float32)[:, None] * (dt * u)[None, :]  # (BN, BD)
+            dt, _ = _dt(dts[i], bias, d_ok & ok, SOFTPLUS, FAST)
+            h = _exp2(A2 * dt[None, :], FAST) * h + Bs[i].to(tl.float32)[:, None] * (dt * u)[None, :]  # (BN, BD)
             if WRITE_Y:
                 y = tl.sum(h * Cs[i].to(tl.float32)[:, None], axis=0)  # (BD,): a sum inside each thread
                 if HAS_D:
                     y += D * u
                 if HAS_Z:
                     zt = zs[i].to(tl.float32)
-                    y = y * zt * tl.sigmoid(zt)
+                    y = y * zt * _sigmoid(zt, FAST)
                 tl.store(y_ptr + t * DIM + d, y.to(y_ptr.dtype.element_ty), mask=d_ok & ok)
             if WRITE_END:
                 dt_sum += dt
@@ -195,7 +257,7 @@ def scan_forward_kernel(
 @triton.jit(do_not_specialize=["zero"])
 def chunk_carry_kernel(
     local_ptr, dt_sum_ptr, a_ptr, d_ptr, bias_ptr, out_ptr, batch, n_chunks, zero,
-    DIM: tl.constexpr, N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BACKWARD: tl.constexpr,
+    DIM: tl.constexpr, N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BACKWARD: tl.constexpr, FAST: tl.constexpr,
 ):  # fmt: skip
     """out[c] = what enters chunk c: exp(A dt_sum[c']) out[c'] + local[c'] with c' the chunk before
     c in scan order (forward) or after it (backward); zero for the first."""
@@ -211,7 +273,7 @@ def chunk_carry_kernel(
         at = zero + ((sb * n_chunks + c) * N + n[:, None]).to(tl.int64) * DIM + d[None, :]
         tl.store(out_ptr + at, h, mask=nd_ok)
         dt_sum = tl.load(dt_sum_ptr + (sb * n_chunks + c) * DIM + d, mask=d_ok, other=0.0)
-        h = tl.exp2(A * LOG2E * dt_sum[None, :]) * h + tl.load(local_ptr + at, mask=nd_ok, other=0.0)
+        h = _exp2(A * LOG2E * dt_sum[None, :], FAST) * h + tl.load(local_ptr + at, mask=nd_ok, other=0.0)
 
 
 @triton.jit(do_not_specialize=["zero"])
@@ -223,7 +285,8 @@ def scan_backward_kernel(
     sdy_s, sdy_b, sdy_l,
     DIM: tl.constexpr, N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, CK: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_G_START: tl.constexpr,
-    CARRY_ONLY: tl.constexpr, LANE: tl.constexpr, ATOMIC_BC: tl.constexpr,
+    CARRY_ONLY: tl.constexpr, LANE: tl.constexpr, ATOMIC_BC: tl.constexpr, FAST: tl.constexpr,
+    SCATTER: tl.constexpr,
 ):  # fmt: skip
     if LANE:
         hide = zero
@@ -250,8 +313,9 @@ def scan_backward_kernel(
     )  # fmt: skip
     steps = (su_l, sdt_l, sb_l, sc_l, sz_l, sdy_l)
     out_ptrs = sb.to(tl.int64) * length * DIM + d  # du, ddt, dz: (S, B, L, E) contiguous
+    bc_at_row = sb.to(tl.int64) * length * N
     if ATOMIC_BC:  # dB, dC: (S*B, L, N), every channel block adds into it
-        bc_at = sb.to(tl.int64) * length * N + n
+        bc_at = bc_at_row + n
     else:  # dB, dC: (blocks, S*B, L, N), summed over blocks afterwards
         bc_at = (block * tl.num_programs(0) + sb).to(tl.int64) * length * N + n
     # this program's scratch: (CK // T, BN, BD) fp32, the states at the start of every tile of a segment
@@ -274,9 +338,9 @@ def scan_backward_kernel(
                 )
                 tl.store(scratch_ptr + scratch_at + jt * BN * BD, h)
                 for i in tl.static_range(T):
-                    dt, _ = _dt(dts[i], bias, d_ok & (k1 + jt * T + i < k_end), SOFTPLUS)
+                    dt, _ = _dt(dts[i], bias, d_ok & (k1 + jt * T + i < k_end), SOFTPLUS, FAST)
                     h = (
-                        tl.exp2(A2 * dt[None, :]) * h
+                        _exp2(A2 * dt[None, :], FAST) * h
                         + Bs[i].to(tl.float32)[:, None] * (dt * us[i].to(tl.float32))[None, :]
                     )
             tl.store(scratch_ptr + scratch_at + (n_tiles - 1) * BN * BD, h)
@@ -289,8 +353,8 @@ def scan_backward_kernel(
             # the tile's states, decays and step sizes, in registers
             hs, decays, dt_outs, dt_ins = (), (), (), ()
             for i in tl.static_range(T):
-                dt, dt_in = _dt(dts[i], bias, d_ok & (k0 + i < k_end), SOFTPLUS)
-                a = tl.exp2(A2 * dt[None, :])
+                dt, dt_in = _dt(dts[i], bias, d_ok & (k0 + i < k_end), SOFTPLUS, FAST)
+                a = _exp2(A2 * dt[None, :], FAST)
                 decays, dt_outs, dt_ins = decays + (a,), dt_outs + (dt,), dt_ins + (dt_in,)
             if not CARRY_ONLY:
                 h = tl.load(scratch_ptr + scratch_at + (n_tiles - 1 - jt) * BN * BD)
@@ -311,7 +375,7 @@ def scan_backward_kernel(
                 )
                 if HAS_Z:
                     zt = zs[i].to(tl.float32)
-                    z_sig = tl.sigmoid(zt)
+                    z_sig = _sigmoid(zt, FAST)
                     dy = dout * zt * z_sig
                 else:
                     dy = dout
@@ -332,17 +396,24 @@ def scan_backward_kernel(
                     du = dt * q_B + dy * D
                     ddt = u * q_B + tl.sum(A * q_hx, axis=0)
                     if SOFTPLUS:
-                        ddt = ddt * tl.sigmoid(dt_in)
+                        ddt = ddt * _sigmoid(dt_in, FAST)
                     ddt = tl.where(m, ddt, 0.0)
                     tl.store(du_ptr + out_ptrs + t * DIM, du.to(du_ptr.dtype.element_ty), mask=m)
                     tl.store(ddt_ptr + out_ptrs + t * DIM, ddt.to(ddt_ptr.dtype.element_ty), mask=m)
                     bc_ok = (n < N) & (k < k_end)  # dB, dC: sums over this program's channels
-                    db = tl.sum(q * dt_u[None, :], axis=1)
-                    dc = tl.sum(h * dy[None, :], axis=1)
-                    if ATOMIC_BC:
+                    if SCATTER:  # BD = 32, BN = 16, a channel a lane: dB's and dC's rows, one a lane
+                        terms = tl.join(q * dt_u[None, :], h * dy[None, :])  # (BN, BD, 2)
+                        total = _sum_over_lanes_scattered(tl.reshape(tl.permute(terms, (2, 0, 1)), (2 * BN, BD)))
+                        row = tl.arange(0, 2 * BN)  # lane L: row L, dB's state L, or dC's state L - BN
+                        at = tl.where(row < BN, db_ptr + bc_at_row + t * N + row, dc_ptr + bc_at_row + t * N + row - BN)
+                        tl.atomic_add(at, total, mask=((row % BN) < N) & (k < k_end), sem="relaxed")
+                    else:
+                        db = tl.sum(q * dt_u[None, :], axis=1)
+                        dc = tl.sum(h * dy[None, :], axis=1)
+                    if ATOMIC_BC and not SCATTER:
                         tl.atomic_add(db_ptr + bc_at + t * N, db, mask=bc_ok, sem="relaxed")
                         tl.atomic_add(dc_ptr + bc_at + t * N, dc, mask=bc_ok, sem="relaxed")
-                    else:
+                    elif not SCATTER:
                         tl.store(db_ptr + bc_at + t * N, db, mask=bc_ok)
                         tl.store(dc_ptr + bc_at + t * N, dc, mask=bc_ok)
                     dA += q_hx * dt[None, :]

@@ -8,6 +8,7 @@ Function. Shapes:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +28,11 @@ class ScanTiling:
     states in one lane's registers (scan_kernels._program), else the layout Triton picks when it may
     vectorise the state accesses; atomic_bc: the backward adds each program's dB and dC into one fp32
     tensor with atomics, else writes per-program partial sums that are summed afterwards in a fixed
-    order (also used whenever torch.use_deterministic_algorithms is on)."""
+    order (also used whenever torch.use_deterministic_algorithms is on); fast_math: exp2, log2 as
+    single MUFU instructions (scan_kernels._exp2), and, where a program holds 32 channels a lane
+    each (block_d 32, lane_states) of 16 states and adds dB and dC with atomics, their sums over
+    channels as one warp reduce-scatter (scan_kernels._sum_over_lanes_scattered) unless scatter_bc
+    is off; inline PTX, so never under the interpreter."""
 
     block_d: int = 16
     tile_len: int = 2
@@ -36,21 +41,22 @@ class ScanTiling:
     max_registers: int | None = None
     lane_states: bool = True
     atomic_bc: bool = True
+    fast_math: bool = True
+    scatter_bc: bool = True
 
 
 def default_tilings(sets: int, batch: int, dim: int, length: int) -> tuple[ScanTiling, ScanTiling]:
     """(forward, backward) launch shapes, from benchmarks/scan.py's sweeps on an H100
-    (docs/benchmarks.md). Long sequences (> 4096 steps): 32 channels per program, chunked to 8192
-    programs, both ways. Otherwise the forward takes 32 channels per program when that alone makes
-    2048 programs, else 16 (twice the programs); the backward takes 32 channels in the layout
-    Triton picks (4 states x 4 channels a thread: the per-step sums of dB and dC over channels cross
-    3 levels of lanes rather than 4 to 5), adding dB and dC with atomics (2.46 against 2.74 ms for
-    forward + backward at (64, 384, 513), same run)."""
+    (docs/benchmarks.md). 32 channels per program, a channel's states in one lane, both ways: the
+    forward's loads of B and C are then 16-byte vectors and the backward sums dB and dC over
+    channels by the warp reduce-scatter. Long sequences (> 4096 steps) are chunked to 8192 programs
+    both ways; otherwise the forward is chunked only below 1024 programs (one pass, no carry: 0.49
+    against 0.66 ms at (64, 384, 513) for 16 channels a program) and the backward below 4096 (2.28
+    against 2.59 ms for forward + backward with 32 channels in Triton's layout, same run)."""
     if length > 4096:
         wide = ScanTiling(block_d=32, min_programs=8192)
         return wide, wide
-    forward = ScanTiling(block_d=32 if sets * batch * triton.cdiv(dim, 32) >= 2048 else 16)
-    return forward, ScanTiling(block_d=32, lane_states=False)
+    return ScanTiling(block_d=32, min_programs=1024), ScanTiling(block_d=32, min_programs=4096)
 
 
 def chunking(sets: int, batch: int, dim: int, length: int, tiling: ScanTiling) -> tuple[int, int]:
@@ -95,11 +101,17 @@ class _Launch:
         self.strides = _strides(u) + _strides(delta) + _strides(B) + _strides(C) + z_strides
         self.shape = dict(DIM=self.dim, N=self.d_state, BN=triton.next_power_of_2(self.d_state), BD=tiling.block_d)
         self.flags = dict(SOFTPLUS=delta_softplus, HAS_Z=z is not None, HAS_D=D is not None)
-        self.flags.update(T=tiling.tile_len, CK=tiling.ckpt_every, LANE=tiling.lane_states, num_warps=1)
+        self.fast = tiling.fast_math and os.environ.get("TRITON_INTERPRET") != "1"  # inline PTX
+        self.flags.update(T=tiling.tile_len, CK=tiling.ckpt_every, LANE=tiling.lane_states, FAST=self.fast, num_warps=1)
         self.flags.update(self.shape)
         if tiling.max_registers:
             self.flags["maxnreg"] = tiling.max_registers
         self.sizes = (self.batch, self.length, self.chunk_len, self.n_chunks, self.n_ckpts)
+
+    def scatter_bc(self, tiling: ScanTiling, atomic: bool) -> bool:
+        """Whether the backward sums dB and dC over channels by the warp reduce-scatter."""
+        lanes = tiling.lane_states and tiling.block_d == 32 and self.shape["BN"] == 16
+        return tiling.scatter_bc and self.fast and atomic and lanes
 
     def states(self, *lead: int) -> Tensor:
         """A buffer of (..., N, E) fp32 states: channels contiguous, as the threads hold them."""
@@ -109,7 +121,7 @@ class _Launch:
         entering = torch.empty_like(local)
         chunk_carry_kernel[self.grid[:2]](
             local, dt_sum, self.A, self.D_or_bias, self.D_or_bias, entering, self.batch, self.n_chunks, 0,
-            BACKWARD=backward, num_warps=1, **self.shape,
+            BACKWARD=backward, FAST=self.fast, num_warps=1, **self.shape,
         )  # fmt: skip
         return entering
 
@@ -172,14 +184,15 @@ def scan_backward(dy, ckpt, u, delta, A, B, C, D, z, delta_bias, reverse, delta_
             *run.inputs, dy, ckpt, g_out, scratch,
             du, ddelta, du, dB_blocks, dC_blocks, dA_part, dD_part, dbias_part, g_out, dt_sum,
             *run.sizes, run.rev_mask, 0, *run.strides, *dy_strides, HAS_G_START=False, CARRY_ONLY=True,
-            ATOMIC_BC=atomic, **run.flags,
+            ATOMIC_BC=atomic, SCATTER=run.scatter_bc(tiling, atomic), **run.flags,
         )  # fmt: skip
         g_start = run.carry(g_out, dt_sum, backward=True)
     scan_backward_kernel[run.grid](
         *run.inputs, dy, ckpt, g_start if g_start is not None else ckpt, scratch,
         du, ddelta, dz_sets if dz_sets is not None else du, dB_blocks, dC_blocks, dA_part, dD_part, dbias_part,
         ckpt, ckpt, *run.sizes, run.rev_mask, 0, *run.strides, *dy_strides,
-        HAS_G_START=g_start is not None, CARRY_ONLY=False, ATOMIC_BC=atomic, **run.flags,
+        HAS_G_START=g_start is not None, CARRY_ONLY=False, ATOMIC_BC=atomic, SCATTER=run.scatter_bc(tiling, atomic),
+        **run.flags,
     )  # fmt: skip
     dB = (dB_blocks[0] if atomic else dB_blocks.sum(0)).view(S, batch, L, run.d_state).to(B.dtype)
     dC = (dC_blocks[0] if atomic else dC_blocks.sum(0)).view(S, batch, L, run.d_state).to(C.dtype)
@@ -236,7 +249,8 @@ def selective_scan_triton(
     if delta_bias is None:
         delta_bias = torch.zeros(A.shape[:2], device=u.device, dtype=torch.float32)
     if tiling is None:
-        tiling = default_tilings(*u.shape)
+        sets, batch, length, dim = u.shape
+        tiling = default_tilings(sets, batch, dim, length)
     tilings = (tiling, tiling) if isinstance(tiling, ScanTiling) else tuple(tiling)
     if tilings[0].ckpt_every != tilings[1].ckpt_every:
         raise ValueError(f"the forward and backward tilings must agree on ckpt_every, got {tilings}")
