@@ -294,6 +294,9 @@ NOT_IN_A_JSON = {
     "13.2": "the sum of causal-conv1d's kernels in the batch-64 mamba-ssm profile",
     "61": "the scan kernels' share of the GPU time in the fused profile: (77.6 + 20.9) / 161.1",
     "10.8": "add and norm's torch kernels in the profile before the fused kernel, not stored",
+    "31": "shuffles a step of the backward's reduce-scatter (SASS of the compiled kernel, sm_90), no benchmark",
+    "160": "the shuffles of a sum across the warp per row, the same SASS count",
+    "29": "layout conversions a tile in the backward before (its TTGIR), no benchmark",
 }
 # settings, not measurements: the shapes, seeds, mask counts and step counts the commands ran with
 SETTINGS = {"1024", "6144", "12345", "200", "20", "400", "128"}
