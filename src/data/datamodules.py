@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from src.data import augment
-from src.data.audio import AudioError, fbank, load_audio, normalise, pad_or_cut
+from src.data.audio import KALDI, AudioError, fbank, load_audio, normalise, pad_or_cut
 from src.data.sampler import ResumableSampler
 from src.data.shards import FeatureStore
 from src.utils.devices import per_device_batch
@@ -161,6 +161,11 @@ class _ResumableDataModule(L.LightningDataModule):
         self._resume: dict | None = None
         self._train_sampler: ResumableSampler | None = None
         self._fingerprint: str | None = None
+
+    def fbank_settings(self) -> dict:
+        """The fbank every clip goes through (Kaldi's, as SSAST/SSAMBA): checkpoints and exports
+        record it, so that a processor can rebuild the input from a waveform."""
+        return KALDI.to_dict()
 
     def fingerprint(self) -> str:
         """A short hash of what training reads (the files' contents, not their paths, and how they

@@ -4,6 +4,8 @@
     python -m src.models.convert ssamba --ckpt best_audio_model.pth --out exports/ks2 \
         --target-length 128 --fstride 10 --tstride 10      # a fine-tuned one: say its input and stride
     python -m src.models.convert ssast --ckpt SSAST-Tiny-Patch-400.pth --out exports/ssast_tiny
+    python -m src.models.convert ssamba --hub attentionisallyouneed369/ssamba --file amba_tiny_400.pth \
+        --out exports/amba_tiny_400                        # from the Hub, through its cache
 
 The checkpoint is read with torch.load(weights_only=True). Every key is mapped or dropped with a
 reason (printed); an unknown key stops the conversion. The result is an export folder (see
@@ -26,6 +28,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from src.models.components import build_encoder, encoder_config
+from src.models.hub import download
 from src.models.pretrained import load_strict, read_checkpoint, save_encoder
 from src.utils.errors import UserError, command
 from src.utils.io import atomic_path
@@ -143,28 +146,56 @@ def _assemble(state: dict, config: dict, unused: set[str]):
     return encoder, heads, notes
 
 
+def convert_to_export(
+    kind: str,
+    out: str | Path,
+    ckpt: str | Path | None = None,
+    hub: str | None = None,
+    file: str | None = None,
+    revision: str | None = None,
+    num_mel_bins: int = 128,
+    target_length: int | None = None,
+    fstride: int | None = None,
+    tstride: int | None = None,
+) -> list[str]:
+    """Convert an official checkpoint, a file (ckpt) or one in a Hub repository (hub, file, at
+    revision, through the Hub cache), into an export folder at out; returns what was done, a line each."""
+    if (ckpt is None) == (hub is None):
+        raise UserError("give an official checkpoint's path (--ckpt) or a Hub repository (--hub) with --file")
+    if hub is not None and not file:
+        raise UserError("--hub needs --file: the checkpoint's name in the repository (docs/interop.md lists them)")
+    path = download(hub, file, revision) if hub is not None else Path(ckpt)
+    convert = convert_ssamba if kind == "ssamba" else convert_ssast
+    encoder, heads, lines = convert(read_checkpoint(path), num_mel_bins, target_length, fstride, tstride)
+    origin = f"{hub}{f'@{revision}' if revision else ''}:{file}" if hub is not None else str(ckpt)
+    out = Path(out)
+    save_encoder(encoder, out, data=OFFICIAL_NORMALISATION, extra={"converted_from": origin})
+    if heads:
+        with atomic_path(out / "heads.safetensors") as tmp:
+            save_file({k: v.contiguous() for k, v in heads.items()}, str(tmp))
+    kept = "" if encoder.mask_embed is None else ", the SSL mask embedding included"
+    return [*lines, f"wrote {out} ({sum(p.numel() for p in encoder.parameters()):,} encoder parameters{kept})"]
+
+
 @command
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.models.convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("kind", choices=["ssamba", "ssast"])
-    parser.add_argument("--ckpt", type=Path, required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", type=Path, help="an official checkpoint file")
+    source.add_argument("--hub", metavar="ORG/NAME", help="a Hub repository of official checkpoints (with --file)")
+    parser.add_argument("--file", help="with --hub: the checkpoint's file name, e.g. amba_tiny_400.pth")
+    parser.add_argument("--revision", help="with --hub: a branch, tag or commit (default: main)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--num-mel-bins", type=int, default=128)
     parser.add_argument("--target-length", type=int, help="fbank frames of the fine-tuning input")
     parser.add_argument("--fstride", type=int)
     parser.add_argument("--tstride", type=int)
     args = parser.parse_args(argv)
-    convert = convert_ssamba if args.kind == "ssamba" else convert_ssast
-    state = read_checkpoint(args.ckpt)
-    encoder, heads, lines = convert(state, args.num_mel_bins, args.target_length, args.fstride, args.tstride)
-    save_encoder(encoder, args.out, data=OFFICIAL_NORMALISATION, extra={"converted_from": str(args.ckpt)})
-    if heads:
-        with atomic_path(args.out / "heads.safetensors") as tmp:
-            save_file({k: v.contiguous() for k, v in heads.items()}, str(tmp))
+    settings = {k: v for k, v in vars(args).items() if k not in ("kind", "out")}
+    lines = convert_to_export(args.kind, args.out, **settings)
     for line in lines:
         print(line)
-    kept = "" if encoder.mask_embed is None else ", the SSL mask embedding included"
-    print(f"wrote {args.out} ({sum(p.numel() for p in encoder.parameters()):,} encoder parameters{kept})")
     return 0
 
 

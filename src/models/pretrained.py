@@ -4,7 +4,8 @@ An export is a folder with `encoder.safetensors` (with the SSL mask embedding wh
 one) and `config.json`: {"encoder": the encoder's config.to_dict(), "data": {"mean", "std", ...}: the
 normalisation of the data it was trained on, ...}. The input length and mel-bin count are the
 encoder config's target_length and num_mel_bins. A converted pretraining checkpoint adds
-`heads.safetensors` (the SSL heads). `from_pretrained(path)` rebuilds the encoder.
+`heads.safetensors` (the SSL heads). `from_pretrained(path)` rebuilds the encoder; wherever a folder
+is read, a Hub repository id (org/name[@revision]) is read too (hub.py).
 Lightning checkpoints are read with torch.load(weights_only=True): no pickled code runs.
 The command that writes an export from a checkpoint is src/export.py.
 """
@@ -23,6 +24,7 @@ from torch import nn
 
 from src.models.components import build_encoder, config_from_dict
 from src.models.components.patching import PatchConfig, patch_grid
+from src.models.hub import resolve
 from src.utils.errors import MissingInput, UserError
 from src.utils.io import atomic_path, write_json
 
@@ -47,19 +49,15 @@ MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few KiB
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit
 
 
-def read_export(path: str | Path) -> tuple[dict, dict]:
-    """(config.json, state dict) of an export folder, each checked before it is used: config.json a
-    small regular file holding a JSON object with an `encoder` mapping, encoder.safetensors whole
-    (its header's tensors end where the file does), the config's sizes those of the weights (so a
-    damaged config cannot make the model huge), and the weights finite."""
-    path = Path(path)
-    folder = path.parent if path.suffix == ".safetensors" else path
-    config_file, weights = folder / CONFIG, folder / WEIGHTS
-    if not weights.exists() or not config_file.exists():
-        raise MissingInput(f"{folder}: not an encoder export (needs {WEIGHTS} and {CONFIG}); see src/export.py")
-    for file in (config_file, weights):
-        if not file.is_file():
-            raise UserError(f"{file}: not a regular file (a device, a pipe or a folder); export the encoder again")
+def export_config(path: str | Path) -> tuple[dict, PatchConfig]:
+    """(config.json, its encoder config) of an export folder, checked as read_export checks them,
+    without reading the weights."""
+    folder = Path(path)
+    config_file = folder / CONFIG
+    if not config_file.exists():
+        raise MissingInput(f"{folder}: not an encoder export (needs {CONFIG}); see src/export.py")
+    if not config_file.is_file():
+        raise UserError(f"{config_file}: not a regular file (a device, a pipe or a folder); export the encoder again")
     if config_file.stat().st_size > MAX_CONFIG_BYTES:
         raise UserError(f"{config_file}: {config_file.stat().st_size} bytes, not an export's config; export again")
     try:
@@ -68,8 +66,24 @@ def read_export(path: str | Path) -> tuple[dict, dict]:
         raise UserError(f"{config_file}: not valid JSON ({e}); export the encoder again") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("encoder"), dict):
         raise UserError(f"{config_file}: has no `encoder` settings; not an export of this project")
+    return meta, _config(meta["encoder"], config_file)
+
+
+def read_export(path: str | Path) -> tuple[dict, dict]:
+    """(config.json, state dict) of an export folder, each checked before it is used: config.json a
+    small regular file holding a JSON object with an `encoder` mapping, encoder.safetensors whole
+    (its header's tensors end where the file does), the config's sizes those of the weights (so a
+    damaged config cannot make the model huge), and the weights finite."""
+    path = Path(path)
+    folder = path.parent if path.suffix == ".safetensors" else path
+    weights = folder / WEIGHTS
+    if not weights.exists() or not (folder / CONFIG).exists():
+        raise MissingInput(f"{folder}: not an encoder export (needs {WEIGHTS} and {CONFIG}); see src/export.py")
+    if not weights.is_file():
+        raise UserError(f"{weights}: not a regular file (a device, a pipe or a folder); export the encoder again")
+    meta, config = export_config(folder)
     shapes = safetensors_shapes(weights)
-    check_config_fits_weights(_config(meta["encoder"], config_file), shapes, str(folder))
+    check_config_fits_weights(config, shapes, str(folder))
     state = load_file(str(weights))
     check_finite(state, str(weights))
     return meta, state
@@ -181,10 +195,11 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
         ) from e
 
 
-def read_pretrained(path: str | Path) -> tuple[PatchConfig, dict, dict | None]:
+def read_pretrained(path: str | Path, revision: str | None = None) -> tuple[PatchConfig, dict, dict | None]:
     """(encoder config, encoder state dict, the data's normalisation {"mean", "std"} or None) of an
-    export folder or a Lightning checkpoint of this project."""
-    path = Path(path)
+    export folder, a Hub repository id holding one (org/name[@revision], src/models/hub.py) or a
+    Lightning checkpoint of this project."""
+    path = resolve(path, revision)
     if path.is_dir() or path.suffix == ".safetensors":
         meta, state = read_export(path)
         return _config(meta["encoder"], path), state, meta.get("data")
@@ -221,9 +236,10 @@ def build_pretrained(config: PatchConfig, state: dict, source: str, mask_token: 
     return encoder
 
 
-def from_pretrained(path: str | Path, mask_token: bool = False) -> nn.Module:
-    """The encoder of an export folder or a checkpoint, in eval mode (see build_pretrained)."""
-    config, state, _ = read_pretrained(path)
+def from_pretrained(path: str | Path, mask_token: bool = False, revision: str | None = None) -> nn.Module:
+    """The encoder of an export folder, a Hub repository id (org/name, at revision: a branch, tag or
+    commit) or a checkpoint, in eval mode (see build_pretrained)."""
+    config, state, _ = read_pretrained(path, revision)
     return build_pretrained(config, state, str(path), mask_token).eval()
 
 
@@ -253,8 +269,9 @@ def load_strict(module: nn.Module, state: dict, source: str) -> None:
 
 def data_record(trainer) -> dict | None:
     """What checkpoints and exports record of the data a trainer runs: the normalisation {"mean",
-    "std"}, the class names in the model's output order ("classes", for a classifier's data) and a
-    fingerprint of the training data ("fingerprint", the datamodule's); None without a datamodule
+    "std"}, the class names in the model's output order ("classes", for a classifier's data), a
+    fingerprint of the training data ("fingerprint", the datamodule's) and the fbank settings
+    ("fbank", what a processor needs besides the encoder's input length); None without a datamodule
     (a datamodule is duck-typed: models/ never imports data/)."""
     datamodule = getattr(trainer, "datamodule", None)
     if datamodule is None or not hasattr(datamodule, "mean"):
@@ -264,4 +281,6 @@ def data_record(trainer) -> dict | None:
         record["classes"] = list(datamodule.classes)
     if hasattr(datamodule, "fingerprint"):
         record["fingerprint"] = datamodule.fingerprint()
+    if hasattr(datamodule, "fbank_settings"):
+        record["fbank"] = datamodule.fbank_settings()
     return record

@@ -19,6 +19,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from src.models.components import as_config, build_encoder
 from src.models.components.losses import info_nce, masked_mse, patchify
 from src.models.components.masking import make_mask, mask_indices, most_masked
+from src.models.hub import resolve
 from src.models.optim import apply_warmup, cosine_factor, make_optimizer, optimizer_settings, reseed_step
 from src.models.pretrained import (
     build_pretrained,
@@ -74,8 +75,9 @@ class SSLModule(L.LightningModule):
             raise UserError(f"model.cuda_graph={cuda_graph!r}: use auto, true or false")
         super().__init__()
         self.save_hyperparameters(logger=False)
+        folder = resolve(init_from) if init_from else None  # a Hub repository id: its folder in the cache
         if init_from:
-            saved, state, _ = read_pretrained(init_from)
+            saved, state, _ = read_pretrained(folder)
             check_backbone(saved, as_config(encoder), f"model.init_from={init_from}")
             self.encoder = build_pretrained(saved, state, init_from, mask_token=True).train()
             self.hparams.init_from, self.hparams.init_from_path = None, init_from
@@ -90,7 +92,7 @@ class SSLModule(L.LightningModule):
         self.gpredlayer = prediction_head(dim, patch_values)
         self.scheduler_cfg = dict(scheduler or {"name": "none"})
         if init_from:
-            self._load_heads(Path(init_from) / "heads.safetensors")
+            self._load_heads(folder / "heads.safetensors")
         self.metrics = nn.ModuleDict(
             # nan_strategy="disable": the default's NaN check is a host sync per update (a NaN loss
             # stops the run through StopOnNonFiniteLoss instead)
