@@ -225,3 +225,10 @@ def test_a_dry_run_publish_writes_the_card_from_the_run_and_lists_the_files(tmp_
     assert f"README.md ({listed['README.md']:,} bytes)" in done.stdout
     assert f"encoder.safetensors ({listed['encoder.safetensors']:,} bytes)" in done.stdout
     assert "would upload (dry run) to https://huggingface.co/lab/ks2-tiny" in done.stdout
+
+
+def test_a_missing_local_folder_that_looks_like_a_repository_id_says_both(hub):
+    with pytest.raises(
+        UserError, match=r"^exports/amba: no such file or folder here, and from the Hub: exports/amba: config"
+    ):
+        from_pretrained("exports/amba")

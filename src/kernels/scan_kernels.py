@@ -46,22 +46,24 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
+def _approx(x, PTX: tl.constexpr):
+    """One MUFU instruction on x (fp32), as inline PTX: never under the interpreter."""
+    return tl.inline_asm_elementwise(PTX, "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
 def _exp2(x, FAST: tl.constexpr):
     """2**x. FAST: ex2.approx.ftz, one MUFU.EX2 (subnormal results flush to zero), where tl.exp2's
-    ex2.approx.f32 wraps the MUFU in a subnormal range fix. Inline PTX: off under the interpreter."""
+    ex2.approx.f32 wraps the MUFU in a subnormal range fix."""
     if FAST:
-        return tl.inline_asm_elementwise(
-            "ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
-        )
+        return _approx(x, "ex2.approx.ftz.f32 $0, $1;")
     return tl.exp2(x)
 
 
 @triton.jit
 def _log2(x, FAST: tl.constexpr):
     if FAST:
-        return tl.inline_asm_elementwise(
-            "lg2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
-        )
+        return _approx(x, "lg2.approx.ftz.f32 $0, $1;")
     return tl.log2(x)
 
 

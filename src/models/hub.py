@@ -39,7 +39,10 @@ def resolve(path_or_id: str | Path, revision: str | None = None) -> Path:
         return Path(path_or_id)
     repo, pinned = split_revision(text)
     revision = revision or pinned
-    config = download(repo, CONFIG, revision)
+    try:
+        config = download(repo, CONFIG, revision)
+    except MissingInput as e:  # a mistyped local path looks like a repository id too
+        raise MissingInput(f"{text}: no such file or folder here, and from the Hub: {e}") from None
     download(repo, WEIGHTS, revision)
     try:
         download(repo, HEADS, revision)

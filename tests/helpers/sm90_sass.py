@@ -1,0 +1,98 @@
+"""Compile the scan kernels for an H100 (sm_90) on any machine, GPU or not, with the launch flags
+the defaults give at tiny's pretraining shape, and print the SASS's instruction counts as JSON.
+ptxas and cuobjdump ship in Triton's wheel, so no CUDA driver is needed. Run in a process of its own
+(`python -m tests.helpers.sm90_sass`) without TRITON_INTERPRET: under the interpreter the kernels
+are not compiled at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+from collections import Counter
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from src.kernels import scan_kernels
+from src.kernels.scan_triton import _Launch, default_tilings
+
+BF16 = {"u_ptr", "dt_ptr", "b_ptr", "c_ptr", "z_ptr", "dy_ptr", "y_ptr", "du_ptr", "ddt_ptr", "dz_ptr"}
+SHAPE = (2, 64, 513, 384)  # tiny at batch 64: (sets, batch, length, channels)
+
+
+def compile_sm90(kernel, flags: dict, ints: dict) -> str:
+    """The SASS of kernel compiled for sm_90 with flags (its constexprs, num_warps, maxnreg) and its
+    integer arguments specialised as a launch specialises them (1 a constant, multiples of 16 known
+    as such, except those the kernel keeps unspecialised); pointers 16-byte aligned."""
+    options = {k: flags[k] for k in ("num_warps", "maxnreg") if k in flags}
+    signature, constants, attributes = {}, {}, {}
+    for i, name in enumerate(kernel.arg_names):
+        if kernel.params[i].is_constexpr:
+            signature[name], constants[(i,)] = "constexpr", flags[name]
+        elif name.endswith("_ptr"):
+            signature[name] = "*bf16" if name in BF16 else "*fp32"
+            attributes[(i,)] = [["tt.divisibility", 16]]
+        elif kernel.params[i].do_not_specialize:
+            signature[name] = "i32"
+        elif ints[name] == 1:
+            signature[name], constants[(i,)] = "constexpr", 1
+        else:
+            signature[name] = "i32"
+            if ints[name] % 16 == 0:
+                attributes[(i,)] = [["tt.divisibility", 16]]
+    compiled = triton.compile(
+        ASTSource(kernel, signature, constants, attributes), target=GPUTarget("cuda", 90, 32), options=options
+    )
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        return subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+
+
+def counts(sass: str) -> dict[str, int]:
+    """Instructions by opcode with its modifiers (LDG.E.128, SHFL.BFLY, ...)."""
+    found = Counter()
+    for line in sass.splitlines():
+        match = re.match(r"\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", line)
+        if match:
+            found[match.group(1)] += 1
+    return dict(found)
+
+
+def main() -> None:
+    sets, batch, length, dim = SHAPE
+    meta = dict(dtype=torch.bfloat16, device="meta")
+    u, delta = torch.empty(SHAPE, **meta), torch.empty(SHAPE, **meta)
+    z = torch.empty(batch, length, 2 * dim, **meta)[..., dim:]  # in the mixer: views, as there
+    x_dbl = torch.empty(sets, batch, length, 16 + 2 * 16, **meta)  # dt_rank padded to 16, then B, C
+    B, C = x_dbl[..., 16:32], x_dbl[..., 32:]
+    A = torch.empty(sets, 16, dim, device="meta")
+    D = bias = torch.empty(sets, dim, device="meta")
+    forward, backward = default_tilings(sets, batch, dim, length)
+    out = {}
+    for name, tiling in (("forward", forward), ("backward", backward)):
+        run = _Launch(u, delta, A, B, C, D, z, bias, (False, True), True, tiling)
+        ints = dict(zip(("batch", "length", "chunk_len", "n_chunks", "n_ckpts"), run.sizes))
+        names = [f"s{t}_{d}" for t in ("u", "dt", "b", "c") for d in ("s", "b", "l")] + ["sz_b", "sz_l"]
+        ints.update(zip(names, run.strides), rev_mask=run.rev_mask, zero=0)
+        ints.update(zip(("sdy_s", "sdy_b", "sdy_l"), u.stride()[:3]))
+        flags = dict(run.flags)
+        if name == "forward":
+            flags.update(HAS_H_START=run.n_chunks > 1, WRITE_Y=True, WRITE_CKPT=True, WRITE_END=False)
+            kernel = scan_kernels.scan_forward_kernel
+        else:
+            flags.update(HAS_G_START=run.n_chunks > 1, CARRY_ONLY=False, ATOMIC_BC=True)
+            flags["SCATTER"] = run.scatter_bc(tiling, atomic=True)
+            kernel = scan_kernels.scan_backward_kernel
+        out[name] = {"flags": flags, "sass": counts(compile_sm90(kernel, flags, ints))}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""The scan kernels as compiled for an H100 (sm_90), on any machine: ptxas and cuobjdump ship with
+Triton, so the CPU suite checks what the GPU timings rest on (docs/benchmarks.md, "The
+selective-scan kernels"), in the SASS of the default launch at tiny's pretraining shape."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def compiled() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile, not interpret
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.helpers.sm90_sass"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_the_forward_loads_b_and_c_as_16_byte_vectors(compiled):
+    sass, flags = compiled["forward"]["sass"], compiled["forward"]["flags"]
+    assert flags["BD"] == 32 and flags["LANE"]  # a channel's 16 states in one thread
+    # per step: B and C, 16 bf16 each, as two 16-byte loads each; u, delta and z one element a thread
+    steps = 2 * flags["T"]  # the first tile before the loop, and the loop's
+    assert sass.get("LDG.E.128", 0) == 4 * steps and sass.get("LDG.E.U16", 0) == 3 * steps
+    assert not any(op.startswith(("STL", "LDL")) for op in sass)  # no register spills
+
+
+def test_the_backward_sums_db_and_dc_by_the_reduce_scatter_without_shared_memory(compiled):
+    sass, flags = compiled["backward"]["sass"], compiled["backward"]["flags"]
+    assert flags["SCATTER"] and flags["BD"] == 32 and flags["LANE"]
+    steps = flags["T"]  # the reverse walk's tile: every shuffle is the reduce-scatter's
+    assert (
+        sass.get("SHFL.BFLY", 0) == 31 * steps and sum(v for k, v in sass.items() if k.startswith("SHFL")) == 31 * steps
+    )
+    assert sum(v for k, v in sass.items() if k.startswith("RED")) == steps  # one atomic add a lane a step
+    assert not any(op.startswith(("LDS", "STS", "BAR")) for op in sass)  # no layout moves through shared memory
+    assert not any(op.startswith(("STL", "LDL")) for op in sass)
