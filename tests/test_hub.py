@@ -194,9 +194,12 @@ def fake_run(tmp_path, metrics: dict | None) -> Path:
         (run / "metrics.json").write_text(json.dumps(metrics))
     (run / ".hydra").mkdir()
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["experiment=ks2", "seed=7"]))
-    (run / ".hydra" / "config.yaml").write_text(
-        yaml.safe_dump({"data": {"_target_": "src.data.X.ClassificationDataModule"}})
-    )
+    sources = [
+        {"path": "/data/features/audioset", "split": "unbalanced", "weight": 2.0},
+        {"path": "/data/features/librispeech", "split": None, "weight": 0.28},
+    ]
+    data = {"_target_": "src.data.datamodules.PretrainDataModule", "sources": sources}
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"data": data}))
     return run / "checkpoints" / "last.ckpt"
 
 
@@ -214,6 +217,7 @@ def test_a_dry_run_publish_writes_the_card_from_the_run_and_lists_the_files(tmp_
     front = yaml.safe_load(card.split("---")[1])
     assert front["license"] == "cc-by-4.0" and front["library_name"] == "ssamba"
     assert "optimizer steps: 1234" in card and "python -m src.train experiment=ks2 seed=7" in card
+    assert "pretraining mix: audioset (unbalanced, weight 2.0), librispeech (every clip, weight 0.28)" in card
     assert 'from_pretrained("lab/ks2-tiny")' in card and "(x - -4.25) / (2 x 4.5)" in card
     if metrics:
         scores = front["model-index"][0]["results"][0]["metrics"]

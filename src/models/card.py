@@ -46,7 +46,13 @@ def model_card(repo_id: str, meta: dict, parameters: int, global_step: int | Non
     enc, data = meta["encoder"], meta.get("data") or {}
     name = repo_id.split("/")[-1]
     scores = results(run["metrics"])
-    task = (run["config"].get("data") or {}).get("_target_", "").rsplit(".", 1)[-1] or "unknown"
+    data_config = run["config"].get("data") or {}
+    task = data_config.get("_target_", "").rsplit(".", 1)[-1] or "unknown"
+    sources = ", ".join(
+        f"{Path(str(s.get('path'))).name} ({s.get('split') or 'every clip'}, weight {s.get('weight')})"
+        for s in data_config.get("sources") or []
+        if isinstance(s, dict)
+    )
     experiment = next((o.split("=", 1)[1] for o in run["overrides"] if o.startswith("experiment=")), None)
     front = {
         "library_name": "ssamba",
@@ -96,6 +102,7 @@ def model_card(repo_id: str, meta: dict, parameters: int, global_step: int | Non
         "",
         f"- experiment: {experiment or 'not recorded'}; data: {task}"
         + (f" (fingerprint {data['fingerprint']})" if data.get("fingerprint") else ""),
+        f"- pretraining mix: {sources}" if sources else "",
         f"- optimizer steps: {global_step if global_step is not None else 'not recorded'}",
         f"- converted from: {meta['converted_from']}" if meta.get("converted_from") else "",
         "",
