@@ -256,6 +256,24 @@ def test_a_warning_signal_during_validation_or_test_requeues_and_the_job_ends_wh
     assert "running what is left: test" in (sweep / "1" / "train.log").read_text()  # training had ended
 
 
+def test_a_term_signal_to_every_task_during_the_epochs_validation_stops_the_job_there(data_root, tmp_path):
+    """TERM to every task of a DDP job while the epoch's validation runs (where the stop used to race:
+    Lightning's SIGTERM handler broadcast from inside the handler while the other rank was in another
+    collective, and the job hung until SLURM killed it): the validation ends, every process stops at
+    once, last.ckpt and metrics.json are written, and the sweep's summary names the stop."""
+    sweep = tmp_path / "sweep"
+    stop = ["+callbacks.stop._target_=tests.helpers.signals.SignalAt", "+callbacks.stop.hook=on_validation_batch_end",
+            "+callbacks.stop.step=0", "+callbacks.stop.sig=TERM", "+callbacks.stop.slurm=true"]  # fmt: skip
+    command = slurm_cmd(data_root, sweep, "trainer.max_steps=40", "trainer.max_epochs=100", "data.batch_size=2", *stop)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr[-4000:]  # the sweep ends, saying its job stopped
+    summary = json.loads((sweep / "0" / "metrics.json").read_text())
+    assert summary["phases"]["fit"] == "stopped" and summary["global_step"] < 40
+    assert (sweep / "0" / "checkpoints" / "last.ckpt").exists()
+    log = (sweep / "0" / "train.log").read_text()
+    assert "stopping once this validation ends (where every process agrees)" in log and "stopped by a signal" in log
+
+
 def _queue_empties(timeout_s: float = 600) -> None:
     deadline = time.monotonic() + timeout_s
     while subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split():

@@ -59,16 +59,17 @@ class CheckpointOnSignal(L.Callback):
     last) and ckpt_path=last runs the test again. After SIGUSR2 the previous handler (submitit's
     requeue) runs once saved and recorded (requeue)."""
 
-    # SIGTERM's previous handler is Lightning's (it forwards the signal to DDP's other processes): it
-    # runs first, then the stop is held if a validation is under way
+    # Lightning's own SIGTERM handler is kept out: it broadcasts from rank 0 inside the handler, a
+    # collective that can meet another collective on the other ranks (a DDP hang at an epoch's end).
+    # Lightning installs it after the setup hooks, so the handlers are taken back when a loop starts.
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
     def __init__(self, dirpath: str):
         self.dirpath = dirpath
         self.received: int | None = None
         self.pending_requeue = None  # submitit's USR2 handler, once the stop is saved
-        self._after_validation = False  # a stop held until the validation under way ends
-        self._in_test = False  # a stop asked for during test, until every process agrees on it
+        self._after_validation = False  # one process: a stop held until the validation under way ends
+        self._in_test = False  # one process: a stop asked for during test
         self._previous: dict = {}
         self._trainer = None
 
@@ -78,52 +79,92 @@ class CheckpointOnSignal(L.Callback):
             for signum in self.SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._on_signal)
 
+    def _take_signals_back(self) -> None:
+        """Ours again, over the handlers Lightning installed after setup (its SIGTERM handler would
+        broadcast inside the handler); the previous ones (submitit's) stay those setup found."""
+        if self._previous and threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                if signal.getsignal(signum) != self._on_signal:
+                    signal.signal(signum, self._on_signal)
+
+    def on_sanity_check_start(self, trainer, pl_module) -> None:
+        self._take_signals_back()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._take_signals_back()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._take_signals_back()
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._take_signals_back()
+
     def teardown(self, trainer, pl_module, stage: str) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
 
     def _on_signal(self, signum, frame) -> None:
+        """Records the stop: after this training batch, once this validation ends, or after this
+        test batch. Under DDP no flag of Lightning's is set here and no collective runs (in a signal
+        handler it could meet another collective on the other ranks): the processes agree on the
+        stop where they all are at once (_agree: a training batch's end, a validation's end, a test
+        batch's end) and raise it together."""
         if signum == signal.SIGINT and self.received == signal.SIGINT:
             raise KeyboardInterrupt  # the second Ctrl-C: now
-        self.received = signum
-        previous = self._previous.get(signum)
-        if signum == signal.SIGTERM and callable(previous):
-            previous(signum, frame)
+        first, self.received = self.received is None, signum
         trainer = self._trainer
+        launcher = trainer.strategy.launcher
+        if first and signum == signal.SIGTERM and launcher is not None:
+            launcher.kill(signum)  # to the processes this one started (a local multi-device run), as Lightning does
+        name = signal.Signals(signum).name
+        agreed = " (where every process agrees)" if _distributed(trainer) else ""
         if trainer.state.fn == TrainerFn.FITTING and (trainer.validating or trainer.sanity_checking):
-            trainer._signal_connector.received_sigterm = False
             self._after_validation = True
-            log.info(f"received {signal.Signals(signum).name}: stopping once this validation ends")
-        elif trainer.testing and trainer.world_size > 1:  # every process stops at one batch (on_test_batch_end)
-            trainer._signal_connector.received_sigterm = False
+            log.info(f"received {name}: stopping once this validation ends{agreed}")
+        elif trainer.testing:
             self._in_test = True
-            log.info(f"received {signal.Signals(signum).name}: stopping the test after this batch")
+            log.info(f"received {name}: stopping the test after this batch{agreed}")
         else:
-            trainer._signal_connector.received_sigterm = True  # Lightning stops after this batch
-            log.info(f"received {signal.Signals(signum).name}: stopping after this batch")
+            if not agreed:
+                trainer._signal_connector.received_sigterm = True  # Lightning stops after this batch
+            log.info(f"received {name}: stopping after this batch{agreed}")
+
+    def _agree(self, trainer, pl_module) -> bool:
+        """Whether any process has received a stop (one all_reduce, where every process is)."""
+        flag = torch.tensor([float(self.received is not None)], device=pl_module.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Under DDP: every process learns of a stop after the same batch and raises it there."""
+        if _distributed(trainer) and self._agree(trainer, pl_module):
+            trainer._signal_connector.received_sigterm = True
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        """A stop asked for during training's validation waits for its end: Lightning would resume
-        a validation stopped half-way with its metrics from the other half only."""
+        """A stop raised for the training batch before a validation waits for the validation's end
+        (Lightning would stop it at this batch); every process holds it alike."""
         if trainer.state.fn == TrainerFn.FITTING and trainer.received_sigterm:
             trainer._signal_connector.received_sigterm = False
             self._after_validation = True
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if self._after_validation:
-            self._after_validation = False
+        """A stop asked for during training's validation is taken once it ends (Lightning would resume
+        a validation stopped half-way with its metrics from the other half only); under DDP every
+        process agrees on it here."""
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        stop = self._agree(trainer, pl_module) if _distributed(trainer) else self._after_validation
+        self._after_validation = False
+        if stop:
             trainer._signal_connector.received_sigterm = True  # stops at the next batch boundary
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        """A stop asked for during test, taken at the same batch by every process (Lightning's test
-        loop does not share it, and a process that stopped alone would leave the others hanging in
-        the next collective)."""
-        if trainer.world_size == 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return
-        flag = torch.tensor([float(self._in_test or trainer.received_sigterm)], device=pl_module.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        trainer._signal_connector.received_sigterm = bool(flag.item())
+        """A stop asked for during test, taken at the same batch by every process (a process that
+        stopped alone would leave the others hanging in the next collective)."""
+        stop = self._agree(trainer, pl_module) if _distributed(trainer) else self._in_test
+        if stop:
+            trainer._signal_connector.received_sigterm = True
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):
@@ -150,6 +191,10 @@ class CheckpointOnSignal(L.Callback):
             if timed_out is not None:
                 owner.has_timed_out = lambda: timed_out
         requeue(signal.SIGUSR2, None)
+
+
+def _distributed(trainer) -> bool:
+    return trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def slurm_timed_out() -> bool | None:
