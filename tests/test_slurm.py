@@ -126,7 +126,7 @@ def test_requeued_job_resumes_from_its_checkpoint(data_root, tmp_path):
             sweep,
             f"trainer.max_steps={steps}",
             "trainer.max_epochs=100",
-            "data.batch_size=2",  # 8 steps an epoch: the cancel lands mid-epoch, not at its end's save
+            "data.batch_size=2",  # 8 steps an epoch: the cancel lands mid-epoch or at its end
             "callbacks.model_checkpoint.every_n_train_steps=2",
         ),
         cwd=ROOT,
@@ -195,7 +195,7 @@ def test_a_sweep_job_cancelled_mid_training_ends_the_sweep_with_a_summary_naming
             "trainer.max_steps=400",
             "trainer.max_epochs=100",
             "seed=1,2",
-            "data.batch_size=2",  # 8 steps an epoch: the cancel lands mid-epoch, not at its end's save
+            "data.batch_size=2",  # 8 steps an epoch: the cancel lands mid-epoch or at its end
             "callbacks.model_checkpoint.every_n_train_steps=2",
         ),  # fmt: skip
         cwd=ROOT,

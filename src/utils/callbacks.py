@@ -69,7 +69,6 @@ class CheckpointOnSignal(L.Callback):
         self.received: int | None = None
         self.pending_requeue = None  # submitit's USR2 handler, once the stop is saved
         self._after_validation = False  # one process: a stop held until the validation under way ends
-        self._in_test = False  # one process: a stop asked for during test
         self._previous: dict = {}
         self._trainer = None
 
@@ -122,13 +121,11 @@ class CheckpointOnSignal(L.Callback):
         if trainer.state.fn == TrainerFn.FITTING and (trainer.validating or trainer.sanity_checking):
             self._after_validation = True
             log.info(f"received {name}: stopping once this validation ends{agreed}")
-        elif trainer.testing:
-            self._in_test = True
-            log.info(f"received {name}: stopping the test after this batch{agreed}")
         else:
             if not agreed:
                 trainer._signal_connector.received_sigterm = True  # Lightning stops after this batch
-            log.info(f"received {name}: stopping after this batch{agreed}")
+            what = "the test" if trainer.testing else ""
+            log.info(f"received {name}: stopping {what + ' ' if what else ''}after this batch{agreed}")
 
     def _agree(self, trainer, pl_module) -> bool:
         """Whether any process has received a stop (one all_reduce, where every process is)."""
@@ -162,8 +159,7 @@ class CheckpointOnSignal(L.Callback):
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         """A stop asked for during test, taken at the same batch by every process (a process that
         stopped alone would leave the others hanging in the next collective)."""
-        stop = self._agree(trainer, pl_module) if _distributed(trainer) else self._in_test
-        if stop:
+        if _distributed(trainer) and self._agree(trainer, pl_module):
             trainer._signal_connector.received_sigterm = True
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
