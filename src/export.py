@@ -13,6 +13,7 @@ writes the card and lists what would be sent, without a network."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import hydra
@@ -23,11 +24,16 @@ from omegaconf import DictConfig
 # imports: the file run by its path works from a plain checkout, not only after `pip install -e .`
 rootutils.setup_root(__file__, indicator=".project-root", pythonpath=True)
 
-from safetensors.torch import load_file
-
 from src.models.card import model_card, run_record
 from src.models.hub import is_repo_id
-from src.models.pretrained import build_pretrained, export_config, read_checkpoint, read_pretrained, save_encoder
+from src.models.pretrained import (
+    build_pretrained,
+    export_config,
+    read_checkpoint,
+    read_pretrained,
+    safetensors_shapes,
+    save_encoder,
+)
 from src.utils.errors import UserError
 from src.utils.io import write_text
 from src.utils.utils import user_errors_exit
@@ -57,8 +63,9 @@ def publish(folder: Path, ckpt_path: str, repo_id: str, license: str, dry_run: b
     dry_run); returns [(file name, bytes)] of what is (or would be) sent."""
     if not is_repo_id(repo_id):
         raise UserError(f"push_to_hub={repo_id!r}: give a Hub repository id, org/name")
-    meta, config = export_config(folder)
-    parameters = sum(v.numel() for k, v in load_file(str(folder / "encoder.safetensors")).items() if k != "mask_embed")
+    meta, _ = export_config(folder)
+    shapes = safetensors_shapes(folder / "encoder.safetensors")  # the header: no weights read
+    parameters = sum(math.prod(shape) for name, shape in shapes.items() if name != "mask_embed")
     ckpt = read_checkpoint(ckpt_path, mmap=True) if not Path(ckpt_path).is_dir() else {}
     card = model_card(repo_id, meta, parameters, ckpt.get("global_step"), run_record(ckpt_path), license)
     write_text(folder / "README.md", card)

@@ -42,6 +42,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -267,10 +268,7 @@ def _finish(out, manifest, settings, chunks, results, entries, config, target_le
         write_json(out / "stats.json", sums)
     else:  # shards from before the sidecars kept sums: `stats` reads the shards
         (out / "stats.json").unlink(missing_ok=True)
-    splits: dict[str, int] = {}
-    for rec in index:
-        if rec["split"] is not None:
-            splits[rec["split"]] = splits.get(rec["split"], 0) + 1
+    splits = Counter(rec["split"] for rec in index if rec["split"] is not None)
     classes_file = manifest.parent / "classes.json"
     classes = json.loads(classes_file.read_text()) if classes_file.exists() else {"classes": [], "multilabel": False}
     meta = {

@@ -412,12 +412,12 @@ def scan_backward_kernel(
                     else:
                         db = tl.sum(q * dt_u[None, :], axis=1)
                         dc = tl.sum(h * dy[None, :], axis=1)
-                    if ATOMIC_BC and not SCATTER:
-                        tl.atomic_add(db_ptr + bc_at + t * N, db, mask=bc_ok, sem="relaxed")
-                        tl.atomic_add(dc_ptr + bc_at + t * N, dc, mask=bc_ok, sem="relaxed")
-                    elif not SCATTER:
-                        tl.store(db_ptr + bc_at + t * N, db, mask=bc_ok)
-                        tl.store(dc_ptr + bc_at + t * N, dc, mask=bc_ok)
+                        if ATOMIC_BC:
+                            tl.atomic_add(db_ptr + bc_at + t * N, db, mask=bc_ok, sem="relaxed")
+                            tl.atomic_add(dc_ptr + bc_at + t * N, dc, mask=bc_ok, sem="relaxed")
+                        else:
+                            tl.store(db_ptr + bc_at + t * N, db, mask=bc_ok)
+                            tl.store(dc_ptr + bc_at + t * N, dc, mask=bc_ok)
                     dA += q_hx * dt[None, :]
                     dD += dy * u
                     dbias += ddt

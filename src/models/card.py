@@ -23,8 +23,9 @@ def run_record(ckpt_path: str | Path) -> dict:
     sources = (
         ("metrics", run / "metrics.json", json.loads),
         ("config", run / ".hydra" / "config.yaml", yaml.safe_load),
+        ("overrides", run / ".hydra" / "overrides.yaml", yaml.safe_load),
     )
-    for key, path, parse in (*sources, ("overrides", run / ".hydra" / "overrides.yaml", yaml.safe_load)):
+    for key, path, parse in sources:
         try:
             record[key] = parse(path.read_text()) or record[key]
         except (OSError, ValueError, yaml.YAMLError):
@@ -130,4 +131,4 @@ def model_card(repo_id: str, meta: dict, parameters: int, global_step: int | Non
         f"{license}.",
         "",
     ]
-    return "\n".join(line for line in lines if line is not None) + "\n"
+    return "\n".join(lines) + "\n"

@@ -117,15 +117,16 @@ class CheckpointOnSignal(L.Callback):
         if first and signum == signal.SIGTERM and launcher is not None:
             launcher.kill(signum)  # to the processes this one started (a local multi-device run), as Lightning does
         name = signal.Signals(signum).name
-        agreed = " (where every process agrees)" if _distributed(trainer) else ""
+        distributed = _distributed(trainer)
+        agreed = " (where every process agrees)" if distributed else ""
         if trainer.state.fn == TrainerFn.FITTING and (trainer.validating or trainer.sanity_checking):
             self._after_validation = True
             log.info(f"received {name}: stopping once this validation ends{agreed}")
         else:
-            if not agreed:
+            if not distributed:
                 trainer._signal_connector.received_sigterm = True  # Lightning stops after this batch
-            what = "the test" if trainer.testing else ""
-            log.info(f"received {name}: stopping {what + ' ' if what else ''}after this batch{agreed}")
+            what = "the test after this batch" if trainer.testing else "after this batch"
+            log.info(f"received {name}: stopping {what}{agreed}")
 
     def _agree(self, trainer, pl_module) -> bool:
         """Whether any process has received a stop (one all_reduce, where every process is)."""
