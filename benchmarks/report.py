@@ -33,6 +33,12 @@ def scan_table(record: dict) -> str:
 THROUGHPUT_MODEL_RUN = "H100, this issue"
 
 
+def conv_table(record: dict) -> str:
+    from benchmarks.conv import markdown
+
+    return markdown(record) + "\n" + measured_line(record) + "\n"
+
+
 def _cost_run(throughput: dict) -> dict:
     """The newest run of `throughput.py train` (bare steps and the loop of each size, one card), else
     the `model` run THROUGHPUT_MODEL_RUN, which has no loop."""
@@ -280,6 +286,7 @@ def build_rate_table(record: dict) -> str:
 
 BLOCKS = {
     "scan": ("scan.json", scan_table),
+    "conv": ("conv.json", conv_table),
     "throughput-model": ("throughput.json", throughput_model_table),
     "throughput-train": ("throughput.json", throughput_train_table),
     "efficiency-tiny": ("efficiency.json", efficiency_tiny_table),

@@ -99,11 +99,24 @@ def test_default_tilings_follow_the_measured_rules():
     assert default_tilings(2, 4, 384, 22001)[0] == ScanTiling(block_d=32, min_programs=8192)
 
 
-@pytest.mark.parametrize("reverse", [(False, True), (True, False)])
-def test_conv_kernel_matches_the_portable_conv(reverse):
-    x = torch.randn(2, 270, 12)  # more steps than one program of the weight-gradient pass takes (256)
-    weight, bias = torch.randn(2, 12, 4), torch.randn(2, 12)
-    grad = torch.randn(2, 2, 270, 12)
+CONV_CASES = {
+    # name: (length, reverse); a program takes at most conv_triton.STEPS (64) steps, 8 at a time
+    "several programs along time, the last one short": (150, (False, True)),
+    "the sets the other way round": (70, (True, False)),
+    "fewer steps than the kernel's width": (2, (False, True)),
+    "fewer steps than a tile": (7, (True, False)),
+    "one causal set": (19, (False,)),
+    "one anti-causal set": (19, (True,)),
+}
+
+
+@pytest.mark.parametrize("case", list(CONV_CASES))
+def test_conv_kernel_matches_the_portable_conv(case):
+    length, reverse = CONV_CASES[case]
+    sets = len(reverse)
+    x = torch.randn(2, length, 12)  # 12 of a program's 128 channels: the rest masked
+    weight, bias = torch.randn(sets, 12, 4), torch.randn(sets, 12)
+    grad = torch.randn(sets, 2, length, 12)
     results = {}
     for backend, device in (("portable", "cpu"), ("triton", DEVICE)):
         leaves = [t.to(device).requires_grad_() for t in (x, weight, bias)]

@@ -1,13 +1,22 @@
 """The depthwise conv + silu that feeds each set's scan, in Triton, in the (B, L, E) layout.
 
-    x: (B, L, E), shared   weight: (S, E, K)   bias: (S, E)   ->   u: (S, B, L, E)
-    u_s[t] = silu(bias_s + sum_k weight_s[k] x[t + shift_k]),   shift_k = k - (K - 1)
+    x: (B, L, E), shared   weight: (S, E, K)   bias: (S, E)   ->   u: (S, B, L, E), S <= 2
+    causal set:        u_s[t] = silu(pre_s[t]),  pre_s[t] = bias_s + sum_k weight_s[k] x[t - (K - 1) + k]
+    anti-causal set:   the same with x[t + (K - 1) - k]
 
-A set whose `reverse` bit is set uses shift_k = (K - 1) - k: the anti-causal conv, which is what the
-causal conv of the flipped sequence reads, without flipping. Each pass is one launch over (batch,
-time tiles, channel blocks): the forward writes u; the backward recomputes each set's
-pre-activation from x where it needs it and writes the gradient of x and per-program sums for the
-weight and bias gradients (_conv_grad_kernel).
+The anti-causal conv is what the causal conv of the flipped sequence reads, without flipping. A
+program owns BE channels of one batch element, a channel a thread, and LEN steps of time; it walks
+them forward T steps at a time (a tile's loads issued before the tile before it is computed), loading
+each row of x, and of du, once. A thread keeps the last K values of x in registers: at the newest
+step j they are the inputs of the causal set's pre-activation at j and of the anti-causal set's at
+j - (K - 1), so every pre-activation is computed once, from registers. The backward keeps, per set,
+the last K values of g_s = du_s * silu'(pre_s) as well, which are what x's gradient at t = j - (K - 1)
+reads,
+    dx[t] = sum_k weight_c[k] g_c[t + (K - 1) - k] + sum_k weight_a[k] g_a[t - (K - 1) + k],
+and adds the weight and bias gradients' terms g_s[p] x[...] and g_s[p] into per-program sums, written
+once at the end and summed over programs afterwards (a fixed order). A program starts its walk one
+tile early and ends it one tile late, so that its windows hold the steps its first and last outputs
+read (beyond the sequence: zeros, the conv's padding).
 """
 
 from __future__ import annotations
@@ -17,158 +26,221 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-# launch shapes from a sweep on an H100 at (64, 513, 384), two sets: the forward's tile (0.063 ms
-# against 0.092 for 32 x 64); the backward's tile (it holds 2K - 1 shifted copies of x and 3K sums
-# a thread) and the tiles a program walks, whose weight and bias sums it reduces over time once
-# (0.380 ms, against 0.411 for the two kernels before it, and no fp32 (S, B, L, E) gradient)
-TILE_T, BLOCK_E = 16, 128
-GRAD_TILE_T, GRAD_BLOCK_E, GRAD_WARPS, GRAD_TILES = 8, 64, 4, 8
+# launch shapes (benchmarks/conv.py): BLOCK_E channels a program, a channel a thread; TILE_T steps
+# loaded together; a program's steps at most STEPS (fewer when that leaves the GPU short of programs)
+BLOCK_E, NUM_WARPS, TILE_T, STEPS = 128, 4, 8, 64
 
 
 @triton.jit
-def _pre(x_ptr, w_ptr, bias, t, d, length, dim, sx_l, step, w_at, TT: tl.constexpr, BE: tl.constexpr, K: tl.constexpr):
-    """bias + sum_j w[j] x[t + step * (j - (K - 1))]: the pre-activation at times t, (TT, BE)."""
-    acc = tl.zeros((TT, BE), dtype=tl.float32) + bias[None, :]
-    for j in tl.static_range(K):
-        src = t + step * (j - (K - 1))
-        ok = (src >= 0) & (src < length)
-        xv = tl.load(x_ptr + src[:, None] * sx_l + d[None, :], mask=ok[:, None] & (d < dim)[None, :], other=0.0)
-        acc += tl.load(w_ptr + w_at + j, mask=d < dim, other=0.0)[None, :] * xv.to(tl.float32)
+def _shifted(window, new, K: tl.constexpr):
+    """The window of the last K values moved on by one step: (w[1], ..., w[K-1], new)."""
+    moved = ()
+    for q in tl.static_range(1, K):
+        moved = moved + (window[q],)
+    return moved + (new,)
+
+
+@triton.jit
+def _tap(k, REV: tl.constexpr, K: tl.constexpr):
+    """Which of the x window's K values (x[j - (K-1)], ..., x[j]) tap k of a set reads: the causal
+    set's pre-activation at j reads x[j - (K-1) + k], the anti-causal one's at j - (K-1) reads x[j - k]."""
+    if REV:
+        return K - 1 - k
+    return k
+
+
+@triton.jit
+def _pre(xw, w, bias, REV: tl.constexpr, K: tl.constexpr):
+    acc = bias
+    for k in tl.static_range(K):
+        acc = acc + w[k] * xw[_tap(k, REV, K)]
     return acc
 
 
 @triton.jit
-def _conv_fwd_kernel(
-    x_ptr, w_ptr, bias_ptr, u_ptr, sets, length, dim, rev_mask, sx_b, sx_l,
-    TT: tl.constexpr, BE: tl.constexpr, K: tl.constexpr,
-):  # fmt: skip
-    b = tl.program_id(0)
-    t = tl.program_id(1) * TT + tl.arange(0, TT)
-    d = tl.program_id(2) * BE + tl.arange(0, BE)
-    m = (t < length)[:, None] & (d < dim)[None, :]
-    x_ptr += b.to(tl.int64) * sx_b
-    for s in range(sets):
-        step = 1 - 2 * ((rev_mask >> s) & 1)  # +1: causal; -1: anti-causal
-        bias = tl.load(bias_ptr + s * dim + d, mask=d < dim, other=0.0)
-        pre = _pre(x_ptr, w_ptr, bias, t, d, length, dim, sx_l, step, (s * dim + d) * K, TT, BE, K)
-        out = u_ptr + ((s * tl.num_programs(0) + b).to(tl.int64) * length + t[:, None]) * dim + d[None, :]
-        tl.store(out, (pre * tl.sigmoid(pre)).to(u_ptr.dtype.element_ty), mask=m)
+def _set_params(w_ptr, bias_ptr, s, d, dim, K: tl.constexpr):
+    """Set s's K weights and its bias at channels d, fp32 (BE,) each."""
+    ok = d < dim
+    w = ()
+    for k in tl.static_range(K):
+        w = w + (tl.load(w_ptr + (s * dim + d) * K + k, mask=ok, other=0.0),)
+    return w, tl.load(bias_ptr + s * dim + d, mask=ok, other=0.0)
 
 
 @triton.jit
-def _set_grad(xs, w_ptr, bias_ptr, du_ptr, t, d, length, dim, s, dx, dw, dbias, STEP: tl.constexpr, K: tl.constexpr):
-    """Set s's part of a tile of _conv_grad_kernel (STEP +1 causal, -1 anti-causal): dx plus its
-    taps' terms; dw (K sums) and dbias plus its terms at the tile's own times."""
+def _load_rows(ptr, j0, lag, length, stride, d, d_ok, T: tl.constexpr):
+    """Rows j0 - lag, ..., j0 + T - 1 - lag of a (L, E) slice, fp32, zero outside [0, length)."""
+    rows = ()
+    for i in tl.static_range(T):
+        t = j0 + i - lag
+        rows = rows + (tl.load(ptr + t * stride + d, mask=d_ok & (t >= 0) & (t < length), other=0.0).to(tl.float32),)
+    return rows
+
+
+@triton.jit
+def _start(length, steps, BE: tl.constexpr, K: tl.constexpr):
+    """This program's batch element, channels, first step, end (exclusive) and zeroed x window."""
+    b = tl.program_id(0)
+    d = tl.program_id(1) * BE + tl.arange(0, BE)
+    t0 = tl.program_id(2) * steps
+    t_end = tl.minimum(t0 + steps, length)
+    xw = ()
+    for _ in tl.static_range(K):
+        xw = xw + (tl.zeros((BE,), dtype=tl.float32),)
+    return b, d, t0, t_end, xw
+
+
+@triton.jit
+def _store_u(u_ptr, xw, w, bias, p, t0, t_end, dim, d, REV: tl.constexpr, K: tl.constexpr):
+    """A set's u at its pre-activation's step p, when p is one of this program's steps."""
+    pre = _pre(xw, w, bias, REV, K)
+    u = (pre * tl.sigmoid(pre)).to(u_ptr.dtype.element_ty)
+    tl.store(u_ptr + p * dim + d, u, mask=(d < dim) & (p >= t0) & (p < t_end))
+
+
+@triton.jit
+def _conv_fwd_kernel(
+    x_ptr, w_ptr, bias_ptr, u_ptr, length, dim, steps, sx_b, sx_l,
+    SETS: tl.constexpr, REV0: tl.constexpr, REV1: tl.constexpr,
+    BE: tl.constexpr, T: tl.constexpr, K: tl.constexpr,
+):  # fmt: skip
+    """u (S, B, L, E) contiguous. At step j: u_0 at j - (K-1) * REV0, u_1 at j - (K-1) * REV1."""
+    b, d, t0, t_end, xw = _start(length, steps, BE, K)
     d_ok = d < dim
-    w = ()
+    x_ptr += b.to(tl.int64) * sx_b
+    u0 = u_ptr + b.to(tl.int64) * length * dim
+    u1 = u_ptr + (tl.num_programs(0) + b).to(tl.int64) * length * dim
+    w0, bias0 = _set_params(w_ptr, bias_ptr, 0, d, dim, K)
+    w1, bias1 = _set_params(w_ptr, bias_ptr, SETS - 1, d, dim, K)
+    j_first = t0 - T  # one tile early: the window of the first outputs
+    xs = _load_rows(x_ptr, j_first, 0, length, sx_l, d, d_ok, T)
+    for j0 in tl.range(j_first, t_end + K - 1, T):
+        tile = xs
+        xs = _load_rows(x_ptr, j0 + T, 0, length, sx_l, d, d_ok, T)  # the next tile's, before this one's stores
+        for i in tl.static_range(T):
+            j = j0 + i
+            xw = _shifted(xw, tile[i], K)
+            _store_u(u0, xw, w0, bias0, j - (K - 1) * REV0, t0, t_end, dim, d, REV0, K)
+            if SETS == 2:
+                _store_u(u1, xw, w1, bias1, j - (K - 1) * REV1, t0, t_end, dim, d, REV1, K)
+
+
+@triton.jit
+def _set_grad(xw, gw, w, bias, du, p, t0, t_end, dx, dw, dbias, REV: tl.constexpr, K: tl.constexpr):
+    """One set at one step: g at its pre-activation's step p (du: the loaded du there, zero outside
+    the sequence) into its g window; x's gradient at j - (K-1) from the window; the weight and bias
+    sums when p is one of this program's steps."""
+    pre = _pre(xw, w, bias, REV, K)
+    sig = tl.sigmoid(pre)
+    g = du * sig * (1.0 + pre * (1.0 - sig))
+    gw = _shifted(gw, g, K)
     for k in tl.static_range(K):
-        w = w + (tl.load(w_ptr + (s * dim + d) * K + k, mask=d_ok, other=0.0)[None, :],)
-    bias = tl.load(bias_ptr + s * dim + d, mask=d_ok, other=0.0)[None, :]
+        dx += w[k] * gw[K - 1 - _tap(k, REV, K)]
+    mine = (p >= t0) & (p < t_end)
+    g_mine = tl.where(mine, g, 0.0)
+    summed = ()
     for k in tl.static_range(K):
-        p = t + STEP * (K - 1 - k)  # x[t] meets u at p through tap k
-        pre = bias
-        for i in tl.static_range(K):
-            pre = pre + w[i] * xs[K - 1 + STEP * (i - k)]  # x[p + STEP * (i - (K - 1))]
-        m = ((p >= 0) & (p < length))[:, None] & d_ok[None, :]
-        du = tl.load(du_ptr + p[:, None] * dim + d[None, :], mask=m, other=0.0).to(tl.float32)
-        sig = tl.sigmoid(pre)
-        g = tl.where(m, du * sig * (1.0 + pre * (1.0 - sig)), 0.0)
-        dx += w[k] * g
-        if k == K - 1:  # p = t: the weight and bias sums
-            summed = ()
-            for i in tl.static_range(K):
-                summed = summed + (dw[i] + g * xs[K - 1 + STEP * (i - (K - 1))],)
-            dw, dbias = summed, dbias + g
-    return dx, dw, dbias
+        summed = summed + (dw[k] + g_mine * xw[_tap(k, REV, K)],)
+    return gw, dx, summed, dbias + g_mine
 
 
 @triton.jit
 def _conv_grad_kernel(
-    x_ptr, w_ptr, bias_ptr, du_ptr, dx_ptr, dw_ptr, dbias_ptr, length, dim, sx_b, sx_l, sdx_b, sdx_l,
+    x_ptr, w_ptr, bias_ptr, du_ptr, dx_ptr, dw_ptr, dbias_ptr, length, dim, steps, sx_b, sx_l, sdx_b, sdx_l,
     SETS: tl.constexpr, REV0: tl.constexpr, REV1: tl.constexpr,
-    TT: tl.constexpr, BE: tl.constexpr, K: tl.constexpr, TILES: tl.constexpr,
+    BE: tl.constexpr, T: tl.constexpr, K: tl.constexpr,
 ):  # fmt: skip
-    """One pass over TILES time tiles of (batch, channel block). Per tile, x at the 2K - 1 shifts
-    -(K-1)..K-1 (one load each, kept in registers) gives every set's pre-activation at the tile's
-    times shifted by each tap, hence g_s = du_s * silu'(pre_s) there, and
-        dx[t] = sum_s sum_k weight_s[k] g_s[t - shift_k]        (x[t] feeds u_s at t - shift_k)
-    is written at once, with no g in memory; per program, the sums that give the weight and bias
-    gradients, sum_t g_s[t] x[t + shift_k] and sum_t g_s[t], are reduced over time at the end.
-    du: (S, B, L, E) contiguous, S = SETS <= 2; REV0, REV1: whether set 0, 1 is anti-causal."""
-    b = tl.program_id(0)
-    d = tl.program_id(2) * BE + tl.arange(0, BE)
+    """du: (S, B, L, E) contiguous; dx: (B, L, E) with unit last stride; dw: (programs, S, E, K) and
+    dbias (programs, S, E) fp32, one row per (batch, time chunk) program."""
+    b, d, t0, t_end, xw = _start(length, steps, BE, K)
     d_ok = d < dim
     x_ptr += b.to(tl.int64) * sx_b
     dx_ptr += b.to(tl.int64) * sdx_b
     du0 = du_ptr + b.to(tl.int64) * length * dim
     du1 = du_ptr + (tl.num_programs(0) + b).to(tl.int64) * length * dim
-    dw0, dw1 = (), ()
-    for _ in tl.static_range(K):
-        dw0, dw1 = dw0 + (tl.zeros((TT, BE), dtype=tl.float32),), dw1 + (tl.zeros((TT, BE), dtype=tl.float32),)
-    dbias0, dbias1 = tl.zeros((TT, BE), dtype=tl.float32), tl.zeros((TT, BE), dtype=tl.float32)
-    for j in range(TILES):
-        t = (tl.program_id(1) * TILES + j) * TT + tl.arange(0, TT)
-        xs = ()  # xs[K - 1 + o] = x[t + o]
-        for o in tl.static_range(-(K - 1), K):
-            ok = ((t + o >= 0) & (t + o < length))[:, None] & d_ok[None, :]
-            xs = xs + (tl.load(x_ptr + (t + o)[:, None] * sx_l + d[None, :], mask=ok, other=0.0).to(tl.float32),)
-        dx = tl.zeros((TT, BE), dtype=tl.float32)
-        dx, dw0, dbias0 = _set_grad(
-            xs, w_ptr, bias_ptr, du0, t, d, length, dim, 0, dx, dw0, dbias0, -1 if REV0 else 1, K
-        )
-        if SETS == 2:
-            dx, dw1, dbias1 = _set_grad(
-                xs, w_ptr, bias_ptr, du1, t, d, length, dim, 1, dx, dw1, dbias1, -1 if REV1 else 1, K
-            )
-        m = (t < length)[:, None] & d_ok[None, :]
-        tl.store(dx_ptr + t[:, None] * sdx_l + d[None, :], dx.to(dx_ptr.dtype.element_ty), mask=m)
-    part = (b * tl.num_programs(1) + tl.program_id(1)) * SETS * dim + d  # dw: (programs, S, E, K)
-    for i in tl.static_range(K):
-        tl.store(dw_ptr + part * K + i, tl.sum(dw0[i], axis=0), mask=d_ok)
-        if SETS == 2:
-            tl.store(dw_ptr + (part + dim) * K + i, tl.sum(dw1[i], axis=0), mask=d_ok)
-    tl.store(dbias_ptr + part, tl.sum(dbias0, axis=0), mask=d_ok)
+    w0, bias0 = _set_params(w_ptr, bias_ptr, 0, d, dim, K)
+    w1, bias1 = _set_params(w_ptr, bias_ptr, SETS - 1, d, dim, K)
+    gw0, gw1, dw0, dw1 = xw, xw, xw, xw  # K zeros each
+    dbias0, dbias1 = xw[0], xw[0]
+    lag0, lag1 = (K - 1) * REV0, (K - 1) * REV1  # set s's pre-activation at step j is at p = j - lag_s
+    j_first = t0 - T
+    xs = _load_rows(x_ptr, j_first, 0, length, sx_l, d, d_ok, T)
+    dus0 = _load_rows(du0, j_first, lag0, length, dim, d, d_ok, T)
+    dus1 = dus0
     if SETS == 2:
-        tl.store(dbias_ptr + part + dim, tl.sum(dbias1, axis=0), mask=d_ok)
+        dus1 = _load_rows(du1, j_first, lag1, length, dim, d, d_ok, T)
+    for j0 in tl.range(j_first, t_end + K - 1, T):
+        tile, tile0, tile1 = xs, dus0, dus1
+        xs = _load_rows(x_ptr, j0 + T, 0, length, sx_l, d, d_ok, T)
+        dus0 = _load_rows(du0, j0 + T, lag0, length, dim, d, d_ok, T)
+        if SETS == 2:
+            dus1 = _load_rows(du1, j0 + T, lag1, length, dim, d, d_ok, T)
+        for i in tl.static_range(T):
+            j = j0 + i
+            xw = _shifted(xw, tile[i], K)
+            dx = tl.zeros((BE,), dtype=tl.float32)
+            gw0, dx, dw0, dbias0 = _set_grad(
+                xw, gw0, w0, bias0, tile0[i], j - lag0, t0, t_end, dx, dw0, dbias0, REV0, K
+            )
+            if SETS == 2:
+                gw1, dx, dw1, dbias1 = _set_grad(
+                    xw, gw1, w1, bias1, tile1[i], j - lag1, t0, t_end, dx, dw1, dbias1, REV1, K
+                )
+            t = j - (K - 1)
+            tl.store(dx_ptr + t * sdx_l + d, dx.to(dx_ptr.dtype.element_ty), mask=d_ok & (t >= t0) & (t < t_end))
+    part = ((b * tl.num_programs(2) + tl.program_id(2)) * SETS) * dim + d
+    for k in tl.static_range(K):
+        tl.store(dw_ptr + part * K + k, dw0[k], mask=d_ok)
+        if SETS == 2:
+            tl.store(dw_ptr + (part + dim) * K + k, dw1[k], mask=d_ok)
+    tl.store(dbias_ptr + part, dbias0, mask=d_ok)
+    if SETS == 2:
+        tl.store(dbias_ptr + part + dim, dbias1, mask=d_ok)
 
 
-def _grid(batch: int, length: int, dim: int) -> tuple[int, int, int]:
-    return batch, triton.cdiv(length, TILE_T), triton.cdiv(dim, BLOCK_E)
+def _launch(x: Tensor, weight: Tensor, rev_mask: int) -> tuple[tuple[int, int, int], int, dict]:
+    """The grid (batch, channel blocks, time chunks), the steps a chunk takes, and the kernels' flags."""
+    batch, length, dim = x.shape
+    sets, _, width = weight.shape
+    if sets > 2:
+        raise ValueError(f"the conv kernels take one or two parameter sets, got {sets}")
+    if width - 1 > TILE_T:  # a program's first tile (before its steps) fills the windows
+        raise ValueError(f"the conv kernels take kernels of at most {TILE_T + 1} taps, got {width}")
+    chunks = triton.cdiv(length, STEPS)
+    steps = triton.cdiv(triton.cdiv(length, chunks), TILE_T) * TILE_T
+    grid = (batch, triton.cdiv(dim, BLOCK_E), triton.cdiv(length, steps))
+    flags = dict(SETS=sets, REV0=bool(rev_mask & 1), REV1=bool(rev_mask & 2), BE=BLOCK_E, T=TILE_T, K=width)
+    return grid, steps, dict(flags, num_warps=NUM_WARPS)
 
 
 def conv_forward(x: Tensor, weight: Tensor, bias: Tensor, rev_mask: int) -> Tensor:
     """u (S, B, L, E) in x's dtype from x (B, L, E) (unit last stride), weight (S, E, K) and bias
     (S, E) fp32 contiguous; bit s of rev_mask set: set s is anti-causal."""
     batch, length, dim = x.shape
-    sets, _, width = weight.shape
-    u = torch.empty(sets, batch, length, dim, device=x.device, dtype=x.dtype)
-    _conv_fwd_kernel[_grid(batch, length, dim)](
-        x, weight, bias, u, sets, length, dim, rev_mask, x.stride(0), x.stride(1), TT=TILE_T, BE=BLOCK_E, K=width
-    )
+    grid, steps, flags = _launch(x, weight, rev_mask)
+    u = torch.empty(weight.shape[0], batch, length, dim, device=x.device, dtype=x.dtype)
+    _conv_fwd_kernel[grid](x, weight, bias, u, length, dim, steps, x.stride(0), x.stride(1), **flags)
     return u
 
 
 def conv_backward(
     x: Tensor, weight: Tensor, bias: Tensor, rev_mask: int, du: Tensor, dx: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients of x, weight and bias from du (S, B, L, E) (unit last stride); dx may be given as
-    a (B, L, E) view to write into (unit last stride, e.g. a slice of dxz)."""
+    """Gradients of x, weight and bias from du (S, B, L, E); dx may be given as a (B, L, E) view to
+    write into (unit last stride, e.g. a slice of dxz)."""
     batch, length, dim = x.shape
     sets, _, width = weight.shape
-    if sets > 2:
-        raise ValueError(f"the conv kernels take one or two parameter sets, got {sets}")
-    grad_grid = (batch, triton.cdiv(length, GRAD_TILE_T * GRAD_TILES), triton.cdiv(dim, GRAD_BLOCK_E))
-    programs = batch * grad_grid[1]
+    grid, steps, flags = _launch(x, weight, rev_mask)
+    programs = batch * grid[2]
     dw = torch.empty(programs, sets, dim, width, device=x.device, dtype=torch.float32)
     dbias = torch.empty(programs, sets, dim, device=x.device, dtype=torch.float32)
     if dx is None:
         dx = torch.empty(batch, length, dim, device=x.device, dtype=x.dtype)
     if du.stride() != (batch * length * dim, length * dim, dim, 1):
         du = du.contiguous()
-    _conv_grad_kernel[grad_grid](
-        x, weight, bias, du, dx, dw, dbias, length, dim, x.stride(0), x.stride(1), dx.stride(0), dx.stride(1),
-        SETS=sets, REV0=bool(rev_mask & 1), REV1=bool(rev_mask & 2), TT=GRAD_TILE_T, BE=GRAD_BLOCK_E, K=width,
-        TILES=GRAD_TILES, num_warps=GRAD_WARPS,
+    _conv_grad_kernel[grid](
+        x, weight, bias, du, dx, dw, dbias, length, dim, steps, x.stride(0), x.stride(1), dx.stride(0), dx.stride(1),
+        **flags,
     )  # fmt: skip
     return dx, dw.sum(0), dbias.sum(0)
 
