@@ -41,19 +41,20 @@ def _shifted(window, new, K: tl.constexpr):
 
 
 @triton.jit
-def _tap(k, REV: tl.constexpr, K: tl.constexpr):
-    """Which of the x window's K values (x[j - (K-1)], ..., x[j]) tap k of a set reads: the causal
-    set's pre-activation at j reads x[j - (K-1) + k], the anti-causal one's at j - (K-1) reads x[j - k]."""
+def _tap(window, k: tl.constexpr, REV: tl.constexpr, K: tl.constexpr):
+    """What tap k of a set reads from the x window (x[j - (K-1)], ..., x[j]): the causal set's
+    pre-activation at j reads x[j - (K-1) + k], the anti-causal one's at j - (K-1) reads x[j - k].
+    The same index, mirrored, finds in a set's g window the g that tap k carries to x's gradient."""
     if REV:
-        return K - 1 - k
-    return k
+        return window[K - 1 - k]
+    return window[k]
 
 
 @triton.jit
 def _pre(xw, w, bias, REV: tl.constexpr, K: tl.constexpr):
     acc = bias
     for k in tl.static_range(K):
-        acc = acc + w[k] * xw[_tap(k, REV, K)]
+        acc = acc + w[k] * _tap(xw, k, REV, K)
     return acc
 
 
@@ -135,12 +136,12 @@ def _set_grad(xw, gw, w, bias, du, p, t0, t_end, dx, dw, dbias, REV: tl.constexp
     g = du * sig * (1.0 + pre * (1.0 - sig))
     gw = _shifted(gw, g, K)
     for k in tl.static_range(K):
-        dx += w[k] * gw[K - 1 - _tap(k, REV, K)]
+        dx += w[k] * _tap(gw, K - 1 - k, REV, K)
     mine = (p >= t0) & (p < t_end)
     g_mine = tl.where(mine, g, 0.0)
     summed = ()
     for k in tl.static_range(K):
-        summed = summed + (dw[k] + g_mine * xw[_tap(k, REV, K)],)
+        summed = summed + (dw[k] + g_mine * _tap(xw, k, REV, K),)
     return gw, dx, summed, dbias + g_mine
 
 
