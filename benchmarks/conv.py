@@ -138,6 +138,7 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     return batch, dim, length
 
 
+@command
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=["64x384x513", "64x1536x513", "4x384x22001"])
@@ -257,4 +258,4 @@ def plot(record: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(command(main))
+    raise SystemExit(main())
