@@ -11,8 +11,10 @@ Shapes are batch x channels (E) x length, kernel width 4, bf16: x a (B, L, E) vi
                          transposes and flips the model needs
   --against FILE         a conv_triton.py of another commit, loaded from FILE (a before/after in one run)
 "forward" is the forward alone (no autograd); "backward" the gradients of x, weight and bias from
-a given du. "floor" is the bytes each pass must move (forward: x in, u out; backward: x and du in,
-dx out) at the card's copy bandwidth, measured in the same run. The training step runs the forward
+a given du (the forward and backward through autograd, less the forward). Each is captured as a
+CUDA graph of --reps calls and the replay timed, so the times are the GPU's, not the launches'.
+"floor" is the bytes each pass must move (forward: x in, u out; backward: x and du in, dx out) at
+the card's copy bandwidth, measured in the same run. The training step runs the forward
 twice per mixer call (the backward recomputes u) and the backward once: "per step" is that for the
 48 mixer calls of SSAMBA-tiny's SSL step (24 layers, two masked passes) at its shape, 64 x 384 x 513.
 --sweep times conv_triton's launch shapes at the step's shape (channels a program, warps, steps a
@@ -43,8 +45,8 @@ REVERSE = (False, True)
 WIDTH = 4
 STEP_CALLS = 48  # SSAMBA-tiny's SSL step: 24 layers x two masked passes
 STEP_SHAPE = (64, 384, 513)
-# BLOCK_E, warps (1, 2 or 4 channels a thread), TILE_T, STEPS
-SWEEP = [(e, w, t, s) for e, w in ((64, 1), (64, 2), (128, 1), (128, 2), (128, 4)) for t in (4, 8) for s in (64, 128)]
+# BLOCK_E, warps (2 or 1 channels a thread), TILE_T, STEPS
+SWEEP = [(e, w, t, s) for e, w in ((64, 1), (128, 2), (128, 4)) for t in (4, 8) for s in (32, 64, 128)]
 
 
 def make_inputs(batch: int, dim: int, length: int) -> tuple:
@@ -64,18 +66,17 @@ def load_module(path: Path):
 
 
 def runners(inputs: tuple, against=None) -> dict:
-    """name -> (forward, backward) callables."""
+    """name -> (forward, forward + backward) callables."""
     x, weight, bias, du = inputs
 
     def pair(call):
         leaves = [x.detach().requires_grad_(), weight.detach().requires_grad_(), bias.detach().requires_grad_()]
-        u = call(*leaves)
 
         def forward():
             with torch.no_grad():
                 call(x, weight, bias)
 
-        return forward, lambda: torch.autograd.grad(u, leaves, du, retain_graph=True)
+        return forward, lambda: torch.autograd.grad(call(*leaves), leaves, du)
 
     out = {"triton": pair(lambda *a: conv1d_silu(*a, REVERSE, backend="triton"))}
     if against is not None:
@@ -83,6 +84,29 @@ def runners(inputs: tuple, against=None) -> dict:
     if mamba_kernels_available():
         out["causal-conv1d in model"] = pair(lambda *a: conv1d_silu(*a, REVERSE, backend="mamba"))
     return out
+
+
+def graph_ms(fn, args) -> float:
+    """Milliseconds a call of fn takes on the GPU: --reps calls captured as one CUDA graph (after
+    warm-up calls on a side stream, as capture needs), the replay timed by time_ms, divided by reps."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(args.reps):
+            fn()
+    ms = time_ms(graph.replay, args.warmup, args.repeats) / args.reps
+    del graph
+    return ms
+
+
+def timed(forward, forward_backward, args) -> dict:
+    fwd, both = graph_ms(forward, args), graph_ms(forward_backward, args)
+    return {"forward": fwd, "backward": both - fwd}
 
 
 def floor_ms(batch: int, dim: int, length: int, bytes_per_s: float) -> dict:
@@ -123,8 +147,7 @@ def sweep(inputs: tuple, args) -> list[dict]:
             for k, v in shape.items():
                 setattr(conv_triton, k, v)
             row = {"block_e": block_e, "warps": warps, "tile_t": tile, "steps": steps}
-            forward, backward = runners(inputs)["triton"]
-            row.update(forward=time_ms(forward, 2, args.repeats // 2), backward=time_ms(backward, 2, args.repeats // 2))
+            row.update(timed(*runners(inputs)["triton"], args))
             rows.append(row)
             print("  sweep", row, flush=True)
     finally:
@@ -143,7 +166,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=["64x384x513", "64x1536x513", "4x384x22001"])
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--reps", type=int, default=10, help="calls in one timed CUDA graph")
     parser.add_argument("--against", type=Path, help="a conv_triton.py of another commit to time beside this one")
     parser.add_argument("--sweep", action="store_true", help="also time a grid of launch shapes")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
@@ -163,11 +187,8 @@ def main(argv=None) -> int:
         inputs = make_inputs(*shape)
         row = {"batch": shape[0], "dim": shape[1], "length": shape[2], "ms": {}}
         row["floor_ms"] = floor_ms(*shape, record["bytes_per_s"])
-        for name, (forward, backward) in runners(inputs, against).items():
-            row["ms"][name] = {
-                "forward": time_ms(forward, args.warmup, args.repeats),
-                "backward": time_ms(backward, args.warmup, args.repeats),
-            }
+        for name, (forward, forward_backward) in runners(inputs, against).items():
+            row["ms"][name] = timed(forward, forward_backward, args)
         if mamba_kernels_available():
             row["max_rel_diff_vs_causal_conv1d"] = agreement(inputs)
         if args.sweep and shape == STEP_SHAPE:

@@ -5,8 +5,8 @@
     anti-causal set:   the same with x[t + (K - 1) - k]
 
 The anti-causal conv is what the causal conv of the flipped sequence reads, without flipping. A
-program owns BE channels of one batch element, a channel a thread, and LEN steps of time; it walks
-them forward T steps at a time (a tile's loads issued before the tile before it is computed), loading
+program owns BE channels of one batch element and `steps` steps of time; it walks them forward T
+steps at a time (a tile's loads issued before the tile before it is computed), loading
 each row of x, and of du, once. A thread keeps the last K values of x in registers: at the newest
 step j they are the inputs of the causal set's pre-activation at j and of the anti-causal set's at
 j - (K - 1), so every pre-activation is computed once, from registers. The backward keeps, per set,
@@ -14,17 +14,21 @@ the last K values of g_s = du_s * silu'(pre_s) as well, which are what x's gradi
 reads,
     dx[t] = sum_k weight_c[k] g_c[t + (K - 1) - k] + sum_k weight_a[k] g_a[t - (K - 1) + k],
 and adds the weight and bias gradients' terms g_s[p] x[...] and g_s[p] into per-program sums, written
-once at the end and summed over programs afterwards (a fixed order). A program starts its walk one
-tile early and ends it one tile late, so that its windows hold the steps its first and last outputs
-read (beyond the sequence: zeros, the conv's padding).
+once at the end and summed over programs afterwards (a fixed order). A program starts its walk
+K - 1 steps before its first step and ends it K - 1 after its last, so that its windows hold what
+its first and last outputs read (beyond the sequence: zeros, the conv's padding).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from src.kernels.fast_math import sigmoid
 
 # launch shapes (benchmarks/conv.py): BLOCK_E channels a program, a channel a thread; TILE_T steps
 # loaded together; a program's steps at most STEPS (fewer when that leaves the GPU short of programs)
@@ -92,10 +96,10 @@ def _start(length, steps, BE: tl.constexpr, K: tl.constexpr):
 
 
 @triton.jit
-def _store_u(u_ptr, xw, w, bias, p, t0, t_end, dim, d, REV: tl.constexpr, K: tl.constexpr):
+def _store_u(u_ptr, xw, w, bias, p, t0, t_end, dim, d, REV: tl.constexpr, K: tl.constexpr, FAST: tl.constexpr):
     """A set's u at its pre-activation's step p, when p is one of this program's steps."""
     pre = _pre(xw, w, bias, REV, K)
-    u = (pre * tl.sigmoid(pre)).to(u_ptr.dtype.element_ty)
+    u = (pre * sigmoid(pre, FAST)).to(u_ptr.dtype.element_ty)
     tl.store(u_ptr + p * dim + d, u, mask=(d < dim) & (p >= t0) & (p < t_end))
 
 
@@ -103,7 +107,7 @@ def _store_u(u_ptr, xw, w, bias, p, t0, t_end, dim, d, REV: tl.constexpr, K: tl.
 def _conv_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, u_ptr, length, dim, steps, sx_b, sx_l,
     SETS: tl.constexpr, REV0: tl.constexpr, REV1: tl.constexpr,
-    BE: tl.constexpr, T: tl.constexpr, K: tl.constexpr,
+    BE: tl.constexpr, T: tl.constexpr, K: tl.constexpr, FAST: tl.constexpr,
 ):  # fmt: skip
     """u (S, B, L, E) contiguous. At step j: u_0 at j - (K-1) * REV0, u_1 at j - (K-1) * REV1."""
     b, d, t0, t_end, xw = _start(length, steps, BE, K)
@@ -113,7 +117,7 @@ def _conv_fwd_kernel(
     u1 = u_ptr + (tl.num_programs(0) + b).to(tl.int64) * length * dim
     w0, bias0 = _set_params(w_ptr, bias_ptr, 0, d, dim, K)
     w1, bias1 = _set_params(w_ptr, bias_ptr, SETS - 1, d, dim, K)
-    j_first = t0 - T  # one tile early: the window of the first outputs
+    j_first = t0 - (K - 1)  # K - 1 steps early: the window of the first outputs
     xs = _load_rows(x_ptr, j_first, 0, length, sx_l, d, d_ok, T)
     for j0 in tl.range(j_first, t_end + K - 1, T):
         tile = xs
@@ -121,18 +125,18 @@ def _conv_fwd_kernel(
         for i in tl.static_range(T):
             j = j0 + i
             xw = _shifted(xw, tile[i], K)
-            _store_u(u0, xw, w0, bias0, j - (K - 1) * REV0, t0, t_end, dim, d, REV0, K)
+            _store_u(u0, xw, w0, bias0, j - (K - 1) * REV0, t0, t_end, dim, d, REV0, K, FAST)
             if SETS == 2:
-                _store_u(u1, xw, w1, bias1, j - (K - 1) * REV1, t0, t_end, dim, d, REV1, K)
+                _store_u(u1, xw, w1, bias1, j - (K - 1) * REV1, t0, t_end, dim, d, REV1, K, FAST)
 
 
 @triton.jit
-def _set_grad(xw, gw, w, bias, du, p, t0, t_end, dx, dw, dbias, REV: tl.constexpr, K: tl.constexpr):
+def _set_grad(xw, gw, w, bias, du, p, t0, t_end, dx, dw, dbias, REV: tl.constexpr, K: tl.constexpr, FAST: tl.constexpr):
     """One set at one step: g at its pre-activation's step p (du: the loaded du there, zero outside
     the sequence) into its g window; x's gradient at j - (K-1) from the window; the weight and bias
     sums when p is one of this program's steps."""
     pre = _pre(xw, w, bias, REV, K)
-    sig = tl.sigmoid(pre)
+    sig = sigmoid(pre, FAST)
     g = du * sig * (1.0 + pre * (1.0 - sig))
     gw = _shifted(gw, g, K)
     for k in tl.static_range(K):
@@ -149,7 +153,7 @@ def _set_grad(xw, gw, w, bias, du, p, t0, t_end, dx, dw, dbias, REV: tl.constexp
 def _conv_grad_kernel(
     x_ptr, w_ptr, bias_ptr, du_ptr, dx_ptr, dw_ptr, dbias_ptr, length, dim, steps, sx_b, sx_l, sdx_b, sdx_l,
     SETS: tl.constexpr, REV0: tl.constexpr, REV1: tl.constexpr,
-    BE: tl.constexpr, T: tl.constexpr, K: tl.constexpr,
+    BE: tl.constexpr, T: tl.constexpr, K: tl.constexpr, FAST: tl.constexpr,
 ):  # fmt: skip
     """du: (S, B, L, E) contiguous; dx: (B, L, E) with unit last stride; dw: (programs, S, E, K) and
     dbias (programs, S, E) fp32, one row per (batch, time chunk) program."""
@@ -164,7 +168,7 @@ def _conv_grad_kernel(
     gw0, gw1, dw0, dw1 = xw, xw, xw, xw  # K zeros each
     dbias0, dbias1 = xw[0], xw[0]
     lag0, lag1 = (K - 1) * REV0, (K - 1) * REV1  # set s's pre-activation at step j is at p = j - lag_s
-    j_first = t0 - T
+    j_first = t0 - (K - 1)
     xs = _load_rows(x_ptr, j_first, 0, length, sx_l, d, d_ok, T)
     dus0 = _load_rows(du0, j_first, lag0, length, dim, d, d_ok, T)
     dus1 = dus0
@@ -181,11 +185,11 @@ def _conv_grad_kernel(
             xw = _shifted(xw, tile[i], K)
             dx = tl.zeros((BE,), dtype=tl.float32)
             gw0, dx, dw0, dbias0 = _set_grad(
-                xw, gw0, w0, bias0, tile0[i], j - lag0, t0, t_end, dx, dw0, dbias0, REV0, K
+                xw, gw0, w0, bias0, tile0[i], j - lag0, t0, t_end, dx, dw0, dbias0, REV0, K, FAST
             )
             if SETS == 2:
                 gw1, dx, dw1, dbias1 = _set_grad(
-                    xw, gw1, w1, bias1, tile1[i], j - lag1, t0, t_end, dx, dw1, dbias1, REV1, K
+                    xw, gw1, w1, bias1, tile1[i], j - lag1, t0, t_end, dx, dw1, dbias1, REV1, K, FAST
                 )
             t = j - (K - 1)
             tl.store(dx_ptr + t * sdx_l + d, dx.to(dx_ptr.dtype.element_ty), mask=d_ok & (t >= t0) & (t < t_end))
@@ -205,12 +209,11 @@ def _launch(x: Tensor, weight: Tensor, rev_mask: int) -> tuple[tuple[int, int, i
     sets, _, width = weight.shape
     if sets > 2:
         raise ValueError(f"the conv kernels take one or two parameter sets, got {sets}")
-    if width - 1 > TILE_T:  # a program's first tile (before its steps) fills the windows
-        raise ValueError(f"the conv kernels take kernels of at most {TILE_T + 1} taps, got {width}")
     chunks = triton.cdiv(length, STEPS)
     steps = triton.cdiv(triton.cdiv(length, chunks), TILE_T) * TILE_T
     grid = (batch, triton.cdiv(dim, BLOCK_E), triton.cdiv(length, steps))
     flags = dict(SETS=sets, REV0=bool(rev_mask & 1), REV1=bool(rev_mask & 2), BE=BLOCK_E, T=TILE_T, K=width)
+    flags["FAST"] = os.environ.get("TRITON_INTERPRET") != "1"  # inline PTX (fast_math.py)
     return grid, steps, dict(flags, num_warps=NUM_WARPS)
 
 

@@ -41,40 +41,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
-
-
-@triton.jit
-def _approx(x, PTX: tl.constexpr):
-    """One MUFU instruction on x (fp32), as inline PTX: never under the interpreter."""
-    return tl.inline_asm_elementwise(PTX, "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
-
-
-@triton.jit
-def _exp2(x, FAST: tl.constexpr):
-    """2**x. FAST: ex2.approx.ftz, one MUFU.EX2 (subnormal results flush to zero), where tl.exp2's
-    ex2.approx.f32 wraps the MUFU in a subnormal range fix."""
-    if FAST:
-        return _approx(x, "ex2.approx.ftz.f32 $0, $1;")
-    return tl.exp2(x)
-
-
-@triton.jit
-def _log2(x, FAST: tl.constexpr):
-    if FAST:
-        return _approx(x, "lg2.approx.ftz.f32 $0, $1;")
-    return tl.log2(x)
-
-
-@triton.jit
-def _softplus(x, FAST: tl.constexpr):
-    return tl.where(x > 20.0, x, _log2(1.0 + _exp2(x * LOG2E, FAST), FAST) * LN2)
-
-
-@triton.jit
-def _sigmoid(x, FAST: tl.constexpr):
-    return 1.0 / (1.0 + _exp2(-x * LOG2E, FAST))
+from src.kernels.fast_math import LOG2E, exp2, sigmoid, softplus
 
 
 @triton.jit
@@ -186,7 +153,7 @@ def _dt(raw, bias, m, SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
     dt_in = raw.to(tl.float32) + bias
     dt = dt_in
     if SOFTPLUS:
-        dt = _softplus(dt, FAST)
+        dt = softplus(dt, FAST)
     return tl.where(m, dt, 0.0), dt_in
 
 
@@ -240,14 +207,14 @@ def scan_forward_kernel(
             t = tl.where(rev == 1, length - 1 - (k0 + i), k0 + i)
             u = us[i].to(tl.float32)
             dt, _ = _dt(dts[i], bias, d_ok & ok, SOFTPLUS, FAST)
-            h = _exp2(A2 * dt[None, :], FAST) * h + Bs[i].to(tl.float32)[:, None] * (dt * u)[None, :]  # (BN, BD)
+            h = exp2(A2 * dt[None, :], FAST) * h + Bs[i].to(tl.float32)[:, None] * (dt * u)[None, :]  # (BN, BD)
             if WRITE_Y:
                 y = tl.sum(h * Cs[i].to(tl.float32)[:, None], axis=0)  # (BD,): a sum inside each thread
                 if HAS_D:
                     y += D * u
                 if HAS_Z:
                     zt = zs[i].to(tl.float32)
-                    y = y * zt * _sigmoid(zt, FAST)
+                    y = y * zt * sigmoid(zt, FAST)
                 tl.store(y_ptr + t * DIM + d, y.to(y_ptr.dtype.element_ty), mask=d_ok & ok)
             if WRITE_END:
                 dt_sum += dt
@@ -275,7 +242,7 @@ def chunk_carry_kernel(
         at = zero + ((sb * n_chunks + c) * N + n[:, None]).to(tl.int64) * DIM + d[None, :]
         tl.store(out_ptr + at, h, mask=nd_ok)
         dt_sum = tl.load(dt_sum_ptr + (sb * n_chunks + c) * DIM + d, mask=d_ok, other=0.0)
-        h = _exp2(A * LOG2E * dt_sum[None, :], FAST) * h + tl.load(local_ptr + at, mask=nd_ok, other=0.0)
+        h = exp2(A * LOG2E * dt_sum[None, :], FAST) * h + tl.load(local_ptr + at, mask=nd_ok, other=0.0)
 
 
 @triton.jit(do_not_specialize=["zero"])
@@ -342,7 +309,7 @@ def scan_backward_kernel(
                 for i in tl.static_range(T):
                     dt, _ = _dt(dts[i], bias, d_ok & (k1 + jt * T + i < k_end), SOFTPLUS, FAST)
                     h = (
-                        _exp2(A2 * dt[None, :], FAST) * h
+                        exp2(A2 * dt[None, :], FAST) * h
                         + Bs[i].to(tl.float32)[:, None] * (dt * us[i].to(tl.float32))[None, :]
                     )
             tl.store(scratch_ptr + scratch_at + (n_tiles - 1) * BN * BD, h)
@@ -356,7 +323,7 @@ def scan_backward_kernel(
             hs, decays, dt_outs, dt_ins = (), (), (), ()
             for i in tl.static_range(T):
                 dt, dt_in = _dt(dts[i], bias, d_ok & (k0 + i < k_end), SOFTPLUS, FAST)
-                a = _exp2(A2 * dt[None, :], FAST)
+                a = exp2(A2 * dt[None, :], FAST)
                 decays, dt_outs, dt_ins = decays + (a,), dt_outs + (dt,), dt_ins + (dt_in,)
             if not CARRY_ONLY:
                 h = tl.load(scratch_ptr + scratch_at + (n_tiles - 1 - jt) * BN * BD)
@@ -377,7 +344,7 @@ def scan_backward_kernel(
                 )
                 if HAS_Z:
                     zt = zs[i].to(tl.float32)
-                    z_sig = _sigmoid(zt, FAST)
+                    z_sig = sigmoid(zt, FAST)
                     dy = dout * zt * z_sig
                 else:
                     dy = dout
@@ -398,7 +365,7 @@ def scan_backward_kernel(
                     du = dt * q_B + dy * D
                     ddt = u * q_B + tl.sum(A * q_hx, axis=0)
                     if SOFTPLUS:
-                        ddt = ddt * _sigmoid(dt_in, FAST)
+                        ddt = ddt * sigmoid(dt_in, FAST)
                     ddt = tl.where(m, ddt, 0.0)
                     tl.store(du_ptr + out_ptrs + t * DIM, du.to(du_ptr.dtype.element_ty), mask=m)
                     tl.store(ddt_ptr + out_ptrs + t * DIM, ddt.to(ddt_ptr.dtype.element_ty), mask=m)

@@ -29,7 +29,7 @@ class ScanTiling:
     vectorise the state accesses; atomic_bc: the backward adds each program's dB and dC into one fp32
     tensor with atomics, else writes per-program partial sums that are summed afterwards in a fixed
     order (also used whenever torch.use_deterministic_algorithms is on); fast_math: exp2, log2 as
-    single MUFU instructions (scan_kernels._exp2), and, where a program holds 32 channels a lane
+    single MUFU instructions (fast_math.py), and, where a program holds 32 channels a lane
     each (block_d 32, lane_states) of 16 states and adds dB and dC with atomics, their sums over
     channels as one warp reduce-scatter (scan_kernels._sum_over_lanes_scattered) unless scatter_bc
     is off; inline PTX, so never under the interpreter."""
