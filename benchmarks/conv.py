@@ -37,6 +37,7 @@ from benchmarks import report
 from benchmarks.efficiency import time_ms
 from benchmarks.provenance import provenance
 from src.kernels import conv1d_silu, conv_triton, mamba_kernels_available
+from src.kernels.conv_triton import ConvLaunch
 from src.utils.errors import command
 from src.utils.io import write_json, write_text
 
@@ -45,8 +46,12 @@ REVERSE = (False, True)
 WIDTH = 4
 STEP_CALLS = 48  # SSAMBA-tiny's SSL step: 24 layers x two masked passes
 STEP_SHAPE = (64, 384, 513)
-# BLOCK_E, warps (2 or 1 channels a thread), TILE_T, STEPS
-SWEEP = [(e, w, t, s) for e, w in ((64, 1), (128, 2), (128, 4)) for t in (4, 8) for s in (32, 64, 128)]
+SWEEP = [  # launch shapes of both kernels: channels a program (two or one a thread), tile, steps a program
+    ConvLaunch(block_e, warps, tile, steps)
+    for block_e, warps in ((64, 1), (128, 2), (256, 4), (128, 4))
+    for tile in (4, 8)
+    for steps in (64, 128, 256)
+]
 
 
 def make_inputs(batch: int, dim: int, length: int) -> tuple:
@@ -139,20 +144,16 @@ def agreement(inputs: tuple) -> dict:
 
 
 def sweep(inputs: tuple, args) -> list[dict]:
-    saved = {k: getattr(conv_triton, k) for k in ("BLOCK_E", "NUM_WARPS", "TILE_T", "STEPS")}
+    """Every launch shape of SWEEP for both kernels at once."""
+    saved = conv_triton.FORWARD, conv_triton.BACKWARD
     rows = []
     try:
-        for block_e, warps, tile, steps in SWEEP:
-            shape = dict(BLOCK_E=block_e, NUM_WARPS=warps, TILE_T=tile, STEPS=steps)
-            for k, v in shape.items():
-                setattr(conv_triton, k, v)
-            row = {"block_e": block_e, "warps": warps, "tile_t": tile, "steps": steps}
-            row.update(timed(*runners(inputs)["triton"], args))
-            rows.append(row)
-            print("  sweep", row, flush=True)
+        for launch in SWEEP:
+            conv_triton.FORWARD = conv_triton.BACKWARD = launch
+            rows.append({**vars(launch), **timed(*runners(inputs)["triton"], args)})
+            print("  sweep", rows[-1], flush=True)
     finally:
-        for k, v in saved.items():
-            setattr(conv_triton, k, v)
+        conv_triton.FORWARD, conv_triton.BACKWARD = saved
     return rows
 
 
@@ -186,6 +187,7 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         inputs = make_inputs(*shape)
         row = {"batch": shape[0], "dim": shape[1], "length": shape[2], "ms": {}}
+        row["launch"] = {"forward": vars(conv_triton.FORWARD), "backward": vars(conv_triton.BACKWARD)}
         row["floor_ms"] = floor_ms(*shape, record["bytes_per_s"])
         for name, (forward, forward_backward) in runners(inputs, against).items():
             row["ms"][name] = timed(forward, forward_backward, args)

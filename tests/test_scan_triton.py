@@ -100,7 +100,7 @@ def test_default_tilings_follow_the_measured_rules():
 
 
 CONV_CASES = {
-    # name: (length, reverse); a program takes at most conv_triton.STEPS (64) steps, 8 at a time
+    # name: (length, reverse); a program takes at most 64 steps forward, 128 backward (conv_triton)
     "several programs along time, the last one short": (150, (False, True)),
     "the sets the other way round": (70, (True, False)),
     "fewer steps than the kernel's width": (2, (False, True)),

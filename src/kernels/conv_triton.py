@@ -22,6 +22,7 @@ its first and last outputs read (beyond the sequence: zeros, the conv's padding)
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -30,9 +31,21 @@ from torch import Tensor
 
 from src.kernels.fast_math import sigmoid
 
-# launch shapes (benchmarks/conv.py): BLOCK_E channels a program, a channel a thread; TILE_T steps
-# loaded together; a program's steps at most STEPS (fewer when that leaves the GPU short of programs)
-BLOCK_E, NUM_WARPS, TILE_T, STEPS = 128, 4, 8, 64
+
+@dataclass(frozen=True)
+class ConvLaunch:
+    """How a conv kernel is launched: block_e channels a program over num_warps warps (two a thread
+    load and store bf16 pairs), tile_t steps loaded together, and at most `steps` steps a program."""
+
+    block_e: int
+    num_warps: int
+    tile_t: int
+    steps: int
+
+
+# from benchmarks/conv.py's sweep on an H100 at (64, 384, 513), CUDA graphs of the calls (docs/benchmarks.md)
+FORWARD = ConvLaunch(block_e=128, num_warps=2, tile_t=8, steps=64)
+BACKWARD = ConvLaunch(block_e=64, num_warps=1, tile_t=4, steps=128)
 
 
 @triton.jit
@@ -203,25 +216,25 @@ def _conv_grad_kernel(
         tl.store(dbias_ptr + part + dim, dbias1, mask=d_ok)
 
 
-def _launch(x: Tensor, weight: Tensor, rev_mask: int) -> tuple[tuple[int, int, int], int, dict]:
+def _launch(x: Tensor, weight: Tensor, rev_mask: int, launch: ConvLaunch) -> tuple[tuple[int, int, int], int, dict]:
     """The grid (batch, channel blocks, time chunks), the steps a chunk takes, and the kernels' flags."""
     batch, length, dim = x.shape
     sets, _, width = weight.shape
     if sets > 2:
         raise ValueError(f"the conv kernels take one or two parameter sets, got {sets}")
-    chunks = triton.cdiv(length, STEPS)
-    steps = triton.cdiv(triton.cdiv(length, chunks), TILE_T) * TILE_T
-    grid = (batch, triton.cdiv(dim, BLOCK_E), triton.cdiv(length, steps))
-    flags = dict(SETS=sets, REV0=bool(rev_mask & 1), REV1=bool(rev_mask & 2), BE=BLOCK_E, T=TILE_T, K=width)
-    flags["FAST"] = os.environ.get("TRITON_INTERPRET") != "1"  # inline PTX (fast_math.py)
-    return grid, steps, dict(flags, num_warps=NUM_WARPS)
+    chunks = triton.cdiv(length, launch.steps)
+    steps = triton.cdiv(triton.cdiv(length, chunks), launch.tile_t) * launch.tile_t
+    grid = (batch, triton.cdiv(dim, launch.block_e), triton.cdiv(length, steps))
+    flags = dict(SETS=sets, REV0=bool(rev_mask & 1), REV1=bool(rev_mask & 2), BE=launch.block_e, T=launch.tile_t)
+    fast = os.environ.get("TRITON_INTERPRET") != "1"  # inline PTX (fast_math.py)
+    return grid, steps, dict(flags, K=width, FAST=fast, num_warps=launch.num_warps)
 
 
 def conv_forward(x: Tensor, weight: Tensor, bias: Tensor, rev_mask: int) -> Tensor:
     """u (S, B, L, E) in x's dtype from x (B, L, E) (unit last stride), weight (S, E, K) and bias
     (S, E) fp32 contiguous; bit s of rev_mask set: set s is anti-causal."""
     batch, length, dim = x.shape
-    grid, steps, flags = _launch(x, weight, rev_mask)
+    grid, steps, flags = _launch(x, weight, rev_mask, FORWARD)
     u = torch.empty(weight.shape[0], batch, length, dim, device=x.device, dtype=x.dtype)
     _conv_fwd_kernel[grid](x, weight, bias, u, length, dim, steps, x.stride(0), x.stride(1), **flags)
     return u
@@ -234,7 +247,7 @@ def conv_backward(
     write into (unit last stride, e.g. a slice of dxz)."""
     batch, length, dim = x.shape
     sets, _, width = weight.shape
-    grid, steps, flags = _launch(x, weight, rev_mask)
+    grid, steps, flags = _launch(x, weight, rev_mask, BACKWARD)
     programs = batch * grid[2]
     dw = torch.empty(programs, sets, dim, width, device=x.device, dtype=torch.float32)
     dbias = torch.empty(programs, sets, dim, device=x.device, dtype=torch.float32)
