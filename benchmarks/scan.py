@@ -44,13 +44,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 D_STATE = 16
 REVERSE = (False, True)
-SWEEP = [  # (forward, backward) launch shapes around the defaults
-    (ScanTiling(block_d=16), ScanTiling(block_d=16, max_registers=regs)) for regs in (144, 168, 192, None)
-] + [(ScanTiling(block_d=32, min_programs=p), ScanTiling(block_d=32, min_programs=p)) for p in (2048, 8192)]
-# 8 channels a warp: a channel's states over 4 lanes, so the backward's per-step sums of dB and dC over
-# channels cross 3 levels of 8 lanes holding 4 states each (16 x 5 with 32 channels), at the price of
-# half-sector loads and twice the programs (untimed so far: the sweep's next GPU run measures them)
-SWEEP += [(ScanTiling(block_d=8), ScanTiling(block_d=8, max_registers=regs)) for regs in (None, 128)]
+SWEEP = [  # (forward, backward) launch shapes around the defaults: the backward's chunking and register cap
+    # (ptxas's choice, 255 at 2-step tiles, allows 8 warps an SM; 168 allows 12, with spills)
+    (ScanTiling(block_d=32, min_programs=1024), ScanTiling(block_d=32, min_programs=programs, max_registers=regs))
+    for programs in (4096, 8192)
+    for regs in (None, 168, 192, 224)
+]
 
 
 def make_inputs(batch: int, dim: int, length: int, dtype=torch.bfloat16, aligned_rank: bool = True) -> dict:
