@@ -44,6 +44,7 @@ def test_the_backward_sums_db_and_dc_by_the_reduce_scatter_without_shared_memory
     assert (
         sass.get("SHFL.BFLY", 0) == 31 * steps and sum(v for k, v in sass.items() if k.startswith("SHFL")) == 31 * steps
     )
-    assert sum(v for k, v in sass.items() if k.startswith("RED")) == steps  # one atomic add a lane a step
+    # one atomic add a lane a step; after the walk, a lane's sums for dA (its 16 states), dD and d delta_bias
+    assert sum(v for k, v in sass.items() if k.startswith("RED")) == steps + 16 + 2
     assert not any(op.startswith(("LDS", "STS", "BAR")) for op in sass)  # no layout moves through shared memory
     assert not any(op.startswith(("STL", "LDL")) for op in sass)

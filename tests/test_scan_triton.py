@@ -7,7 +7,7 @@ channels and states."""
 import pytest
 import torch
 
-from src.kernels import conv1d_silu, scan_triton
+from src.kernels import conv1d_silu, conv_triton, scan_triton
 from src.kernels.scan_triton import ScanTiling, default_tilings, selective_scan_triton
 from src.models.components.bimamba import BiMambaMixer
 from tests.helpers.reference import stacked_scan_reference
@@ -21,7 +21,7 @@ def tiny(min_programs):
     return ScanTiling(block_d=4, tile_len=2, ckpt_every=4, min_programs=min_programs)
 
 
-PARTIAL_SUMS = ScanTiling(block_d=4, tile_len=2, ckpt_every=4, min_programs=64, lane_states=False, atomic_bc=False)
+PARTIAL_SUMS = ScanTiling(block_d=4, tile_len=2, ckpt_every=4, min_programs=64, lane_states=False, atomic_sums=False)
 CASES = {
     # name: (length, channels, states, z, reverse, tiling); 2 sets x batch 2 x ceil(E/4) blocks of programs
     "one chunk, odd length": (13, 8, 4, True, (False, True), tiny(1)),
@@ -86,7 +86,7 @@ def test_default_tilings_follow_the_measured_rules():
     # 32 channels a program, a channel a lane, dB and dC added with atomics (and the reduce-scatter)
     forward, backward = default_tilings(2, 64, 384, 513)
     assert forward.block_d == backward.block_d == 32 and forward.lane_states and backward.lane_states
-    assert backward.atomic_bc and backward.scatter_bc
+    assert backward.atomic_sums and backward.scatter_bc
     # tiny at batch 64 (1536 programs): the forward in one chunk, the backward chunked to 4096 programs
     assert scan_triton.chunking(2, 64, 384, 513, forward)[1] == 1
     assert scan_triton.chunking(2, 64, 384, 513, backward)[1] == 3
@@ -124,6 +124,21 @@ def test_conv_kernel_matches_the_portable_conv(case):
         results[backend] = [t.cpu() for t in (u, *torch.autograd.grad(u, leaves, grad.to(device)))]
     for name, got, want in zip(["u", "dx", "dweight", "dbias"], results["triton"], results["portable"]):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_conv_kernel_sums_its_weight_gradients_in_a_fixed_order_when_asked(monkeypatch):
+    """Under torch.use_deterministic_algorithms the programs' weight and bias sums are written per
+    program and summed afterwards (no atomics): the same results as the portable conv."""
+    kernel, launches = conv_triton._conv_grad_kernel, []
+
+    class Recorded:  # the kernel, launched as before, its flags recorded
+        def __getitem__(self, grid):
+            return lambda *args, **flags: launches.append(flags) or kernel[grid](*args, **flags)
+
+    monkeypatch.setattr(conv_triton, "_conv_grad_kernel", Recorded())
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    test_conv_kernel_matches_the_portable_conv("several programs along time, the last one short")
+    assert [flags["ATOMIC"] for flags in launches] == [False]
 
 
 @pytest.mark.parametrize("reverse, divide_out", [(False, True), (True, False)])

@@ -13,8 +13,9 @@ j - (K - 1), so every pre-activation is computed once, from registers. The backw
 the last K values of g_s = du_s * silu'(pre_s) as well, which are what x's gradient at t = j - (K - 1)
 reads,
     dx[t] = sum_k weight_c[k] g_c[t + (K - 1) - k] + sum_k weight_a[k] g_a[t - (K - 1) + k],
-and adds the weight and bias gradients' terms g_s[p] x[...] and g_s[p] into per-program sums, written
-once at the end and summed over programs afterwards (a fixed order). A program starts its walk
+and adds the weight and bias gradients' terms g_s[p] x[...] and g_s[p] into per-program sums, added
+over programs by atomics at the end (or, under torch.use_deterministic_algorithms, written per
+program and summed afterwards in a fixed order). A program starts its walk
 K - 1 steps before its first step and ends it K - 1 after its last, so that its windows hold what
 its first and last outputs read (beyond the sequence: zeros, the conv's padding).
 """
@@ -163,13 +164,27 @@ def _set_grad(xw, gw, w, bias, du, p, t0, t_end, dx, dw, dbias, REV: tl.constexp
 
 
 @triton.jit
+def _put(dw_ptr, dbias_ptr, at, dw, dbias, ok, ATOMIC: tl.constexpr, K: tl.constexpr):
+    """A set's weight and bias sums at channel rows `at`: added (ATOMIC) or stored."""
+    for k in tl.static_range(K):
+        if ATOMIC:
+            tl.atomic_add(dw_ptr + at * K + k, dw[k], mask=ok, sem="relaxed")
+        else:
+            tl.store(dw_ptr + at * K + k, dw[k], mask=ok)
+    if ATOMIC:
+        tl.atomic_add(dbias_ptr + at, dbias, mask=ok, sem="relaxed")
+    else:
+        tl.store(dbias_ptr + at, dbias, mask=ok)
+
+
+@triton.jit
 def _conv_grad_kernel(
     x_ptr, w_ptr, bias_ptr, du_ptr, dx_ptr, dw_ptr, dbias_ptr, length, dim, steps, sx_b, sx_l, sdx_b, sdx_l,
     SETS: tl.constexpr, REV0: tl.constexpr, REV1: tl.constexpr,
-    BE: tl.constexpr, T: tl.constexpr, K: tl.constexpr, FAST: tl.constexpr,
+    BE: tl.constexpr, T: tl.constexpr, K: tl.constexpr, FAST: tl.constexpr, ATOMIC: tl.constexpr,
 ):  # fmt: skip
-    """du: (S, B, L, E) contiguous; dx: (B, L, E) with unit last stride; dw: (programs, S, E, K) and
-    dbias (programs, S, E) fp32, one row per (batch, time chunk) program."""
+    """du: (S, B, L, E) contiguous; dx: (B, L, E) with unit last stride; dw and dbias fp32, summed
+    over programs by atomics (ATOMIC) or a row a program (see the end)."""
     b, d, t0, t_end, xw = _start(length, steps, BE, K)
     d_ok = d < dim
     x_ptr += b.to(tl.int64) * sx_b
@@ -206,14 +221,13 @@ def _conv_grad_kernel(
                 )
             t = j - (K - 1)
             tl.store(dx_ptr + t * sdx_l + d, dx.to(dx_ptr.dtype.element_ty), mask=d_ok & (t >= t0) & (t < t_end))
-    part = ((b * tl.num_programs(2) + tl.program_id(2)) * SETS) * dim + d
-    for k in tl.static_range(K):
-        tl.store(dw_ptr + part * K + k, dw0[k], mask=d_ok)
-        if SETS == 2:
-            tl.store(dw_ptr + (part + dim) * K + k, dw1[k], mask=d_ok)
-    tl.store(dbias_ptr + part, dbias0, mask=d_ok)
+    if ATOMIC:  # dw (S, E, K), dbias (S, E): every program adds into them
+        at = d
+    else:  # dw (programs, S, E, K), dbias (programs, S, E): a row a (batch, time chunk) program
+        at = (b * tl.num_programs(2) + tl.program_id(2)) * SETS * dim + d
+    _put(dw_ptr, dbias_ptr, at, dw0, dbias0, d_ok, ATOMIC, K)
     if SETS == 2:
-        tl.store(dbias_ptr + part + dim, dbias1, mask=d_ok)
+        _put(dw_ptr, dbias_ptr, at + dim, dw1, dbias1, d_ok, ATOMIC, K)
 
 
 def _launch(x: Tensor, weight: Tensor, rev_mask: int, launch: ConvLaunch) -> tuple[tuple[int, int, int], int, dict]:
@@ -248,18 +262,23 @@ def conv_backward(
     batch, length, dim = x.shape
     sets, _, width = weight.shape
     grid, steps, flags = _launch(x, weight, rev_mask, BACKWARD)
-    programs = batch * grid[2]
-    dw = torch.empty(programs, sets, dim, width, device=x.device, dtype=torch.float32)
-    dbias = torch.empty(programs, sets, dim, device=x.device, dtype=torch.float32)
+    atomic = not torch.are_deterministic_algorithms_enabled()
+    if atomic:  # every program adds into one, zeroed by one fill
+        sums = torch.zeros(sets * dim * (width + 1), device=x.device, dtype=torch.float32)
+        dw, dbias = sums[: sets * dim * width].view(sets, dim, width), sums[sets * dim * width :].view(sets, dim)
+    else:  # a row a (batch, time chunk) program, summed below in a fixed order
+        programs = batch * grid[2]
+        dw = torch.empty(programs, sets, dim, width, device=x.device, dtype=torch.float32)
+        dbias = torch.empty(programs, sets, dim, device=x.device, dtype=torch.float32)
     if dx is None:
         dx = torch.empty(batch, length, dim, device=x.device, dtype=x.dtype)
     if du.stride() != (batch * length * dim, length * dim, dim, 1):
         du = du.contiguous()
     _conv_grad_kernel[grid](
         x, weight, bias, du, dx, dw, dbias, length, dim, steps, x.stride(0), x.stride(1), dx.stride(0), dx.stride(1),
-        **flags,
+        ATOMIC=atomic, **flags,
     )  # fmt: skip
-    return dx, dw.sum(0), dbias.sum(0)
+    return (dx, dw, dbias) if atomic else (dx, dw.sum(0), dbias.sum(0))
 
 
 def reverse_mask(reverse) -> int:

@@ -28,8 +28,9 @@ chunks only when the (set, batch, channel-block) programs are too few to fill th
 A short sequence is one chunk and runs pass 2 alone. The adjoint q_t = dy_t C_t + a_{t+1} q_{t+1}
 (a_t = exp(dt_t A)) pairs with the state h_t at every step; the step's input x_t = dt_t B_t u_t
 gives a_t h_{t-1} = h_t - x_t, so no step needs h_{t-1}. Gradients of B and C are summed over the
-channels of a program, then added over programs with atomics (ATOMIC_BC), or written per program
-and summed afterwards in a fixed order (deterministic). The backward's walks load the next tile's
+channels of a program, then added over programs with atomics (ATOMIC), as are each program's sums
+for A, D and delta_bias; or all written per program and summed afterwards in a fixed order
+(deterministic). The backward's walks load the next tile's
 inputs (and scratch state) one tile ahead, as the forward does. LANE (ScanTiling.lane_states) keeps
 a channel's states in one lane; without it Triton may vectorise the state accesses and lays 4
 states x 4 channels on a thread (fewer shuffles in the sums over channels). Runs under
@@ -254,7 +255,7 @@ def scan_backward_kernel(
     sdy_s, sdy_b, sdy_l,
     DIM: tl.constexpr, N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, CK: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_G_START: tl.constexpr,
-    CARRY_ONLY: tl.constexpr, LANE: tl.constexpr, ATOMIC_BC: tl.constexpr, FAST: tl.constexpr,
+    CARRY_ONLY: tl.constexpr, LANE: tl.constexpr, ATOMIC: tl.constexpr, FAST: tl.constexpr,
     SCATTER: tl.constexpr,
 ):  # fmt: skip
     if LANE:
@@ -283,7 +284,7 @@ def scan_backward_kernel(
     steps = (su_l, sdt_l, sb_l, sc_l, sz_l, sdy_l)
     out_ptrs = sb.to(tl.int64) * length * DIM + d  # du, ddt, dz: (S, B, L, E) contiguous
     bc_at_row = sb.to(tl.int64) * length * N
-    if ATOMIC_BC:  # dB, dC: (S*B, L, N), every channel block adds into it
+    if ATOMIC:  # dB, dC: (S*B, L, N), every channel block adds into it
         bc_at = bc_at_row + n
     else:  # dB, dC: (blocks, S*B, L, N), summed over blocks afterwards
         bc_at = (block * tl.num_programs(0) + sb).to(tl.int64) * length * N + n
@@ -379,7 +380,7 @@ def scan_backward_kernel(
                     else:
                         db = tl.sum(q * dt_u[None, :], axis=1)
                         dc = tl.sum(h * dy[None, :], axis=1)
-                        if ATOMIC_BC:
+                        if ATOMIC:
                             tl.atomic_add(db_ptr + bc_at + t * N, db, mask=bc_ok, sem="relaxed")
                             tl.atomic_add(dc_ptr + bc_at + t * N, dc, mask=bc_ok, sem="relaxed")
                         else:
@@ -392,7 +393,13 @@ def scan_backward_kernel(
     if CARRY_ONLY:
         tl.store(g_end_ptr + state_at, g, mask=nd_ok)
         tl.store(dt_sum_ptr + (sb * n_chunks + chunk) * DIM + d, dt_sum, mask=d_ok)
-    else:
+    elif ATOMIC:  # dA: (S, N, E), dD and dbias: (S, E), every program adds into them
+        tl.atomic_add(
+            da_ptr + hide + (s * N + n[:, None]).to(tl.int64) * DIM + d[None, :], dA, mask=nd_ok, sem="relaxed"
+        )
+        tl.atomic_add(dd_ptr + s * DIM + d, dD, mask=d_ok, sem="relaxed")
+        tl.atomic_add(dbias_ptr + s * DIM + d, dbias, mask=d_ok, sem="relaxed")
+    else:  # per program: dA (S*B, n_chunks, N, E), dD and dbias (S*B, n_chunks, E)
         tl.store(da_ptr + state_at, dA, mask=nd_ok)
         tl.store(dd_ptr + (sb * n_chunks + chunk) * DIM + d, dD, mask=d_ok)
         tl.store(dbias_ptr + (sb * n_chunks + chunk) * DIM + d, dbias, mask=d_ok)

@@ -26,13 +26,14 @@ class ScanTiling:
     the backward; sequences cut into chunks until there are min_programs programs; max_registers per
     thread for ptxas (None: its choice; fewer registers, more warps per SM); lane_states: a channel's
     states in one lane's registers (scan_kernels._program), else the layout Triton picks when it may
-    vectorise the state accesses; atomic_bc: the backward adds each program's dB and dC into one fp32
-    tensor with atomics, else writes per-program partial sums that are summed afterwards in a fixed
-    order (also used whenever torch.use_deterministic_algorithms is on); fast_math: exp2, log2 as
-    single MUFU instructions (fast_math.py), and, where a program holds 32 channels a lane
-    each (block_d 32, lane_states) of 16 states and adds dB and dC with atomics, their sums over
-    channels as one warp reduce-scatter (scan_kernels._sum_over_lanes_scattered) unless scatter_bc
-    is off; inline PTX, so never under the interpreter."""
+    vectorise the state accesses; atomic_sums: the backward adds each program's sums for dB, dC,
+    dA, dD and d delta_bias into fp32 tensors with atomics, else writes them per program and they are
+    summed afterwards in a fixed order (also whenever torch.use_deterministic_algorithms is on);
+    fast_math: exp2, log2 and the sigmoid's reciprocal as single MUFU instructions (fast_math.py),
+    and, where a program holds 32 channels a lane each (block_d 32, lane_states) of 16 states and
+    adds with atomics, the sums of dB and dC over channels as one warp reduce-scatter
+    (scan_kernels._sum_over_lanes_scattered) unless scatter_bc is off; inline PTX, so never under
+    the interpreter."""
 
     block_d: int = 16
     tile_len: int = 2
@@ -40,7 +41,7 @@ class ScanTiling:
     min_programs: int = 2048
     max_registers: int | None = None
     lane_states: bool = True
-    atomic_bc: bool = True
+    atomic_sums: bool = True
     fast_math: bool = True
     scatter_bc: bool = True
 
@@ -166,39 +167,47 @@ def scan_backward(dy, ckpt, u, delta, A, B, C, D, z, delta_bias, reverse, delta_
     du = torch.empty(u.shape, device=u.device, dtype=u.dtype)
     ddelta = torch.empty(delta.shape, device=u.device, dtype=delta.dtype)
     dz_sets = torch.empty(u.shape, device=u.device, dtype=z.dtype) if z is not None else None
-    atomic = tiling.atomic_bc and not torch.are_deterministic_algorithms_enabled()
-    make = torch.zeros if atomic else torch.empty  # with atomics every block adds into one
-    dB_blocks = make(1 if atomic else run.blocks, S * batch, L, run.d_state, device=u.device, dtype=torch.float32)
-    dC_blocks = make(dB_blocks.shape, device=u.device, dtype=torch.float32)
-    dA_part = run.states(S * batch, run.n_chunks)
-    dD_part = torch.empty(S * batch, run.n_chunks, E, device=u.device, dtype=torch.float32)
-    dbias_part = torch.empty_like(dD_part)
+    atomic = tiling.atomic_sums and not torch.are_deterministic_algorithms_enabled()
+    N = run.d_state
+    if atomic:  # every program adds into one of each, zeroed by one fill
+        sizes = (S * batch * L * N, S * batch * L * N, S * N * E, S * E, S * E)
+        sums = torch.zeros(sum(sizes), device=u.device, dtype=torch.float32).split(sizes)
+        dB_sum, dC_sum = sums[0].view(S * batch, L, N), sums[1].view(S * batch, L, N)
+        dA_sum, dD_sum, dbias_sum = sums[2].view(S, N, E), sums[3].view(S, E), sums[4].view(S, E)
+    else:  # per program, summed below in a fixed order
+        dB_sum = torch.empty(run.blocks, S * batch, L, N, device=u.device, dtype=torch.float32)
+        dC_sum = torch.empty_like(dB_sum)
+        dA_sum = run.states(S * batch, run.n_chunks)
+        dD_sum = torch.empty(S * batch, run.n_chunks, E, device=u.device, dtype=torch.float32)
+        dbias_sum = torch.empty_like(dD_sum)
     programs = run.grid[0] * run.grid[1] * run.grid[2]
     tile_starts = tiling.ckpt_every // tiling.tile_len
     scratch = torch.empty(programs, tile_starts, run.shape["BN"], tiling.block_d, device=u.device, dtype=torch.float32)
     g_start = None
     if run.n_chunks > 1:
         g_out = run.states(S * batch, run.n_chunks)
-        dt_sum = torch.empty_like(dD_part)
+        dt_sum = torch.empty(S * batch, run.n_chunks, E, device=u.device, dtype=torch.float32)
         scan_backward_kernel[run.grid](
             *run.inputs, dy, ckpt, g_out, scratch,
-            du, ddelta, du, dB_blocks, dC_blocks, dA_part, dD_part, dbias_part, g_out, dt_sum,
+            du, ddelta, du, dB_sum, dC_sum, dA_sum, dD_sum, dbias_sum, g_out, dt_sum,
             *run.sizes, run.rev_mask, 0, *run.strides, *dy_strides, HAS_G_START=False, CARRY_ONLY=True,
-            ATOMIC_BC=atomic, SCATTER=run.scatter_bc(tiling, atomic), **run.flags,
+            ATOMIC=atomic, SCATTER=run.scatter_bc(tiling, atomic), **run.flags,
         )  # fmt: skip
         g_start = run.carry(g_out, dt_sum, backward=True)
     scan_backward_kernel[run.grid](
         *run.inputs, dy, ckpt, g_start if g_start is not None else ckpt, scratch,
-        du, ddelta, dz_sets if dz_sets is not None else du, dB_blocks, dC_blocks, dA_part, dD_part, dbias_part,
+        du, ddelta, dz_sets if dz_sets is not None else du, dB_sum, dC_sum, dA_sum, dD_sum, dbias_sum,
         ckpt, ckpt, *run.sizes, run.rev_mask, 0, *run.strides, *dy_strides,
-        HAS_G_START=g_start is not None, CARRY_ONLY=False, ATOMIC_BC=atomic, SCATTER=run.scatter_bc(tiling, atomic),
+        HAS_G_START=g_start is not None, CARRY_ONLY=False, ATOMIC=atomic, SCATTER=run.scatter_bc(tiling, atomic),
         **run.flags,
     )  # fmt: skip
-    dB = (dB_blocks[0] if atomic else dB_blocks.sum(0)).view(S, batch, L, run.d_state).to(B.dtype)
-    dC = (dC_blocks[0] if atomic else dC_blocks.sum(0)).view(S, batch, L, run.d_state).to(C.dtype)
-    dA = dA_part.view(S, -1, run.d_state, E).sum(1).transpose(1, 2)
-    dD = dD_part.view(S, -1, E).sum(1) if D is not None else None
-    dbias = dbias_part.view(S, -1, E).sum(1)
+    if not atomic:
+        dB_sum, dC_sum = dB_sum.sum(0), dC_sum.sum(0)
+        dA_sum = dA_sum.view(S, -1, N, E).sum(1)
+        dD_sum, dbias_sum = dD_sum.view(S, -1, E).sum(1), dbias_sum.view(S, -1, E).sum(1)
+    dB = dB_sum.view(S, batch, L, N).to(B.dtype)
+    dC = dC_sum.view(S, batch, L, N).to(C.dtype)
+    dA, dD, dbias = dA_sum.transpose(1, 2), dD_sum if D is not None else None, dbias_sum
     if z is not None:  # the sets share z: their gradients add up
         dz = sum_sets(dz_sets, out=dz)
     return du, ddelta, dA, dB, dC, dD, dz, dbias

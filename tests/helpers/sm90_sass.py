@@ -87,7 +87,7 @@ def main() -> None:
             flags.update(HAS_H_START=run.n_chunks > 1, WRITE_Y=True, WRITE_CKPT=True, WRITE_END=False)
             kernel = scan_kernels.scan_forward_kernel
         else:
-            flags.update(HAS_G_START=run.n_chunks > 1, CARRY_ONLY=False, ATOMIC_BC=True)
+            flags.update(HAS_G_START=run.n_chunks > 1, CARRY_ONLY=False, ATOMIC=True)
             flags["SCATTER"] = run.scatter_bc(tiling, atomic=True)
             kernel = scan_kernels.scan_backward_kernel
         out[name] = {"flags": flags, "sass": counts(compile_sm90(kernel, flags, ints))}
