@@ -159,7 +159,8 @@ class FinetuneModule(L.LightningModule):
         preds = torch.sigmoid(logits) if multilabel else logits
         self.scores[f"{stage}_score"].update(preds.detach().float(), target)  # epoch value only: no batch value
         on_step = stage == "train"
-        self.log(f"{stage}/loss", self.losses[f"{stage}_loss"], on_step=on_step, on_epoch=True, prog_bar=True)
+        # per step not on the bar: Lightning would read it back every batch (StepProgressBar shows it)
+        self.log(f"{stage}/loss", self.losses[f"{stage}_loss"], on_step=on_step, on_epoch=True, prog_bar=not on_step)
         self.log(
             f"{stage}/{self.metric_name}", self.scores[f"{stage}_score"], on_step=False, on_epoch=True, prog_bar=True
         )

@@ -239,7 +239,9 @@ class SSLModule(L.LightningModule):
         for key, value in out.items():
             metric = self.metrics[f"{stage}_{key}"]
             metric(value.detach())
-            self.log(f"{stage}/{key}", metric, on_step=on_step, on_epoch=True, prog_bar=key in ("loss", "acc"))
+            # per step not on the bar: Lightning would read it back every batch (StepProgressBar shows it)
+            bar = key in ("loss", "acc") and not on_step
+            self.log(f"{stage}/{key}", metric, on_step=on_step, on_epoch=True, prog_bar=bar)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:  # the untrained (or resumed) weights: not a score of the run

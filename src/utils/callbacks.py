@@ -11,6 +11,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -43,6 +44,25 @@ class ProgressLog(L.Callback):
         if not trainer.sanity_checking:
             step = f"epoch {trainer.current_epoch} step {trainer.global_step}"
             log.info(f"validation after {step}: {_metrics(trainer, 'val/')}")
+
+
+class StepProgressBar(TQDMProgressBar):
+    """The terminal's bar, showing the training step's metrics (`step_metrics`, logged with on_step)
+    read from the logged values only when the bar refreshes (every refresh_rate steps). The modules
+    log no training metric with prog_bar=True: Lightning turns those into Python numbers after every
+    batch, a host sync per step that keeps the host from queueing the next step while the GPU runs."""
+
+    def __init__(self, refresh_rate: int = 10, step_metrics: tuple[str, ...] = ("train/loss", "train/acc")):
+        super().__init__(refresh_rate=refresh_rate)
+        self.step_metrics = tuple(step_metrics)
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        shown = super().get_metrics(trainer, pl_module)
+        for name in self.step_metrics:
+            value = trainer.callback_metrics.get(f"{name}_step")
+            if value is not None:
+                shown[name] = float(value)
+        return shown
 
 
 def _metrics(trainer, prefix: str) -> str:
