@@ -9,7 +9,8 @@ Shapes are batch x channels (E) x length, kernel width 4, bf16: x a (B, L, E) vi
   triton                 conv1d_silu(backend="triton"): both directions in one launch each way
   causal-conv1d in model conv1d_silu(backend="mamba"): causal-conv1d per direction, with the
                          transposes and flips the model needs
-  --against FILE         a conv_triton.py of another commit, loaded from FILE (a before/after in one run)
+  --against FILE         a conv_triton.py of another commit, loaded from FILE (a before/after in one
+                         run), named by --against-label
 "forward" is the forward alone (no autograd); "backward" the gradients of x, weight and bias from
 a given du (the forward and backward through autograd, less the forward). Each is captured as a
 CUDA graph of --reps calls and the replay timed, so the times are the GPU's, not the launches'.
@@ -62,11 +63,12 @@ def make_inputs(batch: int, dim: int, length: int) -> tuple:
     return xz[..., :dim], weight, bias, du
 
 
-def load_module(path: Path):
-    """A conv_triton.py from another commit, as its own module."""
+def load_module(path: Path, label: str):
+    """A conv_triton.py from another commit, as its own module, named in the table by label."""
     spec = importlib.util.spec_from_file_location(f"conv_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    module.label = label
     return module
 
 
@@ -85,7 +87,7 @@ def runners(inputs: tuple, against=None) -> dict:
 
     out = {"triton": pair(lambda *a: conv1d_silu(*a, REVERSE, backend="triton"))}
     if against is not None:
-        out[f"triton ({against.__name__})"] = pair(lambda *a: against.conv1d_silu_triton(*a, REVERSE))
+        out[against.label] = pair(lambda *a: against.conv1d_silu_triton(*a, REVERSE))
     if mamba_kernels_available():
         out["causal-conv1d in model"] = pair(lambda *a: conv1d_silu(*a, REVERSE, backend="mamba"))
     return out
@@ -170,6 +172,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--reps", type=int, default=10, help="calls in one timed CUDA graph")
     parser.add_argument("--against", type=Path, help="a conv_triton.py of another commit to time beside this one")
+    parser.add_argument("--against-label", default="triton before", help="its name in the table")
     parser.add_argument("--sweep", action="store_true", help="also time a grid of launch shapes")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "figures" / "conv.png")
@@ -180,8 +183,10 @@ def main(argv=None) -> int:
         return render(json.loads(args.from_json.read_text()), args)
     if not torch.cuda.is_available():
         parser.error("needs a CUDA GPU")
-    against = load_module(args.against) if args.against else None
+    against = load_module(args.against, args.against_label) if args.against else None
     record = {"card": torch.cuda.get_device_name(), "measured": provenance(), "width": WIDTH, "shapes": []}
+    if against is not None:
+        record["against"] = {"file": str(args.against), "label": args.against_label}
     record["bytes_per_s"] = copy_bandwidth()
     for shape in map(parse_shape, args.shapes):
         torch.manual_seed(0)
