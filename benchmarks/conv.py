@@ -27,7 +27,6 @@ docs/benchmarks.md between its `conv` markers.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 from pathlib import Path
@@ -40,7 +39,7 @@ from benchmarks.provenance import provenance
 from src.kernels import conv1d_silu, conv_triton, mamba_kernels_available
 from src.kernels.conv_triton import ConvLaunch
 from src.utils.errors import command
-from src.utils.io import write_json, write_text
+from src.utils.io import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 REVERSE = (False, True)
@@ -159,25 +158,12 @@ def sweep(inputs: tuple, args) -> list[dict]:
     return rows
 
 
-def parse_shape(text: str) -> tuple[int, int, int]:
-    batch, dim, length = (int(v) for v in text.lower().split("x"))
-    return batch, dim, length
-
-
 @command
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", default=["64x384x513", "64x1536x513", "4x384x22001"])
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser = report.kernel_parser(__doc__, "conv", ["64x384x513", "64x1536x513", "4x384x22001"])
     parser.add_argument("--reps", type=int, default=10, help="calls in one timed CUDA graph")
     parser.add_argument("--against", type=Path, help="a conv_triton.py of another commit to time beside this one")
     parser.add_argument("--against-label", default="triton before", help="its name in the table")
-    parser.add_argument("--sweep", action="store_true", help="also time a grid of launch shapes")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
-    parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "figures" / "conv.png")
-    parser.add_argument("--no-docs", action="store_true", help="do not rewrite the table in docs/benchmarks.md")
-    parser.add_argument("--from-json", type=Path, help="render from a conv.json, measure nothing")
     args = parser.parse_args(argv)
     if args.from_json:
         return render(json.loads(args.from_json.read_text()), args)
@@ -188,7 +174,7 @@ def main(argv=None) -> int:
     if against is not None:
         record["against"] = {"file": str(args.against), "label": args.against_label}
     record["bytes_per_s"] = copy_bandwidth()
-    for shape in map(parse_shape, args.shapes):
+    for shape in args.shapes:
         torch.manual_seed(0)
         inputs = make_inputs(*shape)
         row = {"batch": shape[0], "dim": shape[1], "length": shape[2], "ms": {}}
@@ -210,13 +196,7 @@ def main(argv=None) -> int:
 
 
 def render(record: dict, args) -> int:
-    table = markdown(record)
-    write_text(args.out / "conv.md", table)
-    plot(record, args.figure)
-    if not args.no_docs:
-        report.render_docs(data=args.out, names=["conv"])
-    print(table)
-    return 0
+    return report.publish("conv", record, args, markdown, plot)
 
 
 def per_step(times: dict) -> float:
@@ -278,11 +258,7 @@ def plot(record: dict, path: Path) -> None:
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"bimamba-v2 layer depthwise conv + SiLU, both directions, bf16, {record['card']}", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
-    plt.close(fig)
+    report.save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -322,6 +322,55 @@ def stale(doc: Path = DOC, data: Path = DATA) -> list[str]:
     return [name for name in BLOCKS if block(text, name) != rendered(name, data)]
 
 
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """ "64x384x513" -> (batch, channels, length)."""
+    batch, dim, length = (int(v) for v in text.lower().split("x"))
+    return batch, dim, length
+
+
+def kernel_parser(doc: str, name: str, shapes: list[str]):
+    """The command line a kernel benchmark (scan.py, conv.py) shares: shapes (batch x E x L), timing
+    runs, --sweep, where its JSON, table and figure go, and --from-json to render without measuring."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", type=parse_shape, default=[parse_shape(s) for s in shapes])
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--sweep", action="store_true", help="also time a grid of launch shapes")
+    parser.add_argument("--out", type=Path, default=DATA)
+    parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "figures" / f"{name}.png")
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite the table in docs/benchmarks.md")
+    parser.add_argument("--from-json", type=Path, help=f"render from a {name}.json, measure nothing")
+    return parser
+
+
+def publish(name: str, record: dict, args, markdown, plot) -> int:
+    """A kernel benchmark's outputs from its record: args.out/<name>.md (the table markdown(record)
+    gives), the figure plot(record, args.figure) draws, and the table in docs/benchmarks.md between
+    NAME's markers unless args.no_docs; the table printed."""
+    from src.utils.io import write_text
+
+    table = markdown(record)
+    write_text(args.out / f"{name}.md", table)
+    plot(record, args.figure)
+    if not args.no_docs:
+        render_docs(data=args.out, names=[name])
+    print(table)
+    return 0
+
+
+def save_figure(fig, path: Path) -> None:
+    """fig as a PNG at path, written to a temporary file first and renamed; the figure closed."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
+    plt.close(fig)
+
+
 def render_docs(doc: Path = DOC, data: Path = DATA, names=None) -> None:
     """Write every block (or those named) into doc from its JSON, atomically."""
     from src.utils.io import write_text

@@ -25,7 +25,6 @@ docs/benchmarks.md between its `scan` markers.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from benchmarks.scan_floor import floor_ms, measure_peaks
 from src.kernels import mamba_kernels_available, selective_scan
 from src.kernels.scan_triton import ScanTiling, default_tilings, selective_scan_triton
 from src.utils.errors import command
-from src.utils.io import write_json, write_text
+from src.utils.io import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -175,24 +174,9 @@ def agreement(inputs: dict) -> dict:
     return {k: rel(results["triton"][k], results["mamba"][k]) for k in results["triton"]}
 
 
-def parse_shape(text: str) -> tuple[int, int, int]:
-    batch, dim, length = (int(v) for v in text.lower().split("x"))
-    return batch, dim, length
-
-
 @command
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", default=["64x384x513", "4x384x22001", "64x1536x513"])
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--sweep", action="store_true", help="also time a grid of Triton launch shapes")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
-    parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "figures" / "scan.png")
-    parser.add_argument("--no-docs", action="store_true", help="do not rewrite the table in docs/benchmarks.md")
-    parser.add_argument(
-        "--from-json", type=Path, help="render the table, plot and docs from a scan.json, measure nothing"
-    )
+    parser = report.kernel_parser(__doc__, "scan", ["64x384x513", "4x384x22001", "64x1536x513"])
     args = parser.parse_args(argv)
     if args.from_json:
         return render(json.loads(args.from_json.read_text()), args)
@@ -208,7 +192,7 @@ def main(argv=None) -> int:
     }
     record["peaks"] = measure_peaks(time_ms)
     print("card peaks:", json.dumps(record["peaks"]), flush=True)
-    for shape in map(parse_shape, args.shapes):
+    for shape in args.shapes:
         torch.manual_seed(0)
         inputs = make_inputs(*shape)
         forward, backward = default_tilings(2, *shape)
@@ -245,13 +229,7 @@ def main(argv=None) -> int:
 
 
 def render(record: dict, args) -> int:
-    table = markdown(record)
-    write_text(args.out / "scan.md", table)
-    plot(record, args.figure)
-    if not args.no_docs:
-        report.render_docs(data=args.out, names=["scan"])
-    print(table)
-    return 0
+    return report.publish("scan", record, args, markdown, plot)
 
 
 def sweep(inputs: dict, args) -> list[dict]:
@@ -349,11 +327,7 @@ def plot(record: dict, path: Path) -> None:
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"bimamba-v2 layer scan, both directions, bf16, {record['card']}", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
-    plt.close(fig)
+    report.save_figure(fig, path)
 
 
 if __name__ == "__main__":
