@@ -48,6 +48,12 @@ SWEEP = [  # (forward, backward) launch shapes around the defaults: the backward
     (ScanTiling(block_d=32, min_programs=1024), ScanTiling(block_d=32, min_programs=programs, max_registers=regs))
     for programs in (4096, 8192)
     for regs in (None, 168, 192, 224)
+] + [  # 1-step tiles fit 181 registers without spills (ptxas, sm_90): 12 warps an SM instead of 8, untimed so far
+    (
+        ScanTiling(block_d=32, min_programs=1024),
+        ScanTiling(block_d=32, min_programs=4096, tile_len=1, max_registers=regs),
+    )
+    for regs in (168, 192)
 ]
 
 
