@@ -19,9 +19,10 @@ def step(module, call) -> tuple[dict, dict]:
     }
 
 
-def test_the_graphed_step_gives_the_eager_steps_losses_and_gradients():
+@pytest.mark.parametrize("backbone", ["ssamba", "ssast"])  # model.cuda_graph=auto graphs either's pretraining
+def test_the_graphed_step_gives_the_eager_steps_losses_and_gradients(backbone):
     torch.manual_seed(0)
-    encoder = dict(backbone="ssamba", size="tiny", depth=2, target_length=256, drop_path_rate=0.0)
+    encoder = dict(backbone=backbone, size="tiny", depth=2, target_length=256, drop_path_rate=0.0)
     module = SSLModule(encoder, mask_patches=60, cuda_graph=True).cuda().train()
     spec = torch.randn(4, 1, 128, 256, device="cuda")
     eager, eager_grads = step(module, lambda: module.losses(spec, 60, seed=5))

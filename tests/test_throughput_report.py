@@ -48,7 +48,7 @@ def test_the_cost_table_takes_the_newest_combined_run_and_its_loop_column():
     table = throughput_model_table({"runs": [older, combined]})
     assert 'a card, run "one card: src/train.py pretrain"' in table
     rows = [line for line in table.splitlines() if line.startswith("|")]
-    assert rows[-1].endswith("| 0.40x | 1.00x | 380.0 | - | 0.95x |")
+    assert rows[-1].endswith("| - | 1000.0 | 4.0 GiB | 0.40x | 1.00x | 380.0 | - | 0.95x |")
     assert table.rstrip().endswith("Measured on a card, commit abc1234, 2026-12-06 04:00 UTC, torch 2.11.0.")
     assert "| - | - | - |" in throughput_model_table({"runs": [older]})  # a model run: no loop columns
     graphed = {**bare("ssamba", "tiny", 500.0), "cuda_graph": True}
@@ -57,3 +57,8 @@ def test_the_cost_table_takes_the_newest_combined_run_and_its_loop_column():
     # the faster bare step (graphed) is the one compared with SSAST, and the faster loop with it
     assert row.startswith("| tiny | 160.0 | 128.0 | 500.0 |")
     assert row.endswith("| 0.50x | 1.00x | 380.0 | 480.0 | 0.96x |")
+    # SSAST as CUDA graphs too: its faster step is the one SSAMBA's is compared with
+    ssast_graphed = {**bare("ssast", "tiny", 1250.0), "cuda_graph": True}
+    fair = {**combined, "records": [*both["records"], ssast_graphed]}
+    row = [line for line in throughput_model_table({"runs": [fair]}).splitlines() if line.startswith("|")][-1]
+    assert "| 64.0 | 51.2 | 1250.0 | 4.0 GiB | 0.40x |" in row
