@@ -39,7 +39,6 @@ from benchmarks.provenance import provenance
 from src.kernels import conv1d_silu, conv_triton, mamba_kernels_available
 from src.kernels.conv_triton import ConvLaunch
 from src.utils.errors import command
-from src.utils.io import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 REVERSE = (False, True)
@@ -190,8 +189,6 @@ def main(argv=None) -> int:
         record["shapes"].append(row)
         del inputs
         torch.cuda.empty_cache()
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "conv.json", record)
     return render(record, args)
 
 

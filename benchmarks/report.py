@@ -355,11 +355,15 @@ def kernel_parser(doc: str, name: str, shapes: list[str]):
 
 
 def publish(name: str, record: dict, args, markdown, plot) -> int:
-    """A kernel benchmark's outputs from its record: args.out/<name>.md (the table markdown(record)
-    gives), the figure plot(record, args.figure) draws, and the table in docs/benchmarks.md between
-    NAME's markers unless args.no_docs; the table printed."""
-    from src.utils.io import write_text
+    """A kernel benchmark's outputs from its record: args.out/<name>.json (unless the record was read
+    from one, --from-json), args.out/<name>.md (the table markdown(record) gives), the figure
+    plot(record, args.figure) draws, and the table in docs/benchmarks.md between NAME's markers
+    unless args.no_docs; the table printed."""
+    from src.utils.io import write_json, write_text
 
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.from_json:
+        write_json(args.out / f"{name}.json", record)
     table = markdown(record)
     write_text(args.out / f"{name}.md", table)
     plot(record, args.figure)

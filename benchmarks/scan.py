@@ -37,7 +37,6 @@ from benchmarks.scan_floor import floor_ms, measure_peaks
 from src.kernels import mamba_kernels_available, selective_scan
 from src.kernels.scan_triton import ScanTiling, default_tilings, selective_scan_triton
 from src.utils.errors import command
-from src.utils.io import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -229,8 +228,6 @@ def main(argv=None) -> int:
         record["shapes"].append(row)
         del inputs
         torch.cuda.empty_cache()
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "scan.json", record)
     return render(record, args)
 
 

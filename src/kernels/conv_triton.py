@@ -301,7 +301,7 @@ class Conv1dSiluTriton(torch.autograd.Function):
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, du: Tensor):
         x, weight, bias = ctx.saved_tensors
-        dx, dw, dbias = conv_backward(x, weight, bias, ctx.rev_mask, du if du.stride(-1) == 1 else du.contiguous())
+        dx, dw, dbias = conv_backward(x, weight, bias, ctx.rev_mask, du)  # made contiguous there if it is not
         return dx, dw, dbias, None
 
 
