@@ -26,6 +26,7 @@ docs/benchmarks.md between its `scan` markers.
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import torch
@@ -42,17 +43,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 D_STATE = 16
 REVERSE = (False, True)
-SWEEP = [  # (forward, backward) launch shapes around the defaults: the backward's chunking and register cap
-    # (ptxas's choice, 255 at 2-step tiles, allows 8 warps an SM; 168 allows 12, with spills)
-    (ScanTiling(block_d=32, min_programs=1024), ScanTiling(block_d=32, min_programs=programs, max_registers=regs))
-    for programs in (4096, 8192)
-    for regs in (None, 168, 192, 224)
-] + [  # 1-step tiles fit 181 registers without spills (ptxas, sm_90): 12 warps an SM instead of 8, untimed so far
+SWEEP = [  # (forward, backward) launch shapes around the defaults: how far ahead the L2 prefetches
+    # run, and the backward's chunking
     (
-        ScanTiling(block_d=32, min_programs=1024),
-        ScanTiling(block_d=32, min_programs=4096, tile_len=1, max_registers=regs),
+        ScanTiling(block_d=32, min_programs=1024, prefetch_steps=ahead),
+        ScanTiling(block_d=32, min_programs=programs, prefetch_steps=ahead),
     )
-    for regs in (168, 192)
+    for programs in (4096, 8192)
+    for ahead in (0, 4, 8, 16)
 ]
 
 
@@ -235,19 +233,31 @@ def render(record: dict, args) -> int:
     return report.publish("scan", record, args, markdown, plot)
 
 
-def sweep(inputs: dict, args) -> list[dict]:
-    batch, length, dim = inputs["u"].shape[1:]
-    rows = []
+def sweep(inputs: dict, args, rounds: int = 8) -> list[dict]:
+    """Every SWEEP launch shape, timed in `rounds` interleaved rounds (each round times every shape
+    in turn) and the median taken over all of them: a shared GPU's clocks drift by tens of percent
+    over a minute, which timing the shapes one after another would read as differences between
+    them."""
+    rows, timed = [], []
     for forward, backward in SWEEP:
         row = {"forward_tiling": vars(forward), "backward_tiling": vars(backward)}
         try:
             fwd, fwd_bwd = runners(inputs, (forward, backward))["triton"]
-            row.update(
-                forward=time_ms(fwd, 2, args.repeats // 2), forward_backward=time_ms(fwd_bwd, 2, args.repeats // 2)
-            )
+            for fn in (fwd, fwd_bwd):  # compiled and warm before any timing
+                time_ms(fn, 2, 1)
+            timed.append((row, fwd, fwd_bwd, [], []))
         except Exception as error:  # a launch shape the compiler cannot fit: record it and go on
             row["error"] = f"{type(error).__name__}: {str(error)[:200]}"
         rows.append(row)
+    per_round = max(1, args.repeats // rounds)
+    for _ in range(rounds):
+        for _, fwd, fwd_bwd, fwd_ms, fwd_bwd_ms in timed:
+            fwd_ms.append(time_ms(fwd, 1, per_round))
+            fwd_bwd_ms.append(time_ms(fwd_bwd, 1, per_round))
+    for row, _, _, fwd_ms, fwd_bwd_ms in timed:
+        row.update(forward=statistics.median(fwd_ms), forward_backward=statistics.median(fwd_bwd_ms))
+        row["rounds_ms"] = {"forward": fwd_ms, "forward_backward": fwd_bwd_ms}
+    for row in rows:
         print("  sweep", row, flush=True)
     return rows
 

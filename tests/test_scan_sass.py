@@ -48,3 +48,16 @@ def test_the_backward_sums_db_and_dc_by_the_reduce_scatter_without_shared_memory
     assert sum(v for k, v in sass.items() if k.startswith("RED")) == steps + 16 + 2
     assert not any(op.startswith(("LDS", "STS", "BAR")) for op in sass)  # no layout moves through shared memory
     assert not any(op.startswith(("STL", "LDL")) for op in sass)
+
+
+def test_both_kernels_ask_l2_for_what_they_load_ahead_without_spilling(compiled):
+    """ScanTiling.prefetch_steps: one L2 prefetch (CCTL.E.PF2) a row a step, none holding a register."""
+    forward, backward = compiled["forward"], compiled["backward"]
+    assert forward["flags"]["PF"] > 0 and backward["flags"]["PF"] > 0
+    steps = forward["flags"]["T"]
+    assert forward["sass"].get("CCTL.E.PF2", 0) == 5 * steps  # u, delta, B, C and z, a step on in the loop
+    steps, states = backward["flags"]["T"], 16
+    # the walk forward: u, delta, B; the walk back: C, z, dy; a tile's scratch state; the next checkpoint
+    assert backward["sass"].get("CCTL.E.PF2", 0) == 3 * steps + 3 * steps + states + states
+    for kernel in (forward, backward):
+        assert not any(op.startswith(("STL", "LDL")) for op in kernel["sass"])

@@ -1,5 +1,6 @@
 """exp2, log2 and the functions built on them for the Triton kernels, each either Triton's own or,
-with FAST, single MUFU instructions as inline PTX (never under the interpreter, which runs no PTX)."""
+with FAST, single MUFU instructions as inline PTX (never under the interpreter, which runs no PTX);
+and an L2 prefetch hint, also inline PTX."""
 
 from __future__ import annotations
 
@@ -45,3 +46,14 @@ def sigmoid(x, FAST: tl.constexpr):
     if FAST:
         return approx(denominator, "rcp.approx.ftz.f32 $0, $1;")
     return 1.0 / denominator
+
+
+PREFETCH_L2 = tl.constexpr("prefetch.global.L2 [$1]; mov.u32 $0, 0;")
+
+
+@triton.jit
+def prefetch_l2(pointer):
+    """Asks L2 for the 32-byte sector at each address of pointer (a tensor of pointers): a hint that
+    holds no register and is not waited for, so a load issued later finds it in L2 rather than
+    DRAM. Addresses must be valid (prefetch.global on an unmapped one may fault)."""
+    tl.inline_asm_elementwise(PREFETCH_L2, "=r,l", [pointer], dtype=tl.int32, is_pure=False, pack=1)

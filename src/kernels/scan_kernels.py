@@ -31,8 +31,9 @@ gives a_t h_{t-1} = h_t - x_t, so no step needs h_{t-1}. Gradients of B and C ar
 channels of a program, then added over programs with atomics (ATOMIC), as are each program's sums
 for A, D and delta_bias; or all written per program and summed afterwards in a fixed order
 (deterministic). The backward's walks load the next tile's
-inputs (and scratch state) one tile ahead, as the forward does. LANE (ScanTiling.lane_states) keeps
-a channel's states in one lane; without it Triton may vectorise the state accesses and lays 4
+inputs (and scratch state) one tile ahead, as the forward does, and with PF both kernels ask L2 for
+the rows PF steps on, the next checkpoint and the scratch state two tiles on (hints: no registers).
+LANE (ScanTiling.lane_states) keeps a channel's states in one lane; without it Triton may vectorise the state accesses and lays 4
 states x 4 channels on a thread (fewer shuffles in the sums over channels). Runs under
 TRITON_INTERPRET=1 on a CPU for tests.
 """
@@ -42,7 +43,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from src.kernels.fast_math import LOG2E, exp2, sigmoid, softplus
+from src.kernels.fast_math import LN2, LOG2E, exp2, prefetch_l2, sigmoid, softplus
 
 
 @triton.jit
@@ -111,6 +112,27 @@ def _load_tile(
     return us, dts, Bs, Cs, zs, dys
 
 
+# which inputs' rows _prefetch_rows asks for, as bits
+U_ROW, DELTA_ROW, B_ROW, C_ROW, Z_ROW, DY_ROW = (tl.constexpr(1 << i) for i in range(6))
+
+
+@triton.jit
+def _prefetch_rows(pointers, steps, k, k_lo, k_hi, length, rev, d, N, DIM: tl.constexpr, ROWS: tl.constexpr):
+    """L2 prefetch of step k's rows (k clamped into [k_lo, k_hi)) of the inputs ROWS names
+    (pointers, steps as for _load_tile): a step's loads then wait on L2, not DRAM, without holding
+    the registers a load further ahead would."""
+    k = tl.minimum(tl.maximum(k, k_lo), k_hi - 1)
+    t = tl.where(rev == 1, length - 1 - k, k)
+    channel = tl.minimum(d, DIM - 1)  # valid addresses only
+    state = d % N
+    for i in tl.static_range(6):
+        if (ROWS >> i) & 1:
+            if i == 2 or i == 3:  # B, C: N states a row
+                prefetch_l2(pointers[i] + t * steps[i] + state)
+            else:
+                prefetch_l2(pointers[i] + t * steps[i] + channel)
+
+
 def _halving_asm(bit: int) -> tl.constexpr:
     """PTX of one reduce-scatter level (_halve) across lanes `bit` apart: a lane keeps $2 (the upper
     rows) where its bit is set, else $1, sends the other to lane ^ bit, and adds what it gets."""
@@ -167,6 +189,7 @@ def scan_forward_kernel(
     DIM: tl.constexpr, N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, CK: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_H_START: tl.constexpr,
     WRITE_Y: tl.constexpr, WRITE_CKPT: tl.constexpr, WRITE_END: tl.constexpr, LANE: tl.constexpr, FAST: tl.constexpr,
+    PF: tl.constexpr,
 ):  # fmt: skip
     if LANE:
         hide = zero
@@ -188,6 +211,7 @@ def scan_forward_kernel(
         b,
     )
     steps = (su_l, sdt_l, sb_l, sc_l, sz_l, 0)
+    ROWS: tl.constexpr = U_ROW | DELTA_ROW | B_ROW | ((C_ROW | (Z_ROW if HAS_Z else 0)) if WRITE_Y else 0)
     y_ptr += sb.to(tl.int64) * length * DIM  # y: (S, B, L, E) contiguous
     k_begin = chunk * chunk_len
     k_end = tl.minimum(k_begin + chunk_len, length)
@@ -204,6 +228,8 @@ def scan_forward_kernel(
                 ckpt_at = hide + ((sb * n_ckpts + k0 // CK) * N + n[:, None]).to(tl.int64) * DIM + d[None, :]
                 tl.store(ckpt_ptr + ckpt_at, h, mask=nd_ok)
         for i in tl.static_range(T):
+            if PF > 0:
+                _prefetch_rows(pointers, steps, k0 + i + PF, k_begin, k_end, length, rev, d, N, DIM, ROWS)
             ok = k0 + i < k_end
             t = tl.where(rev == 1, length - 1 - (k0 + i), k0 + i)
             u = us[i].to(tl.float32)
@@ -256,7 +282,7 @@ def scan_backward_kernel(
     DIM: tl.constexpr, N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, CK: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_G_START: tl.constexpr,
     CARRY_ONLY: tl.constexpr, LANE: tl.constexpr, ATOMIC: tl.constexpr, FAST: tl.constexpr,
-    SCATTER: tl.constexpr,
+    SCATTER: tl.constexpr, PF: tl.constexpr,
 ):  # fmt: skip
     if LANE:
         hide = zero
@@ -282,6 +308,7 @@ def scan_backward_kernel(
         (su_s, su_b, sdt_s, sdt_b, sb_s, sb_b, sc_s, sc_b, 0, sz_b, sdy_s, sdy_b), s, b,
     )  # fmt: skip
     steps = (su_l, sdt_l, sb_l, sc_l, sz_l, sdy_l)
+    WALK_BACK_ROWS: tl.constexpr = (DELTA_ROW if CARRY_ONLY else 0) | C_ROW | (Z_ROW if HAS_Z else 0) | DY_ROW
     out_ptrs = sb.to(tl.int64) * length * DIM + d  # du, ddt, dz: (S, B, L, E) contiguous
     bc_at_row = sb.to(tl.int64) * length * N
     if ATOMIC:  # dB, dC: (S*B, L, N), every channel block adds into it
@@ -300,6 +327,11 @@ def scan_backward_kernel(
         if not CARRY_ONLY:  # the state at the start of every tile, from the one the forward kept
             ckpt_at = hide + ((sb * n_ckpts + k1 // CK) * N + n[:, None]).to(tl.int64) * DIM + d[None, :]
             h = tl.load(ckpt_ptr + ckpt_at, mask=nd_ok, other=0.0)
+            if PF > 0:
+                if k1 > k_begin:  # the next segment's checkpoint, wanted a segment from now, row by row
+                    row = (sb * n_ckpts + k1 // CK - 1).to(tl.int64) * N * DIM + tl.minimum(d, DIM - 1)
+                    for r in tl.static_range(N):
+                        prefetch_l2(ckpt_ptr + hide + row + r * DIM)
             walk = _load_tile(pointers, steps, k1, k1, k_end, length, rev, d, n, d_ok, N, T, False, False, False)
             for jt in tl.range(0, n_tiles - 1):
                 us, dts, Bs, _, _, _ = walk  # this tile; the next one's loads go out before its stores
@@ -308,6 +340,11 @@ def scan_backward_kernel(
                 )
                 tl.store(scratch_ptr + scratch_at + jt * BN * BD, h)
                 for i in tl.static_range(T):
+                    if PF > 0:
+                        _prefetch_rows(
+                            pointers, steps, k1 + jt * T + i + PF, k1, k_end, length, rev, d, N, DIM,
+                            U_ROW | DELTA_ROW | B_ROW,
+                        )  # fmt: skip
                     dt, _ = _dt(dts[i], bias, d_ok & (k1 + jt * T + i < k_end), SOFTPLUS, FAST)
                     h = (
                         exp2(A2 * dt[None, :], FAST) * h
@@ -327,6 +364,8 @@ def scan_backward_kernel(
                 a = exp2(A2 * dt[None, :], FAST)
                 decays, dt_outs, dt_ins = decays + (a,), dt_outs + (dt,), dt_ins + (dt_in,)
             if not CARRY_ONLY:
+                if PF > 0:  # the start state two tiles on
+                    prefetch_l2(scratch_ptr + scratch_at + tl.maximum(n_tiles - 3 - jt, 0) * BN * BD)
                 h = tl.load(scratch_ptr + scratch_at + (n_tiles - 1 - jt) * BN * BD)
                 for i in tl.static_range(T):
                     h = decays[i] * h + Bs[i].to(tl.float32)[:, None] * (dt_outs[i] * us[i].to(tl.float32))[None, :]
@@ -334,6 +373,8 @@ def scan_backward_kernel(
             # back through the tile: q_k = dy_k C_k + a_{k+1} q_{k+1}, with g = a_{k+1} q_{k+1}
             for i in tl.static_range(T - 1, -1, -1):
                 k = k0 + i
+                if PF > 0:  # PF steps on, the rows not read yet (pass 2 walked u, delta and B forward)
+                    _prefetch_rows(pointers, steps, k - PF, k_begin, k_end, length, rev, d, N, DIM, WALK_BACK_ROWS)
                 m = d_ok & (k < k_end)
                 t = tl.where(rev == 1, length - 1 - k, k)
                 dt, dt_in = dt_outs[i], dt_ins[i]
@@ -364,7 +405,7 @@ def scan_backward_kernel(
                     dt_u = dt * u
                     q_hx = q * (h - Bt[:, None] * dt_u[None, :])
                     du = dt * q_B + dy * D
-                    ddt = u * q_B + tl.sum(A * q_hx, axis=0)
+                    ddt = u * q_B + LN2 * tl.sum(A2 * q_hx, axis=0)  # A2, not A: A's registers freed
                     if SOFTPLUS:
                         ddt = ddt * sigmoid(dt_in, FAST)
                     ddt = tl.where(m, ddt, 0.0)

@@ -33,7 +33,9 @@ class ScanTiling:
     and, where a program holds 32 channels a lane each (block_d 32, lane_states) of 16 states and
     adds with atomics, the sums of dB and dC over channels as one warp reduce-scatter
     (scan_kernels._sum_over_lanes_scattered) unless scatter_bc is off; inline PTX, so never under
-    the interpreter."""
+    the interpreter; prefetch_steps: the rows of the inputs that many steps on (and the next
+    checkpoint and scratch states) asked of L2 ahead of their loads (inline PTX too; 0: none), so the
+    loads wait on L2 rather than DRAM without registers held for them."""
 
     block_d: int = 16
     tile_len: int = 2
@@ -44,6 +46,7 @@ class ScanTiling:
     atomic_sums: bool = True
     fast_math: bool = True
     scatter_bc: bool = True
+    prefetch_steps: int = 8
 
 
 def default_tilings(sets: int, batch: int, dim: int, length: int) -> tuple[ScanTiling, ScanTiling]:
@@ -104,6 +107,7 @@ class _Launch:
         self.flags = dict(SOFTPLUS=delta_softplus, HAS_Z=z is not None, HAS_D=D is not None)
         self.fast = tiling.fast_math and os.environ.get("TRITON_INTERPRET") != "1"  # inline PTX
         self.flags.update(T=tiling.tile_len, CK=tiling.ckpt_every, LANE=tiling.lane_states, FAST=self.fast, num_warps=1)
+        self.flags["PF"] = tiling.prefetch_steps if self.fast else 0
         self.flags.update(self.shape)
         if tiling.max_registers:
             self.flags["maxnreg"] = tiling.max_registers
