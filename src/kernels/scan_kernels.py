@@ -30,11 +30,11 @@ A short sequence is one chunk and runs pass 2 alone. The adjoint q_t = dy_t C_t 
 gives a_t h_{t-1} = h_t - x_t, so no step needs h_{t-1}. Gradients of B and C are summed over the
 channels of a program, then added over programs with atomics (ATOMIC), as are each program's sums
 for A, D and delta_bias; or all written per program and summed afterwards in a fixed order
-(deterministic). The backward's walks load the next tile's
-inputs (and scratch state) one tile ahead, as the forward does, and with PF both kernels ask L2 for
-the rows PF steps on, the next checkpoint and the scratch state two tiles on (hints: no registers).
-LANE (ScanTiling.lane_states) keeps a channel's states in one lane; without it Triton may vectorise the state accesses and lays 4
-states x 4 channels on a thread (fewer shuffles in the sums over channels). Runs under
+(deterministic). The backward's walks load the next tile's inputs (and scratch state) one tile
+ahead, as the forward does, and with PF both kernels ask L2 for the rows PF steps on, the next
+checkpoint and the scratch state two tiles on (hints: no registers). LANE (ScanTiling.lane_states)
+keeps a channel's states in one lane; without it Triton may vectorise the state accesses and lays
+4 states x 4 channels on a thread (fewer shuffles in the sums over channels). Runs under
 TRITON_INTERPRET=1 on a CPU for tests.
 """
 
