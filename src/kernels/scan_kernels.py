@@ -308,7 +308,7 @@ def scan_backward_kernel(
         (su_s, su_b, sdt_s, sdt_b, sb_s, sb_b, sc_s, sc_b, 0, sz_b, sdy_s, sdy_b), s, b,
     )  # fmt: skip
     steps = (su_l, sdt_l, sb_l, sc_l, sz_l, sdy_l)
-    WALK_BACK_ROWS: tl.constexpr = (DELTA_ROW if CARRY_ONLY else 0) | C_ROW | (Z_ROW if HAS_Z else 0) | DY_ROW
+    WALK_BACK_ROWS: tl.constexpr = C_ROW | DY_ROW | (Z_ROW if HAS_Z else 0) | (DELTA_ROW if CARRY_ONLY else 0)
     out_ptrs = sb.to(tl.int64) * length * DIM + d  # du, ddt, dz: (S, B, L, E) contiguous
     bc_at_row = sb.to(tl.int64) * length * N
     if ATOMIC:  # dB, dC: (S*B, L, N), every channel block adds into it
