@@ -43,14 +43,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 D_STATE = 16
 REVERSE = (False, True)
-SWEEP = [  # (forward, backward) launch shapes around the defaults: how far ahead the L2 prefetches
-    # run, and the backward's chunking
+SWEEP = [  # (forward, backward) launch shapes around the defaults: B's and C's rows a state a lane
+    # (bc_lanes), how far ahead the L2 prefetches run, and the backward's chunking
     (
-        ScanTiling(block_d=32, min_programs=1024, prefetch_steps=ahead),
-        ScanTiling(block_d=32, min_programs=programs, prefetch_steps=ahead),
+        ScanTiling(block_d=32, min_programs=1024, prefetch_steps=ahead, bc_lanes=lanes),
+        ScanTiling(block_d=32, min_programs=programs, prefetch_steps=ahead, bc_lanes=lanes),
     )
+    for lanes in (False, True)
     for programs in (4096, 8192)
-    for ahead in (0, 4, 8, 16)
+    for ahead in (0, 8)
 ]
 
 

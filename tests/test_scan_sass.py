@@ -61,3 +61,26 @@ def test_both_kernels_ask_l2_for_what_they_load_ahead_without_spilling(compiled)
     assert backward["sass"].get("CCTL.E.PF2", 0) == 3 * steps + 3 * steps + states + states
     for kernel in (forward, backward):
         assert not any(op.startswith(("STL", "LDL")) for op in kernel["sass"])
+
+
+def test_rows_of_b_and_c_a_state_a_lane_take_no_uniform_registers_and_fewer_registers(compiled):
+    """ScanTiling.bc_lanes: B's and C's rows loaded a state a lane, not as 16-byte rows into every
+    lane, then spread to a lane's 16 states by 16 shuffles (SHFL.IDX) a row a step: the rows stay in
+    ordinary registers (ptxas moves whole rows, the same in every lane, into uniform registers right
+    after their loads and waits for them there), and both kernels take fewer registers and fewer
+    instructions than at the default, without spills."""
+    forward, backward = compiled["forward_bc_lanes"], compiled["backward_bc_lanes"]
+    assert forward["flags"]["BC_LANES"] and backward["flags"]["BC_LANES"]
+    steps = forward["flags"]["T"]
+    assert forward["sass"].get("SHFL.IDX", 0) == 2 * 16 * steps  # B and C, a step of the loop's tile
+    assert forward["sass"].get("R2UR", 0) == 0
+    steps = backward["flags"]["T"]
+    assert backward["sass"].get("SHFL.IDX", 0) == 16 * steps + 2 * 16 * steps  # the walk forward: B; back: B, C
+    assert backward["sass"].get("SHFL.BFLY", 0) == 31 * steps  # the reduce-scatter, as before
+    for name, kernel in (("forward", forward), ("backward", backward)):
+        assert kernel["sass"].get("LDG.E.128", 0) == 0 and kernel["stack"] == 0
+        assert not any(
+            op.startswith(("LDS", "STS", "BAR")) for op in kernel["sass"]
+        )  # the layout held: a channel a lane
+        assert kernel["registers"] < compiled[name]["registers"], name
+        assert sum(kernel["sass"].values()) < sum(compiled[name]["sass"].values()), name

@@ -32,10 +32,11 @@ channels of a program, then added over programs with atomics (ATOMIC), as are ea
 for A, D and delta_bias; or all written per program and summed afterwards in a fixed order
 (deterministic). The backward's walks load the next tile's inputs (and scratch state) one tile
 ahead, as the forward does, and with PF both kernels ask L2 for the rows PF steps on, the next
-checkpoint and the scratch state two tiles on (hints: no registers). LANE (ScanTiling.lane_states)
-keeps a channel's states in one lane; without it Triton may vectorise the state accesses and lays
-4 states x 4 channels on a thread (fewer shuffles in the sums over channels). Runs under
-TRITON_INTERPRET=1 on a CPU for tests.
+checkpoint and the scratch state two tiles on (hints: no registers). With BC_LANES a lane loads
+one state of B's and C's rows, and shuffles spread them to every lane's states (_states). LANE
+(ScanTiling.lane_states) keeps a channel's states in one lane; without it Triton may vectorise the
+state accesses and lays 4 states x 4 channels on a thread (fewer shuffles in the sums over
+channels). Runs under TRITON_INTERPRET=1 on a CPU for tests.
 """
 
 from __future__ import annotations
@@ -86,25 +87,30 @@ def _at_set_and_batch(pointers, strides, s, b):
 @triton.jit
 def _load_tile(
     pointers, steps, k0, k_lo, k_hi, length, rev, d, n, d_ok, N,
-    T: tl.constexpr, WITH_C: tl.constexpr, WITH_Z: tl.constexpr, WITH_DY: tl.constexpr,
+    T: tl.constexpr, WITH_C: tl.constexpr, WITH_Z: tl.constexpr, WITH_DY: tl.constexpr, BC_LANES: tl.constexpr,
 ):  # fmt: skip
     """The raw inputs of the T steps k0, k0 + 1, ... (in scan order; nothing read outside [k_lo, k_hi)):
-    tuples of T tensors each, in their stored dtype: u, delta, dy, z (BD,) and B, C (BN,). pointers
+    tuples of T tensors each, in their stored dtype: u, delta, dy, z (BD,) and B, C (BN,), or with
+    BC_LANES (BD,) holding state l % BN in lane l (for _states to spread). pointers
     and steps: (u, delta, B, C, z, dy) and their strides along time. Loading a whole tile before the
     stores of the one before lets the loads overlap (the compiler may not move a load past a store
     that could alias it)."""
     u_ptr, dt_ptr, b_ptr, c_ptr, z_ptr, dy_ptr = pointers
     su_l, sdt_l, sb_l, sc_l, sz_l, sdy_l = steps
     us, dts, Bs, Cs, zs, dys = (), (), (), (), (), ()
+    if BC_LANES:  # lane l: state l % BN of B's and C's rows, (BD,) like u
+        bc_at = d % n.shape[0]
+    else:  # (BN,): every lane the whole row
+        bc_at = n
     for i in tl.static_range(T):
         k = k0 + i
         ok = (k >= k_lo) & (k < k_hi)
         t = tl.where(rev == 1, length - 1 - k, k)
         us = us + (tl.load(u_ptr + t * su_l + d, mask=d_ok & ok, other=0.0),)
         dts = dts + (tl.load(dt_ptr + t * sdt_l + d, mask=d_ok & ok, other=0.0),)
-        Bs = Bs + (tl.load(b_ptr + t * sb_l + n, mask=(n < N) & ok, other=0.0),)
+        Bs = Bs + (tl.load(b_ptr + t * sb_l + bc_at, mask=(bc_at < N) & ok, other=0.0),)
         if WITH_C:
-            Cs = Cs + (tl.load(c_ptr + t * sc_l + n, mask=(n < N) & ok, other=0.0),)
+            Cs = Cs + (tl.load(c_ptr + t * sc_l + bc_at, mask=(bc_at < N) & ok, other=0.0),)
         if WITH_Z:
             zs = zs + (tl.load(z_ptr + t * sz_l + d, mask=d_ok & ok, other=0.0),)
         if WITH_DY:
@@ -131,6 +137,24 @@ def _prefetch_rows(pointers, steps, k, k_lo, k_hi, length, rev, d, N, DIM: tl.co
                 prefetch_l2(pointers[i] + t * steps[i] + state)
             else:
                 prefetch_l2(pointers[i] + t * steps[i] + channel)
+
+
+SHFL_IDX = tl.constexpr("shfl.sync.idx.b32 $0, $1, $2, 0x1f, 0xffffffff;")
+
+
+@triton.jit
+def _states(row, n, BC_LANES: tl.constexpr):
+    """A row of B or C as _load_tile gave it, in fp32, shaped to scale the (BN, BD) states: (BN, 1)
+    from a whole row in every lane, or, with BC_LANES (a state a lane), (BN, BD) with state n taken
+    from lane n by a shuffle: ordinary registers, where ptxas keeps whole rows, the same in every
+    lane, in uniform registers, and moves them there right after their loads, waiting for them."""
+    row = row.to(tl.float32)
+    if BC_LANES:
+        lanes = tl.broadcast_to(row[None, :], (n.shape[0], row.shape[0]))
+        source = tl.broadcast_to(n[:, None], (n.shape[0], row.shape[0]))
+        return tl.inline_asm_elementwise(SHFL_IDX, "=f,f,r", [lanes, source], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return row[:, None]
 
 
 def _halving_asm(bit: int) -> tl.constexpr:
@@ -189,7 +213,7 @@ def scan_forward_kernel(
     DIM: tl.constexpr, N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, CK: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_H_START: tl.constexpr,
     WRITE_Y: tl.constexpr, WRITE_CKPT: tl.constexpr, WRITE_END: tl.constexpr, LANE: tl.constexpr, FAST: tl.constexpr,
-    PF: tl.constexpr,
+    PF: tl.constexpr, BC_LANES: tl.constexpr,
 ):  # fmt: skip
     if LANE:
         hide = zero
@@ -216,13 +240,15 @@ def scan_forward_kernel(
     k_begin = chunk * chunk_len
     k_end = tl.minimum(k_begin + chunk_len, length)
     tile = _load_tile(
-        pointers, steps, k_begin, k_begin, k_end, length, rev, d, n, d_ok, N, T, WRITE_Y, WRITE_Y and HAS_Z, False
-    )
+        pointers, steps, k_begin, k_begin, k_end, length, rev, d, n, d_ok, N, T, WRITE_Y, WRITE_Y and HAS_Z, False,
+        BC_LANES,
+    )  # fmt: skip
     for k0 in tl.range(k_begin, k_end, T):
         us, dts, Bs, Cs, zs, _ = tile  # this tile; the next one's loads go out before its stores
         tile = _load_tile(
-            pointers, steps, k0 + T, k_begin, k_end, length, rev, d, n, d_ok, N, T, WRITE_Y, WRITE_Y and HAS_Z, False
-        )
+            pointers, steps, k0 + T, k_begin, k_end, length, rev, d, n, d_ok, N, T, WRITE_Y, WRITE_Y and HAS_Z, False,
+            BC_LANES,
+        )  # fmt: skip
         if WRITE_CKPT:
             if k0 % CK == 0:  # the state entering these CK steps: the backward restarts here
                 ckpt_at = hide + ((sb * n_ckpts + k0 // CK) * N + n[:, None]).to(tl.int64) * DIM + d[None, :]
@@ -234,9 +260,9 @@ def scan_forward_kernel(
             t = tl.where(rev == 1, length - 1 - (k0 + i), k0 + i)
             u = us[i].to(tl.float32)
             dt, _ = _dt(dts[i], bias, d_ok & ok, SOFTPLUS, FAST)
-            h = exp2(A2 * dt[None, :], FAST) * h + Bs[i].to(tl.float32)[:, None] * (dt * u)[None, :]  # (BN, BD)
+            h = exp2(A2 * dt[None, :], FAST) * h + _states(Bs[i], n, BC_LANES) * (dt * u)[None, :]  # (BN, BD)
             if WRITE_Y:
-                y = tl.sum(h * Cs[i].to(tl.float32)[:, None], axis=0)  # (BD,): a sum inside each thread
+                y = tl.sum(h * _states(Cs[i], n, BC_LANES), axis=0)  # (BD,): a sum inside each thread
                 if HAS_D:
                     y += D * u
                 if HAS_Z:
@@ -282,7 +308,7 @@ def scan_backward_kernel(
     DIM: tl.constexpr, N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, CK: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_G_START: tl.constexpr,
     CARRY_ONLY: tl.constexpr, LANE: tl.constexpr, ATOMIC: tl.constexpr, FAST: tl.constexpr,
-    SCATTER: tl.constexpr, PF: tl.constexpr,
+    SCATTER: tl.constexpr, PF: tl.constexpr, BC_LANES: tl.constexpr,
 ):  # fmt: skip
     if LANE:
         hide = zero
@@ -332,12 +358,15 @@ def scan_backward_kernel(
                     row = (sb * n_ckpts + k1 // CK - 1).to(tl.int64) * N * DIM + tl.minimum(d, DIM - 1)
                     for r in tl.static_range(N):
                         prefetch_l2(ckpt_ptr + hide + row + r * DIM)
-            walk = _load_tile(pointers, steps, k1, k1, k_end, length, rev, d, n, d_ok, N, T, False, False, False)
+            walk = _load_tile(
+                pointers, steps, k1, k1, k_end, length, rev, d, n, d_ok, N, T, False, False, False, BC_LANES
+            )
             for jt in tl.range(0, n_tiles - 1):
                 us, dts, Bs, _, _, _ = walk  # this tile; the next one's loads go out before its stores
                 walk = _load_tile(
-                    pointers, steps, k1 + (jt + 1) * T, k1, k_end, length, rev, d, n, d_ok, N, T, False, False, False
-                )
+                    pointers, steps, k1 + (jt + 1) * T, k1, k_end, length, rev, d, n, d_ok, N, T, False, False, False,
+                    BC_LANES,
+                )  # fmt: skip
                 tl.store(scratch_ptr + scratch_at + jt * BN * BD, h)
                 for i in tl.static_range(T):
                     if PF > 0:
@@ -348,15 +377,19 @@ def scan_backward_kernel(
                     dt, _ = _dt(dts[i], bias, d_ok & (k1 + jt * T + i < k_end), SOFTPLUS, FAST)
                     h = (
                         exp2(A2 * dt[None, :], FAST) * h
-                        + Bs[i].to(tl.float32)[:, None] * (dt * us[i].to(tl.float32))[None, :]
+                        + _states(Bs[i], n, BC_LANES) * (dt * us[i].to(tl.float32))[None, :]
                     )
             tl.store(scratch_ptr + scratch_at + (n_tiles - 1) * BN * BD, h)
         k_last = k1 + (n_tiles - 1) * T
-        tile = _load_tile(pointers, steps, k_last, k1, k_end, length, rev, d, n, d_ok, N, T, True, HAS_Z, True)
+        tile = _load_tile(
+            pointers, steps, k_last, k1, k_end, length, rev, d, n, d_ok, N, T, True, HAS_Z, True, BC_LANES
+        )
         for jt in tl.range(0, n_tiles):
             k0 = k_last - jt * T  # tiles from the segment's end to its start
             us, dts, Bs, Cs, zs, dys = tile  # this tile; the one before it loads meanwhile
-            tile = _load_tile(pointers, steps, k0 - T, k1, k_end, length, rev, d, n, d_ok, N, T, True, HAS_Z, True)
+            tile = _load_tile(
+                pointers, steps, k0 - T, k1, k_end, length, rev, d, n, d_ok, N, T, True, HAS_Z, True, BC_LANES
+            )
             # the tile's states, decays and step sizes, in registers
             hs, decays, dt_outs, dt_ins = (), (), (), ()
             for i in tl.static_range(T):
@@ -368,7 +401,7 @@ def scan_backward_kernel(
                     prefetch_l2(scratch_ptr + scratch_at + tl.maximum(n_tiles - 3 - jt, 0) * BN * BD)
                 h = tl.load(scratch_ptr + scratch_at + (n_tiles - 1 - jt) * BN * BD)
                 for i in tl.static_range(T):
-                    h = decays[i] * h + Bs[i].to(tl.float32)[:, None] * (dt_outs[i] * us[i].to(tl.float32))[None, :]
+                    h = decays[i] * h + _states(Bs[i], n, BC_LANES) * (dt_outs[i] * us[i].to(tl.float32))[None, :]
                     hs = hs + (h,)
             # back through the tile: q_k = dy_k C_k + a_{k+1} q_{k+1}, with g = a_{k+1} q_{k+1}
             for i in tl.static_range(T - 1, -1, -1):
@@ -380,8 +413,8 @@ def scan_backward_kernel(
                 dt, dt_in = dt_outs[i], dt_ins[i]
                 u, Bt, Ct, dout = (
                     us[i].to(tl.float32),
-                    Bs[i].to(tl.float32),
-                    Cs[i].to(tl.float32),
+                    _states(Bs[i], n, BC_LANES),
+                    _states(Cs[i], n, BC_LANES),
                     dys[i].to(tl.float32),
                 )
                 if HAS_Z:
@@ -390,20 +423,20 @@ def scan_backward_kernel(
                     dy = dout * zt * z_sig
                 else:
                     dy = dout
-                q = Ct[:, None] * dy[None, :] + g  # (BN, BD) the adjoint of h_k
+                q = Ct * dy[None, :] + g  # (BN, BD) the adjoint of h_k
                 if CARRY_ONLY:
                     dt_sum += dt
                 else:
                     h = hs[i]
                     if HAS_Z:
-                        y = tl.sum(h * Ct[:, None], axis=0) + D * u
+                        y = tl.sum(h * Ct, axis=0) + D * u
                         dz = dout * y * z_sig * (1.0 + zt * (1.0 - z_sig))
                         tl.store(dz_ptr + out_ptrs + t * DIM, dz.to(dz_ptr.dtype.element_ty), mask=m)
                     # h_k = a_k h_{k-1} + dt_k u_k B_k, and a_k h_{k-1} = h_k - x_k:
                     #   du = dt q.B + D dy    ddt = u q.B + sum_n A q (h - x)    dA += dt q (h - x)
-                    q_B = tl.sum(q * Bt[:, None], axis=0)  # (BD,)
+                    q_B = tl.sum(q * Bt, axis=0)  # (BD,)
                     dt_u = dt * u
-                    q_hx = q * (h - Bt[:, None] * dt_u[None, :])
+                    q_hx = q * (h - Bt * dt_u[None, :])
                     du = dt * q_B + dy * D
                     ddt = u * q_B + LN2 * tl.sum(A2 * q_hx, axis=0)  # A2, not A: A's registers freed
                     if SOFTPLUS:

@@ -35,7 +35,11 @@ class ScanTiling:
     (scan_kernels._sum_over_lanes_scattered) unless scatter_bc is off; inline PTX, so never under
     the interpreter; prefetch_steps: the rows of the inputs that many steps on (and the next
     checkpoint and scratch states) asked of L2 ahead of their loads (inline PTX too; 0: none), so the
-    loads wait on L2 rather than DRAM without registers held for them."""
+    loads wait on L2 rather than DRAM without registers held for them; bc_lanes: where a program
+    holds 32 channels a lane each of 16 states, B's and C's rows loaded a state a lane and spread to
+    each lane's states by shuffles (scan_kernels._states; inline PTX), not loaded whole into every
+    lane, which ptxas keeps in uniform registers, waiting on the loads as they land (not yet timed
+    on a GPU: off by default)."""
 
     block_d: int = 16
     tile_len: int = 2
@@ -47,6 +51,7 @@ class ScanTiling:
     fast_math: bool = True
     scatter_bc: bool = True
     prefetch_steps: int = 8
+    bc_lanes: bool = False
 
 
 def default_tilings(sets: int, batch: int, dim: int, length: int) -> tuple[ScanTiling, ScanTiling]:
@@ -108,6 +113,8 @@ class _Launch:
         self.fast = tiling.fast_math and os.environ.get("TRITON_INTERPRET") != "1"  # inline PTX
         self.flags.update(T=tiling.tile_len, CK=tiling.ckpt_every, LANE=tiling.lane_states, FAST=self.fast, num_warps=1)
         self.flags["PF"] = tiling.prefetch_steps if self.fast else 0
+        lanes = tiling.lane_states and tiling.block_d == 32 and self.shape["BN"] == 16 == self.d_state
+        self.flags["BC_LANES"] = tiling.bc_lanes and self.fast and lanes
         self.flags.update(self.shape)
         if tiling.max_registers:
             self.flags["maxnreg"] = tiling.max_registers

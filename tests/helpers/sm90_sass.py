@@ -6,6 +6,7 @@ are not compiled at all."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -25,10 +26,11 @@ BF16 = {"u_ptr", "dt_ptr", "b_ptr", "c_ptr", "z_ptr", "dy_ptr", "y_ptr", "du_ptr
 SHAPE = (2, 64, 513, 384)  # tiny at batch 64: (sets, batch, length, channels)
 
 
-def compile_sm90(kernel, flags: dict, ints: dict) -> str:
+def compile_sm90(kernel, flags: dict, ints: dict) -> tuple[str, int, int]:
     """The SASS of kernel compiled for sm_90 with flags (its constexprs, num_warps, maxnreg) and its
     integer arguments specialised as a launch specialises them (1 a constant, multiples of 16 known
-    as such, except those the kernel keeps unspecialised); pointers 16-byte aligned."""
+    as such, except those the kernel keeps unspecialised); pointers 16-byte aligned. With it, the
+    registers a thread takes and its stack frame in bytes (spills land there)."""
     options = {k: flags[k] for k in ("num_warps", "maxnreg") if k in flags}
     signature, constants, attributes = {}, {}, {}
     for i, name in enumerate(kernel.arg_names):
@@ -52,7 +54,10 @@ def compile_sm90(kernel, flags: dict, ints: dict) -> str:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
         f.flush()
-        return subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+        sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+        usage = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    registers, stack = re.search(r"REG:(\d+) STACK:(\d+)", usage).groups()
+    return sass, int(registers), int(stack)
 
 
 def counts(sass: str) -> dict[str, int]:
@@ -66,6 +71,8 @@ def counts(sass: str) -> dict[str, int]:
 
 
 def main() -> None:
+    """Per kernel (forward; backward, its second pass), at the default launch and with bc_lanes:
+    the flags, the SASS's instruction counts, registers and stack bytes, as JSON."""
     sets, batch, length, dim = SHAPE
     meta = dict(dtype=torch.bfloat16, device="meta")
     u, delta = torch.empty(SHAPE, **meta), torch.empty(SHAPE, **meta)
@@ -76,21 +83,24 @@ def main() -> None:
     D = bias = torch.empty(sets, dim, device="meta")
     forward, backward = default_tilings(sets, batch, dim, length)
     out = {}
-    for name, tiling in (("forward", forward), ("backward", backward)):
-        run = _Launch(u, delta, A, B, C, D, z, bias, (False, True), True, tiling)
-        ints = dict(zip(("batch", "length", "chunk_len", "n_chunks", "n_ckpts"), run.sizes))
-        names = [f"s{t}_{d}" for t in ("u", "dt", "b", "c") for d in ("s", "b", "l")] + ["sz_b", "sz_l"]
-        ints.update(zip(names, run.strides), rev_mask=run.rev_mask, zero=0)
-        ints.update(zip(("sdy_s", "sdy_b", "sdy_l"), u.stride()[:3]))
-        flags = dict(run.flags)
-        if name == "forward":
-            flags.update(HAS_H_START=run.n_chunks > 1, WRITE_Y=True, WRITE_CKPT=True, WRITE_END=False)
-            kernel = scan_kernels.scan_forward_kernel
-        else:
-            flags.update(HAS_G_START=run.n_chunks > 1, CARRY_ONLY=False, ATOMIC=True)
-            flags["SCATTER"] = run.scatter_bc(tiling, atomic=True)
-            kernel = scan_kernels.scan_backward_kernel
-        out[name] = {"flags": flags, "sass": counts(compile_sm90(kernel, flags, ints))}
+    for variant in ("", "_bc_lanes"):
+        for name, tiling in (("forward", forward), ("backward", backward)):
+            tiling = dataclasses.replace(tiling, bc_lanes=bool(variant))
+            run = _Launch(u, delta, A, B, C, D, z, bias, (False, True), True, tiling)
+            ints = dict(zip(("batch", "length", "chunk_len", "n_chunks", "n_ckpts"), run.sizes))
+            names = [f"s{t}_{d}" for t in ("u", "dt", "b", "c") for d in ("s", "b", "l")] + ["sz_b", "sz_l"]
+            ints.update(zip(names, run.strides), rev_mask=run.rev_mask, zero=0)
+            ints.update(zip(("sdy_s", "sdy_b", "sdy_l"), u.stride()[:3]))
+            flags = dict(run.flags)
+            if name == "forward":
+                flags.update(HAS_H_START=run.n_chunks > 1, WRITE_Y=True, WRITE_CKPT=True, WRITE_END=False)
+                kernel = scan_kernels.scan_forward_kernel
+            else:
+                flags.update(HAS_G_START=run.n_chunks > 1, CARRY_ONLY=False, ATOMIC=True)
+                flags["SCATTER"] = run.scatter_bc(tiling, atomic=True)
+                kernel = scan_kernels.scan_backward_kernel
+            sass, registers, stack = compile_sm90(kernel, flags, ints)
+            out[name + variant] = {"flags": flags, "sass": counts(sass), "registers": registers, "stack": stack}
     print(json.dumps(out))
 
 
