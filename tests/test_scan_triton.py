@@ -4,6 +4,8 @@ tiny (2-step tiles, a checkpoint every 4 steps, 4 channels per program) so that 
 checkpoint segments, chunks with carries, tiles and chunks cut short by the sequence's end, masked
 channels and states."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -30,6 +32,9 @@ CASES = {
     "one step": (1, 8, 4, True, (True, False), tiny(64)),
     "one set": (11, 5, 4, True, (True,), ScanTiling(block_d=8, tile_len=4, ckpt_every=8, min_programs=1)),
     "dB and dC as partial sums, states laid out by Triton": (13, 8, 4, True, (False, True), PARTIAL_SUMS),
+    # ScanTiling.bc_lanes: rows of B and C a state a lane, spread to the states (tl.gather here), one
+    # state padded (3 of 4), chunks
+    "rows of B and C a state a lane": (17, 6, 3, True, (False, True), replace(tiny(64), bc_lanes=True)),
 }
 
 

@@ -143,16 +143,22 @@ SHFL_IDX = tl.constexpr("shfl.sync.idx.b32 $0, $1, $2, 0x1f, 0xffffffff;")
 
 
 @triton.jit
-def _states(row, n, BC_LANES: tl.constexpr):
+def _states(row, n, BC_LANES: tl.constexpr, FAST: tl.constexpr):
     """A row of B or C as _load_tile gave it, in fp32, shaped to scale the (BN, BD) states: (BN, 1)
     from a whole row in every lane, or, with BC_LANES (a state a lane), (BN, BD) with state n taken
-    from lane n by a shuffle: ordinary registers, where ptxas keeps whole rows, the same in every
-    lane, in uniform registers, and moves them there right after their loads, waiting for them."""
+    from lane n: ordinary registers, where ptxas keeps whole rows, the same in every lane, in
+    uniform registers, and moves them there right after their loads, waiting for them. FAST (a
+    channel a lane, BD 32): one shuffle a state; else tl.gather (the interpreter's path)."""
     row = row.to(tl.float32)
     if BC_LANES:
         lanes = tl.broadcast_to(row[None, :], (n.shape[0], row.shape[0]))
         source = tl.broadcast_to(n[:, None], (n.shape[0], row.shape[0]))
-        return tl.inline_asm_elementwise(SHFL_IDX, "=f,f,r", [lanes, source], dtype=tl.float32, is_pure=True, pack=1)
+        if FAST:
+            return tl.inline_asm_elementwise(
+                SHFL_IDX, "=f,f,r", [lanes, source], dtype=tl.float32, is_pure=True, pack=1
+            )  # fmt: skip
+        else:
+            return tl.gather(lanes, source, axis=1)
     else:
         return row[:, None]
 
@@ -260,9 +266,9 @@ def scan_forward_kernel(
             t = tl.where(rev == 1, length - 1 - (k0 + i), k0 + i)
             u = us[i].to(tl.float32)
             dt, _ = _dt(dts[i], bias, d_ok & ok, SOFTPLUS, FAST)
-            h = exp2(A2 * dt[None, :], FAST) * h + _states(Bs[i], n, BC_LANES) * (dt * u)[None, :]  # (BN, BD)
+            h = exp2(A2 * dt[None, :], FAST) * h + _states(Bs[i], n, BC_LANES, FAST) * (dt * u)[None, :]  # (BN, BD)
             if WRITE_Y:
-                y = tl.sum(h * _states(Cs[i], n, BC_LANES), axis=0)  # (BD,): a sum inside each thread
+                y = tl.sum(h * _states(Cs[i], n, BC_LANES, FAST), axis=0)  # (BD,): a sum inside each thread
                 if HAS_D:
                     y += D * u
                 if HAS_Z:
@@ -377,7 +383,7 @@ def scan_backward_kernel(
                     dt, _ = _dt(dts[i], bias, d_ok & (k1 + jt * T + i < k_end), SOFTPLUS, FAST)
                     h = (
                         exp2(A2 * dt[None, :], FAST) * h
-                        + _states(Bs[i], n, BC_LANES) * (dt * us[i].to(tl.float32))[None, :]
+                        + _states(Bs[i], n, BC_LANES, FAST) * (dt * us[i].to(tl.float32))[None, :]
                     )
             tl.store(scratch_ptr + scratch_at + (n_tiles - 1) * BN * BD, h)
         k_last = k1 + (n_tiles - 1) * T
@@ -401,7 +407,7 @@ def scan_backward_kernel(
                     prefetch_l2(scratch_ptr + scratch_at + tl.maximum(n_tiles - 3 - jt, 0) * BN * BD)
                 h = tl.load(scratch_ptr + scratch_at + (n_tiles - 1 - jt) * BN * BD)
                 for i in tl.static_range(T):
-                    h = decays[i] * h + _states(Bs[i], n, BC_LANES) * (dt_outs[i] * us[i].to(tl.float32))[None, :]
+                    h = decays[i] * h + _states(Bs[i], n, BC_LANES, FAST) * (dt_outs[i] * us[i].to(tl.float32))[None, :]
                     hs = hs + (h,)
             # back through the tile: q_k = dy_k C_k + a_{k+1} q_{k+1}, with g = a_{k+1} q_{k+1}
             for i in tl.static_range(T - 1, -1, -1):
@@ -413,8 +419,8 @@ def scan_backward_kernel(
                 dt, dt_in = dt_outs[i], dt_ins[i]
                 u, Bt, Ct, dout = (
                     us[i].to(tl.float32),
-                    _states(Bs[i], n, BC_LANES),
-                    _states(Cs[i], n, BC_LANES),
+                    _states(Bs[i], n, BC_LANES, FAST),
+                    _states(Cs[i], n, BC_LANES, FAST),
                     dys[i].to(tl.float32),
                 )
                 if HAS_Z:

@@ -36,10 +36,11 @@ class ScanTiling:
     the interpreter; prefetch_steps: the rows of the inputs that many steps on (and the next
     checkpoint and scratch states) asked of L2 ahead of their loads (inline PTX too; 0: none), so the
     loads wait on L2 rather than DRAM without registers held for them; bc_lanes: where a program
-    holds 32 channels a lane each of 16 states, B's and C's rows loaded a state a lane and spread to
-    each lane's states by shuffles (scan_kernels._states; inline PTX), not loaded whole into every
-    lane, which ptxas keeps in uniform registers, waiting on the loads as they land (not yet timed
-    on a GPU: off by default)."""
+    holds 32 channels a lane each (lane_states) and block_d is a multiple of the states, B's and C's
+    rows loaded a state a lane and spread to each lane's states by shuffles (scan_kernels._states;
+    inline PTX, tl.gather under the interpreter), not loaded whole into every lane, which ptxas keeps
+    in uniform registers, waiting on the loads as they land (not yet timed on a GPU: off by
+    default)."""
 
     block_d: int = 16
     tile_len: int = 2
@@ -113,8 +114,10 @@ class _Launch:
         self.fast = tiling.fast_math and os.environ.get("TRITON_INTERPRET") != "1"  # inline PTX
         self.flags.update(T=tiling.tile_len, CK=tiling.ckpt_every, LANE=tiling.lane_states, FAST=self.fast, num_warps=1)
         self.flags["PF"] = tiling.prefetch_steps if self.fast else 0
-        lanes = tiling.lane_states and tiling.block_d == 32 and self.shape["BN"] == 16 == self.d_state
-        self.flags["BC_LANES"] = tiling.bc_lanes and self.fast and lanes
+        # a lane's state n comes from lane n of its program: with shuffles, a channel a lane (32 a
+        # program); under the interpreter (tl.gather) any block_d that holds every state index
+        spread = (tiling.block_d == 32 or not self.fast) and tiling.block_d % self.shape["BN"] == 0
+        self.flags["BC_LANES"] = tiling.bc_lanes and tiling.lane_states and spread
         self.flags.update(self.shape)
         if tiling.max_registers:
             self.flags["maxnreg"] = tiling.max_registers
