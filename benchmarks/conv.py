@@ -237,25 +237,11 @@ def markdown(record: dict) -> str:
 
 
 def plot(record: dict, path: Path) -> None:
-    import matplotlib
+    def bars(row):
+        return [(name, row["ms"][name]) for name in row["ms"]] + [("floor", row["floor_ms"])]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = record["shapes"]
-    fig, axes = plt.subplots(1, len(rows), figsize=(4.5 * len(rows), 3.6), squeeze=False)
-    for ax, row in zip(axes[0], rows):
-        names = list(row["ms"]) + ["floor"]
-        for i, phase in enumerate(("forward", "backward")):
-            values = [row["ms"][n][phase] for n in names[:-1]] + [row["floor_ms"][phase]]
-            ax.bar([j + 0.4 * i for j in range(len(names))], values, width=0.4, label=phase)
-        ax.set_xticks([j + 0.2 for j in range(len(names))], names, fontsize=7, rotation=15)
-        ax.set_title(f"{row['batch']} x {row['dim']} x {row['length']}", fontsize=9)
-        ax.set_ylabel("ms")
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"bimamba-v2 layer depthwise conv + SiLU, both directions, bf16, {record['card']}", fontsize=10)
-    fig.tight_layout()
-    report.save_figure(fig, path)
+    title = f"bimamba-v2 layer depthwise conv + SiLU, both directions, bf16, {record['card']}"
+    report.phase_bars(record["shapes"], bars, ("forward", "backward"), title, path)
 
 
 if __name__ == "__main__":

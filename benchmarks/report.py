@@ -373,6 +373,29 @@ def publish(name: str, record: dict, args, markdown, plot) -> int:
     return 0
 
 
+def phase_bars(rows: list[dict], bars, phases: tuple[str, ...], title: str, path: Path) -> None:
+    """The kernel benchmarks' figure: a panel a shape (row: batch, dim, length), in it a group of
+    bars a name, a bar a phase; bars(row) gives [(name, {phase: ms})]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.5 * len(rows), 3.6), squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        named = bars(row)
+        for i, phase in enumerate(phases):
+            values = [ms[phase] for _, ms in named]
+            ax.bar([j + 0.4 * i for j in range(len(named))], values, width=0.4, label=phase.replace("_", " + "))
+        ax.set_xticks([j + 0.2 for j in range(len(named))], [name for name, _ in named], fontsize=7, rotation=15)
+        ax.set_title(f"{row['batch']} x {row['dim']} x {row['length']}", fontsize=9)
+        ax.set_ylabel("ms")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def save_figure(fig, path: Path) -> None:
     """fig as a PNG at path, written to a temporary file first and renamed; the figure closed."""
     import matplotlib.pyplot as plt

@@ -332,25 +332,12 @@ def markdown(record: dict) -> str:
 
 
 def plot(record: dict, path: Path) -> None:
-    import matplotlib
+    def bars(row):
+        names = ["triton", "mamba kernel", "mamba in model"]
+        return [(name, row["ms"][name]) for name in names if name in row["ms"]]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = ["triton", "mamba kernel", "mamba in model"]
-    fig, axes = plt.subplots(1, len(record["shapes"]), figsize=(4.5 * len(record["shapes"]), 3.6), squeeze=False)
-    for ax, row in zip(axes[0], record["shapes"]):
-        present = [n for n in names if n in row["ms"]]
-        for i, phase in enumerate(("forward", "forward_backward")):
-            values = [row["ms"][n][phase] for n in present]
-            ax.bar([j + 0.4 * i for j in range(len(present))], values, width=0.4, label=phase.replace("_", " + "))
-        ax.set_xticks([j + 0.2 for j in range(len(present))], present, fontsize=8)
-        ax.set_title(f"{row['batch']} x {row['dim']} x {row['length']}", fontsize=9)
-        ax.set_ylabel("ms")
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"bimamba-v2 layer scan, both directions, bf16, {record['card']}", fontsize=10)
-    fig.tight_layout()
-    report.save_figure(fig, path)
+    title = f"bimamba-v2 layer scan, both directions, bf16, {record['card']}"
+    report.phase_bars(record["shapes"], bars, ("forward", "forward_backward"), title, path)
 
 
 if __name__ == "__main__":

@@ -133,7 +133,7 @@ def _prefetch_rows(pointers, steps, k, k_lo, k_hi, length, rev, d, N, DIM: tl.co
     state = d % N
     for i in tl.static_range(6):
         if (ROWS >> i) & 1:
-            if i == 2 or i == 3:  # B, C: N states a row
+            if ((B_ROW | C_ROW) >> i) & 1:  # N states a row
                 prefetch_l2(pointers[i] + t * steps[i] + state)
             else:
                 prefetch_l2(pointers[i] + t * steps[i] + channel)
