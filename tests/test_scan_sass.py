@@ -65,9 +65,9 @@ def test_both_kernels_ask_l2_for_what_they_load_ahead_without_spilling(compiled)
 
 def test_rows_of_b_and_c_a_state_a_lane_take_no_uniform_registers_and_fewer_registers(compiled):
     """ScanTiling.bc_lanes: B's and C's rows loaded a state a lane, not as 16-byte rows into every
-    lane, then spread to a lane's 16 states by 16 shuffles (SHFL.IDX) a row a step: the rows stay in
-    ordinary registers (ptxas moves whole rows, the same in every lane, into uniform registers right
-    after their loads and waits for them there), and both kernels take fewer registers and fewer
+    lane, then spread to a lane's 16 states by 16 shuffles a row a step: the rows stay in ordinary
+    registers (ptxas moves whole rows, the same in every lane, into uniform registers right after
+    their loads and waits for them there), and both kernels take fewer registers and fewer
     instructions than at the default, without spills."""
     forward, backward = compiled["forward_bc_lanes"], compiled["backward_bc_lanes"]
     assert forward["flags"]["BC_LANES"] and backward["flags"]["BC_LANES"]
@@ -75,8 +75,9 @@ def test_rows_of_b_and_c_a_state_a_lane_take_no_uniform_registers_and_fewer_regi
     assert forward["sass"].get("SHFL.IDX", 0) == 2 * 16 * steps  # B and C, a step of the loop's tile
     assert forward["sass"].get("R2UR", 0) == 0
     steps = backward["flags"]["T"]
-    assert backward["sass"].get("SHFL.IDX", 0) == 16 * steps + 2 * 16 * steps  # the walk forward: B; back: B, C
-    assert backward["sass"].get("SHFL.BFLY", 0) == 31 * steps  # the reduce-scatter, as before
+    # swizzled states: state n of lane l from lane l ^ n, a butterfly shuffle like the reduce-scatter's
+    spread = 16 * steps + 2 * 16 * steps  # the walk forward: B; back: B, C
+    assert backward["sass"].get("SHFL.BFLY", 0) == spread + 31 * steps and "SHFL.IDX" not in backward["sass"]
     for name, kernel in (("forward", forward), ("backward", backward)):
         assert kernel["sass"].get("LDG.E.128", 0) == 0 and kernel["stack"] == 0
         assert not any(
@@ -84,3 +85,15 @@ def test_rows_of_b_and_c_a_state_a_lane_take_no_uniform_registers_and_fewer_regi
         )  # the layout held: a channel a lane
         assert kernel["registers"] < compiled[name]["registers"], name
         assert sum(kernel["sass"].values()) < sum(compiled[name]["sass"].values()), name
+
+
+def test_swizzled_states_spare_the_reduce_scatter_its_selects(compiled):
+    """With bc_lanes the backward holds state j ^ (l % 16) in slot j of lane l (scan_kernels._swizzled):
+    the reduce-scatter's lanes then all keep their lower slots, so its walk back does without the
+    62 selects a step the lanes otherwise make to pick their halves; it keeps 2 a step (dB or dC)."""
+    default, swizzled = compiled["backward"], compiled["backward_bc_lanes"]
+    assert swizzled["flags"]["SWIZZLE"] and not default["flags"]["SWIZZLE"]
+    steps = default["flags"]["T"]
+    walk_back, walk_back_swizzled = default["loops"][-1], swizzled["loops"][-1]  # the largest, last
+    assert walk_back.get("FSEL", 0) - walk_back_swizzled.get("FSEL", 0) == 60 * steps
+    assert sum(walk_back_swizzled.values()) < 0.85 * sum(walk_back.values())

@@ -35,6 +35,18 @@ CASES = {
     # ScanTiling.bc_lanes: rows of B and C a state a lane, spread to the states (tl.gather here), one
     # state padded (3 of 4), chunks
     "rows of B and C a state a lane": (17, 6, 3, True, (False, True), replace(tiny(64), bc_lanes=True)),
+    # 32 channels a program, 16 states (13, padded): dB and dC summed over channels by the warp
+    # reduce-scatter (tl.gather for the shuffles here), the lanes selecting what they keep; with
+    # bc_lanes the backward's states swizzled instead; a masked channel block, chunks
+    "dB and dC by the reduce-scatter": (17, 40, 13, True, (True, False), replace(tiny(64), block_d=32)),
+    "dB and dC by the reduce-scatter, states swizzled": (
+        17,
+        40,
+        13,
+        True,
+        (False, True),
+        replace(tiny(64), block_d=32, bc_lanes=True),
+    ),
 }
 
 

@@ -33,7 +33,9 @@ for A, D and delta_bias; or all written per program and summed afterwards in a f
 (deterministic). The backward's walks load the next tile's inputs (and scratch state) one tile
 ahead, as the forward does, and with PF both kernels ask L2 for the rows PF steps on, the next
 checkpoint and the scratch state two tiles on (hints: no registers). With BC_LANES a lane loads
-one state of B's and C's rows, and shuffles spread them to every lane's states (_states). LANE
+one state of B's and C's rows, and shuffles spread them to every lane's states (_states); the
+backward then holds a lane's states in an order of its own (SWIZZLE, _swizzled), which spares its
+sums of dB and dC over channels their selects (_sum_over_lanes_scattered). LANE
 (ScanTiling.lane_states) keeps a channel's states in one lane; without it Triton may vectorise the
 state accesses and lays 4 states x 4 channels on a thread (fewer shuffles in the sums over
 channels). Runs under TRITON_INTERPRET=1 on a CPU for tests.
@@ -140,63 +142,100 @@ def _prefetch_rows(pointers, steps, k, k_lo, k_hi, length, rev, d, N, DIM: tl.co
 
 
 SHFL_IDX = tl.constexpr("shfl.sync.idx.b32 $0, $1, $2, 0x1f, 0xffffffff;")
+SHFL_BFLY = tl.constexpr("shfl.sync.bfly.b32 $0, $1, $2, 0x1f, 0xffffffff;")
 
 
 @triton.jit
-def _states(row, n, BC_LANES: tl.constexpr, FAST: tl.constexpr):
+def _states(row, n, BC_LANES: tl.constexpr, SWIZZLE: tl.constexpr, FAST: tl.constexpr):
     """A row of B or C as _load_tile gave it, in fp32, shaped to scale the (BN, BD) states: (BN, 1)
-    from a whole row in every lane, or, with BC_LANES (a state a lane), (BN, BD) with state n taken
-    from lane n: ordinary registers, where ptxas keeps whole rows, the same in every lane, in
-    uniform registers, and moves them there right after their loads, waiting for them. FAST (a
-    channel a lane, BD 32): one shuffle a state; else tl.gather (the interpreter's path)."""
+    from a whole row in every lane, or, with BC_LANES (a state a lane), (BN, BD) with slot n's state
+    taken from the lane that holds it: lane n, or with SWIZZLE (state n ^ (l % BN) in lane l) lane
+    l ^ n. Ordinary registers, where ptxas keeps whole rows, the same in every lane, in uniform
+    registers, and moves them there right after their loads, waiting for them. FAST (a channel a
+    lane, BD 32): one shuffle a slot, n an immediate; else tl.gather (the interpreter's path)."""
     row = row.to(tl.float32)
     if BC_LANES:
-        lanes = tl.broadcast_to(row[None, :], (n.shape[0], row.shape[0]))
-        source = tl.broadcast_to(n[:, None], (n.shape[0], row.shape[0]))
+        shape: tl.constexpr = (n.shape[0], row.shape[0])
+        lanes = tl.broadcast_to(row[None, :], shape)
         if FAST:
-            return tl.inline_asm_elementwise(
-                SHFL_IDX, "=f,f,r", [lanes, source], dtype=tl.float32, is_pure=True, pack=1
-            )  # fmt: skip
+            asm: tl.constexpr = SHFL_BFLY if SWIZZLE else SHFL_IDX
+            source = tl.broadcast_to(n[:, None], shape)
+            return tl.inline_asm_elementwise(asm, "=f,f,r", [lanes, source], dtype=tl.float32, is_pure=True, pack=1)
         else:
+            if SWIZZLE:
+                source = tl.broadcast_to(n[:, None] ^ tl.arange(0, row.shape[0])[None, :], shape)
+            else:
+                source = tl.broadcast_to(n[:, None], shape)
             return tl.gather(lanes, source, axis=1)
     else:
         return row[:, None]
 
 
-def _halving_asm(bit: int) -> tl.constexpr:
-    """PTX of one reduce-scatter level (_halve) across lanes `bit` apart: a lane keeps $2 (the upper
-    rows) where its bit is set, else $1, sends the other to lane ^ bit, and adds what it gets."""
-    return tl.constexpr(
-        "{ .reg .pred upper; .reg .b32 lane; .reg .f32 send, keep, got;"
-        f" mov.u32 lane, %laneid; and.b32 lane, lane, {bit}; setp.ne.u32 upper, lane, 0;"
-        " selp.f32 send, $1, $2, upper; selp.f32 keep, $2, $1, upper;"
-        f" shfl.sync.bfly.b32 got, send, {bit}, 0x1f, 0xffffffff; add.f32 $0, keep, got; }}"
-    )
-
-
-HALVE_16, HALVE_8, HALVE_4, HALVE_2, HALVE_1 = (_halving_asm(bit) for bit in (16, 8, 4, 2, 1))
+@triton.jit
+def _swizzled(x, SWIZZLE: tl.constexpr):
+    """(BN, BD) states (BN 16, a channel a lane) from state order to the order SWIZZLE keeps them in,
+    slot j of lane l holding state j ^ (l % 16), or back (the map is its own inverse): a swap of
+    slot pairs 2^b apart where bit b of l % 16 is set, for b = 0..3 (16 selects each). At the loads and
+    stores of whole states (A, checkpoints, the adjoint between chunks, dA), whose addresses stay
+    those of state order."""
+    if SWIZZLE:
+        BN: tl.constexpr = x.shape[0]
+        BD: tl.constexpr = x.shape[1]
+        tl.static_assert(BN == 16)
+        lane = tl.arange(0, BD) % 16
+        for bit in tl.static_range(4):
+            pairs = tl.permute(tl.reshape(x, (BN // (2 << bit), 2, 1 << bit, BD)), (0, 2, 3, 1))
+            lo, hi = tl.split(pairs)
+            swapped = tl.reshape(tl.permute(tl.join(hi, lo), (0, 3, 1, 2)), (BN, BD))
+            x = tl.where(((lane >> bit) & 1)[None, :] == 1, swapped, x)
+    return x
 
 
 @triton.jit
-def _halve(x, ROWS: tl.constexpr, ASM: tl.constexpr):
-    """One level of a reduce-scatter over the warp: x (2 ROWS, 32) with channel d in lane d -> (ROWS,
-    32): each lane keeps the half of the rows its lane bit selects and adds the partner lane's copy
-    of it (ASM: _halving_asm); a row of a lane with the bit set stands for row ROWS + r. One shuffle
-    a kept row."""
-    lo, hi = tl.split(tl.permute(tl.reshape(x, (2, ROWS, 32)), (1, 2, 0)))
-    return tl.inline_asm_elementwise(ASM, "=f,f,f", [lo, hi], dtype=tl.float32, is_pure=True, pack=1)
+def _from_lane_xor(x, BIT: tl.constexpr, FAST: tl.constexpr):
+    """x (R, 32), channel d in lane d, as lane d ^ BIT holds it: one butterfly shuffle a value
+    (FAST), else tl.gather (the interpreter's path)."""
+    if FAST:
+        mask = tl.full(x.shape, BIT, tl.int32)
+        return tl.inline_asm_elementwise(SHFL_BFLY, "=f,f,r", [x, mask], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return tl.gather(x, tl.broadcast_to(tl.arange(0, 32)[None, :] ^ BIT, x.shape), axis=1)
 
 
 @triton.jit
-def _sum_over_lanes_scattered(x):
-    """x (32, 32): 32 rows of one value per channel, channel d in lane d (32 channels a warp, one a
-    lane) -> (32,): lane L holds row L summed over the 32 channels. A butterfly that halves the rows
-    at every level: 31 shuffles, where summing each row across the warp takes 5 a row (160)."""
-    x = _halve(x, 16, HALVE_16)
-    x = _halve(x, 8, HALVE_8)
-    x = _halve(x, 4, HALVE_4)
-    x = _halve(x, 2, HALVE_2)
-    return tl.reshape(_halve(x, 1, HALVE_1), (32,))
+def _halve(x, BIT: tl.constexpr, SELECT: tl.constexpr, FAST: tl.constexpr):
+    """One level of a reduce-scatter over the warp: x (2 R, 32), channel d in lane d -> (R, 32): a
+    lane keeps one half of the rows and adds the partner lane's (lane ^ BIT) copy of it, which the
+    partner sends: the lower rows, or with SELECT the half the lane's BIT selects (2 selects a kept
+    row). One shuffle a kept row."""
+    ROWS: tl.constexpr = x.shape[0] // 2
+    keep, send = tl.split(tl.permute(tl.reshape(x, (2, ROWS, 32)), (1, 2, 0)))
+    if SELECT:
+        upper = (tl.arange(0, 32) & BIT) != 0
+        keep, send = tl.where(upper, send, keep), tl.where(upper, keep, send)
+    return keep + _from_lane_xor(send, BIT, FAST)
+
+
+@triton.jit
+def _sum_over_lanes_scattered(db, dc, SWIZZLE: tl.constexpr, FAST: tl.constexpr):
+    """db, dc (16, 32): dB's and dC's terms for each of 16 slots, channel d in lane d (32 channels
+    a warp, one a lane) -> (32,): lane L holds dB's (L < 16) or dC's sum over the 32 channels for
+    state L % 16. A butterfly that halves what a lane holds at every level: 31 shuffles, where
+    summing each row across the warp takes 5 a row (160). Slot j holds state j: the lanes select the
+    half they keep (62 selects). With SWIZZLE slot j of lane L holds state j ^ (L % 16) (_slice): the
+    lower slots of lane L and the upper slots of lane L ^ bit then hold the same states and every
+    lane keeps its lower slots, the states' levels with no selects, then dB or dC (2 selects)."""
+    if SWIZZLE:
+        for bit in tl.static_range(3, -1, -1):  # lanes 8, 4, 2, 1 apart: (16, 32) -> (1, 32)
+            db = _halve(db, 1 << bit, False, FAST)
+            dc = _halve(dc, 1 << bit, False, FAST)
+        x = tl.reshape(tl.permute(tl.join(db, dc), (2, 0, 1)), (2, 32))
+        x = _halve(x, 16, True, FAST)
+    else:
+        x = tl.reshape(tl.permute(tl.join(db, dc), (2, 0, 1)), (32, 32))
+        for bit in tl.static_range(4, -1, -1):  # lanes 16, 8, 4, 2, 1 apart: (32, 32) -> (1, 32)
+            x = _halve(x, 1 << bit, True, FAST)
+    return tl.reshape(x, (32,))
 
 
 @triton.jit
@@ -266,9 +305,10 @@ def scan_forward_kernel(
             t = tl.where(rev == 1, length - 1 - (k0 + i), k0 + i)
             u = us[i].to(tl.float32)
             dt, _ = _dt(dts[i], bias, d_ok & ok, SOFTPLUS, FAST)
-            h = exp2(A2 * dt[None, :], FAST) * h + _states(Bs[i], n, BC_LANES, FAST) * (dt * u)[None, :]  # (BN, BD)
+            Bt = _states(Bs[i], n, BC_LANES, False, FAST)
+            h = exp2(A2 * dt[None, :], FAST) * h + Bt * (dt * u)[None, :]  # (BN, BD)
             if WRITE_Y:
-                y = tl.sum(h * _states(Cs[i], n, BC_LANES, FAST), axis=0)  # (BD,): a sum inside each thread
+                y = tl.sum(h * _states(Cs[i], n, BC_LANES, False, FAST), axis=0)  # (BD,): a sum inside each thread
                 if HAS_D:
                     y += D * u
                 if HAS_Z:
@@ -314,7 +354,7 @@ def scan_backward_kernel(
     DIM: tl.constexpr, N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, CK: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_G_START: tl.constexpr,
     CARRY_ONLY: tl.constexpr, LANE: tl.constexpr, ATOMIC: tl.constexpr, FAST: tl.constexpr,
-    SCATTER: tl.constexpr, PF: tl.constexpr, BC_LANES: tl.constexpr,
+    SCATTER: tl.constexpr, PF: tl.constexpr, BC_LANES: tl.constexpr, SWIZZLE: tl.constexpr,
 ):  # fmt: skip
     if LANE:
         hide = zero
@@ -323,12 +363,12 @@ def scan_backward_kernel(
     sb, s, b, chunk, rev, d, n, d_ok, nd_ok, A, bias, D, state_at = _program(
         a_ptr, d_ptr, bias_ptr, batch, rev_mask, n_chunks, hide, DIM, N, BN, BD
     )
-    A2 = A * LOG2E
+    A2 = _swizzled(A * LOG2E, SWIZZLE)
     if not HAS_D:
         D = D * 0.0
     block = tl.program_id(1)
     if HAS_G_START:  # the adjoint entering this chunk from its end (later chunks in scan order)
-        g = tl.load(g_start_ptr + state_at, mask=nd_ok, other=0.0)
+        g = _swizzled(tl.load(g_start_ptr + state_at, mask=nd_ok, other=0.0), SWIZZLE)
     else:
         g = tl.zeros((BN, BD), dtype=tl.float32)
     dA = tl.zeros((BN, BD), dtype=tl.float32)
@@ -358,7 +398,7 @@ def scan_backward_kernel(
         n_tiles = tl.cdiv(tl.minimum(k1 + CK, k_end) - k1, T)
         if not CARRY_ONLY:  # the state at the start of every tile, from the one the forward kept
             ckpt_at = hide + ((sb * n_ckpts + k1 // CK) * N + n[:, None]).to(tl.int64) * DIM + d[None, :]
-            h = tl.load(ckpt_ptr + ckpt_at, mask=nd_ok, other=0.0)
+            h = _swizzled(tl.load(ckpt_ptr + ckpt_at, mask=nd_ok, other=0.0), SWIZZLE)
             if PF > 0:
                 if k1 > k_begin:  # the next segment's checkpoint, wanted a segment from now, row by row
                     row = (sb * n_ckpts + k1 // CK - 1).to(tl.int64) * N * DIM + tl.minimum(d, DIM - 1)
@@ -383,7 +423,7 @@ def scan_backward_kernel(
                     dt, _ = _dt(dts[i], bias, d_ok & (k1 + jt * T + i < k_end), SOFTPLUS, FAST)
                     h = (
                         exp2(A2 * dt[None, :], FAST) * h
-                        + _states(Bs[i], n, BC_LANES, FAST) * (dt * us[i].to(tl.float32))[None, :]
+                        + _states(Bs[i], n, BC_LANES, SWIZZLE, FAST) * (dt * us[i].to(tl.float32))[None, :]
                     )
             tl.store(scratch_ptr + scratch_at + (n_tiles - 1) * BN * BD, h)
         k_last = k1 + (n_tiles - 1) * T
@@ -407,7 +447,8 @@ def scan_backward_kernel(
                     prefetch_l2(scratch_ptr + scratch_at + tl.maximum(n_tiles - 3 - jt, 0) * BN * BD)
                 h = tl.load(scratch_ptr + scratch_at + (n_tiles - 1 - jt) * BN * BD)
                 for i in tl.static_range(T):
-                    h = decays[i] * h + _states(Bs[i], n, BC_LANES, FAST) * (dt_outs[i] * us[i].to(tl.float32))[None, :]
+                    Bt = _states(Bs[i], n, BC_LANES, SWIZZLE, FAST)
+                    h = decays[i] * h + Bt * (dt_outs[i] * us[i].to(tl.float32))[None, :]
                     hs = hs + (h,)
             # back through the tile: q_k = dy_k C_k + a_{k+1} q_{k+1}, with g = a_{k+1} q_{k+1}
             for i in tl.static_range(T - 1, -1, -1):
@@ -419,8 +460,8 @@ def scan_backward_kernel(
                 dt, dt_in = dt_outs[i], dt_ins[i]
                 u, Bt, Ct, dout = (
                     us[i].to(tl.float32),
-                    _states(Bs[i], n, BC_LANES, FAST),
-                    _states(Cs[i], n, BC_LANES, FAST),
+                    _states(Bs[i], n, BC_LANES, SWIZZLE, FAST),
+                    _states(Cs[i], n, BC_LANES, SWIZZLE, FAST),
                     dys[i].to(tl.float32),
                 )
                 if HAS_Z:
@@ -452,8 +493,7 @@ def scan_backward_kernel(
                     tl.store(ddt_ptr + out_ptrs + t * DIM, ddt.to(ddt_ptr.dtype.element_ty), mask=m)
                     bc_ok = (n < N) & (k < k_end)  # dB, dC: sums over this program's channels
                     if SCATTER:  # BD = 32, BN = 16, a channel a lane: dB's and dC's rows, one a lane
-                        terms = tl.join(q * dt_u[None, :], h * dy[None, :])  # (BN, BD, 2)
-                        total = _sum_over_lanes_scattered(tl.reshape(tl.permute(terms, (2, 0, 1)), (2 * BN, BD)))
+                        total = _sum_over_lanes_scattered(q * dt_u[None, :], h * dy[None, :], SWIZZLE, FAST)
                         row = tl.arange(0, 2 * BN)  # lane L: row L, dB's state L, or dC's state L - BN
                         at = tl.where(row < BN, db_ptr + bc_at_row + t * N + row, dc_ptr + bc_at_row + t * N + row - BN)
                         tl.atomic_add(at, total, mask=((row % BN) < N) & (k < k_end), sem="relaxed")
@@ -470,6 +510,7 @@ def scan_backward_kernel(
                     dD += dy * u
                     dbias += ddt
                 g = decays[i] * q
+    g, dA = _swizzled(g, SWIZZLE), _swizzled(dA, SWIZZLE)  # back in state order
     if CARRY_ONLY:
         tl.store(g_end_ptr + state_at, g, mask=nd_ok)
         tl.store(dt_sum_ptr + (sb * n_chunks + chunk) * DIM + d, dt_sum, mask=d_ok)

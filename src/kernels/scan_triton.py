@@ -39,8 +39,9 @@ class ScanTiling:
     holds 32 channels a lane each (lane_states) and block_d is a multiple of the states, B's and C's
     rows loaded a state a lane and spread to each lane's states by shuffles (scan_kernels._states;
     inline PTX, tl.gather under the interpreter), not loaded whole into every lane, which ptxas keeps
-    in uniform registers, waiting on the loads as they land (not yet timed on a GPU: off by
-    default)."""
+    in uniform registers, waiting on the loads as they land; with the reduce-scatter the backward
+    then keeps a lane's states swizzled (scan_kernels._swizzled), which spares the reduce-scatter
+    its selects (not yet timed on a GPU: off by default)."""
 
     block_d: int = 16
     tile_len: int = 2
@@ -123,10 +124,15 @@ class _Launch:
             self.flags["maxnreg"] = tiling.max_registers
         self.sizes = (self.batch, self.length, self.chunk_len, self.n_chunks, self.n_ckpts)
 
-    def scatter_bc(self, tiling: ScanTiling, atomic: bool) -> bool:
-        """Whether the backward sums dB and dC over channels by the warp reduce-scatter."""
+    def scatter_flags(self, tiling: ScanTiling, atomic: bool) -> dict:
+        """The backward's SCATTER: whether it sums dB and dC over channels by the warp
+        reduce-scatter (shuffles; tl.gather under the interpreter); and SWIZZLE: whether, rows of B
+        and C a state a lane, it holds them swizzled (scan_kernels._program), which spares the
+        reduce-scatter its selects."""
         lanes = tiling.lane_states and tiling.block_d == 32 and self.shape["BN"] == 16
-        return tiling.scatter_bc and self.fast and atomic and lanes
+        shuffles = self.fast or os.environ.get("TRITON_INTERPRET") == "1"
+        scatter = tiling.scatter_bc and shuffles and atomic and lanes
+        return dict(SCATTER=scatter, SWIZZLE=scatter and self.flags["BC_LANES"])
 
     def states(self, *lead: int) -> Tensor:
         """A buffer of (..., N, E) fp32 states: channels contiguous, as the threads hold them."""
@@ -205,14 +211,14 @@ def scan_backward(dy, ckpt, u, delta, A, B, C, D, z, delta_bias, reverse, delta_
             *run.inputs, dy, ckpt, g_out, scratch,
             du, ddelta, du, dB_sum, dC_sum, dA_sum, dD_sum, dbias_sum, g_out, dt_sum,
             *run.sizes, run.rev_mask, 0, *run.strides, *dy_strides, HAS_G_START=False, CARRY_ONLY=True,
-            ATOMIC=atomic, SCATTER=run.scatter_bc(tiling, atomic), **run.flags,
+            ATOMIC=atomic, **run.scatter_flags(tiling, atomic), **run.flags,
         )  # fmt: skip
         g_start = run.carry(g_out, dt_sum, backward=True)
     scan_backward_kernel[run.grid](
         *run.inputs, dy, ckpt, g_start if g_start is not None else ckpt, scratch,
         du, ddelta, dz_sets if dz_sets is not None else du, dB_sum, dC_sum, dA_sum, dD_sum, dbias_sum,
         ckpt, ckpt, *run.sizes, run.rev_mask, 0, *run.strides, *dy_strides,
-        HAS_G_START=g_start is not None, CARRY_ONLY=False, ATOMIC=atomic, SCATTER=run.scatter_bc(tiling, atomic),
+        HAS_G_START=g_start is not None, CARRY_ONLY=False, ATOMIC=atomic, **run.scatter_flags(tiling, atomic),
         **run.flags,
     )  # fmt: skip
     if not atomic:

@@ -70,6 +70,20 @@ def counts(sass: str) -> dict[str, int]:
     return dict(found)
 
 
+def innermost_loops(sass: str) -> list[dict[str, int]]:
+    """The instruction counts (as counts()) of every innermost loop, in address order: the body
+    between a backward branch and its target, holding no other backward branch."""
+    lines = [m for m in (re.match(r"\s+/\*([0-9a-f]+)\*/\s+(.*)", line) for line in sass.splitlines()) if m]
+    addresses = [int(m.group(1), 16) for m in lines]
+    loops = []
+    for i, m in enumerate(lines):
+        target = re.search(r"\bBRA\b[^;]*?0x([0-9a-f]+)", m.group(2))
+        if target and int(target.group(1), 16) < addresses[i]:
+            loops.append((addresses.index(int(target.group(1), 16)), i))
+    inner = [(a, b) for a, b in loops if not any(a <= c and d < b for c, d in loops if (c, d) != (a, b))]
+    return [counts("\n".join(m.group(0) for m in lines[a : b + 1])) for a, b in inner]
+
+
 def main() -> None:
     """Per kernel (forward; backward, its second pass), at the default launch and with bc_lanes:
     the flags, the SASS's instruction counts, registers and stack bytes, as JSON."""
@@ -97,10 +111,11 @@ def main() -> None:
                 kernel = scan_kernels.scan_forward_kernel
             else:
                 flags.update(HAS_G_START=run.n_chunks > 1, CARRY_ONLY=False, ATOMIC=True)
-                flags["SCATTER"] = run.scatter_bc(tiling, atomic=True)
+                flags.update(run.scatter_flags(tiling, atomic=True))
                 kernel = scan_kernels.scan_backward_kernel
             sass, registers, stack = compile_sm90(kernel, flags, ints)
-            out[name + variant] = {"flags": flags, "sass": counts(sass), "registers": registers, "stack": stack}
+            loops = innermost_loops(sass)
+            out[name + variant] = dict(flags=flags, sass=counts(sass), loops=loops, registers=registers, stack=stack)
     print(json.dumps(out))
 
 
