@@ -57,8 +57,9 @@ def test_both_kernels_ask_l2_for_what_they_load_ahead_without_spilling(compiled)
     steps = forward["flags"]["T"]
     assert forward["sass"].get("CCTL.E.PF2", 0) == 5 * steps  # u, delta, B, C and z, a step on in the loop
     steps, states = backward["flags"]["T"], 16
-    # the walk forward: u, delta, B; the walk back: C, z, dy; a tile's scratch state; the next checkpoint
-    assert backward["sass"].get("CCTL.E.PF2", 0) == 3 * steps + 3 * steps + states + states
+    # the walk forward: u, delta, B; the walk back: C, z, dy; a tile's scratch state (BN floats a lane,
+    # one instruction); the next checkpoint, row by row
+    assert backward["sass"].get("CCTL.E.PF2", 0) == 3 * steps + 3 * steps + 1 + states
     for kernel in (forward, backward):
         assert not any(op.startswith(("STL", "LDL")) for op in kernel["sass"])
 

@@ -390,6 +390,7 @@ def scan_backward_kernel(
     # this program's scratch: (CK // T, BN, BD) fp32, the states at the start of every tile of a segment
     program = (sb * tl.num_programs(1) + block) * n_chunks + chunk
     scratch_at = hide + (program.to(tl.int64) * (CK // T) * BN + n[:, None]) * BD + tl.arange(0, BD)[None, :]
+    scratch_lines = hide + program.to(tl.int64) * (CK // T) * BN * BD + tl.arange(0, BD) * BN  # a tile, over lanes
     k_begin = chunk * chunk_len
     k_end = tl.minimum(k_begin + chunk_len, length)
     n_segments = tl.cdiv(k_end - k_begin, CK)
@@ -443,8 +444,8 @@ def scan_backward_kernel(
                 a = exp2(A2 * dt[None, :], FAST)
                 decays, dt_outs, dt_ins = decays + (a,), dt_outs + (dt,), dt_ins + (dt_in,)
             if not CARRY_ONLY:
-                if PF > 0:  # the start state two tiles on
-                    prefetch_l2(scratch_ptr + scratch_at + tl.maximum(n_tiles - 3 - jt, 0) * BN * BD)
+                if PF > 0:  # the start state two tiles on: BN * BD floats, BN a lane (one instruction)
+                    prefetch_l2(scratch_ptr + scratch_lines + tl.maximum(n_tiles - 3 - jt, 0) * BN * BD)
                 h = tl.load(scratch_ptr + scratch_at + (n_tiles - 1 - jt) * BN * BD)
                 for i in tl.static_range(T):
                     Bt = _states(Bs[i], n, BC_LANES, SWIZZLE, FAST)
