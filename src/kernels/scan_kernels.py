@@ -120,25 +120,51 @@ def _load_tile(
     return us, dts, Bs, Cs, zs, dys
 
 
-# which inputs' rows _prefetch_rows asks for, as bits
+# which inputs' rows a program asks L2 for ahead of their loads, as bits
 U_ROW, DELTA_ROW, B_ROW, C_ROW, Z_ROW, DY_ROW = (tl.constexpr(1 << i) for i in range(6))
 
 
 @triton.jit
-def _prefetch_rows(pointers, steps, k, k_lo, k_hi, length, rev, d, N, DIM: tl.constexpr, ROWS: tl.constexpr):
-    """L2 prefetch of step k's rows (k clamped into [k_lo, k_hi)) of the inputs ROWS names
-    (pointers, steps as for _load_tile): a step's loads then wait on L2, not DRAM, without holding
-    the registers a load further ahead would."""
-    k = tl.minimum(tl.maximum(k, k_lo), k_hi - 1)
-    t = tl.where(rev == 1, length - 1 - k, k)
-    channel = tl.minimum(d, DIM - 1)  # valid addresses only
-    state = d % N
+def _row_lanes(pointers, steps, d, DIM: tl.constexpr, ROWS: tl.constexpr, T: tl.constexpr):
+    """Each lane's share of a tile's L2 prefetches (_prefetch_tile): which 32 bytes of which row,
+    so that one prefetch instruction asks for every row ROWS names, of up to 2 steps at once, where
+    a prefetch a row (its lanes all on one row) takes 6. Lane l: sector l % SECTORS of this
+    program's part of a row (its channels; B's and C's rows are 32 bytes), input (l // SECTORS) % 8
+    of pointers (one ROWS does not name: the first it names), step l // (8 SECTORS) of the tile.
+    Returns the lanes' pointers at time 0, their time strides and their steps' offsets (BD,)."""
+    BD: tl.constexpr = d.shape[0]
+    tl.static_assert(BD >= 8)
+    SECTORS: tl.constexpr = 2 if BD >= 32 else 1  # 32 bytes: 16 bf16 channels
+    lane = tl.arange(0, BD)
+    which = (lane // SECTORS) % 8
+    channel = tl.minimum(d - lane + 16 * (lane % SECTORS), DIM - 1)  # valid addresses only
+    if ROWS & U_ROW:
+        lane_ptr, lane_step = pointers[0] + channel, steps[0] + 0 * lane
+    else:
+        lane_ptr, lane_step = pointers[3] + 0 * lane, steps[3] + 0 * lane
     for i in tl.static_range(6):
         if (ROWS >> i) & 1:
             if ((B_ROW | C_ROW) >> i) & 1:  # N states a row
-                prefetch_l2(pointers[i] + t * steps[i] + state)
+                lane_ptr = tl.where(which == i, pointers[i], lane_ptr)
             else:
-                prefetch_l2(pointers[i] + t * steps[i] + channel)
+                lane_ptr = tl.where(which == i, pointers[i] + channel, lane_ptr)
+            lane_step = tl.where(which == i, steps[i], lane_step)
+    STEPS: tl.constexpr = BD // (8 * SECTORS) if BD // (8 * SECTORS) < T else T  # a prefetch's
+    return lane_ptr, lane_step, (lane // (8 * SECTORS)) % STEPS
+
+
+@triton.jit
+def _prefetch_tile(lanes, k, k_lo, k_hi, length, rev, T: tl.constexpr):
+    """L2 prefetch of the rows of steps k .. k + T - 1 (clamped into [k_lo, k_hi)) of the inputs
+    _row_lanes spread over the lanes (lanes: what it returned): a step's loads then wait on L2, not
+    DRAM, without holding the registers a load further ahead would."""
+    lane_ptr, lane_step, offset = lanes
+    BD: tl.constexpr = lane_ptr.shape[0]
+    STEPS: tl.constexpr = BD // (16 if BD >= 32 else 8) if BD // (16 if BD >= 32 else 8) < T else T  # as _row_lanes
+    for j in tl.static_range(0, T, STEPS):
+        step = tl.minimum(tl.maximum(k + j + offset, k_lo), k_hi - 1)
+        t = tl.where(rev == 1, length - 1 - step, step)
+        prefetch_l2(lane_ptr + t * lane_step)
 
 
 SHFL_IDX = tl.constexpr("shfl.sync.idx.b32 $0, $1, $2, 0x1f, 0xffffffff;")
@@ -281,6 +307,8 @@ def scan_forward_kernel(
     )
     steps = (su_l, sdt_l, sb_l, sc_l, sz_l, 0)
     ROWS: tl.constexpr = U_ROW | DELTA_ROW | B_ROW | ((C_ROW | (Z_ROW if HAS_Z else 0)) if WRITE_Y else 0)
+    if PF > 0:
+        rows = _row_lanes(pointers, steps, d, DIM, ROWS, T)
     y_ptr += sb.to(tl.int64) * length * DIM  # y: (S, B, L, E) contiguous
     k_begin = chunk * chunk_len
     k_end = tl.minimum(k_begin + chunk_len, length)
@@ -298,9 +326,9 @@ def scan_forward_kernel(
             if k0 % CK == 0:  # the state entering these CK steps: the backward restarts here
                 ckpt_at = hide + ((sb * n_ckpts + k0 // CK) * N + n[:, None]).to(tl.int64) * DIM + d[None, :]
                 tl.store(ckpt_ptr + ckpt_at, h, mask=nd_ok)
+        if PF > 0:
+            _prefetch_tile(rows, k0 + PF, k_begin, k_end, length, rev, T)
         for i in tl.static_range(T):
-            if PF > 0:
-                _prefetch_rows(pointers, steps, k0 + i + PF, k_begin, k_end, length, rev, d, N, DIM, ROWS)
             ok = k0 + i < k_end
             t = tl.where(rev == 1, length - 1 - (k0 + i), k0 + i)
             u = us[i].to(tl.float32)
@@ -380,7 +408,9 @@ def scan_backward_kernel(
         (su_s, su_b, sdt_s, sdt_b, sb_s, sb_b, sc_s, sc_b, 0, sz_b, sdy_s, sdy_b), s, b,
     )  # fmt: skip
     steps = (su_l, sdt_l, sb_l, sc_l, sz_l, sdy_l)
-    WALK_BACK_ROWS: tl.constexpr = C_ROW | DY_ROW | (Z_ROW if HAS_Z else 0) | (DELTA_ROW if CARRY_ONLY else 0)
+    if PF > 0:  # both walks ask for every input's rows (fewer registers than a set for each)
+        EVERY_ROW: tl.constexpr = U_ROW | DELTA_ROW | B_ROW | C_ROW | DY_ROW | (Z_ROW if HAS_Z else 0)
+        rows = _row_lanes(pointers, steps, d, DIM, EVERY_ROW, T)
     out_ptrs = sb.to(tl.int64) * length * DIM + d  # du, ddt, dz: (S, B, L, E) contiguous
     bc_at_row = sb.to(tl.int64) * length * N
     if ATOMIC:  # dB, dC: (S*B, L, N), every channel block adds into it
@@ -415,12 +445,9 @@ def scan_backward_kernel(
                     BC_LANES,
                 )  # fmt: skip
                 tl.store(scratch_ptr + scratch_at + jt * BN * BD, h)
+                if PF > 0:
+                    _prefetch_tile(rows, k1 + jt * T + PF, k1, k_end, length, rev, T)
                 for i in tl.static_range(T):
-                    if PF > 0:
-                        _prefetch_rows(
-                            pointers, steps, k1 + jt * T + i + PF, k1, k_end, length, rev, d, N, DIM,
-                            U_ROW | DELTA_ROW | B_ROW,
-                        )  # fmt: skip
                     dt, _ = _dt(dts[i], bias, d_ok & (k1 + jt * T + i < k_end), SOFTPLUS, FAST)
                     h = (
                         exp2(A2 * dt[None, :], FAST) * h
@@ -451,11 +478,11 @@ def scan_backward_kernel(
                     Bt = _states(Bs[i], n, BC_LANES, SWIZZLE, FAST)
                     h = decays[i] * h + Bt * (dt_outs[i] * us[i].to(tl.float32))[None, :]
                     hs = hs + (h,)
+            if PF > 0:  # PF steps on, the rows not read yet (pass 2 walked u, delta and B forward)
+                _prefetch_tile(rows, k0 - PF, k_begin, k_end, length, rev, T)
             # back through the tile: q_k = dy_k C_k + a_{k+1} q_{k+1}, with g = a_{k+1} q_{k+1}
             for i in tl.static_range(T - 1, -1, -1):
                 k = k0 + i
-                if PF > 0:  # PF steps on, the rows not read yet (pass 2 walked u, delta and B forward)
-                    _prefetch_rows(pointers, steps, k - PF, k_begin, k_end, length, rev, d, N, DIM, WALK_BACK_ROWS)
                 m = d_ok & (k < k_end)
                 t = tl.where(rev == 1, length - 1 - k, k)
                 dt, dt_in = dt_outs[i], dt_ins[i]
@@ -516,9 +543,7 @@ def scan_backward_kernel(
         tl.store(g_end_ptr + state_at, g, mask=nd_ok)
         tl.store(dt_sum_ptr + (sb * n_chunks + chunk) * DIM + d, dt_sum, mask=d_ok)
     elif ATOMIC:  # dA: (S, N, E), dD and dbias: (S, E), every program adds into them
-        tl.atomic_add(
-            da_ptr + hide + (s * N + n[:, None]).to(tl.int64) * DIM + d[None, :], dA, mask=nd_ok, sem="relaxed"
-        )
+        tl.atomic_add(da_ptr + s * N * DIM + (hide + n[:, None] * DIM + d[None, :]), dA, mask=nd_ok, sem="relaxed")
         tl.atomic_add(dd_ptr + s * DIM + d, dD, mask=d_ok, sem="relaxed")
         tl.atomic_add(dbias_ptr + s * DIM + d, dbias, mask=d_ok, sem="relaxed")
     else:  # per program: dA (S*B, n_chunks, N, E), dD and dbias (S*B, n_chunks, E)
