@@ -287,6 +287,12 @@ def index_table(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def scan_sass_table(record: dict) -> str:
+    from benchmarks.scan_sass import markdown
+
+    return markdown(record)
+
+
 def build_rate_table(record: dict) -> str:
     from benchmarks.build_rate import table  # its own module: it also writes the clips it times
 
@@ -305,6 +311,7 @@ BLOCKS = {
     "threads": ("threads.json", threads_table),
     "index": ("index.json", index_table),
     "build-rate": ("build_rate.json", build_rate_table),
+    "scan-sass": ("scan_sass.json", scan_sass_table),
 }
 
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def compiled() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile, not interpret
     done = subprocess.run(
-        [sys.executable, "-m", "tests.helpers.sm90_sass"],
+        [sys.executable, "-m", "benchmarks.scan_sass"],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -1,11 +1,20 @@
-"""Compile the scan kernels for an H100 (sm_90) on any machine, GPU or not, with the launch flags
-the defaults give at tiny's pretraining shape, and print the SASS's instruction counts as JSON.
-ptxas and cuobjdump ship in Triton's wheel, so no CUDA driver is needed. Run in a process of its own
-(`python -m tests.helpers.sm90_sass`) without TRITON_INTERPRET: under the interpreter the kernels
-are not compiled at all."""
+"""What ptxas makes of the scan kernels for an H100 (sm_90), on any machine: ptxas and cuobjdump
+ship in Triton's wheel, so no GPU or CUDA driver is needed. Compiled with the launch flags the
+defaults give at tiny's pretraining shape (batch 64, 513 steps, 384 channels), at the default
+launch and with ScanTiling.bc_lanes; per kernel (the forward; the backward's second pass): the SASS's
+instruction counts by opcode, those of each innermost loop (the forward's tile; the backward's walk
+forward and walk back, each a 2-step tile), registers a thread, stack bytes (spills land there) and
+the warps an SM then holds (a program is one warp).
+
+    python -m benchmarks.scan_sass [--out docs/benchmarks/scan_sass.json]
+
+Prints the JSON without --out. Run in a process of its own without TRITON_INTERPRET (under the
+interpreter the kernels are not compiled at all); tests/test_scan_sass.py checks the counts the
+kernels' design rests on."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -13,14 +22,18 @@ import re
 import subprocess
 import tempfile
 from collections import Counter
+from pathlib import Path
 
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from benchmarks.provenance import measured_line, provenance
+from benchmarks.report import DATA, render_docs
 from src.kernels import scan_kernels
 from src.kernels.scan_triton import _Launch, default_tilings
+from src.utils.io import write_json, write_text
 
 BF16 = {"u_ptr", "dt_ptr", "b_ptr", "c_ptr", "z_ptr", "dy_ptr", "y_ptr", "du_ptr", "ddt_ptr", "dz_ptr"}
 SHAPE = (2, 64, 513, 384)  # tiny at batch 64: (sets, batch, length, channels)
@@ -84,9 +97,15 @@ def innermost_loops(sass: str) -> list[dict[str, int]]:
     return [counts("\n".join(m.group(0) for m in lines[a : b + 1])) for a, b in inner]
 
 
-def main() -> None:
+def warps_per_sm(registers: int) -> int:
+    """Warps an SM holds at this many registers a thread (allocated 8 at a time; 64K registers and
+    at most 32 one-warp programs an SM)."""
+    return min(32, 65536 // (-(-registers // 8) * 8 * 32))
+
+
+def compile_variants() -> dict:
     """Per kernel (forward; backward, its second pass), at the default launch and with bc_lanes:
-    the flags, the SASS's instruction counts, registers and stack bytes, as JSON."""
+    the flags, the SASS's instruction counts (all and per innermost loop), registers, stack bytes."""
     sets, batch, length, dim = SHAPE
     meta = dict(dtype=torch.bfloat16, device="meta")
     u, delta = torch.empty(SHAPE, **meta), torch.empty(SHAPE, **meta)
@@ -114,9 +133,44 @@ def main() -> None:
                 flags.update(run.scatter_flags(tiling, atomic=True))
                 kernel = scan_kernels.scan_backward_kernel
             sass, registers, stack = compile_sm90(kernel, flags, ints)
-            loops = innermost_loops(sass)
-            out[name + variant] = dict(flags=flags, sass=counts(sass), loops=loops, registers=registers, stack=stack)
-    print(json.dumps(out))
+            loops, opcodes = innermost_loops(sass), counts(sass)
+            out[name + variant] = dict(
+                flags=flags, instructions=sum(opcodes.values()), loop_instructions=[sum(x.values()) for x in loops],
+                registers=registers, stack=stack, warps_per_sm=warps_per_sm(registers), sass=opcodes, loops=loops,
+            )  # fmt: skip
+    return out
+
+
+def markdown(record: dict) -> str:
+    """The table: a row a kernel and launch."""
+    kernels = record["kernels"]
+    rows = [
+        "| kernel | launch | registers | warps an SM | stack bytes | instructions | per innermost loop |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, k in kernels.items():
+        name, _, variant = key.partition("_")
+        loops = " + ".join(str(n) for n in k["loop_instructions"])
+        launch = "bc_lanes" if variant else "default"
+        cells = [name, launch, k["registers"], k["warps_per_sm"], k["stack"], k["instructions"], loops]
+        rows.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(rows) + "\n\n" + measured_line(record) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, help="write the JSON here (and a .md table beside it)")
+    args = parser.parse_args()
+    kernels = compile_variants()
+    if args.out is None:
+        print(json.dumps(kernels))
+        return
+    record = {"measured": provenance(f"ptxas for sm_90 (Triton {triton.__version__}), no GPU"), "kernels": kernels}
+    write_json(args.out, record)
+    write_text(args.out.with_suffix(".md"), markdown(record))
+    if args.out.resolve() == (DATA / "scan_sass.json").resolve():
+        render_docs(names=["scan-sass"])
+    print(markdown(record))
 
 
 if __name__ == "__main__":
