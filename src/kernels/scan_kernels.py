@@ -125,16 +125,16 @@ U_ROW, DELTA_ROW, B_ROW, C_ROW, Z_ROW, DY_ROW = (tl.constexpr(1 << i) for i in r
 
 
 @triton.jit
-def _row_lanes(pointers, steps, d, DIM: tl.constexpr, ROWS: tl.constexpr, T: tl.constexpr):
-    """Each lane's share of a tile's L2 prefetches (_prefetch_tile): which 32 bytes of which row,
-    so that one prefetch instruction asks for every row ROWS names, of up to 2 steps at once, where
-    a prefetch a row (its lanes all on one row) takes 6. Lane l: sector l % SECTORS of this
-    program's part of a row (its channels; B's and C's rows are 32 bytes), input (l // SECTORS) % 8
-    of pointers (one ROWS does not name: the first it names), step l // (8 SECTORS) of the tile.
-    Returns the lanes' pointers at time 0, their time strides and their steps' offsets (BD,)."""
+def _row_lanes(pointers, steps, d, DIM: tl.constexpr, ROWS: tl.constexpr):
+    """Which row each lane asks L2 for in _prefetch_tile, so that one prefetch instruction covers a
+    step's rows of every input ROWS names (and with 32 lanes two steps'), where a prefetch a row
+    (all its lanes on one row) took one instruction a row. Lane l: 32-byte sector l % SECTORS of
+    this program's part of a row (its channels; B's and C's rows are 32 bytes), of input
+    (l // SECTORS) % 8 of pointers (an input ROWS does not name: the first it names). Returns the
+    lanes' pointers at time 0 and their time strides (BD,)."""
     BD: tl.constexpr = d.shape[0]
     tl.static_assert(BD >= 8)
-    SECTORS: tl.constexpr = 2 if BD >= 32 else 1  # 32 bytes: 16 bf16 channels
+    SECTORS: tl.constexpr = 2 if BD >= 32 else 1  # 16 bf16 channels a sector; as _prefetch_tile
     lane = tl.arange(0, BD)
     which = (lane // SECTORS) % 8
     channel = tl.minimum(d - lane + 16 * (lane % SECTORS), DIM - 1)  # valid addresses only
@@ -149,18 +149,20 @@ def _row_lanes(pointers, steps, d, DIM: tl.constexpr, ROWS: tl.constexpr, T: tl.
             else:
                 lane_ptr = tl.where(which == i, pointers[i] + channel, lane_ptr)
             lane_step = tl.where(which == i, steps[i], lane_step)
-    STEPS: tl.constexpr = BD // (8 * SECTORS) if BD // (8 * SECTORS) < T else T  # a prefetch's
-    return lane_ptr, lane_step, (lane // (8 * SECTORS)) % STEPS
+    return lane_ptr, lane_step
 
 
 @triton.jit
 def _prefetch_tile(lanes, k, k_lo, k_hi, length, rev, T: tl.constexpr):
-    """L2 prefetch of the rows of steps k .. k + T - 1 (clamped into [k_lo, k_hi)) of the inputs
-    _row_lanes spread over the lanes (lanes: what it returned): a step's loads then wait on L2, not
-    DRAM, without holding the registers a load further ahead would."""
-    lane_ptr, lane_step, offset = lanes
+    """L2 prefetch of the rows of steps k .. k + T - 1 (clamped into [k_lo, k_hi)) that _row_lanes
+    spread over the lanes (lanes: what it returned), the lanes past a step's 8 SECTORS rows taking
+    the next step: a step's loads then wait on L2, not DRAM, without holding the registers a load
+    further ahead would."""
+    lane_ptr, lane_step = lanes
     BD: tl.constexpr = lane_ptr.shape[0]
-    STEPS: tl.constexpr = BD // (16 if BD >= 32 else 8) if BD // (16 if BD >= 32 else 8) < T else T  # as _row_lanes
+    ROWS_A_STEP: tl.constexpr = 16 if BD >= 32 else 8  # 8 inputs x SECTORS
+    STEPS: tl.constexpr = BD // ROWS_A_STEP if BD // ROWS_A_STEP < T else T  # an instruction's
+    offset = (tl.arange(0, BD) // ROWS_A_STEP) % STEPS
     for j in tl.static_range(0, T, STEPS):
         step = tl.minimum(tl.maximum(k + j + offset, k_lo), k_hi - 1)
         t = tl.where(rev == 1, length - 1 - step, step)
@@ -248,7 +250,7 @@ def _sum_over_lanes_scattered(db, dc, SWIZZLE: tl.constexpr, FAST: tl.constexpr)
     a warp, one a lane) -> (32,): lane L holds dB's (L < 16) or dC's sum over the 32 channels for
     state L % 16. A butterfly that halves what a lane holds at every level: 31 shuffles, where
     summing each row across the warp takes 5 a row (160). Slot j holds state j: the lanes select the
-    half they keep (62 selects). With SWIZZLE slot j of lane L holds state j ^ (L % 16) (_slice): the
+    half they keep (62 selects). With SWIZZLE slot j of lane L holds state j ^ (L % 16) (_swizzled): the
     lower slots of lane L and the upper slots of lane L ^ bit then hold the same states and every
     lane keeps its lower slots, the states' levels with no selects, then dB or dC (2 selects)."""
     if SWIZZLE:
@@ -308,7 +310,7 @@ def scan_forward_kernel(
     steps = (su_l, sdt_l, sb_l, sc_l, sz_l, 0)
     ROWS: tl.constexpr = U_ROW | DELTA_ROW | B_ROW | ((C_ROW | (Z_ROW if HAS_Z else 0)) if WRITE_Y else 0)
     if PF > 0:
-        rows = _row_lanes(pointers, steps, d, DIM, ROWS, T)
+        rows = _row_lanes(pointers, steps, d, DIM, ROWS)
     y_ptr += sb.to(tl.int64) * length * DIM  # y: (S, B, L, E) contiguous
     k_begin = chunk * chunk_len
     k_end = tl.minimum(k_begin + chunk_len, length)
@@ -410,7 +412,7 @@ def scan_backward_kernel(
     steps = (su_l, sdt_l, sb_l, sc_l, sz_l, sdy_l)
     if PF > 0:  # both walks ask for every input's rows (fewer registers than a set for each)
         EVERY_ROW: tl.constexpr = U_ROW | DELTA_ROW | B_ROW | C_ROW | DY_ROW | (Z_ROW if HAS_Z else 0)
-        rows = _row_lanes(pointers, steps, d, DIM, EVERY_ROW, T)
+        rows = _row_lanes(pointers, steps, d, DIM, EVERY_ROW)
     out_ptrs = sb.to(tl.int64) * length * DIM + d  # du, ddt, dz: (S, B, L, E) contiguous
     bc_at_row = sb.to(tl.int64) * length * N
     if ATOMIC:  # dB, dC: (S*B, L, N), every channel block adds into it
