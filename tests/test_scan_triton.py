@@ -8,8 +8,10 @@ from dataclasses import replace
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
-from src.kernels import conv1d_silu, conv_triton, scan_triton
+from src.kernels import conv1d_silu, conv_triton, scan_kernels, scan_triton
 from src.kernels.scan_triton import ScanTiling, default_tilings, selective_scan_triton
 from src.models.components.bimamba import BiMambaMixer
 from tests.helpers.reference import stacked_scan_reference
@@ -114,6 +116,75 @@ def test_default_tilings_follow_the_measured_rules():
     )
     # long sequences: 32 channels, chunks until 8192 programs
     assert default_tilings(2, 4, 384, 22001)[0] == ScanTiling(block_d=32, min_programs=8192)
+
+
+@triton.jit
+def _prefetched_values(
+    u, delta, b, c, z, dy, out, length, k, k_lo, k_hi, rev, su, sdt, sb, sc, sz, sdy,
+    DIM: tl.constexpr, BD: tl.constexpr, ROWS: tl.constexpr, T: tl.constexpr, STEPS: tl.constexpr,
+):  # fmt: skip
+    # what a tile's L2 prefetches would fetch, read through their addresses: one row of out a
+    # prefetch instruction, a value a lane
+    d = tl.program_id(0) * BD + tl.arange(0, BD)
+    lanes = scan_kernels._row_lanes((u, delta, b, c, z, dy), (su, sdt, sb, sc, sz, sdy), d, DIM, ROWS)
+    for j in tl.static_range(0, T, STEPS):
+        at = scan_kernels._prefetched(lanes, k + j, k_lo, k_hi, length, rev, STEPS)
+        row = tl.program_id(0) * tl.cdiv(T, STEPS) + j // STEPS
+        tl.store(out + row * BD + tl.arange(0, BD), tl.load(at))
+
+
+PREFETCH_ROWS = {
+    "the forward's": scan_kernels.U_ROW
+    | scan_kernels.DELTA_ROW
+    | scan_kernels.B_ROW
+    | scan_kernels.C_ROW
+    | scan_kernels.Z_ROW,
+    "the walk back's": scan_kernels.C_ROW | scan_kernels.DY_ROW | scan_kernels.Z_ROW | scan_kernels.DELTA_ROW,
+    "every input's": 63,
+}
+
+
+@pytest.mark.parametrize("rows", list(PREFETCH_ROWS))
+@pytest.mark.parametrize("block_d, tile_len", [(32, 2), (16, 2), (8, 2), (32, 1)])
+def test_a_tiles_prefetches_ask_for_every_row_it_loads_at_valid_addresses(rows, block_d, tile_len):
+    """scan_kernels._row_lanes and _prefetched (GPU-only hints, so never timed here): read through
+    the addresses a tile's prefetch instructions would ask L2 for, each input's elements holding
+    their own (input, time, channel or state), every input the rows name has, for every step of the
+    tile (clamped into [k_lo, k_hi), time reversed for a reverse set), the program's row at each
+    16-channel sector of its channels (B and C: the row's start), and no lane reads outside the
+    inputs. 40 channels: the second block of 32 has 8."""
+    length, dim, n, k_lo, k_hi = 20, 40, 16, 4, 17
+    names = ["u", "delta", "B", "C", "z", "dy"]
+    width = {"B": n, "C": n}
+    inputs = [
+        (100_000 * i + 1000 * torch.arange(length)[:, None] + torch.arange(width.get(x, dim))[None, :]).float()
+        for i, x in enumerate(names)
+    ]
+    valid = set(torch.cat([x.flatten() for x in inputs]).tolist())
+    inputs = [x.to(DEVICE) for x in inputs]
+    blocks = -(-dim // block_d)
+    steps = min(max(1, block_d // (16 if block_d >= 32 else 8)), tile_len)
+    sectors = 2 if block_d >= 32 else 1
+    for rev in (0, 1):
+        for k in (k_lo - 1, 9, k_hi - 1):  # a tile reaching before the range, inside, past its end
+            out = torch.full((blocks, -(-tile_len // steps), block_d), -1.0, device=DEVICE)
+            strides = [x.stride(0) for x in inputs]
+            _prefetched_values[(blocks,)](
+                *inputs, out, length, k, k_lo, k_hi, rev, *strides,
+                DIM=dim, BD=block_d, ROWS=PREFETCH_ROWS[rows], T=tile_len, STEPS=steps,
+            )  # fmt: skip
+            for block in range(blocks):
+                got = set(out[block].flatten().tolist())
+                assert got <= valid, f"addresses outside the inputs: {sorted(got - valid)[:4]}"
+                for i, name in enumerate(names):
+                    if not (PREFETCH_ROWS[rows] >> i) & 1:
+                        continue
+                    for step in range(k, k + tile_len):
+                        t = min(max(step, k_lo), k_hi - 1)
+                        t = length - 1 - t if rev else t
+                        at = [0] if name in width else [min(block * block_d + 16 * s, dim - 1) for s in range(sectors)]
+                        for column in at:
+                            assert 100_000 * i + 1000 * t + column in got, (name, step, column, rev, k)
 
 
 CONV_CASES = {

@@ -138,7 +138,7 @@ def _row_lanes(pointers, steps, d, DIM: tl.constexpr, ROWS: tl.constexpr):
     lane = tl.arange(0, BD)
     which = (lane // SECTORS) % 8
     channel = tl.minimum(d - lane + 16 * (lane % SECTORS), DIM - 1)  # valid addresses only
-    if ROWS & U_ROW:
+    if U_ROW & ROWS:  # (a constexpr first: the interpreter passes ints)
         lane_ptr, lane_step = pointers[0] + channel, steps[0] + 0 * lane
     else:
         lane_ptr, lane_step = pointers[3] + 0 * lane, steps[3] + 0 * lane
@@ -155,18 +155,24 @@ def _row_lanes(pointers, steps, d, DIM: tl.constexpr, ROWS: tl.constexpr):
 @triton.jit
 def _prefetch_tile(lanes, k, k_lo, k_hi, length, rev, T: tl.constexpr):
     """L2 prefetch of the rows of steps k .. k + T - 1 (clamped into [k_lo, k_hi)) that _row_lanes
-    spread over the lanes (lanes: what it returned), the lanes past a step's 8 SECTORS rows taking
-    the next step: a step's loads then wait on L2, not DRAM, without holding the registers a load
-    further ahead would."""
+    spread over the lanes (lanes: what it returned): a step's loads then wait on L2, not DRAM,
+    without holding the registers a load further ahead would. The lanes past a step's rows (8
+    inputs x SECTORS) take the next step: STEPS steps an instruction."""
+    BD: tl.constexpr = lanes[0].shape[0]
+    STEPS: tl.constexpr = BD // (16 if BD >= 32 else 8) if BD // (16 if BD >= 32 else 8) < T else T
+    for j in tl.static_range(0, T, STEPS):
+        prefetch_l2(_prefetched(lanes, k + j, k_lo, k_hi, length, rev, STEPS))
+
+
+@triton.jit
+def _prefetched(lanes, k, k_lo, k_hi, length, rev, STEPS: tl.constexpr):
+    """The addresses one prefetch instruction asks for: the lanes' rows of steps k .. k + STEPS - 1."""
     lane_ptr, lane_step = lanes
     BD: tl.constexpr = lane_ptr.shape[0]
-    ROWS_A_STEP: tl.constexpr = 16 if BD >= 32 else 8  # 8 inputs x SECTORS
-    STEPS: tl.constexpr = BD // ROWS_A_STEP if BD // ROWS_A_STEP < T else T  # an instruction's
-    offset = (tl.arange(0, BD) // ROWS_A_STEP) % STEPS
-    for j in tl.static_range(0, T, STEPS):
-        step = tl.minimum(tl.maximum(k + j + offset, k_lo), k_hi - 1)
-        t = tl.where(rev == 1, length - 1 - step, step)
-        prefetch_l2(lane_ptr + t * lane_step)
+    step = k + (tl.arange(0, BD) // (16 if BD >= 32 else 8)) % STEPS
+    step = tl.minimum(tl.maximum(step, k_lo), k_hi - 1)
+    t = tl.where(rev == 1, length - 1 - step, step)
+    return lane_ptr + t * lane_step
 
 
 SHFL_IDX = tl.constexpr("shfl.sync.idx.b32 $0, $1, $2, 0x1f, 0xffffffff;")
