@@ -1,7 +1,7 @@
 """What ptxas makes of the scan kernels for an H100 (sm_90), on any machine: ptxas and cuobjdump
 ship in Triton's wheel, so no GPU or CUDA driver is needed. Compiled with the launch flags the
-defaults give at tiny's pretraining shape (batch 64, 513 steps, 384 channels), at the default
-launch and with ScanTiling.bc_lanes; per kernel (the forward; the backward's second pass): the SASS's
+defaults give at tiny's pretraining shape (batch 64, 513 steps, 384 channels), with B's and C's
+rows loaded whole into every lane and a state a lane (ScanTiling.bc_lanes); per kernel (the forward; the backward's second pass): the SASS's
 instruction counts by opcode, those of each innermost loop (the forward's tile; the backward's walk
 forward and walk back, each a 2-step tile), registers a thread, stack bytes (spills land there) and
 the warps an SM then holds (a program is one warp).
@@ -135,6 +135,7 @@ def compile_variants() -> dict:
             sass, registers, stack = compile_sm90(kernel, flags, ints)
             loops, opcodes = innermost_loops(sass), counts(sass)
             out[name + variant] = dict(
+                default=tiling.bc_lanes == (forward if name == "forward" else backward).bc_lanes,
                 flags=flags, instructions=sum(opcodes.values()), loop_instructions=[sum(x.values()) for x in loops],
                 registers=registers, stack=stack, warps_per_sm=warps_per_sm(registers), sass=opcodes, loops=loops,
             )  # fmt: skip
@@ -151,7 +152,7 @@ def markdown(record: dict) -> str:
     for key, k in kernels.items():
         name, _, variant = key.partition("_")
         loops = " + ".join(str(n) for n in k["loop_instructions"])
-        launch = "bc_lanes" if variant else "default"
+        launch = ("bc_lanes" if variant else "whole rows of B and C") + (" (the default)" if k["default"] else "")
         cells = [name, launch, k["registers"], k["warps_per_sm"], k["stack"], k["instructions"], loops]
         rows.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(rows) + "\n\n" + measured_line(record) + "\n"
