@@ -1,10 +1,11 @@
 """What ptxas makes of the scan kernels for an H100 (sm_90), on any machine: ptxas and cuobjdump
 ship in Triton's wheel, so no GPU or CUDA driver is needed. Compiled with the launch flags the
 defaults give at tiny's pretraining shape (batch 64, 513 steps, 384 channels), with B's and C's
-rows loaded whole into every lane and a state a lane (ScanTiling.bc_lanes); per kernel (the forward; the backward's second pass): the SASS's
-instruction counts by opcode, those of each innermost loop (the forward's tile; the backward's walk
-forward and walk back, each a 2-step tile), registers a thread, stack bytes (spills land there) and
-the warps an SM then holds (a program is one warp).
+rows loaded whole into every lane and a state a lane (ScanTiling.bc_lanes); per kernel (the
+forward; the backward's second pass): the SASS's instruction counts by opcode, those of each
+innermost loop (the forward's tile; the backward's walk forward and walk back, each a 2-step tile),
+registers a thread, stack bytes (spills land there) and the warps an SM then holds (a program is
+one warp).
 
     python -m benchmarks.scan_sass [--out docs/benchmarks/scan_sass.json]
 
