@@ -159,17 +159,19 @@ def _prefetch_tile(lanes, k, k_lo, k_hi, length, rev, T: tl.constexpr):
     without holding the registers a load further ahead would. The lanes past a step's rows (8
     inputs x SECTORS) take the next step: STEPS steps an instruction."""
     BD: tl.constexpr = lanes[0].shape[0]
-    STEPS: tl.constexpr = BD // (16 if BD >= 32 else 8) if BD // (16 if BD >= 32 else 8) < T else T
+    A_STEP: tl.constexpr = 16 if BD >= 32 else 8  # the lanes a step's rows take: 8 inputs x SECTORS
+    STEPS: tl.constexpr = BD // A_STEP if BD // A_STEP < T else T
     for j in tl.static_range(0, T, STEPS):
         prefetch_l2(_prefetched(lanes, k + j, k_lo, k_hi, length, rev, STEPS))
 
 
 @triton.jit
 def _prefetched(lanes, k, k_lo, k_hi, length, rev, STEPS: tl.constexpr):
-    """The addresses one prefetch instruction asks for: the lanes' rows of steps k .. k + STEPS - 1."""
+    """The addresses one prefetch instruction asks for: the lanes' rows of steps k .. k + STEPS - 1,
+    each step's in its own BD / STEPS lanes."""
     lane_ptr, lane_step = lanes
     BD: tl.constexpr = lane_ptr.shape[0]
-    step = k + (tl.arange(0, BD) // (16 if BD >= 32 else 8)) % STEPS
+    step = k + (tl.arange(0, BD) // (BD // STEPS)) % STEPS
     step = tl.minimum(tl.maximum(step, k_lo), k_hi - 1)
     t = tl.where(rev == 1, length - 1 - step, step)
     return lane_ptr + t * lane_step

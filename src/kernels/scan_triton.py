@@ -32,10 +32,11 @@ class ScanTiling:
     fast_math: exp2, log2 and the sigmoid's reciprocal as single MUFU instructions (fast_math.py),
     and, where a program holds 32 channels a lane each (block_d 32, lane_states) of 16 states and
     adds with atomics, the sums of dB and dC over channels as one warp reduce-scatter
-    (scan_kernels._sum_over_lanes_scattered) unless scatter_bc is off; inline PTX, so never under
-    the interpreter; prefetch_steps: the rows of the inputs that many steps on (and the next
-    checkpoint and scratch states) asked of L2 ahead of their loads (inline PTX too; 0: none), so the
-    loads wait on L2 rather than DRAM without registers held for them; bc_lanes: where a program
+    (scan_kernels._sum_over_lanes_scattered: shuffles in inline PTX, tl.gather under the
+    interpreter, which runs it whatever fast_math says) unless scatter_bc is off; prefetch_steps:
+    the rows of the inputs that many steps on (and the next checkpoint and scratch states) asked of
+    L2 ahead of their loads (inline PTX; 0: none), so the loads wait on L2 rather than DRAM without
+    registers held for them; bc_lanes: where a program
     holds 32 channels a lane each (lane_states) and block_d is a multiple of the states, B's and C's
     rows loaded a state a lane and spread to each lane's states by shuffles (scan_kernels._states;
     inline PTX, tl.gather under the interpreter), not loaded whole into every lane, which ptxas keeps
@@ -112,7 +113,8 @@ class _Launch:
         self.strides = _strides(u) + _strides(delta) + _strides(B) + _strides(C) + z_strides
         self.shape = dict(DIM=self.dim, N=self.d_state, BN=triton.next_power_of_2(self.d_state), BD=tiling.block_d)
         self.flags = dict(SOFTPLUS=delta_softplus, HAS_Z=z is not None, HAS_D=D is not None)
-        self.fast = tiling.fast_math and os.environ.get("TRITON_INTERPRET") != "1"  # inline PTX
+        self.interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+        self.fast = tiling.fast_math and not self.interpreted  # inline PTX
         self.flags.update(T=tiling.tile_len, CK=tiling.ckpt_every, LANE=tiling.lane_states, FAST=self.fast, num_warps=1)
         self.flags["PF"] = tiling.prefetch_steps if self.fast else 0
         # a lane's state n comes from lane n of its program: with shuffles, a channel a lane (32 a
@@ -127,11 +129,10 @@ class _Launch:
     def scatter_flags(self, tiling: ScanTiling, atomic: bool) -> dict:
         """The backward's SCATTER: whether it sums dB and dC over channels by the warp
         reduce-scatter (shuffles; tl.gather under the interpreter); and SWIZZLE: whether, rows of B
-        and C a state a lane, it holds them swizzled (scan_kernels._program), which spares the
+        and C a state a lane, it holds them swizzled (scan_kernels._swizzled), which spares the
         reduce-scatter its selects."""
         lanes = tiling.lane_states and tiling.block_d == 32 and self.shape["BN"] == 16
-        shuffles = self.fast or os.environ.get("TRITON_INTERPRET") == "1"
-        scatter = tiling.scatter_bc and shuffles and atomic and lanes
+        scatter = tiling.scatter_bc and (self.fast or self.interpreted) and atomic and lanes
         return dict(SCATTER=scatter, SWIZZLE=scatter and self.flags["BC_LANES"])
 
     def states(self, *lead: int) -> Tensor:
@@ -200,6 +201,7 @@ def scan_backward(dy, ckpt, u, delta, A, B, C, D, z, delta_bias, reverse, delta_
         dA_sum = run.states(S * batch, run.n_chunks)
         dD_sum = torch.empty(S * batch, run.n_chunks, E, device=u.device, dtype=torch.float32)
         dbias_sum = torch.empty_like(dD_sum)
+    scatter = run.scatter_flags(tiling, atomic)
     programs = run.grid[0] * run.grid[1] * run.grid[2]
     tile_starts = tiling.ckpt_every // tiling.tile_len
     scratch = torch.empty(programs, tile_starts, run.shape["BN"], tiling.block_d, device=u.device, dtype=torch.float32)
@@ -211,15 +213,14 @@ def scan_backward(dy, ckpt, u, delta, A, B, C, D, z, delta_bias, reverse, delta_
             *run.inputs, dy, ckpt, g_out, scratch,
             du, ddelta, du, dB_sum, dC_sum, dA_sum, dD_sum, dbias_sum, g_out, dt_sum,
             *run.sizes, run.rev_mask, 0, *run.strides, *dy_strides, HAS_G_START=False, CARRY_ONLY=True,
-            ATOMIC=atomic, **run.scatter_flags(tiling, atomic), **run.flags,
+            ATOMIC=atomic, **scatter, **run.flags,
         )  # fmt: skip
         g_start = run.carry(g_out, dt_sum, backward=True)
     scan_backward_kernel[run.grid](
         *run.inputs, dy, ckpt, g_start if g_start is not None else ckpt, scratch,
         du, ddelta, dz_sets if dz_sets is not None else du, dB_sum, dC_sum, dA_sum, dD_sum, dbias_sum,
         ckpt, ckpt, *run.sizes, run.rev_mask, 0, *run.strides, *dy_strides,
-        HAS_G_START=g_start is not None, CARRY_ONLY=False, ATOMIC=atomic, **run.scatter_flags(tiling, atomic),
-        **run.flags,
+        HAS_G_START=g_start is not None, CARRY_ONLY=False, ATOMIC=atomic, **scatter, **run.flags,
     )  # fmt: skip
     if not atomic:
         dB_sum, dC_sum = dB_sum.sum(0), dC_sum.sum(0)
