@@ -106,6 +106,7 @@ def test_default_tilings_follow_the_measured_rules():
     forward, backward = default_tilings(2, 64, 384, 513)
     assert forward.block_d == backward.block_d == 32 and forward.lane_states and backward.lane_states
     assert backward.atomic_sums and backward.scatter_bc
+    assert forward.bc_lanes and backward.bc_lanes  # B's and C's rows a state a lane, the backward swizzled
     # tiny at batch 64 (1536 programs): the forward in one chunk, the backward chunked to 4096 programs
     assert scan_triton.chunking(2, 64, 384, 513, forward)[1] == 1
     assert scan_triton.chunking(2, 64, 384, 513, backward)[1] == 3
@@ -115,7 +116,7 @@ def test_default_tilings_follow_the_measured_rules():
         scan_triton.chunking(2, 64, 1536, 513, forward)[1] == scan_triton.chunking(2, 64, 1536, 513, backward)[1] == 1
     )
     # long sequences: 32 channels, chunks until 8192 programs
-    assert default_tilings(2, 4, 384, 22001)[0] == ScanTiling(block_d=32, min_programs=8192)
+    assert default_tilings(2, 4, 384, 22001)[0] == ScanTiling(block_d=32, min_programs=8192, bc_lanes=True)
 
 
 @triton.jit

@@ -42,7 +42,7 @@ class ScanTiling:
     inline PTX, tl.gather under the interpreter), not loaded whole into every lane, which ptxas keeps
     in uniform registers, waiting on the loads as they land; with the reduce-scatter the backward
     then keeps a lane's states swizzled (scan_kernels._swizzled), which spares the reduce-scatter
-    its selects (not yet timed on a GPU: off by default)."""
+    its selects (on in default_tilings: timed faster on an H100, docs/benchmarks.md)."""
 
     block_d: int = 16
     tile_len: int = 2
@@ -64,11 +64,15 @@ def default_tilings(sets: int, batch: int, dim: int, length: int) -> tuple[ScanT
     channels by the warp reduce-scatter. Long sequences (> 4096 steps) are chunked to 8192 programs
     both ways; otherwise the forward is chunked only below 1024 programs (one pass, no carry: 0.49
     against 0.66 ms at (64, 384, 513) for 16 channels a program) and the backward below 4096 (2.28
-    against 2.59 ms for forward + backward with 32 channels in Triton's layout, same run)."""
+    against 2.59 ms for forward + backward with 32 channels in Triton's layout, same run). B's and
+    C's rows a state a lane (bc_lanes) both ways: 0.342 against 0.401 ms forward and 2.055 against
+    2.118 ms forward + backward at (64, 384, 513), 4.502 against 4.850 ms at (4, 384, 22001), one
+    sweep (docs/benchmarks/scan_sweep_bc_lanes_issue31.json)."""
     if length > 4096:
-        wide = ScanTiling(block_d=32, min_programs=8192)
+        wide = ScanTiling(block_d=32, min_programs=8192, bc_lanes=True)
         return wide, wide
-    return ScanTiling(block_d=32, min_programs=1024), ScanTiling(block_d=32, min_programs=4096)
+    forward = ScanTiling(block_d=32, min_programs=1024, bc_lanes=True)
+    return forward, ScanTiling(block_d=32, min_programs=4096, bc_lanes=True)
 
 
 def chunking(sets: int, batch: int, dim: int, length: int, tiling: ScanTiling) -> tuple[int, int]:
