@@ -44,17 +44,18 @@ ROOT = Path(__file__).resolve().parents[1]
 D_STATE = 16
 REVERSE = (False, True)
 SWEEP = [  # (forward, backward) launch shapes around the defaults: B's and C's rows a state a lane
-    # (bc_lanes; ptxas, sm_90: the backward then fits 224 registers with spills only outside its
-    # walks, 9 warps an SM instead of 8), and with it the backward's chunking
+    # (bc_lanes) or whole rows, the backward's chunking, and checkpoints closer together (a smaller
+    # scratch a program: 64 KB at 64 steps, 32 Kb at 32, the programs in flight then fit L2)
     (
-        ScanTiling(block_d=32, min_programs=1024, bc_lanes=lanes),
-        ScanTiling(block_d=32, min_programs=programs, bc_lanes=lanes, max_registers=cap),
+        ScanTiling(block_d=32, min_programs=1024, bc_lanes=lanes, ckpt_every=every),
+        ScanTiling(block_d=32, min_programs=programs, bc_lanes=lanes, ckpt_every=every),
     )
-    for lanes, programs, cap in [
-        (False, 4096, None),  # the defaults
-        (True, 4096, None),
-        (True, 4096, 224),
-        (True, 8192, None),
+    for lanes, programs, every in [
+        (True, 4096, 64),  # the defaults
+        (False, 4096, 64),
+        (True, 4096, 32),
+        (True, 4096, 16),
+        (True, 8192, 32),
     ]
 ]
 

@@ -1,7 +1,8 @@
 """What ptxas makes of the scan kernels for an H100 (sm_90), on any machine: ptxas and cuobjdump
 ship in Triton's wheel, so no GPU or CUDA driver is needed. Compiled with the launch flags the
-defaults give at tiny's pretraining shape (batch 64, 513 steps, 384 channels), with B's and C's
-rows loaded whole into every lane and a state a lane (ScanTiling.bc_lanes); per kernel (the
+defaults give at tiny's pretraining shape (batch 64, 513 steps, 384 channels), B's and C's rows
+loaded a state a lane (ScanTiling.bc_lanes, the default), and with them loaded whole into every
+lane (keys ending in _whole_rows); per kernel (the
 forward; the backward's second pass): the SASS's instruction counts by opcode, those of each
 innermost loop (the forward's tile; the backward's walk forward and walk back, each a 2-step tile),
 registers a thread, stack bytes (spills land there) and the warps an SM then holds (a program is
@@ -105,7 +106,7 @@ def warps_per_sm(registers: int) -> int:
 
 
 def compile_variants() -> dict:
-    """Per kernel (forward; backward, its second pass), at the default launch and with bc_lanes:
+    """Per kernel (forward; backward, its second pass), at the default launch and with whole rows:
     the flags, the SASS's instruction counts (all and per innermost loop), registers, stack bytes."""
     sets, batch, length, dim = SHAPE
     meta = dict(dtype=torch.bfloat16, device="meta")
@@ -117,9 +118,9 @@ def compile_variants() -> dict:
     D = bias = torch.empty(sets, dim, device="meta")
     forward, backward = default_tilings(sets, batch, dim, length)
     out = {}
-    for variant in ("", "_bc_lanes"):
+    for variant in ("", "_whole_rows"):
         for name, tiling in (("forward", forward), ("backward", backward)):
-            tiling = dataclasses.replace(tiling, bc_lanes=bool(variant))
+            tiling = dataclasses.replace(tiling, bc_lanes=not variant)
             run = _Launch(u, delta, A, B, C, D, z, bias, (False, True), True, tiling)
             ints = dict(zip(("batch", "length", "chunk_len", "n_chunks", "n_ckpts"), run.sizes))
             names = [f"s{t}_{d}" for t in ("u", "dt", "b", "c") for d in ("s", "b", "l")] + ["sz_b", "sz_l"]
@@ -151,9 +152,10 @@ def markdown(record: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for key, k in kernels.items():
-        name, _, variant = key.partition("_")
+        name = key.partition("_")[0]
         loops = " + ".join(str(n) for n in k["loop_instructions"])
-        launch = ("bc_lanes" if variant else "whole rows of B and C") + (" (the default)" if k["default"] else "")
+        launch = "bc_lanes" if k["flags"]["BC_LANES"] else "whole rows of B and C"
+        launch += " (the default)" if k["default"] else ""
         cells = [name, launch, k["registers"], k["warps_per_sm"], k["stack"], k["instructions"], loops]
         rows.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(rows) + "\n\n" + measured_line(record) + "\n"

@@ -1,6 +1,7 @@
 """The scan kernels as compiled for an H100 (sm_90), on any machine: ptxas and cuobjdump ship with
 Triton, so the CPU suite checks what the GPU timings rest on (docs/benchmarks.md, "The
-selective-scan kernels"), in the SASS of the default launch at tiny's pretraining shape."""
+selective-scan kernels"), in the SASS of the default launch at tiny's pretraining shape (B's and
+C's rows a state a lane) and of the launch that loads them whole into every lane."""
 
 import json
 import os
@@ -28,8 +29,8 @@ def compiled() -> dict:
     return json.loads(done.stdout)
 
 
-def test_the_forward_loads_b_and_c_as_16_byte_vectors(compiled):
-    sass, flags = compiled["forward"]["sass"], compiled["forward"]["flags"]
+def test_with_whole_rows_the_forward_loads_b_and_c_as_16_byte_vectors(compiled):
+    sass, flags = compiled["forward_whole_rows"]["sass"], compiled["forward_whole_rows"]["flags"]
     assert flags["BD"] == 32 and flags["LANE"]  # a channel's 16 states in one thread
     # per step: B and C, 16 bf16 each, as two 16-byte loads each; u, delta and z one element a thread
     steps = 2 * flags["T"]  # the first tile before the loop, and the loop's
@@ -38,16 +39,18 @@ def test_the_forward_loads_b_and_c_as_16_byte_vectors(compiled):
 
 
 def test_the_backward_sums_db_and_dc_by_the_reduce_scatter_without_shared_memory(compiled):
-    sass, flags = compiled["backward"]["sass"], compiled["backward"]["flags"]
-    assert flags["SCATTER"] and flags["BD"] == 32 and flags["LANE"]
-    steps = flags["T"]  # the reverse walk's tile: every shuffle is the reduce-scatter's
-    assert (
-        sass.get("SHFL.BFLY", 0) == 31 * steps and sum(v for k, v in sass.items() if k.startswith("SHFL")) == 31 * steps
-    )
-    # one atomic add a lane a step; after the walk, a lane's sums for dA (its 16 states), dD and d delta_bias
-    assert sum(v for k, v in sass.items() if k.startswith("RED")) == steps + 16 + 2
-    assert not any(op.startswith(("LDS", "STS", "BAR")) for op in sass)  # no layout moves through shared memory
-    assert not any(op.startswith(("STL", "LDL")) for op in sass)
+    for key in ("backward", "backward_whole_rows"):
+        sass, flags = compiled[key]["sass"], compiled[key]["flags"]
+        assert flags["SCATTER"] and flags["BD"] == 32 and flags["LANE"]
+        steps = flags["T"]
+        # one atomic add a lane a step; after the walk, a lane's sums for dA (its 16 states), dD and d delta_bias
+        assert sum(v for k, v in sass.items() if k.startswith("RED")) == steps + 16 + 2, key
+        # no layout moves through shared memory, no spills
+        assert not any(op.startswith(("LDS", "STS", "BAR")) for op in sass), key
+        assert not any(op.startswith(("STL", "LDL")) for op in sass), key
+    # with whole rows every shuffle is the reduce-scatter's: 31 a step of the reverse walk's tile
+    sass = compiled["backward_whole_rows"]["sass"]
+    assert sum(v for k, v in sass.items() if k.startswith("SHFL")) == sass.get("SHFL.BFLY", 0) == 31 * steps
 
 
 def test_both_kernels_ask_l2_for_what_they_load_ahead_without_spilling(compiled):
@@ -70,9 +73,9 @@ def test_rows_of_b_and_c_a_state_a_lane_take_no_uniform_registers_and_fewer_regi
     lane, then spread to a lane's 16 states by 16 shuffles a row a step: the rows stay in ordinary
     registers (ptxas moves whole rows, the same in every lane, into uniform registers right after
     their loads and waits for them there), and both kernels take fewer registers and fewer
-    instructions than at the default, without spills (the backward: fewer in both walks; it takes
+    instructions than with whole rows, without spills (the backward: fewer in both walks; it takes
     as many registers as ptxas allows either way, 8 warps an SM)."""
-    forward, backward = compiled["forward_bc_lanes"], compiled["backward_bc_lanes"]
+    forward, backward = compiled["forward"], compiled["backward"]
     assert forward["flags"]["BC_LANES"] and backward["flags"]["BC_LANES"]
     steps = forward["flags"]["T"]
     assert forward["sass"].get("SHFL.IDX", 0) == 2 * 16 * steps  # B and C, a step of the loop's tile
@@ -86,19 +89,20 @@ def test_rows_of_b_and_c_a_state_a_lane_take_no_uniform_registers_and_fewer_regi
         assert not any(
             op.startswith(("LDS", "STS", "BAR")) for op in kernel["sass"]
         )  # the layout held: a channel a lane
-        assert kernel["instructions"] < compiled[name]["instructions"], name
-        for walk, default_walk in zip(kernel["loop_instructions"], compiled[name]["loop_instructions"], strict=True):
-            assert walk < default_walk, name
-    assert forward["registers"] < compiled["forward"]["registers"]
+        whole = compiled[name + "_whole_rows"]
+        assert kernel["instructions"] < whole["instructions"], name
+        for walk, whole_walk in zip(kernel["loop_instructions"], whole["loop_instructions"], strict=True):
+            assert walk < whole_walk, name
+    assert forward["registers"] < compiled["forward_whole_rows"]["registers"]
 
 
 def test_swizzled_states_spare_the_reduce_scatter_its_selects(compiled):
     """With bc_lanes the backward holds state j ^ (l % 16) in slot j of lane l (scan_kernels._swizzled):
     the reduce-scatter's lanes then all keep their lower slots, so its walk back does without the
     62 selects a step the lanes otherwise make to pick their halves; it keeps 2 a step (dB or dC)."""
-    default, swizzled = compiled["backward"], compiled["backward_bc_lanes"]
-    assert swizzled["flags"]["SWIZZLE"] and not default["flags"]["SWIZZLE"]
-    steps = default["flags"]["T"]
-    walk_back, walk_back_swizzled = default["loops"][-1], swizzled["loops"][-1]  # the largest, last
+    plain, swizzled = compiled["backward_whole_rows"], compiled["backward"]
+    assert swizzled["flags"]["SWIZZLE"] and not plain["flags"]["SWIZZLE"]
+    steps = plain["flags"]["T"]
+    walk_back, walk_back_swizzled = plain["loops"][-1], swizzled["loops"][-1]  # the largest, last
     assert walk_back.get("FSEL", 0) - walk_back_swizzled.get("FSEL", 0) == 60 * steps
-    assert swizzled["loop_instructions"][-1] < 0.85 * default["loop_instructions"][-1]
+    assert swizzled["loop_instructions"][-1] < 0.85 * plain["loop_instructions"][-1]

@@ -26,15 +26,23 @@ def test_the_run_records_the_loop_against_both_bare_steps_and_one_gpu():
     ]
 
 
-def test_each_graph_setting_of_the_loop_is_its_own_ratio_against_the_eager_bare_step():
+def test_a_graphed_loop_is_compared_with_the_graphed_bare_step_and_ssasts_faster_one():
     graphed_bare = {**bare("ssamba", "tiny", 500.0), "cuda_graph": True}
+    ssast_graphed = {**bare("ssast", "tiny", 1250.0), "cuda_graph": True}
     records = [*RECORDS[:2], graphed_bare, loop("tiny", 1, 380.0), loop("tiny", 1, 480.0, "auto")]
     assert train_ratios(records) == [
         "tiny: src/train.py model.cuda_graph=false on 1 GPU at 0.95x SSAMBA's bare step",
         "tiny: src/train.py model.cuda_graph=false on 1 GPU at 0.38x SSAST's bare step",
-        "tiny: src/train.py model.cuda_graph=auto on 1 GPU at 1.20x SSAMBA's bare step",
+        "tiny: src/train.py model.cuda_graph=auto on 1 GPU at 0.96x SSAMBA's bare step as CUDA graphs",
         "tiny: src/train.py model.cuda_graph=auto on 1 GPU at 0.48x SSAST's bare step",
     ]
+    assert train_ratios([*records, ssast_graphed])[-1] == (
+        "tiny: src/train.py model.cuda_graph=auto on 1 GPU at 0.38x SSAST's bare step"
+    )
+    # a run without the graphed bare step compares the graphed loop with the eager one
+    assert train_ratios([*RECORDS[:2], loop("tiny", 1, 480.0, "auto")])[0] == (
+        "tiny: src/train.py model.cuda_graph=auto on 1 GPU at 1.20x SSAMBA's bare step"
+    )
 
 
 def test_the_cost_table_takes_the_newest_combined_run_and_its_loop_column():
