@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import report
-from benchmarks.efficiency import time_ms
+from benchmarks.efficiency import graph_ms, time_ms
 from benchmarks.provenance import provenance
 from src.kernels import conv1d_silu, conv_triton, mamba_kernels_available
 from src.kernels.conv_triton import ConvLaunch
@@ -91,26 +91,10 @@ def runners(inputs: tuple, against=None) -> dict:
     return out
 
 
-def graph_ms(fn, args) -> float:
-    """Milliseconds a call of fn takes on the GPU: --reps calls captured as one CUDA graph (after
-    warm-up calls on a side stream, as capture needs), the replay timed by time_ms, divided by reps."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(args.reps):
-            fn()
-    ms = time_ms(graph.replay, args.warmup, args.repeats) / args.reps
-    del graph
-    return ms
-
-
 def timed(forward, forward_backward, args) -> dict:
-    fwd, both = graph_ms(forward, args), graph_ms(forward_backward, args)
+    """Each call's GPU time as a CUDA graph of --reps calls (efficiency.graph_ms)."""
+    fwd = graph_ms(forward, args.reps, args.warmup, args.repeats)
+    both = graph_ms(forward_backward, args.reps, args.warmup, args.repeats)
     return {"forward": fwd, "backward": both - fwd}
 
 
@@ -160,7 +144,6 @@ def sweep(inputs: tuple, args) -> list[dict]:
 @command
 def main(argv=None) -> int:
     parser = report.kernel_parser(__doc__, "conv", ["64x384x513", "64x1536x513", "4x384x22001"])
-    parser.add_argument("--reps", type=int, default=10, help="calls in one timed CUDA graph")
     parser.add_argument("--against", type=Path, help="a conv_triton.py of another commit to time beside this one")
     parser.add_argument("--against-label", default="triton before", help="its name in the table")
     args = parser.parse_args(argv)

@@ -73,6 +73,25 @@ def time_ms(fn, warmup: int, repeats: int) -> float:
     return statistics.median(times)
 
 
+def graph_ms(fn, reps: int, warmup: int, repeats: int) -> float:
+    """Milliseconds a call of fn takes on the GPU with the host's launches out of the way: reps calls
+    captured as one CUDA graph (after warm-up calls on a side stream, as capture needs), the replay
+    timed by time_ms, divided by reps."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            fn()
+    ms = time_ms(graph.replay, warmup, repeats) / reps
+    del graph
+    return ms
+
+
 def _graphed(fn, x):
     """Capture fn(x) once as a CUDA graph; return a callable that replays it."""
     stream = torch.cuda.Stream()

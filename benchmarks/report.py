@@ -354,6 +354,7 @@ def kernel_parser(doc: str, name: str, shapes: list[str]):
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--sweep", action="store_true", help="also time a grid of launch shapes")
+    parser.add_argument("--reps", type=int, default=10, help="calls in one timed CUDA graph")
     parser.add_argument("--out", type=Path, default=DATA)
     parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "figures" / f"{name}.png")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite the table in docs/benchmarks.md")

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import report
-from benchmarks.efficiency import time_ms
+from benchmarks.efficiency import graph_ms, time_ms
 from benchmarks.provenance import provenance
 from benchmarks.scan_floor import floor_ms, measure_peaks
 from src.kernels import mamba_kernels_available, selective_scan
@@ -200,6 +200,7 @@ def main(argv=None) -> int:
         "dtype": "bfloat16",
         "shapes": [],
     }
+    record["graph_reps"] = args.reps
     record["peaks"] = measure_peaks(time_ms)
     print("card peaks:", json.dumps(record["peaks"]), flush=True)
     for shape in args.shapes:
@@ -219,6 +220,13 @@ def main(argv=None) -> int:
                 "forward": time_ms(fwd, args.warmup, args.repeats),
                 "forward_backward": time_ms(fwd_bwd, args.warmup, args.repeats),
             }
+            try:  # as the training step runs them (CUDA graphs): the GPU's time, no launch latency
+                row.setdefault("graph_ms", {})[name] = {
+                    "forward": graph_ms(fwd, args.reps, args.warmup, args.repeats),
+                    "forward_backward": graph_ms(fwd_bwd, args.reps, args.warmup, args.repeats),
+                }
+            except RuntimeError as error:  # a call that cannot be captured: recorded, the run goes on
+                row.setdefault("graph_errors", {})[name] = f"{type(error).__name__}: {str(error)[:200]}"
         if mamba_kernels_available():
             row["max_rel_diff_vs_mamba"] = agreement(inputs)
         if args.sweep:
@@ -277,35 +285,61 @@ def summary_line(row: dict) -> str:
     return " ".join(parts)
 
 
-def speedup(row: dict, against: str, phase: str) -> str:
-    if against not in row["ms"]:
+def speedup(times: dict, against: str, phase: str) -> str:
+    if against not in times or "triton" not in times:
         return "-"
-    return f"{row['ms'][against][phase] / row['ms']['triton'][phase]:.2f}x"
+    return f"{times[against][phase] / times['triton'][phase]:.2f}x"
+
+
+def _time_rows(record: dict, key: str) -> list[str]:
+    """The table of the runs' times under key: "ms" (each call launched from the host and timed by
+    itself) or "graph_ms" (calls replayed as CUDA graphs)."""
+    lines = [
+        "| batch x E x L | phase | Triton | mamba-ssm kernel | mamba-ssm in model | speed-up vs kernel | vs in model "
+        "| floor | Triton / floor |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in record["shapes"]:
+        shape, times = f"{row['batch']} x {row['dim']} x {row['length']}", row.get(key, {})
+        for phase, label in (("forward", "forward"), ("forward_backward", "fwd + bwd")):
+            cells = [
+                f"{times[n][phase]:.3f}" if n in times else "-" for n in ("triton", "mamba kernel", "mamba in model")
+            ]
+            floor = row.get("floor_ms", {}).get(phase)
+            versus_floor = (
+                f"{floor:.3f} | {times['triton'][phase] / floor:.1f}x" if floor and "triton" in times else "- | -"
+            )
+            lines.append(
+                f"| {shape} | {label} | {' | '.join(cells)} | {speedup(times, 'mamba kernel', phase)} | "
+                f"{speedup(times, 'mamba in model', phase)} | {versus_floor} |"
+            )
+    return lines
 
 
 def markdown(record: dict) -> str:
     lines = [
         f"One bimamba-v2 layer's scans (both directions), bf16, d_state {record['d_state']}, "
         f"{record['card']}, torch {record['torch']}; ms, median of the timed runs; the Triton kernels "
-        "with their default launch shapes (default_tilings).",
+        "with their default launch shapes (default_tilings). Each call launched from the host and timed "
+        "by itself:",
         "",
-        "| batch x E x L | phase | Triton | mamba-ssm kernel | mamba-ssm in model | speed-up vs kernel | vs in model "
-        "| floor | Triton / floor |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *_time_rows(record, "ms"),
     ]
-    for row in record["shapes"]:
-        shape = f"{row['batch']} x {row['dim']} x {row['length']}"
-        for phase, label in (("forward", "forward"), ("forward_backward", "fwd + bwd")):
-            cells = [
-                f"{row['ms'][n][phase]:.3f}" if n in row["ms"] else "-"
-                for n in ("triton", "mamba kernel", "mamba in model")
-            ]
-            floor = row.get("floor_ms", {}).get(phase)
-            versus_floor = f"{floor:.3f} | {row['ms']['triton'][phase] / floor:.1f}x" if floor else "- | -"
-            lines.append(
-                f"| {shape} | {label} | {' | '.join(cells)} | {speedup(row, 'mamba kernel', phase)} | "
-                f"{speedup(row, 'mamba in model', phase)} | {versus_floor} |"
-            )
+    if any("graph_ms" in row for row in record["shapes"]):
+        lines += [
+            "",
+            f"The same calls as CUDA graphs, as the training step runs them by default ({record['graph_reps']} "
+            "calls a replay, its time divided by as many): the GPU's time without the host's launches in the way.",
+            "",
+            *_time_rows(record, "graph_ms"),
+        ]
+    errors = {
+        (row["batch"], row["dim"], row["length"], n): e
+        for row in record["shapes"]
+        for n, e in row.get("graph_errors", {}).items()
+    }
+    for (batch, dim, length, name), error in errors.items():
+        lines += ["", f"{name} at {batch} x {dim} x {length} could not be captured as a CUDA graph: {error}"]
     if "peaks" in record:
         p = record["peaks"]
         lines += [

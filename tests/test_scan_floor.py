@@ -59,3 +59,26 @@ def test_the_table_shows_the_floor_when_the_run_measured_it():
     record["peaks"] = {"exps_per_s": 4.2e12, "fmas_per_s": 33e12, "bytes_per_s": 4.4e12}
     table = markdown(record)
     assert "| 0.100 | 2.0x |" in table and "| 0.300 | 3.0x |" in table and "4.20 T exp2/s" in table
+
+
+def test_the_table_shows_the_graphed_times_and_what_could_not_be_captured():
+    eager = {
+        "triton": {"forward": 0.4, "forward_backward": 2.0},
+        "mamba kernel": {"forward": 1.2, "forward_backward": 5.0},
+    }
+    row = {"batch": 4, "dim": 8, "length": 16, "ms": eager, "floor_ms": {"forward": 0.1, "forward_backward": 0.5}}
+    record = {"card": "a card", "torch": "2.11", "d_state": 16, "shapes": [row], "graph_reps": 10}
+    assert "as CUDA graphs" not in markdown(record)  # an older run: eager times only
+    row["graph_ms"] = {"triton": {"forward": 0.3, "forward_backward": 1.5}}
+    row["graph_errors"] = {"mamba kernel": "RuntimeError: operation not permitted when stream is capturing"}
+    table = markdown(record)
+    graphed = table[table.index("as CUDA graphs") :]
+    assert "(10 calls a replay" in graphed
+    # Triton's graphed times against the floor; mamba-ssm's missing, so no speed-up
+    assert "| 4 x 8 x 16 | fwd + bwd | 1.500 | - | - | - | - | 0.500 | 3.0x |" in graphed
+    assert "mamba kernel at 4 x 8 x 16 could not be captured as a CUDA graph: RuntimeError" in graphed
+    # the eager table is unchanged above it
+    assert (
+        "| 4 x 8 x 16 | fwd + bwd | 2.000 | 5.000 | - | 2.50x | - | 0.500 | 4.0x |"
+        in table[: table.index("as CUDA graphs")]
+    )
