@@ -77,15 +77,22 @@ class CheckpointOnSignal(L.Callback):
     batch), saves <dirpath>/last.ckpt and stops, so the next run resumes there with ckpt_path=last;
     a stop during test saves nothing (the weights tested are the best checkpoint's, not the run's
     last) and ckpt_path=last runs the test again. After SIGUSR2 the previous handler (submitit's
-    requeue) runs once saved and recorded (requeue)."""
+    requeue) runs once saved and recorded (requeue). Under DDP the processes agree on a stop during
+    training every `sync_every` optimizer steps (an all_reduce whose result the host waits for: once
+    a step, it kept the host from queueing the next step while the GPU ran this one), so a stop
+    comes at most that many steps after the signal."""
 
     # Lightning's own SIGTERM handler is kept out: it broadcasts from rank 0 inside the handler, a
     # collective that can meet another collective on the other ranks (a DDP hang at an epoch's end).
     # Lightning installs it after the setup hooks, so the handlers are taken back when a loop starts.
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
-    def __init__(self, dirpath: str):
-        self.dirpath = dirpath
+    def __init__(self, dirpath: str, sync_every: int = 10):
+        if isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 1:
+            raise UserError(
+                f"callbacks.signal_checkpoint.sync_every={sync_every!r}: use a whole number of steps, 1 or more"
+            )
+        self.dirpath, self.sync_every = dirpath, sync_every
         self.received: int | None = None
         self.pending_requeue = None  # submitit's USR2 handler, once the stop is saved
         self._after_validation = False  # one process: a stop held until the validation under way ends
@@ -155,8 +162,11 @@ class CheckpointOnSignal(L.Callback):
         return bool(flag.item())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        """Under DDP: every process learns of a stop after the same batch and raises it there."""
-        if _distributed(trainer) and self._agree(trainer, pl_module):
+        """Under DDP: every process learns of a stop after the same batch, every sync_every steps,
+        and raises it there."""
+        if not _distributed(trainer) or trainer.global_step % self.sync_every:
+            return
+        if self._agree(trainer, pl_module):
             trainer._signal_connector.received_sigterm = True
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
