@@ -73,37 +73,29 @@ def time_ms(fn, warmup: int, repeats: int) -> float:
     return statistics.median(times)
 
 
-def graph_ms(fn, reps: int, warmup: int, repeats: int) -> float:
-    """Milliseconds a call of fn takes on the GPU with the host's launches out of the way: reps calls
-    captured as one CUDA graph (after warm-up calls on a side stream, as capture needs), the replay
-    timed by time_ms, divided by reps."""
+def captured(fn, reps: int = 1, warmup_calls: int = 2) -> torch.cuda.CUDAGraph:
+    """reps calls of fn captured as one CUDA graph, after warm-up calls on a side stream (as capture
+    needs: allocations and lazy initialisation out of the way)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        for _ in range(3):
+        for _ in range(warmup_calls):
             fn()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         for _ in range(reps):
             fn()
+    return graph
+
+
+def graph_ms(fn, reps: int, warmup: int, repeats: int) -> float:
+    """Milliseconds a call of fn takes on the GPU with the host's launches out of the way: reps calls
+    captured as one CUDA graph (captured), the replay timed by time_ms, divided by reps."""
+    graph = captured(fn, reps, warmup_calls=3)
     ms = time_ms(graph.replay, warmup, repeats) / reps
     del graph
     return ms
-
-
-def _graphed(fn, x):
-    """Capture fn(x) once as a CUDA graph; return a callable that replays it."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            fn(x)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn(x)
-    return graph.replay
 
 
 def run_point(model, mode: str, tokens: int, precision: str, warmup: int, repeats: int) -> dict:
@@ -119,7 +111,7 @@ def run_point(model, mode: str, tokens: int, precision: str, warmup: int, repeat
     forward(x)
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated()
-    call = _graphed(forward, x) if mode.endswith("+graph") else (lambda: forward(x))
+    call = captured(lambda: forward(x)).replay if mode.endswith("+graph") else (lambda: forward(x))
     ms = time_ms(call, warmup, repeats)
     return {"ms": ms, "peak_mib": peak / 2**20}
 

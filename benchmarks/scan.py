@@ -333,13 +333,10 @@ def markdown(record: dict) -> str:
             "",
             *_time_rows(record, "graph_ms"),
         ]
-    errors = {
-        (row["batch"], row["dim"], row["length"], n): e
-        for row in record["shapes"]
-        for n, e in row.get("graph_errors", {}).items()
-    }
-    for (batch, dim, length, name), error in errors.items():
-        lines += ["", f"{name} at {batch} x {dim} x {length} could not be captured as a CUDA graph: {error}"]
+    for row in record["shapes"]:
+        for name, error in row.get("graph_errors", {}).items():
+            shape = f"{row['batch']} x {row['dim']} x {row['length']}"
+            lines += ["", f"{name} at {shape} could not be captured as a CUDA graph: {error}"]
     if "peaks" in record:
         p = record["peaks"]
         lines += [
