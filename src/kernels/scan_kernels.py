@@ -438,11 +438,11 @@ def scan_backward_kernel(
     n_segments = tl.cdiv(k_end - k_begin, CK)
     for js in tl.range(0, n_segments):
         k1 = k_begin + (n_segments - 1 - js) * CK  # segments from the chunk's end to its start
+        ckpt_at = hide + ((sb * n_ckpts + k1 // CK) * N + n[:, None]).to(tl.int64) * DIM + d[None, :]
         for jp in tl.static_range(CK // CS):  # parts of CS steps from the segment's end: the scratch holds one
             p1 = k1 + (CK // CS - 1 - jp) * CS
             n_tiles = tl.maximum(tl.cdiv(tl.minimum(p1 + CS, k_end) - p1, T), 0)  # 0: past the chunk's end
             if not CARRY_ONLY:  # the state at the start of every tile of the part, from the checkpoint
-                ckpt_at = hide + ((sb * n_ckpts + k1 // CK) * N + n[:, None]).to(tl.int64) * DIM + d[None, :]
                 h = _swizzled(tl.load(ckpt_ptr + ckpt_at, mask=nd_ok, other=0.0), SWIZZLE)
                 if PF > 0:
                     if jp == CK // CS - 1:
