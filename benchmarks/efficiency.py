@@ -82,10 +82,18 @@ def captured(fn, reps: int = 1, warmup_calls: int = 2) -> torch.cuda.CUDAGraph:
         for _ in range(warmup_calls):
             fn()
     torch.cuda.current_stream().wait_stream(stream)
+    generator = torch.cuda.default_generators[torch.cuda.current_device()]
+    before = generator.clone_state()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            fn()
+    try:
+        with torch.cuda.graph(graph):
+            for _ in range(reps):
+                fn()
+    except RuntimeError:
+        # A failed capture never ends the RNG's capture: every later random draw on this GPU would
+        # raise "Offset increment outside graph capture". Hand the generator its state from before.
+        generator.graphsafe_set_state(before)
+        raise
     return graph
 
 

@@ -17,7 +17,8 @@ every input, as training does. Every run also checks the
 Triton results against mamba-ssm's (max relative difference, output and each gradient), and gives
 each shape's floor (benchmarks/scan_floor.py: the exps, FMAs and bytes the scans need, at the rates
 this card reaches in the same run) and the Triton kernels' time as a multiple of it.
---sweep times a grid of launch shapes (tile length, channels per program, warps, chunking) too.
+--sweep times a grid of launch shapes (tile length, channels per program, warps, chunking) too, each
+replayed as CUDA graphs of --reps calls.
 
 Writes <out>/scan.json and <out>/scan.md, docs/figures/scan.png, and the table into
 docs/benchmarks.md between its `scan` markers.
@@ -32,7 +33,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import report
-from benchmarks.efficiency import graph_ms, time_ms
+from benchmarks.efficiency import captured, graph_ms, time_ms
 from benchmarks.provenance import provenance
 from benchmarks.scan_floor import floor_ms, measure_peaks
 from src.kernels import mamba_kernels_available, selective_scan
@@ -227,6 +228,7 @@ def main(argv=None) -> int:
                 }
             except RuntimeError as error:  # a call that cannot be captured: recorded, the run goes on
                 row.setdefault("graph_errors", {})[name] = f"{type(error).__name__}: {str(error)[:200]}"
+                print(f"  {name} could not be captured as a CUDA graph: {error}", flush=True)
         if mamba_kernels_available():
             row["max_rel_diff_vs_mamba"] = agreement(inputs)
         if args.sweep:
@@ -252,14 +254,15 @@ def sweep(inputs: dict, args, rounds: int = 8) -> list[dict]:
     """Every SWEEP launch shape, timed in `rounds` interleaved rounds (each round times every shape
     in turn) and the median taken over all of them: a shared GPU's clocks drift by tens of percent
     over a minute, which timing the shapes one after another would read as differences between
-    them."""
+    them. Each call is replayed as a CUDA graph of args.reps calls (as the training step runs it):
+    launched from the host, forward + backward waits on autograd's launches, which hides the kernels'
+    differences."""
     rows, timed = [], []
     for forward, backward in SWEEP:
-        row = {"forward_tiling": vars(forward), "backward_tiling": vars(backward)}
+        row = {"forward_tiling": vars(forward), "backward_tiling": vars(backward), "graph_reps": args.reps}
         try:
-            fwd, fwd_bwd = runners(inputs, (forward, backward))["triton"]
-            for fn in (fwd, fwd_bwd):  # compiled and warm before any timing
-                time_ms(fn, 2, 1)
+            calls = runners(inputs, (forward, backward))["triton"]
+            fwd, fwd_bwd = (captured(fn, args.reps, warmup_calls=3).replay for fn in calls)
             timed.append((row, fwd, fwd_bwd, [], []))
         except Exception as error:  # a launch shape the compiler cannot fit: record it and go on
             row["error"] = f"{type(error).__name__}: {str(error)[:200]}"
@@ -267,8 +270,8 @@ def sweep(inputs: dict, args, rounds: int = 8) -> list[dict]:
     per_round = max(1, args.repeats // rounds)
     for _ in range(rounds):
         for _, fwd, fwd_bwd, fwd_ms, fwd_bwd_ms in timed:
-            fwd_ms.append(time_ms(fwd, 1, per_round))
-            fwd_bwd_ms.append(time_ms(fwd_bwd, 1, per_round))
+            fwd_ms.append(time_ms(fwd, 1, per_round) / args.reps)
+            fwd_bwd_ms.append(time_ms(fwd_bwd, 1, per_round) / args.reps)
     for row, _, _, fwd_ms, fwd_bwd_ms in timed:
         row.update(forward=statistics.median(fwd_ms), forward_backward=statistics.median(fwd_bwd_ms))
         row["rounds_ms"] = {"forward": fwd_ms, "forward_backward": fwd_bwd_ms}

@@ -82,3 +82,20 @@ def test_the_table_shows_the_graphed_times_and_what_could_not_be_captured():
         "| 4 x 8 x 16 | fwd + bwd | 2.000 | 5.000 | - | 2.50x | - | 0.500 | 4.0x |"
         in table[: table.index("as CUDA graphs")]
     )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_call_that_cannot_be_captured_leaves_the_random_numbers_working():
+    """benchmarks.scan captures every call as a CUDA graph, mamba-ssm's too; one whose capture fails
+    is recorded and the run goes on, so its random inputs for the next shape must still be drawable."""
+    from benchmarks.efficiency import captured
+
+    x = torch.ones(8, device="cuda")
+    with pytest.raises(RuntimeError):
+        captured(lambda: x.nonzero())  # a host sync: not capturable
+    assert torch.randn(4, device="cuda").isfinite().all()
+    graph = captured(lambda: x.mul_(2))  # and later captures still work
+    graph.replay()
+    torch.cuda.synchronize()
+    assert x[0].item() == 2**3  # two warm-up calls and one replay (a capture runs nothing)
