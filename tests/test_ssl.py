@@ -1,3 +1,4 @@
+import contextlib
 import random
 
 import pytest
@@ -173,3 +174,41 @@ def test_ssl_masked_outputs_read_the_right_patches():
     patches = patchify(spec, (16, 16), (16, 16))
     for b in range(3):  # every target row is the clip's own patch at a masked position
         torch.testing.assert_close(target[b], patches[b][mask[b]], rtol=0, atol=0)
+
+
+def test_the_two_passes_of_a_step_stack_each_mixers_weights_once(monkeypatch):
+    """weights_stacked_once around the step: each layer's weights stacked once for both encoder
+    passes, the loss and every gradient as when each pass stacks its own; validation (no_grad)
+    keeps its cache across steps."""
+    from src.models.components.bimamba import BiMambaMixer
+
+    torch.manual_seed(0)
+    module = SSLModule(SMALL_ENCODER, mask_patches=20, two_passes=True)
+    spec = torch.randn(2, 1, 128, 160)
+    stacked = []
+    real = BiMambaMixer._stack_weights
+    monkeypatch.setattr(BiMambaMixer, "_stack_weights", lambda self, dtype: stacked.append(self) or real(self, dtype))
+
+    def step():
+        module.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # drop path's draws, the same both times
+        loss = module.losses(spec, 20, seed=3)["loss"]
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+    loss, grads = step()
+    mixers = [m for m in module.encoder.modules() if isinstance(m, BiMambaMixer)]
+    assert len(mixers) == 2 and sorted(map(id, stacked)) == sorted(map(id, mixers))  # once each, not twice
+    assert "_stacked_once" not in mixers[0].__dict__  # released after the step
+    stacked.clear()
+    with torch.no_grad():  # validation: the cache kept until a parameter changes, across steps
+        module.losses(spec, 20, seed=4)
+        module.losses(spec, 20, seed=5)
+    assert sorted(map(id, stacked)) == sorted(map(id, mixers))
+    monkeypatch.setattr(BiMambaMixer, "_stack_weights", real)
+    monkeypatch.setattr("src.models.ssl_module.weights_stacked_once", lambda encoder: contextlib.nullcontext())
+    apart_loss, apart_grads = step()  # each pass stacks its own, as before
+    torch.testing.assert_close(loss, apart_loss, rtol=1e-6, atol=1e-7)
+    assert grads.keys() == apart_grads.keys() and "encoder.layers.0.mixer.A_log" in grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, apart_grads[name], rtol=1e-5, atol=1e-7, msg=name)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 
 from src.models.components import as_config, build_encoder
+from src.models.components.bimamba import weights_stacked_once
 from src.models.components.losses import info_nce, masked_mse, patchify
 from src.models.components.masking import make_mask, mask_indices, most_masked
 from src.models.hub import resolve
@@ -158,11 +159,12 @@ class SSLModule(L.LightningModule):
 
     def masked_losses(self, spec: Tensor, mask_nce, idx_nce, mask_mse, idx_mse) -> dict[str, Tensor]:
         """The losses of given masks: the step that a CUDA graph captures (cuda_graph)."""
-        hidden_nce, target_nce = self.masked_outputs(spec, mask_nce, idx_nce)
-        if self.hparams.two_passes:
-            hidden_mse, target_mse = self.masked_outputs(spec, mask_mse, idx_mse)
-        else:
-            hidden_mse, target_mse = hidden_nce, target_nce
+        with weights_stacked_once(self.encoder):  # the two passes share the mixers' stacked weights
+            hidden_nce, target_nce = self.masked_outputs(spec, mask_nce, idx_nce)
+            if self.hparams.two_passes:
+                hidden_mse, target_mse = self.masked_outputs(spec, mask_mse, idx_mse)
+            else:
+                hidden_mse, target_mse = hidden_nce, target_nce
         return self.objective(hidden_nce, target_nce, hidden_mse, target_mse)
 
     def objective(self, hidden_nce: Tensor, target_nce: Tensor, hidden_mse: Tensor, target_mse: Tensor) -> dict:

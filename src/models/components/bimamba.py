@@ -11,6 +11,7 @@ flips (the reversed set runs an anti-causal conv and a right-to-left scan).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -105,9 +106,16 @@ class BiMambaMixer(nn.Module):
         (exact: halving is). Differentiable; under no_grad kept until a parameter changes, as inference
         on short inputs is bound by kernel launches. A change is a new version of a parameter, or a
         switch between train() and eval(): CUDA's fused Adam updates parameters in place without
-        bumping their versions, and validation after a training epoch must see the new weights."""
+        bumping their versions, and validation after a training epoch must see the new weights.
+        With gradients, within weights_stacked_once, stacked once for every forward run in it
+        (autograd sums their gradients)."""
         if torch.is_grad_enabled():
-            return self._stack_weights(dtype)
+            once = self.__dict__.get("_stacked_once")
+            if once is None:
+                return self._stack_weights(dtype)
+            if dtype not in once:
+                once[dtype] = self._stack_weights(dtype)
+            return once[dtype]
         key = (dtype, *((p.data_ptr(), p._version) for p in self.parameters()))
         if getattr(self, "_weights_cache", (None,))[0] != key:
             self._weights_cache = (key, self._stack_weights(dtype))
@@ -134,6 +142,21 @@ class BiMambaMixer(nn.Module):
             torch.stack([self.D, self.D_b]).float() * scale,  # (2, E)
             torch.stack([self.dt_proj.bias, self.dt_proj_b.bias]).float(),  # (2, E)
         )
+
+
+@contextlib.contextmanager
+def weights_stacked_once(module: nn.Module):
+    """Every BiMambaMixer in module stacks its weights (kernel_weights) once for all the forwards run
+    within, not once a forward: the SSL step's two encoder passes share them, which spares a step
+    half of the small kernels that stack the weights and their gradients (a dozen each way a layer)."""
+    mixers = [m for m in module.modules() if isinstance(m, BiMambaMixer)]
+    for mixer in mixers:
+        mixer.__dict__["_stacked_once"] = {}  # kept out of state_dict and the module tree
+    try:
+        yield
+    finally:
+        for mixer in mixers:
+            mixer.__dict__.pop("_stacked_once", None)
 
 
 def _s4d_real_A_log(d_inner: int, d_state: int) -> Tensor:
