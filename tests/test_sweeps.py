@@ -53,23 +53,23 @@ def test_local_submitit_sweep_runs_every_point(data_root, tmp_path):
     assert (sweep / ".submitit").is_dir()  # each point ran as a submitit job
 
 
+# keeps the script and refuses the job: the launcher fails at once, where a job that "ran" and left
+# no result would keep submitit waiting 15 s a task for its result file
 FAKE_SBATCH = """#!/bin/sh
 for last; do true; done
 cp "$last" "$FAKE_SLURM_DIR/job.sh"
 echo "$@" > "$FAKE_SLURM_DIR/sbatch_args"
-echo "Submitted batch job 4242"
-"""
-FAKE_SACCT = """#!/bin/sh
-printf 'JobID|State|NodeList\\n4242_0|FAILED|n1\\n4242_1|FAILED|n1\\n'
+echo "sbatch: error: a fake cluster: nothing runs here" >&2
+exit 1
 """
 
 
 def _fake_slurm(tmp_path) -> dict:
-    """sbatch, sacct, scancel and srun stand-ins on PATH: the submitted script lands in tmp_path."""
+    """sbatch, sacct, scancel and srun stand-ins on PATH: the script sbatch is given lands in tmp_path."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     noop = "#!/bin/sh\nexit 0\n"  # submitit checks that srun exists; the fake cluster never runs it
-    for name, text in [("sbatch", FAKE_SBATCH), ("sacct", FAKE_SACCT), ("scancel", noop), ("srun", noop)]:
+    for name, text in [("sbatch", FAKE_SBATCH), ("sacct", noop), ("scancel", noop), ("srun", noop)]:
         path = bin_dir / name
         path.write_text(text)
         path.chmod(path.stat().st_mode | stat.S_IEXEC)
@@ -94,7 +94,7 @@ def test_slurm_launcher_writes_the_expected_sbatch_script(data_root, tmp_path):
         env=env,
         timeout=180,
     )
-    script = (tmp_path / "job.sh").read_text()  # the fake cluster fails the jobs; the script is what counts
+    script = (tmp_path / "job.sh").read_text()  # the fake cluster refuses the jobs; the script is what counts
     assert "#SBATCH --nodes=1" in script
     assert "#SBATCH --ntasks-per-node=4" in script  # one task per device
     assert "#SBATCH --gpus-per-node=4" in script
@@ -103,7 +103,7 @@ def test_slurm_launcher_writes_the_expected_sbatch_script(data_root, tmp_path):
     assert "#SBATCH --signal=USR2@120" in script  # pre-emption warning for requeue
     assert "#SBATCH --array=0-1" in script  # both sweep points
     assert "srun" in script and "submitit" in script
-    assert result.returncode != 0  # nothing really ran
+    assert result.returncode != 0 and "a fake cluster" in result.stderr  # nothing really ran
 
 
 def test_a_fine_tuning_recipe_on_several_nodes_asks_slurm_for_them(data_root, tmp_path):
@@ -125,7 +125,7 @@ def test_a_fine_tuning_recipe_on_several_nodes_asks_slurm_for_them(data_root, tm
     script = (tmp_path / "job.sh").read_text()
     assert "#SBATCH --nodes=2" in script and "#SBATCH --ntasks-per-node=1" in script
     assert "#SBATCH --gpus-per-node=1" in script and "#SBATCH --array=0-1" in script
-    assert result.returncode != 0  # nothing really ran
+    assert result.returncode != 0 and "a fake cluster" in result.stderr  # nothing really ran
 
 
 def test_the_slurm_launcher_composes_with_every_experiment_and_trainer():
