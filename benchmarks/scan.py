@@ -45,19 +45,16 @@ ROOT = Path(__file__).resolve().parents[1]
 D_STATE = 16
 REVERSE = (False, True)
 SWEEP = [  # (forward, backward) launch shapes around the defaults: B's and C's rows a state a lane
-    # (bc_lanes) or whole rows, and less scratch a program for the backward (the state at every
-    # tile start of what it walks back at once, 64 KB for a 64-step segment, more than L2 holds for
-    # the programs in flight): checkpoints closer together, or a segment walked back in parts
+    # (bc_lanes) or whole rows, and checkpoints closer together (a smaller scratch a program for the
+    # backward: the state at every tile start of a segment, 64 KB at 64 steps, 32 KB at 32)
     (
         ScanTiling(block_d=32, min_programs=1024, bc_lanes=lanes, ckpt_every=every),
-        ScanTiling(block_d=32, min_programs=4096, bc_lanes=lanes, ckpt_every=every, scratch_steps=scratch),
+        ScanTiling(block_d=32, min_programs=4096, bc_lanes=lanes, ckpt_every=every),
     )
-    for lanes, every, scratch in [
-        (True, 64, None),  # the defaults
-        (False, 64, None),
-        (True, 32, None),
-        (True, 64, 32),
-        (True, 64, 16),
+    for lanes, every in [
+        (True, 64),  # the defaults
+        (False, 64),
+        (True, 32),
     ]
 ]
 

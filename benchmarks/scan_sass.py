@@ -132,7 +132,7 @@ def compile_variants() -> dict:
                 kernel = scan_kernels.scan_forward_kernel
             else:
                 flags.update(HAS_G_START=run.n_chunks > 1, CARRY_ONLY=False, ATOMIC=True)
-                flags.update(run.backward_flags(tiling, atomic=True))
+                flags.update(run.scatter_flags(tiling, atomic=True))
                 kernel = scan_kernels.scan_backward_kernel
             sass, registers, stack = compile_sm90(kernel, flags, ints)
             loops, opcodes = innermost_loops(sass), counts(sass)

@@ -89,7 +89,6 @@ def test_triton_is_the_default_on_cuda():
         "32 channels, chunks",
         "32 channels, 8 of them masked",
         "rows of B and C a state a lane, 8 channels masked",
-        "segments walked back in halves, 8 channels masked",
         "Triton's layout",
         "the defaults",
     ],
@@ -107,8 +106,6 @@ def test_triton_scan_against_reference_and_mamba(dtype, length, has_z, launch):
         dim, tiling = 56, ScanTiling(block_d=32, min_programs=4096)
     elif launch == "rows of B and C a state a lane, 8 channels masked":  # ScanTiling.bc_lanes, both kernels
         dim, tiling = 56, ScanTiling(block_d=32, min_programs=4096, bc_lanes=True)
-    elif launch == "segments walked back in halves, 8 channels masked":  # ScanTiling.scratch_steps
-        dim, tiling = 56, ScanTiling(block_d=32, min_programs=4096, bc_lanes=True, scratch_steps=32)
     elif launch == "Triton's layout":
         tiling = ScanTiling(block_d=32, lane_states=False)
     inputs = scan_inputs(2, dim, length, dtype, has_z=has_z)

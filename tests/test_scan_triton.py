@@ -49,24 +49,6 @@ CASES = {
         (False, True),
         replace(tiny(64), block_d=32, bc_lanes=True),
     ),
-    # ScanTiling.scratch_steps: a segment walked back in parts, the steps before a part walked again
-    # from the checkpoint; the last segment and its last part short, with and without chunks
-    "a segment walked back a tile at a time": (
-        13,
-        8,
-        4,
-        True,
-        (True, False),
-        replace(tiny(1), ckpt_every=8, scratch_steps=2),
-    ),
-    "a segment walked back in parts, states swizzled": (
-        17,
-        40,
-        13,
-        True,
-        (False, True),
-        replace(tiny(64), block_d=32, bc_lanes=True, ckpt_every=8, scratch_steps=4),
-    ),
 }
 
 
@@ -108,16 +90,6 @@ def test_scan_of_bf16_inputs_without_autograd_returns_bf16_close_to_the_referenc
         *(t.cpu().double() for t in (low[0], low[1], A, low[2], low[2])), None, None, None, reverse=(False, True)
     )
     torch.testing.assert_close(y.cpu().double(), ref, rtol=2e-2, atol=2e-2)
-
-
-def test_scratch_steps_must_divide_the_checkpoint_segment():
-    u = torch.zeros(2, 1, 4, 4, device=DEVICE)
-    for scratch_steps in (6, 3):  # 8 is no multiple of 6; 3 is no multiple of the 2-step tile
-        tiling = replace(tiny(1), ckpt_every=8, scratch_steps=scratch_steps)
-        with pytest.raises(ValueError, match="scratch_steps"):
-            selective_scan_triton(
-                u, u, torch.zeros(2, 4, 2), u[..., :2], u[..., :2], None, None, None, (0, 1), tiling=tiling
-            )
 
 
 def test_forward_and_backward_tilings_must_share_checkpoints():

@@ -21,11 +21,9 @@ chunks only when the (set, batch, channel-block) programs are too few to fill th
                        state the backward restarts from (never a (B, L, E, N) tensor)
     backward  pass 1   every chunk from a zero adjoint: the adjoint it sends out of its start
               carry    chunk by chunk against scan order: the adjoint entering each chunk
-              pass 2   segments of ckpt_every steps from the chunk's end, each in parts of CS
-                       steps from its end: the states at every tile_len-th step of the part
-                       again, from the segment's checkpoint (into a small per-program scratch),
-                       then tile by tile in reverse, the tile's states in registers, all the
-                       gradients
+              pass 2   segments of ckpt_every steps from the chunk's end: the states at every
+                       tile_len-th step again (into a small per-program scratch), then tile by
+                       tile in reverse, the tile's states in registers, all the gradients
 
 A short sequence is one chunk and runs pass 2 alone. The adjoint q_t = dy_t C_t + a_{t+1} q_{t+1}
 (a_t = exp(dt_t A)) pairs with the state h_t at every step; the step's input x_t = dt_t B_t u_t
@@ -392,7 +390,7 @@ def scan_backward_kernel(
     su_s, su_b, su_l, sdt_s, sdt_b, sdt_l, sb_s, sb_b, sb_l, sc_s, sc_b, sc_l, sz_b, sz_l,
     sdy_s, sdy_b, sdy_l,
     DIM: tl.constexpr, N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, CK: tl.constexpr,
-    CS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_G_START: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_G_START: tl.constexpr,
     CARRY_ONLY: tl.constexpr, LANE: tl.constexpr, ATOMIC: tl.constexpr, FAST: tl.constexpr,
     SCATTER: tl.constexpr, PF: tl.constexpr, BC_LANES: tl.constexpr, SWIZZLE: tl.constexpr,
 ):  # fmt: skip
@@ -429,133 +427,127 @@ def scan_backward_kernel(
         bc_at = bc_at_row + n
     else:  # dB, dC: (blocks, S*B, L, N), summed over blocks afterwards
         bc_at = (block * tl.num_programs(0) + sb).to(tl.int64) * length * N + n
-    # this program's scratch: (CS // T, BN, BD) fp32, the states at the start of every tile of a part
+    # this program's scratch: (CK // T, BN, BD) fp32, the states at the start of every tile of a segment
     program = (sb * tl.num_programs(1) + block) * n_chunks + chunk
-    scratch_at = hide + (program.to(tl.int64) * (CS // T) * BN + n[:, None]) * BD + tl.arange(0, BD)[None, :]
-    scratch_lines = hide + program.to(tl.int64) * (CS // T) * BN * BD + tl.arange(0, BD) * BN  # a tile, over lanes
+    scratch_at = hide + (program.to(tl.int64) * (CK // T) * BN + n[:, None]) * BD + tl.arange(0, BD)[None, :]
+    scratch_lines = hide + program.to(tl.int64) * (CK // T) * BN * BD + tl.arange(0, BD) * BN  # a tile, over lanes
     k_begin = chunk * chunk_len
     k_end = tl.minimum(k_begin + chunk_len, length)
     n_segments = tl.cdiv(k_end - k_begin, CK)
     for js in tl.range(0, n_segments):
         k1 = k_begin + (n_segments - 1 - js) * CK  # segments from the chunk's end to its start
-        ckpt_at = hide + ((sb * n_ckpts + k1 // CK) * N + n[:, None]).to(tl.int64) * DIM + d[None, :]
-        for jp in tl.static_range(CK // CS):  # parts of CS steps from the segment's end: the scratch holds one
-            p1 = k1 + (CK // CS - 1 - jp) * CS
-            n_tiles = tl.maximum(tl.cdiv(tl.minimum(p1 + CS, k_end) - p1, T), 0)  # 0: past the chunk's end
-            if not CARRY_ONLY:  # the state at the start of every tile of the part, from the checkpoint
-                h = _swizzled(tl.load(ckpt_ptr + ckpt_at, mask=nd_ok, other=0.0), SWIZZLE)
-                if PF > 0:
-                    if jp == CK // CS - 1:
-                        if k1 > k_begin:  # the next segment's checkpoint, row by row
-                            row = (sb * n_ckpts + k1 // CK - 1).to(tl.int64) * N * DIM + tl.minimum(d, DIM - 1)
-                            for r in tl.static_range(N):
-                                prefetch_l2(ckpt_ptr + hide + row + r * DIM)
-                walk = _load_tile(
-                    pointers, steps, k1, k1, k_end, length, rev, d, n, d_ok, N, T, False, False, False, BC_LANES
-                )
-                skip = tl.where(n_tiles > 0, (p1 - k1) // T, 0)  # the tiles before the part: walked again, not kept
-                for jt in tl.range(0, skip + n_tiles - 1):
-                    us, dts, Bs, _, _, _ = walk  # this tile; the next one's loads go out before its stores
-                    walk = _load_tile(
-                        pointers, steps, k1 + (jt + 1) * T, k1, k_end, length, rev, d, n, d_ok, N, T, False, False,
-                        False, BC_LANES,
-                    )  # fmt: skip
-                    tl.store(scratch_ptr + scratch_at + (jt - skip) * BN * BD, h, mask=jt >= skip)
-                    if PF > 0:
-                        _prefetch_tile(rows, k1 + jt * T + PF, k1, k_end, length, rev, T)
-                    for i in tl.static_range(T):
-                        dt, _ = _dt(dts[i], bias, d_ok & (k1 + jt * T + i < k_end), SOFTPLUS, FAST)
-                        h = (
-                            exp2(A2 * dt[None, :], FAST) * h
-                            + _states(Bs[i], n, BC_LANES, SWIZZLE, FAST) * (dt * us[i].to(tl.float32))[None, :]
-                        )
-                tl.store(scratch_ptr + scratch_at + (n_tiles - 1) * BN * BD, h, mask=n_tiles > 0)
-            k_last = p1 + (n_tiles - 1) * T
-            tile = _load_tile(
-                pointers, steps, k_last, p1, k_end, length, rev, d, n, d_ok, N, T, True, HAS_Z, True, BC_LANES
+        n_tiles = tl.cdiv(tl.minimum(k1 + CK, k_end) - k1, T)
+        if not CARRY_ONLY:  # the state at the start of every tile, from the one the forward kept
+            ckpt_at = hide + ((sb * n_ckpts + k1 // CK) * N + n[:, None]).to(tl.int64) * DIM + d[None, :]
+            h = _swizzled(tl.load(ckpt_ptr + ckpt_at, mask=nd_ok, other=0.0), SWIZZLE)
+            if PF > 0:
+                if k1 > k_begin:  # the next segment's checkpoint, wanted a segment from now, row by row
+                    row = (sb * n_ckpts + k1 // CK - 1).to(tl.int64) * N * DIM + tl.minimum(d, DIM - 1)
+                    for r in tl.static_range(N):
+                        prefetch_l2(ckpt_ptr + hide + row + r * DIM)
+            walk = _load_tile(
+                pointers, steps, k1, k1, k_end, length, rev, d, n, d_ok, N, T, False, False, False, BC_LANES
             )
-            for jt in tl.range(0, n_tiles):
-                k0 = k_last - jt * T  # tiles from the part's end to its start
-                us, dts, Bs, Cs, zs, dys = tile  # this tile; the one before it loads meanwhile
-                tile = _load_tile(
-                    pointers, steps, k0 - T, p1, k_end, length, rev, d, n, d_ok, N, T, True, HAS_Z, True, BC_LANES
-                )
-                # the tile's states, decays and step sizes, in registers
-                hs, decays, dt_outs, dt_ins = (), (), (), ()
+            for jt in tl.range(0, n_tiles - 1):
+                us, dts, Bs, _, _, _ = walk  # this tile; the next one's loads go out before its stores
+                walk = _load_tile(
+                    pointers, steps, k1 + (jt + 1) * T, k1, k_end, length, rev, d, n, d_ok, N, T, False, False, False,
+                    BC_LANES,
+                )  # fmt: skip
+                tl.store(scratch_ptr + scratch_at + jt * BN * BD, h)
+                if PF > 0:
+                    _prefetch_tile(rows, k1 + jt * T + PF, k1, k_end, length, rev, T)
                 for i in tl.static_range(T):
-                    dt, dt_in = _dt(dts[i], bias, d_ok & (k0 + i < k_end), SOFTPLUS, FAST)
-                    a = exp2(A2 * dt[None, :], FAST)
-                    decays, dt_outs, dt_ins = decays + (a,), dt_outs + (dt,), dt_ins + (dt_in,)
-                if not CARRY_ONLY:
-                    if PF > 0:  # the start state two tiles on: BN * BD floats, BN a lane (one instruction)
-                        prefetch_l2(scratch_ptr + scratch_lines + tl.maximum(n_tiles - 3 - jt, 0) * BN * BD)
-                    h = tl.load(scratch_ptr + scratch_at + (n_tiles - 1 - jt) * BN * BD)
-                    for i in tl.static_range(T):
-                        Bt = _states(Bs[i], n, BC_LANES, SWIZZLE, FAST)
-                        h = decays[i] * h + Bt * (dt_outs[i] * us[i].to(tl.float32))[None, :]
-                        hs = hs + (h,)
-                if PF > 0:  # PF steps on, the rows not read yet (pass 2 walked u, delta and B forward)
-                    _prefetch_tile(rows, k0 - PF, k_begin, k_end, length, rev, T)
-                # back through the tile: q_k = dy_k C_k + a_{k+1} q_{k+1}, with g = a_{k+1} q_{k+1}
-                for i in tl.static_range(T - 1, -1, -1):
-                    k = k0 + i
-                    m = d_ok & (k < k_end)
-                    t = tl.where(rev == 1, length - 1 - k, k)
-                    dt, dt_in = dt_outs[i], dt_ins[i]
-                    u, Bt, Ct, dout = (
-                        us[i].to(tl.float32),
-                        _states(Bs[i], n, BC_LANES, SWIZZLE, FAST),
-                        _states(Cs[i], n, BC_LANES, SWIZZLE, FAST),
-                        dys[i].to(tl.float32),
+                    dt, _ = _dt(dts[i], bias, d_ok & (k1 + jt * T + i < k_end), SOFTPLUS, FAST)
+                    h = (
+                        exp2(A2 * dt[None, :], FAST) * h
+                        + _states(Bs[i], n, BC_LANES, SWIZZLE, FAST) * (dt * us[i].to(tl.float32))[None, :]
                     )
+            tl.store(scratch_ptr + scratch_at + (n_tiles - 1) * BN * BD, h)
+        k_last = k1 + (n_tiles - 1) * T
+        tile = _load_tile(
+            pointers, steps, k_last, k1, k_end, length, rev, d, n, d_ok, N, T, True, HAS_Z, True, BC_LANES
+        )
+        for jt in tl.range(0, n_tiles):
+            k0 = k_last - jt * T  # tiles from the segment's end to its start
+            us, dts, Bs, Cs, zs, dys = tile  # this tile; the one before it loads meanwhile
+            tile = _load_tile(
+                pointers, steps, k0 - T, k1, k_end, length, rev, d, n, d_ok, N, T, True, HAS_Z, True, BC_LANES
+            )
+            # the tile's states, decays and step sizes, in registers
+            hs, decays, dt_outs, dt_ins = (), (), (), ()
+            for i in tl.static_range(T):
+                dt, dt_in = _dt(dts[i], bias, d_ok & (k0 + i < k_end), SOFTPLUS, FAST)
+                a = exp2(A2 * dt[None, :], FAST)
+                decays, dt_outs, dt_ins = decays + (a,), dt_outs + (dt,), dt_ins + (dt_in,)
+            if not CARRY_ONLY:
+                if PF > 0:  # the start state two tiles on: BN * BD floats, BN a lane (one instruction)
+                    prefetch_l2(scratch_ptr + scratch_lines + tl.maximum(n_tiles - 3 - jt, 0) * BN * BD)
+                h = tl.load(scratch_ptr + scratch_at + (n_tiles - 1 - jt) * BN * BD)
+                for i in tl.static_range(T):
+                    Bt = _states(Bs[i], n, BC_LANES, SWIZZLE, FAST)
+                    h = decays[i] * h + Bt * (dt_outs[i] * us[i].to(tl.float32))[None, :]
+                    hs = hs + (h,)
+            if PF > 0:  # PF steps on, the rows not read yet (pass 2 walked u, delta and B forward)
+                _prefetch_tile(rows, k0 - PF, k_begin, k_end, length, rev, T)
+            # back through the tile: q_k = dy_k C_k + a_{k+1} q_{k+1}, with g = a_{k+1} q_{k+1}
+            for i in tl.static_range(T - 1, -1, -1):
+                k = k0 + i
+                m = d_ok & (k < k_end)
+                t = tl.where(rev == 1, length - 1 - k, k)
+                dt, dt_in = dt_outs[i], dt_ins[i]
+                u, Bt, Ct, dout = (
+                    us[i].to(tl.float32),
+                    _states(Bs[i], n, BC_LANES, SWIZZLE, FAST),
+                    _states(Cs[i], n, BC_LANES, SWIZZLE, FAST),
+                    dys[i].to(tl.float32),
+                )
+                if HAS_Z:
+                    zt = zs[i].to(tl.float32)
+                    z_sig = sigmoid(zt, FAST)
+                    dy = dout * zt * z_sig
+                else:
+                    dy = dout
+                q = Ct * dy[None, :] + g  # (BN, BD) the adjoint of h_k
+                if CARRY_ONLY:
+                    dt_sum += dt
+                else:
+                    h = hs[i]
                     if HAS_Z:
-                        zt = zs[i].to(tl.float32)
-                        z_sig = sigmoid(zt, FAST)
-                        dy = dout * zt * z_sig
+                        y = tl.sum(h * Ct, axis=0) + D * u
+                        dz = dout * y * z_sig * (1.0 + zt * (1.0 - z_sig))
+                        tl.store(dz_ptr + out_ptrs + t * DIM, dz.to(dz_ptr.dtype.element_ty), mask=m)
+                    # h_k = a_k h_{k-1} + dt_k u_k B_k, and a_k h_{k-1} = h_k - x_k:
+                    #   du = dt q.B + D dy    ddt = u q.B + sum_n A q (h - x)    dA += dt q (h - x)
+                    q_B = tl.sum(q * Bt, axis=0)  # (BD,)
+                    dt_u = dt * u
+                    q_hx = q * (h - Bt * dt_u[None, :])
+                    du = dt * q_B + dy * D
+                    ddt = u * q_B + LN2 * tl.sum(A2 * q_hx, axis=0)  # A2, not A: A's registers freed
+                    if SOFTPLUS:
+                        ddt = ddt * sigmoid(dt_in, FAST)
+                    ddt = tl.where(m, ddt, 0.0)
+                    tl.store(du_ptr + out_ptrs + t * DIM, du.to(du_ptr.dtype.element_ty), mask=m)
+                    tl.store(ddt_ptr + out_ptrs + t * DIM, ddt.to(ddt_ptr.dtype.element_ty), mask=m)
+                    bc_ok = (n < N) & (k < k_end)  # dB, dC: sums over this program's channels
+                    if SCATTER:  # BD = 32, BN = 16, a channel a lane: dB's and dC's rows, one a lane
+                        total = _sum_over_lanes_scattered(q * dt_u[None, :], h * dy[None, :], SWIZZLE, FAST)
+                        row = tl.arange(0, 2 * BN)  # lane L: row L, dB's state L, or dC's state L - BN
+                        at = tl.where(row < BN, db_ptr + bc_at_row + t * N + row, dc_ptr + bc_at_row + t * N + row - BN)
+                        tl.atomic_add(at, total, mask=((row % BN) < N) & (k < k_end), sem="relaxed")
                     else:
-                        dy = dout
-                    q = Ct * dy[None, :] + g  # (BN, BD) the adjoint of h_k
-                    if CARRY_ONLY:
-                        dt_sum += dt
-                    else:
-                        h = hs[i]
-                        if HAS_Z:
-                            y = tl.sum(h * Ct, axis=0) + D * u
-                            dz = dout * y * z_sig * (1.0 + zt * (1.0 - z_sig))
-                            tl.store(dz_ptr + out_ptrs + t * DIM, dz.to(dz_ptr.dtype.element_ty), mask=m)
-                        # h_k = a_k h_{k-1} + dt_k u_k B_k, and a_k h_{k-1} = h_k - x_k:
-                        #   du = dt q.B + D dy    ddt = u q.B + sum_n A q (h - x)    dA += dt q (h - x)
-                        q_B = tl.sum(q * Bt, axis=0)  # (BD,)
-                        dt_u = dt * u
-                        q_hx = q * (h - Bt * dt_u[None, :])
-                        du = dt * q_B + dy * D
-                        ddt = u * q_B + LN2 * tl.sum(A2 * q_hx, axis=0)  # A2, not A: A's registers freed
-                        if SOFTPLUS:
-                            ddt = ddt * sigmoid(dt_in, FAST)
-                        ddt = tl.where(m, ddt, 0.0)
-                        tl.store(du_ptr + out_ptrs + t * DIM, du.to(du_ptr.dtype.element_ty), mask=m)
-                        tl.store(ddt_ptr + out_ptrs + t * DIM, ddt.to(ddt_ptr.dtype.element_ty), mask=m)
-                        bc_ok = (n < N) & (k < k_end)  # dB, dC: sums over this program's channels
-                        if SCATTER:  # BD = 32, BN = 16, a channel a lane: dB's and dC's rows, one a lane
-                            total = _sum_over_lanes_scattered(q * dt_u[None, :], h * dy[None, :], SWIZZLE, FAST)
-                            row = tl.arange(0, 2 * BN)  # lane L: row L, dB's state L, or dC's state L - BN
-                            at = tl.where(
-                                row < BN, db_ptr + bc_at_row + t * N + row, dc_ptr + bc_at_row + t * N + row - BN
-                            )
-                            tl.atomic_add(at, total, mask=((row % BN) < N) & (k < k_end), sem="relaxed")
+                        db = tl.sum(q * dt_u[None, :], axis=1)
+                        dc = tl.sum(h * dy[None, :], axis=1)
+                        if ATOMIC:
+                            tl.atomic_add(db_ptr + bc_at + t * N, db, mask=bc_ok, sem="relaxed")
+                            tl.atomic_add(dc_ptr + bc_at + t * N, dc, mask=bc_ok, sem="relaxed")
                         else:
-                            db = tl.sum(q * dt_u[None, :], axis=1)
-                            dc = tl.sum(h * dy[None, :], axis=1)
-                            if ATOMIC:
-                                tl.atomic_add(db_ptr + bc_at + t * N, db, mask=bc_ok, sem="relaxed")
-                                tl.atomic_add(dc_ptr + bc_at + t * N, dc, mask=bc_ok, sem="relaxed")
-                            else:
-                                tl.store(db_ptr + bc_at + t * N, db, mask=bc_ok)
-                                tl.store(dc_ptr + bc_at + t * N, dc, mask=bc_ok)
-                        dA += q_hx * dt[None, :]
-                        dD += dy * u
-                        dbias += ddt
-                    g = decays[i] * q
+                            tl.store(db_ptr + bc_at + t * N, db, mask=bc_ok)
+                            tl.store(dc_ptr + bc_at + t * N, dc, mask=bc_ok)
+                    dA += q_hx * dt[None, :]
+                    dD += dy * u
+                    dbias += ddt
+                g = decays[i] * q
     g, dA = _swizzled(g, SWIZZLE), _swizzled(dA, SWIZZLE)  # back in state order
     if CARRY_ONLY:
         tl.store(g_end_ptr + state_at, g, mask=nd_ok)

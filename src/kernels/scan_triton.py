@@ -42,10 +42,7 @@ class ScanTiling:
     inline PTX, tl.gather under the interpreter), not loaded whole into every lane, which ptxas keeps
     in uniform registers, waiting on the loads as they land; with the reduce-scatter the backward
     then keeps a lane's states swizzled (scan_kernels._swizzled), which spares the reduce-scatter
-    its selects (on in default_tilings: timed faster on an H100, docs/benchmarks.md); scratch_steps:
-    the steps of a checkpoint segment the backward walks back from one fill of its scratch (the
-    state at every tile start; a multiple of tile_len dividing ckpt_every; None: ckpt_every): fewer
-    keep the scratch of the programs in flight in L2, for walking the segment's earlier steps again."""
+    its selects (on in default_tilings: timed faster on an H100, docs/benchmarks.md)."""
 
     block_d: int = 16
     tile_len: int = 2
@@ -58,7 +55,6 @@ class ScanTiling:
     scatter_bc: bool = True
     prefetch_steps: int = 8
     bc_lanes: bool = False
-    scratch_steps: int | None = None
 
 
 def default_tilings(sets: int, batch: int, dim: int, length: int) -> tuple[ScanTiling, ScanTiling]:
@@ -112,9 +108,6 @@ class _Launch:
         self.inputs = (u, delta, B, C, z if z is not None else u, A, self.D_or_bias, delta_bias)
         if tiling.ckpt_every % tiling.tile_len:
             raise ValueError(f"ckpt_every must be a multiple of tile_len, got {tiling}")
-        self.scratch_steps = tiling.scratch_steps or tiling.ckpt_every
-        if self.scratch_steps % tiling.tile_len or tiling.ckpt_every % self.scratch_steps:
-            raise ValueError(f"scratch_steps must be a multiple of tile_len dividing ckpt_every, got {tiling}")
         self.chunk_len, self.n_chunks = chunking(self.sets, self.batch, self.dim, self.length, tiling)
         self.n_ckpts = triton.cdiv(self.length, tiling.ckpt_every)
         self.blocks = triton.cdiv(self.dim, tiling.block_d)
@@ -137,14 +130,14 @@ class _Launch:
             self.flags["maxnreg"] = tiling.max_registers
         self.sizes = (self.batch, self.length, self.chunk_len, self.n_chunks, self.n_ckpts)
 
-    def backward_flags(self, tiling: ScanTiling, atomic: bool) -> dict:
-        """The backward's own flags. CS: scratch_steps. SCATTER: whether it sums dB and dC over
-        channels by the warp reduce-scatter (shuffles; tl.gather under the interpreter); SWIZZLE:
-        whether, rows of B and C a state a lane, it holds them swizzled (scan_kernels._swizzled),
-        which spares the reduce-scatter its selects."""
+    def scatter_flags(self, tiling: ScanTiling, atomic: bool) -> dict:
+        """The backward's SCATTER: whether it sums dB and dC over channels by the warp
+        reduce-scatter (shuffles; tl.gather under the interpreter); and SWIZZLE: whether, rows of B
+        and C a state a lane, it holds them swizzled (scan_kernels._swizzled), which spares the
+        reduce-scatter its selects."""
         lanes = tiling.lane_states and tiling.block_d == 32 and self.shape["BN"] == 16
         scatter = tiling.scatter_bc and (self.fast or self.interpreted) and atomic and lanes
-        return dict(CS=self.scratch_steps, SCATTER=scatter, SWIZZLE=scatter and self.flags["BC_LANES"])
+        return dict(SCATTER=scatter, SWIZZLE=scatter and self.flags["BC_LANES"])
 
     def states(self, *lead: int) -> Tensor:
         """A buffer of (..., N, E) fp32 states: channels contiguous, as the threads hold them."""
@@ -212,9 +205,9 @@ def scan_backward(dy, ckpt, u, delta, A, B, C, D, z, delta_bias, reverse, delta_
         dA_sum = run.states(S * batch, run.n_chunks)
         dD_sum = torch.empty(S * batch, run.n_chunks, E, device=u.device, dtype=torch.float32)
         dbias_sum = torch.empty_like(dD_sum)
-    flags = run.backward_flags(tiling, atomic)
+    scatter = run.scatter_flags(tiling, atomic)
     programs = run.grid[0] * run.grid[1] * run.grid[2]
-    tile_starts = run.scratch_steps // tiling.tile_len
+    tile_starts = tiling.ckpt_every // tiling.tile_len
     scratch = torch.empty(programs, tile_starts, run.shape["BN"], tiling.block_d, device=u.device, dtype=torch.float32)
     g_start = None
     if run.n_chunks > 1:
@@ -224,14 +217,14 @@ def scan_backward(dy, ckpt, u, delta, A, B, C, D, z, delta_bias, reverse, delta_
             *run.inputs, dy, ckpt, g_out, scratch,
             du, ddelta, du, dB_sum, dC_sum, dA_sum, dD_sum, dbias_sum, g_out, dt_sum,
             *run.sizes, run.rev_mask, 0, *run.strides, *dy_strides, HAS_G_START=False, CARRY_ONLY=True,
-            ATOMIC=atomic, **flags, **run.flags,
+            ATOMIC=atomic, **scatter, **run.flags,
         )  # fmt: skip
         g_start = run.carry(g_out, dt_sum, backward=True)
     scan_backward_kernel[run.grid](
         *run.inputs, dy, ckpt, g_start if g_start is not None else ckpt, scratch,
         du, ddelta, dz_sets if dz_sets is not None else du, dB_sum, dC_sum, dA_sum, dD_sum, dbias_sum,
         ckpt, ckpt, *run.sizes, run.rev_mask, 0, *run.strides, *dy_strides,
-        HAS_G_START=g_start is not None, CARRY_ONLY=False, ATOMIC=atomic, **flags, **run.flags,
+        HAS_G_START=g_start is not None, CARRY_ONLY=False, ATOMIC=atomic, **scatter, **run.flags,
     )  # fmt: skip
     if not atomic:
         dB_sum, dC_sum = dB_sum.sum(0), dC_sum.sum(0)
