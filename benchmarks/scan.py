@@ -197,8 +197,8 @@ def main(argv=None) -> int:
         "d_state": D_STATE,
         "dtype": "bfloat16",
         "shapes": [],
+        "graph_reps": args.reps,
     }
-    record["graph_reps"] = args.reps
     record["peaks"] = measure_peaks(time_ms)
     print("card peaks:", json.dumps(record["peaks"]), flush=True)
     for shape in args.shapes:
@@ -220,16 +220,12 @@ def main(argv=None) -> int:
             }
             # as the training step runs them (CUDA graphs): the GPU's time, no launch latency
             for phase, fn in (("forward", fwd), ("forward_backward", fwd_bwd)):
-                for attempt in range(2):  # a first capture that fails is tried once more, and recorded
-                    try:
-                        row.setdefault("graph_ms", {}).setdefault(name, {})[phase] = graph_ms(
-                            fn, args.reps, args.warmup, args.repeats
-                        )
-                        break
-                    except RuntimeError as error:  # a call that cannot be captured: the run goes on
-                        failed = f"{type(error).__name__}: {str(error)[:200]}"
-                        row.setdefault("graph_errors", {})[f"{name} {phase} (try {attempt + 1})"] = failed
-                        print(f"  {name} {phase}, try {attempt + 1}: no CUDA graph: {failed}", flush=True)
+                ms, failures = _graphed_ms(fn, args)
+                if ms is not None:
+                    row.setdefault("graph_ms", {}).setdefault(name, {})[phase] = ms
+                for attempt, failed in enumerate(failures, 1):  # recorded; the run goes on
+                    row.setdefault("graph_errors", {})[f"{name} {phase} (try {attempt})"] = failed
+                    print(f"  {name} {phase}, try {attempt}: no CUDA graph: {failed}", flush=True)
         if mamba_kernels_available():
             row["max_rel_diff_vs_mamba"] = agreement(inputs)
         if args.sweep:
@@ -245,6 +241,21 @@ def main(argv=None) -> int:
         del inputs
         torch.cuda.empty_cache()
     return render(record, args)
+
+
+def _graphed_ms(fn, args) -> tuple[float | None, list[str]]:
+    """graph_ms of fn, a capture that fails tried once more: (the time or None, each failure)."""
+    failures = []
+    for _ in range(2):
+        try:
+            return graph_ms(fn, args.reps, args.warmup, args.repeats), failures
+        except RuntimeError as error:  # a call that cannot be captured
+            failures.append(_failure(error))
+    return None, failures
+
+
+def _failure(error: Exception) -> str:
+    return f"{type(error).__name__}: {str(error)[:200]}"
 
 
 def render(record: dict, args) -> int:
@@ -266,7 +277,7 @@ def sweep(inputs: dict, args, rounds: int = 8) -> list[dict]:
             fwd, fwd_bwd = (captured(fn, args.reps, warmup_calls=3).replay for fn in calls)
             timed.append((row, fwd, fwd_bwd, [], []))
         except Exception as error:  # a launch shape the compiler cannot fit: record it and go on
-            row["error"] = f"{type(error).__name__}: {str(error)[:200]}"
+            row["error"] = _failure(error)
         rows.append(row)
     per_round = max(1, args.repeats // rounds)
     for _ in range(rounds):

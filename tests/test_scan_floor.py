@@ -102,3 +102,30 @@ def test_a_call_that_cannot_be_captured_leaves_the_random_numbers_working():
     graph.replay()
     torch.cuda.synchronize()
     assert x[0].item() == 2**3  # two warm-up calls and one replay (a capture runs nothing)
+
+
+def test_a_failed_capture_is_tried_once_more_and_both_failures_are_kept(monkeypatch):
+    import types
+
+    import benchmarks.scan as scan
+
+    args = types.SimpleNamespace(reps=10, warmup=1, repeats=1)
+    tries = []
+
+    def flaky(fn, reps, warmup, repeats):
+        tries.append(reps)
+        if len(tries) == 1:
+            raise RuntimeError("operation failed due to a previous error during capture")
+        return 0.25
+
+    monkeypatch.setattr(scan, "graph_ms", flaky)
+    assert scan._graphed_ms(None, args) == (
+        0.25,
+        ["RuntimeError: operation failed due to a previous error during capture"],
+    )
+
+    def never(fn, reps, warmup, repeats):
+        raise RuntimeError("never")
+
+    monkeypatch.setattr(scan, "graph_ms", never)
+    assert scan._graphed_ms(None, args) == (None, ["RuntimeError: never", "RuntimeError: never"])
