@@ -17,8 +17,8 @@ every input, as training does. Every run also checks the
 Triton results against mamba-ssm's (max relative difference, output and each gradient), and gives
 each shape's floor (benchmarks/scan_floor.py: the exps, FMAs and bytes the scans need, at the rates
 this card reaches in the same run) and the Triton kernels' time as a multiple of it.
---sweep times a grid of launch shapes (tile length, channels per program, warps, chunking) too, each
-replayed as CUDA graphs of --reps calls.
+--sweep times the launch shapes of SWEEP too (around the defaults: B's and C's rows a state a lane
+or whole, checkpoint spacing), each replayed as CUDA graphs of --reps calls.
 
 Writes <out>/scan.json and <out>/scan.md, docs/figures/scan.png, and the table into
 docs/benchmarks.md between its `scan` markers.
