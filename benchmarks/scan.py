@@ -45,16 +45,20 @@ ROOT = Path(__file__).resolve().parents[1]
 D_STATE = 16
 REVERSE = (False, True)
 SWEEP = [  # (forward, backward) launch shapes around the defaults: B's and C's rows a state a lane
-    # (bc_lanes) or whole rows, and checkpoints closer together (a smaller scratch a program for the
-    # backward: the state at every tile start of a segment, 64 KB at 64 steps, 32 KB at 32)
+    # (bc_lanes) or whole rows, checkpoints closer together (a smaller scratch a program for the
+    # backward: the state at every tile start of a segment, 64 KB at 64 steps, 32 KB at 32), and the
+    # backward cut into fewer chunks (its carry pass walks every chunk but the first)
     (
         ScanTiling(block_d=32, min_programs=1024, bc_lanes=lanes, ckpt_every=every),
-        ScanTiling(block_d=32, min_programs=4096, bc_lanes=lanes, ckpt_every=every),
+        ScanTiling(block_d=32, min_programs=programs, bc_lanes=lanes, ckpt_every=every),
     )
-    for lanes, every in [
-        (True, 64),  # the defaults
-        (False, 64),
-        (True, 32),
+    for lanes, every, programs in [
+        (True, 64, 4096),  # the defaults
+        (False, 64, 4096),
+        (True, 32, 4096),
+        (True, 64, 2048),
+        (True, 64, 1024),
+        (True, 32, 2048),
     ]
 ]
 

@@ -92,6 +92,28 @@ def test_scan_of_bf16_inputs_without_autograd_returns_bf16_close_to_the_referenc
     torch.testing.assert_close(y.cpu().double(), ref, rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("backward", [False, True])
+def test_what_enters_each_chunk_does_not_depend_on_the_chunk_nothing_leaves(backward):
+    # the first passes skip the chunk whose result goes nowhere (forward: the last; backward: the
+    # first), so its slots of local and dt_sum stay unwritten: NaN here, and no chunk may get them
+    n_chunks, d_state, dim = 4, 4, 8
+    local = torch.randn(1, n_chunks, d_state, dim)
+    dt_sum = torch.rand(1, n_chunks, dim)
+    A = -torch.rand(1, d_state, dim) - 0.1
+    skipped = 0 if backward else n_chunks - 1
+    local[:, skipped], dt_sum[:, skipped] = float("nan"), float("nan")
+    entering = torch.empty_like(local)
+    args = [x.to(DEVICE) for x in (local, dt_sum, A, dt_sum, dt_sum, entering)]
+    scan_kernels.chunk_carry_kernel[(1, 2)](
+        *args, 1, n_chunks, 0, DIM=dim, N=d_state, BN=d_state, BD=4, BACKWARD=backward, FAST=False, num_warps=1
+    )
+    expected, h = torch.empty_like(local), torch.zeros(d_state, dim)
+    for c in reversed(range(n_chunks)) if backward else range(n_chunks):
+        expected[0, c] = h
+        h = torch.exp(A[0] * dt_sum[0, c]) * h + local[0, c]
+    torch.testing.assert_close(args[-1].cpu(), expected)
+
+
 def test_forward_and_backward_tilings_must_share_checkpoints():
     u = torch.zeros(2, 1, 4, 4, device=DEVICE)
     mismatched = (tiny(1), ScanTiling(block_d=4, tile_len=2, ckpt_every=8))

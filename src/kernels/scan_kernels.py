@@ -15,11 +15,12 @@ registers of one lane (two with 16 channels), so a step's loads of u, delta, z a
 are coalesced across the warp and the sum over states stays inside a lane. Sequences are cut into
 chunks only when the (set, batch, channel-block) programs are too few to fill the GPU:
 
-    forward   pass 1   every chunk from a zero state: its final state and its sum of dt
+    forward   pass 1   every chunk but the last from a zero state: its final state and its sum of dt
               carry    chunk by chunk in scan order: the state entering each chunk
               pass 2   every chunk from its entering state: y, and every ckpt_every steps the
                        state the backward restarts from (never a (B, L, E, N) tensor)
-    backward  pass 1   every chunk from a zero adjoint: the adjoint it sends out of its start
+    backward  pass 1   every chunk but the first from a zero adjoint: the adjoint it sends out of
+                       its start
               carry    chunk by chunk against scan order: the adjoint entering each chunk
               pass 2   segments of ckpt_every steps from the chunk's end: the states at every
                        tile_len-th step again (into a small per-program scratch), then tile by
@@ -50,10 +51,13 @@ from src.kernels.fast_math import LN2, LOG2E, exp2, prefetch_l2, sigmoid, softpl
 
 
 @triton.jit
-def _program(a_ptr, d_ptr, bias_ptr, batch, rev_mask, n_chunks, zero, DIM, N, BN: tl.constexpr, BD: tl.constexpr):
-    """Who this program is and what it holds: set s, batch b, chunk, its scan direction, channels d
-    (BD,), states n (BN,), their masks, A (BN, BD) fp32, bias and D (BD,), and where its chunk's
-    (N, E) state slice sits in a (S*B, n_chunks, N, E) buffer.
+def _program(
+    a_ptr, d_ptr, bias_ptr, batch, rev_mask, n_chunks, zero, DIM, N, BN: tl.constexpr, BD: tl.constexpr,
+    FIRST_CHUNK: tl.constexpr,
+):  # fmt: skip
+    """Who this program is and what it holds: set s, batch b, chunk (FIRST_CHUNK + its grid index),
+    its scan direction, channels d (BD,), states n (BN,), their masks, A (BN, BD) fp32, bias and D
+    (BD,), and where its chunk's (N, E) state slice sits in a (S*B, n_chunks, N, E) buffer.
 
     `zero` is 0, passed unspecialised (or a literal 0 without LANE), and offsets every (N, E) state
     access: unspecialised it hides their alignment from the compiler, which would otherwise
@@ -62,7 +66,7 @@ def _program(a_ptr, d_ptr, bias_ptr, batch, rev_mask, n_chunks, zero, DIM, N, BN
     two lanes), its states in registers."""
     sb = tl.program_id(0)  # set * batch + batch index
     s, b = sb // batch, sb % batch
-    chunk = tl.program_id(2)
+    chunk = FIRST_CHUNK + tl.program_id(2)
     rev = (rev_mask >> s) & 1
     d = tl.program_id(1) * BD + tl.arange(0, BD)
     n = tl.arange(0, BN)
@@ -301,7 +305,7 @@ def scan_forward_kernel(
     else:
         hide = 0
     sb, s, b, chunk, rev, d, n, d_ok, nd_ok, A, bias, D, state_at = _program(
-        a_ptr, d_ptr, bias_ptr, batch, rev_mask, n_chunks, hide, DIM, N, BN, BD
+        a_ptr, d_ptr, bias_ptr, batch, rev_mask, n_chunks, hide, DIM, N, BN, BD, 0
     )
     A2 = A * LOG2E  # (BN, BD): exp(dt A) = exp2(dt A2)
     if HAS_H_START:
@@ -366,9 +370,10 @@ def chunk_carry_kernel(
     DIM: tl.constexpr, N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BACKWARD: tl.constexpr, FAST: tl.constexpr,
 ):  # fmt: skip
     """out[c] = what enters chunk c: exp(A dt_sum[c']) out[c'] + local[c'] with c' the chunk before
-    c in scan order (forward) or after it (backward); zero for the first."""
+    c in scan order (forward) or after it (backward); zero for the first. The last chunk's local and
+    dt_sum (unwritten: its first pass does not run) only reach the h after the last store."""
     sb, s, b, _, _, d, n, d_ok, nd_ok, A, _, _, _ = _program(
-        a_ptr, d_ptr, bias_ptr, batch, 0, n_chunks, zero, DIM, N, BN, BD
+        a_ptr, d_ptr, bias_ptr, batch, 0, n_chunks, zero, DIM, N, BN, BD, 0
     )
     h = tl.zeros((BN, BD), dtype=tl.float32)
     for i in tl.range(0, n_chunks):
@@ -399,8 +404,8 @@ def scan_backward_kernel(
     else:
         hide = 0
     sb, s, b, chunk, rev, d, n, d_ok, nd_ok, A, bias, D, state_at = _program(
-        a_ptr, d_ptr, bias_ptr, batch, rev_mask, n_chunks, hide, DIM, N, BN, BD
-    )
+        a_ptr, d_ptr, bias_ptr, batch, rev_mask, n_chunks, hide, DIM, N, BN, BD, 1 if CARRY_ONLY else 0
+    )  # the carry pass skips chunk 0: the adjoint leaving the sequence's start goes nowhere
     A2 = _swizzled(A * LOG2E, SWIZZLE)
     if not HAS_D:
         D = D * 0.0

@@ -162,7 +162,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, reverse, delta_softplus, t
     if run.n_chunks > 1:
         h_end = run.states(run.sets * run.batch, run.n_chunks)
         dt_sum = torch.empty(run.sets * run.batch, run.n_chunks, run.dim, device=u.device, dtype=torch.float32)
-        scan_forward_kernel[run.grid](
+        scan_forward_kernel[(*run.grid[:2], run.n_chunks - 1)](  # no state leaves the last chunk
             *run.inputs, y, h_end, ckpt, h_end, dt_sum, *run.sizes, run.rev_mask, 0, *run.strides,
             HAS_H_START=False, WRITE_Y=False, WRITE_CKPT=False, WRITE_END=True, **run.flags,
         )  # fmt: skip
@@ -213,7 +213,7 @@ def scan_backward(dy, ckpt, u, delta, A, B, C, D, z, delta_bias, reverse, delta_
     if run.n_chunks > 1:
         g_out = run.states(S * batch, run.n_chunks)
         dt_sum = torch.empty(S * batch, run.n_chunks, E, device=u.device, dtype=torch.float32)
-        scan_backward_kernel[run.grid](
+        scan_backward_kernel[(*run.grid[:2], run.n_chunks - 1)](  # chunks 1.., see the kernel
             *run.inputs, dy, ckpt, g_out, scratch,
             du, ddelta, du, dB_sum, dC_sum, dA_sum, dD_sum, dbias_sum, g_out, dt_sum,
             *run.sizes, run.rev_mask, 0, *run.strides, *dy_strides, HAS_G_START=False, CARRY_ONLY=True,
