@@ -63,8 +63,9 @@ def default_tilings(sets: int, batch: int, dim: int, length: int) -> tuple[ScanT
     forward's loads of B and C are then 16-byte vectors and the backward sums dB and dC over
     channels by the warp reduce-scatter. Long sequences (> 4096 steps) are chunked to 8192 programs
     both ways; otherwise the forward is chunked only below 1024 programs (one pass, no carry: 0.49
-    against 0.66 ms at (64, 384, 513) for 16 channels a program) and the backward below 4096 (2.28
-    against 2.59 ms for forward + backward with 32 channels in Triton's layout, same run). B's and
+    against 0.66 ms at (64, 384, 513) for 16 channels a program) and the backward below 2048
+    (forward + backward at (64, 384, 513), as CUDA graphs: 1.320 ms in 2 chunks against 1.371 in 3
+    and 1.371 unchunked, one sweep: docs/benchmarks/scan_sweep_chunks_issue31.json). B's and
     C's rows a state a lane (bc_lanes) both ways: 0.342 against 0.401 ms forward and 2.055 against
     2.118 ms forward + backward at (64, 384, 513), 4.502 against 4.850 ms at (4, 384, 22001), one
     sweep (docs/benchmarks/scan_sweep_bc_lanes_issue31.json)."""
@@ -72,7 +73,7 @@ def default_tilings(sets: int, batch: int, dim: int, length: int) -> tuple[ScanT
         wide = ScanTiling(block_d=32, min_programs=8192, bc_lanes=True)
         return wide, wide
     forward = ScanTiling(block_d=32, min_programs=1024, bc_lanes=True)
-    return forward, ScanTiling(block_d=32, min_programs=4096, bc_lanes=True)
+    return forward, ScanTiling(block_d=32, min_programs=2048, bc_lanes=True)
 
 
 def chunking(sets: int, batch: int, dim: int, length: int, tiling: ScanTiling) -> tuple[int, int]:
