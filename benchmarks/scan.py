@@ -18,7 +18,7 @@ Triton results against mamba-ssm's (max relative difference, output and each gra
 each shape's floor (benchmarks/scan_floor.py: the exps, FMAs and bytes the scans need, at the rates
 this card reaches in the same run) and the Triton kernels' time as a multiple of it.
 --sweep times the launch shapes of SWEEP too (around the defaults: B's and C's rows a state a lane
-or whole, checkpoint spacing), each replayed as CUDA graphs of --reps calls.
+or whole, checkpoint spacing, the backward's chunks), each replayed as CUDA graphs of --reps calls.
 
 Writes <out>/scan.json and <out>/scan.md, docs/figures/scan.png, and the table into
 docs/benchmarks.md between its `scan` markers.
@@ -221,7 +221,11 @@ def main(argv=None) -> int:
                 "forward": time_ms(fwd, args.warmup, args.repeats),
                 "forward_backward": time_ms(fwd_bwd, args.warmup, args.repeats),
             }
-            # as the training step runs them (CUDA graphs): the GPU's time, no launch latency
+        # as the training step runs them (CUDA graphs): the GPU's time, no launch latency. On fresh
+        # leaves: autograd keeps the stream a leaf's backward first ran on (the default stream, for
+        # the eager calls above), and a captured backward that waits on it is invalidated
+        # (cudaErrorStreamCaptureImplicit; pytorch/pytorch#164302)
+        for name, (fwd, fwd_bwd) in runners(inputs).items():
             for phase, fn in (("forward", fwd), ("forward_backward", fwd_bwd)):
                 ms, failures = _graphed_ms(fn, args)
                 if ms is not None:
