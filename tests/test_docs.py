@@ -277,6 +277,7 @@ NOT_IN_A_JSON = {
     "53.7": "the issue31 profile's scan_backward_kernel, rounded",
     "56.4": "the same kernel in the issue31 profile at 732a453 (git history)",
     "17.7": "the same sum in the issue31 profile at 732a453 (git history)",
+    "164302": "a PyTorch issue's number, not a measurement",
     "108.3": "the issue31 profile's GPU-busy time at 732a453 (git history)",
     "4810": "the same profile's launches (git history)",
     "3.27": "the same profile's _conv_fwd_kernel (git history)",
