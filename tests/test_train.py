@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,31 @@ def test_throughput_callback_times_the_steps_after_warm_up(data_root, tmp_path):
     result = json.loads((tmp_path / "throughput.json").read_text())
     assert result["steps_timed"] == 3 and result["devices"] == 1 and result["card"] == "cpu"
     assert result["samples_per_s"] == pytest.approx(2 * 1000 / result["ms_per_step"])
+
+
+def test_throughput_stops_its_clock_when_the_last_step_ends(tmp_path):
+    # what runs once training ends (last.ckpt's save, other callbacks' on_train_end) is no step's time
+    from types import SimpleNamespace
+
+    from src.utils.callbacks import Throughput
+
+    clock = Throughput(warmup_steps=1, out=str(tmp_path / "throughput.json"))
+    logged = []
+    trainer = SimpleNamespace(global_step=0, world_size=1, precision="32-true", is_global_zero=True, loggers=[
+        SimpleNamespace(log_metrics=lambda metrics, step: logged.append((metrics, step)))
+    ])  # fmt: skip
+    module, batch = SimpleNamespace(device=torch.device("cpu")), {"fbank": torch.zeros(4, 1)}
+    for step in range(4):
+        trainer.global_step = step
+        clock.on_train_batch_start(trainer, module, batch, step)
+        time.sleep(0.02)  # the step
+        clock.on_train_batch_end(trainer, module, None, batch, step)
+    time.sleep(0.5)  # after the last step: a checkpoint written as training ends
+    clock.on_train_end(trainer, module)
+    result = json.loads((tmp_path / "throughput.json").read_text())
+    assert result["steps_timed"] == 3 and 20 <= result["ms_per_step"] < 120
+    assert result["samples_per_s"] == pytest.approx(4 * 1000 / result["ms_per_step"])
+    assert logged == [({"perf/samples_per_s": result["samples_per_s"], "perf/ms_per_step": result["ms_per_step"]}, 3)]
 
 
 def test_pretrain_then_finetune_hand_over(data_root, tmp_path):
