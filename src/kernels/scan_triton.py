@@ -113,6 +113,8 @@ class _Launch:
         self.n_ckpts = triton.cdiv(self.length, tiling.ckpt_every)
         self.blocks = triton.cdiv(self.dim, tiling.block_d)
         self.grid = (self.sets * self.batch, self.blocks, self.n_chunks)
+        # the first passes of a chunked scan skip the chunk whose result goes nowhere (scan_kernels)
+        self.first_pass_grid = (*self.grid[:2], self.n_chunks - 1)
         self.rev_mask = sum(1 << i for i, r in enumerate(reverse) if r)
         z_strides = _strides(z, sets_dim=False) if z is not None else (0, 0)
         self.strides = _strides(u) + _strides(delta) + _strides(B) + _strides(C) + z_strides
@@ -163,7 +165,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, reverse, delta_softplus, t
     if run.n_chunks > 1:
         h_end = run.states(run.sets * run.batch, run.n_chunks)
         dt_sum = torch.empty(run.sets * run.batch, run.n_chunks, run.dim, device=u.device, dtype=torch.float32)
-        scan_forward_kernel[(*run.grid[:2], run.n_chunks - 1)](  # no state leaves the last chunk
+        scan_forward_kernel[run.first_pass_grid](  # no state leaves the last chunk
             *run.inputs, y, h_end, ckpt, h_end, dt_sum, *run.sizes, run.rev_mask, 0, *run.strides,
             HAS_H_START=False, WRITE_Y=False, WRITE_CKPT=False, WRITE_END=True, **run.flags,
         )  # fmt: skip
@@ -214,7 +216,7 @@ def scan_backward(dy, ckpt, u, delta, A, B, C, D, z, delta_bias, reverse, delta_
     if run.n_chunks > 1:
         g_out = run.states(S * batch, run.n_chunks)
         dt_sum = torch.empty(S * batch, run.n_chunks, E, device=u.device, dtype=torch.float32)
-        scan_backward_kernel[(*run.grid[:2], run.n_chunks - 1)](  # chunks 1.., see the kernel
+        scan_backward_kernel[run.first_pass_grid](  # chunks 1.. (FIRST_CHUNK): what leaves chunk 0 goes nowhere
             *run.inputs, dy, ckpt, g_out, scratch,
             du, ddelta, du, dB_sum, dC_sum, dA_sum, dD_sum, dbias_sum, g_out, dt_sum,
             *run.sizes, run.rev_mask, 0, *run.strides, *dy_strides, HAS_G_START=False, CARRY_ONLY=True,
