@@ -252,6 +252,18 @@ def test_conv_kernel_sums_its_weight_gradients_in_a_fixed_order_when_asked(monke
     assert [flags["ATOMIC"] for flags in launches] == [False]
 
 
+def test_two_sets_summed_into_the_right_half_of_wider_rows_leave_the_left_half_alone():
+    """sum_sets into a strided view (z's gradient into xz's): every row's values, 200 channels (a
+    column block cut short), rows not a multiple of the row block, bf16 summed in fp32."""
+    x = torch.randn(2, 3, 7, 200, device=DEVICE).bfloat16()
+    wide = torch.full((3, 7, 400), 5.0, device=DEVICE, dtype=torch.bfloat16)
+    out = scan_triton.sum_sets(x, out=wide[..., 200:])
+    assert out.data_ptr() == wide[..., 200:].data_ptr()
+    # within bf16's tolerances: the interpreter rounds to bf16 its own way
+    torch.testing.assert_close(wide[..., 200:], (x[0].float() + x[1].float()).bfloat16())
+    assert (wide[..., :200] == 5.0).all()
+
+
 @pytest.mark.parametrize("reverse, divide_out", [(False, True), (True, False)])
 def test_fused_mixer_on_the_triton_kernels_matches_the_portable_mixer(reverse, divide_out, monkeypatch):
     """The one-Function mixer (recomputing u and delta in its backward, the average folded into C and D)

@@ -2,10 +2,11 @@
 Triton kernels: mamba-ssm's mamba_inner_fn, for both directions at once.
 
     xz: (B, L, 2E) = [x | z]   conv_weight: (S, E, K)   conv_bias: (S, E)   x_proj: (S, R' + 2N, E)
-    dt_proj: (S, E, R)   A: (S, N, E)   D, dt_bias: (S, E)   ->   y: (B, L, E), the sum over sets
+    dt_proj: (S, E, R')   A: (S, N, E)   D, dt_bias: (S, E)   ->   y: (B, L, E), the sum over sets
 
-in the layout BiMambaMixer.kernel_weights gives them (x_proj's rows R..R' are zero, for alignment).
-Forward: u = silu(conv(x)) per set; x_dbl = [dt | 0 | B | C] = u x_proj^T; delta = dt dt_proj^T;
+in the layout BiMambaMixer.kernel_weights gives them (dt_rank padded to R' with zero rows of x_proj
+and zero columns of dt_proj, for alignment).
+Forward: u = silu(conv(x)) per set; x_dbl = [dt | B | C] = u x_proj^T; delta = dt dt_proj^T;
 every set's gated scan; the sets summed. For the backward it keeps xz, x_dbl and the scan's state
 every 64 steps, and recomputes u and delta (a conv and a thin matmul): no (S, B, L, E) tensor is
 stored.
@@ -30,9 +31,10 @@ def _weight_grad(grad_out: Tensor, inp: Tensor) -> Tensor:
 class BiMambaInner(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, xz, conv_weight, conv_bias, x_proj, dt_proj, A, D, dt_bias, reverse, dt_rank, keep):
+    def forward(ctx, xz, conv_weight, conv_bias, x_proj, dt_proj, A, D, dt_bias, reverse, keep):
         batch, length, _ = xz.shape
         sets, d_state, dim = A.shape
+        dt_rank = dt_proj.shape[2]  # R', padded
         x, z = xz[..., :dim], xz[..., dim:]  # (B, L, E) views
         tilings = default_tilings(sets, batch, dim, length)
         rev = reverse_mask(reverse)
@@ -46,44 +48,44 @@ class BiMambaInner(torch.autograd.Function):
         )  # (S, B, L, E)
         if keep:
             ctx.save_for_backward(xz, conv_weight, conv_bias, x_proj, dt_proj, A, D, dt_bias, x_dbl, ckpt)
-            ctx.config = (reverse, rev, dt_rank, tilings[1])
+            ctx.config = (reverse, rev, tilings[1])
         return sum_sets(y)  # (B, L, E)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, dy):
         xz, conv_weight, conv_bias, x_proj, dt_proj, A, D, dt_bias, x_dbl, ckpt = ctx.saved_tensors
-        reverse, rev, dt_rank, tiling = ctx.config
+        reverse, rev, tiling = ctx.config
         batch, length, _ = xz.shape
         sets, d_state, dim = A.shape
+        dt_rank = dt_proj.shape[2]
         x, z = xz[..., :dim], xz[..., dim:]
         dy = dy.contiguous()
 
         # recompute what the forward did not keep
         u = conv_forward(x, conv_weight, conv_bias, rev)  # (S, B, L, E)
-        dt = x_dbl[..., :dt_rank]  # (S, B*L, R)
+        dt = x_dbl[..., :dt_rank]  # (S, B*L, R')
         delta = torch.bmm(dt, dt_proj.transpose(1, 2))  # (S, B*L, E)
         B, C = _states_in(x_dbl, d_state, batch, length)
 
         dxz = torch.empty_like(xz)
-        du, ddelta, dA, dB, dC, dD, _, d_dt_bias = scan_backward(
+        dx_dbl = torch.empty_like(x_dbl)  # (S, B*L, R' + 2N) = [ddt | dB | dC]
+        dB, dC = _states_in(dx_dbl, d_state, batch, length)
+        du, ddelta, dA, _, _, dD, _, d_dt_bias = scan_backward(
             dy.expand(sets, *dy.shape), ckpt, u, delta.view(u.shape), A, B, C, D, z, dt_bias, reverse, True,
-            tiling, dz=dxz[..., dim:],
+            tiling, dz=dxz[..., dim:], dB=dB, dC=dC,
         )  # fmt: skip
-        # through delta = dt dt_proj^T and x_dbl = [dt | 0 | B | C] = u x_proj^T
+        # through delta = dt dt_proj^T and x_dbl = [dt | B | C] = u x_proj^T
         ddelta = ddelta.view(sets, -1, dim)  # (S, B*L, E)
-        dx_dbl = torch.zeros_like(x_dbl)  # (S, B*L, R' + 2N)
-        dx_dbl[..., :dt_rank] = torch.bmm(ddelta, dt_proj)
-        dx_dbl[..., -2 * d_state : -d_state] = dB.view(sets, -1, d_state)
-        dx_dbl[..., -d_state:] = dC.view(sets, -1, d_state)
+        torch.bmm(ddelta, dt_proj, out=dx_dbl[..., :dt_rank])  # written in place, ldc = R' + 2N
         du = du.view(sets, -1, dim).baddbmm_(dx_dbl, x_proj)  # (S, B*L, E)
-        d_dt_proj = _weight_grad(ddelta, dt)  # (S, E, R)
+        d_dt_proj = _weight_grad(ddelta, dt)  # (S, E, R'), zero past R
         d_x_proj = _weight_grad(dx_dbl, u.view(sets, -1, dim))  # (S, R' + 2N, E)
         _, d_conv_weight, d_conv_bias = conv_backward(
             x, conv_weight, conv_bias, rev, du.view(u.shape), dx=dxz[..., :dim]
         )
         grads = (dxz, d_conv_weight, d_conv_bias, d_x_proj, d_dt_proj, dA.transpose(1, 2), dD, d_dt_bias)
-        return (*grads, None, None, None)
+        return (*grads, None, None)
 
 
 def _states_in(x_dbl: Tensor, d_state: int, batch: int, length: int) -> tuple[Tensor, Tensor]:
@@ -103,11 +105,10 @@ def bimamba_inner_triton(
     D: Tensor,
     dt_bias: Tensor,
     reverse: tuple[bool, ...],
-    dt_rank: int,
 ) -> Tensor:
     """The sum over sets of each set's gated scan; shapes in the module docstring."""
     if xz.stride(-1) != 1:
         xz = xz.contiguous()
     weights = (conv_weight, conv_bias, x_proj, dt_proj, A, D, dt_bias)
     keep = torch.is_grad_enabled() and any(t.requires_grad for t in (xz, *weights))
-    return BiMambaInner.apply(xz, *weights, tuple(reverse), dt_rank, keep)
+    return BiMambaInner.apply(xz, *weights, tuple(reverse), keep)

@@ -117,25 +117,25 @@ def bimamba_inner(
     D: Tensor,
     dt_bias: Tensor,
     reverse: Sequence[bool],
-    dt_rank: int,
 ) -> Tensor:
     """A bimamba-v2 mixer from in_proj's output to out_proj's input, every set, summed:
         xz: (B, L, 2E) = [x | z]   conv_weight: (S, E, K)   conv_bias: (S, E)
-        x_proj: (S, R' + 2N, E), rows R..R' zero (B's and C's columns start 16-byte aligned)
-        dt_proj: (S, E, R)   A: (S, N, E)   D, dt_bias: (S, E)   ->   y: (B, L, E)
-    u = silu(conv(x)) per set; [dt | 0 | B | C] = u x_proj^T; delta = dt dt_proj^T; the gated scans.
+        x_proj: (S, R' + 2N, E)   dt_proj: (S, E, R')   A: (S, N, E)   D, dt_bias: (S, E)   ->   y: (B, L, E)
+    dt_rank R padded to R', a multiple of 8, with zero rows of x_proj and zero columns of dt_proj (B's and
+    C's columns start 16-byte aligned, and delta's matmuls sum over whole 16-byte rows).
+    u = silu(conv(x)) per set; [dt | B | C] = u x_proj^T; delta = dt dt_proj^T; the gated scans.
     On Triton one autograd Function that stores no (S, B, L, E) activation and recomputes them in its
     backward (mamba-ssm's mamba_inner_fn); elsewhere the same steps on conv1d_silu and selective_scan."""
     if resolve_backend(xz) == "triton":
         from src.kernels.mixer_triton import bimamba_inner_triton  # imports triton
 
-        return bimamba_inner_triton(xz, conv_weight, conv_bias, x_proj, dt_proj, A, D, dt_bias, tuple(reverse), dt_rank)
+        return bimamba_inner_triton(xz, conv_weight, conv_bias, x_proj, dt_proj, A, D, dt_bias, tuple(reverse))
     sets, batch, length = A.shape[0], xz.shape[0], xz.shape[1]
-    N, E, R = A.shape[1], A.shape[2], dt_rank
+    N, E, R = A.shape[1], A.shape[2], dt_proj.shape[2]
     x, z = xz.chunk(2, dim=-1)  # (B, L, E) each, views
     u = conv1d_silu(x, conv_weight, conv_bias, reverse)  # (S, B, L, E)
     x_dbl = torch.bmm(u.view(sets, batch * length, E), x_proj.transpose(1, 2))  # (S, B*L, R' + 2N)
-    dt, _, B, C = x_dbl.split([R, x_proj.shape[1] - R - 2 * N, N, N], dim=-1)  # views
+    dt, B, C = x_dbl.split([R, N, N], dim=-1)  # views
     delta = torch.bmm(dt, dt_proj.transpose(1, 2))  # (S, B*L, E); the bias goes in as delta_bias
     as_steps = (sets, batch, length, -1)
     y = selective_scan(

@@ -565,3 +565,18 @@ def scan_backward_kernel(
         tl.store(da_ptr + state_at, dA, mask=nd_ok)
         tl.store(dd_ptr + (sb * n_chunks + chunk) * DIM + d, dD, mask=d_ok)
         tl.store(dbias_ptr + (sb * n_chunks + chunk) * DIM + d, dbias, mask=d_ok)
+
+
+@triton.jit
+def sum_two_sets_kernel(
+    x_ptr, out_ptr, rows, out_row_stride, DIM: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
+):  # fmt: skip
+    """out = x[0] + x[1], x: (2, rows, DIM) contiguous, out: rows of DIM contiguous values, out_row_stride
+    apart (z's gradient, the right half of xz's): a ROWS x COLS block a program, 16-byte accesses,
+    where torch's add of a strided output goes element by element."""
+    r = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
+    c = tl.program_id(1) * COLS + tl.arange(0, COLS)[None, :]
+    ok = (r < rows) & (c < DIM)
+    first = tl.load(x_ptr + r * DIM + c, mask=ok, other=0.0).to(tl.float32)
+    second = tl.load(x_ptr + (rows + r) * DIM + c, mask=ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + r * out_row_stride + c, (first + second).to(out_ptr.dtype.element_ty), mask=ok)

@@ -92,7 +92,7 @@ class BiMambaMixer(nn.Module):
         xz = self.in_proj(hidden_states)  # (B, L, 2E)
         # set 0 holds conv1d, x_proj, ... and reads forward; set 1 holds the `_b` ones and reads backward
         backwards = (reverse, not reverse)
-        y = bimamba_inner(xz, *self.kernel_weights(xz.dtype), backwards, self.dt_rank)  # (B, L, E)
+        y = bimamba_inner(xz, *self.kernel_weights(xz.dtype), backwards)  # (B, L, E)
         return self.out_proj(y)  # (B, L, d_model)
 
     def kernel_weights(self, dtype: torch.dtype) -> tuple[Tensor, ...]:
@@ -100,7 +100,8 @@ class BiMambaMixer(nn.Module):
             conv weight (2, E, K), conv bias (2, E)                          fp32
             x_proj (2, R' + 2N, E): zero rows after dt's up to R', a multiple
               of 8 (B's and C's columns of x_dbl start 16-byte aligned)      dtype
-            dt_proj (2, E, R)                                                dtype
+            dt_proj (2, E, R'): zero columns after R (delta = dt dt_proj^T
+              sums over 16-byte rows: cuBLAS's aligned kernels)              dtype
             A = -exp(A_log) (2, N, E), channels contiguous; D, dt bias (2, E)  fp32
         With divide_out, C's rows and D are halved: each set's y comes out halved, the average is a sum
         (exact: halving is). Differentiable; under no_grad kept until a parameter changes, as inference
@@ -129,6 +130,7 @@ class BiMambaMixer(nn.Module):
         R, N, scale = self.dt_rank, self.d_state, 0.5 if self.divide_out else 1.0
         x_proj = torch.stack([self.x_proj.weight, self.x_proj_b.weight]).to(dtype)  # (2, R + 2N, E)
         pad = x_proj.new_zeros(2, -R % 8, self.d_inner)
+        dt_proj = torch.stack([self.dt_proj.weight, self.dt_proj_b.weight]).to(dtype)  # (2, E, R)
         if self.conv1d.bias is None:
             conv_bias = self.A_log.new_zeros(2, self.d_inner)
         else:
@@ -137,7 +139,7 @@ class BiMambaMixer(nn.Module):
             torch.stack([self.conv1d.weight, self.conv1d_b.weight]).squeeze(2).float(),  # (2, E, K)
             conv_bias,  # (2, E)
             torch.cat([x_proj[:, :R], pad, x_proj[:, R : R + N], x_proj[:, R + N :] * scale], dim=1),
-            torch.stack([self.dt_proj.weight, self.dt_proj_b.weight]).to(dtype),  # (2, E, R)
+            torch.cat([dt_proj, pad.transpose(1, 2)], dim=2),  # (2, E, R')
             -torch.exp(torch.stack([self.A_log, self.A_b_log]).float()).transpose(1, 2).contiguous(),  # (2, N, E)
             torch.stack([self.D, self.D_b]).float() * scale,  # (2, E)
             torch.stack([self.dt_proj.bias, self.dt_proj_b.bias]).float(),  # (2, E)
