@@ -264,12 +264,12 @@ def test_two_sets_summed_into_the_right_half_of_wider_rows_leave_the_left_half_a
     assert (wide[..., :200] == 5.0).all()
 
 
-@pytest.mark.parametrize("reverse, divide_out", [(False, True), (True, False)])
-def test_fused_mixer_on_the_triton_kernels_matches_the_portable_mixer(reverse, divide_out, monkeypatch):
-    """The one-Function mixer (recomputing u and delta in its backward, the average folded into C and D)
-    against the step-by-step portable one: output, every parameter's gradient, the input's gradient;
-    and without autograd the same output."""
-    mixer = BiMambaMixer(16, d_state=4, backward_dt_init="mamba", divide_out=divide_out).to(DEVICE)
+@pytest.mark.parametrize("reverse, divide_out, bias", [(False, True, False), (True, False, True)])
+def test_fused_mixer_on_the_triton_kernels_matches_the_portable_mixer(reverse, divide_out, bias, monkeypatch):
+    """The one-Function mixer (in_proj inside, recomputing xz, u and delta in its backward, the average
+    folded into C and D) against the step-by-step portable one: output, every parameter's gradient
+    (in_proj's bias too, where it has one), the input's gradient; and without autograd the same output."""
+    mixer = BiMambaMixer(16, d_state=4, backward_dt_init="mamba", divide_out=divide_out, bias=bias).to(DEVICE)
     hidden = torch.randn(2, 13, 16, device=DEVICE)
     results = {}
     for backend in ("portable", "triton"):

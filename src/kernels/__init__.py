@@ -4,7 +4,7 @@ modules/): the modules import only this API, and backend.py alone chooses what r
     conv1d_silu      the depthwise conv + silu that feeds each direction's scan
     selective_scan   the gated selective scan of every direction of a layer
     add_norm         the residual add + LayerNorm / RMSNorm of the pre-norm stream
-    bimamba_inner    the whole mixer from in_proj's output to out_proj's input (conv, projections, scans)
+    bimamba_inner    the whole mixer from in_proj's input to out_proj's input (projections, conv, scans)
 
 ops.py holds these and their layouts; portable.py the plain PyTorch versions; the *_triton.py files
 the Triton kernels (scan_kernels.py: how the scan kernels work).

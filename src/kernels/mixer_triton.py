@@ -1,20 +1,24 @@
-"""The bimamba-v2 mixer from in_proj's output to out_proj's input as one autograd Function on the
-Triton kernels: mamba-ssm's mamba_inner_fn, for both directions at once.
+"""The bimamba-v2 mixer from in_proj's input to out_proj's input as one autograd Function on the
+Triton kernels: mamba-ssm's mamba_inner_fn, for both directions at once, in_proj included.
 
-    xz: (B, L, 2E) = [x | z]   conv_weight: (S, E, K)   conv_bias: (S, E)   x_proj: (S, R' + 2N, E)
-    dt_proj: (S, E, R')   A: (S, N, E)   D, dt_bias: (S, E)   ->   y: (B, L, E), the sum over sets
+    hidden: (B, L, d)   in_weight: (2E, d)   in_bias: (2E,) or None   conv_weight: (S, E, K)
+    conv_bias: (S, E)   x_proj: (S, R' + 2N, E)   dt_proj: (S, E, R')   A: (S, N, E)   D, dt_bias: (S, E)
+    ->   y: (B, L, E), the sum over sets
 
 in the layout BiMambaMixer.kernel_weights gives them (dt_rank padded to R' with zero rows of x_proj
 and zero columns of dt_proj, for alignment).
-Forward: u = silu(conv(x)) per set; x_dbl = [dt | B | C] = u x_proj^T; delta = dt dt_proj^T;
-every set's gated scan; the sets summed. For the backward it keeps xz, x_dbl and the scan's state
-every 64 steps, and recomputes u and delta (a conv and a thin matmul): no (S, B, L, E) tensor is
-stored.
+Forward: xz = [x | z] = in_proj(hidden); u = silu(conv(x)) per set; x_dbl = [dt | B | C] = u x_proj^T;
+delta = dt dt_proj^T; every set's gated scan; the sets summed. For the backward it keeps hidden,
+x_dbl and the scan's state every ckpt_every steps, and recomputes xz, u and delta (in_proj's matmul,
+a conv and a thin matmul): no (B, L, 2E) or (S, B, L, E) tensor is stored. xz is the largest
+activation a layer would keep (twice the sum over sets out_proj keeps); its recompute is one
+matmul of d x 2E.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from src.kernels.conv_triton import conv_backward, conv_forward, reverse_mask
@@ -31,14 +35,17 @@ def _weight_grad(grad_out: Tensor, inp: Tensor) -> Tensor:
 class BiMambaInner(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, xz, conv_weight, conv_bias, x_proj, dt_proj, A, D, dt_bias, reverse, keep):
-        batch, length, _ = xz.shape
+    def forward(
+        ctx, hidden, in_weight, in_bias, conv_weight, conv_bias, x_proj, dt_proj, A, D, dt_bias, reverse, keep
+    ):  # fmt: skip
+        batch, length, _ = hidden.shape
         sets, d_state, dim = A.shape
         dt_rank = dt_proj.shape[2]  # R', padded
-        x, z = xz[..., :dim], xz[..., dim:]  # (B, L, E) views
         tilings = default_tilings(sets, batch, dim, length)
         rev = reverse_mask(reverse)
 
+        xz = F.linear(hidden, in_weight, in_bias)  # (B, L, 2E), in the autocast dtype where autocast is on
+        x, z = xz[..., :dim], xz[..., dim:]  # (B, L, E) views
         u = conv_forward(x, conv_weight, conv_bias, rev)  # (S, B, L, E)
         x_dbl = torch.bmm(u.view(sets, -1, dim), x_proj.transpose(1, 2))  # (S, B*L, R' + 2N)
         delta = torch.bmm(x_dbl[..., :dt_rank], dt_proj.transpose(1, 2))  # (S, B*L, E)
@@ -47,22 +54,26 @@ class BiMambaInner(torch.autograd.Function):
             u, delta.view(u.shape), A, B, C, D, z, dt_bias, reverse, True, tilings[0], checkpoints=keep
         )  # (S, B, L, E)
         if keep:
-            ctx.save_for_backward(xz, conv_weight, conv_bias, x_proj, dt_proj, A, D, dt_bias, x_dbl, ckpt)
+            weights = (in_weight, in_bias, conv_weight, conv_bias, x_proj, dt_proj, A, D, dt_bias)
+            ctx.save_for_backward(hidden, *weights, x_dbl, ckpt)
             ctx.config = (reverse, rev, tilings[1])
         return sum_sets(y)  # (B, L, E)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, dy):
-        xz, conv_weight, conv_bias, x_proj, dt_proj, A, D, dt_bias, x_dbl, ckpt = ctx.saved_tensors
+        hidden, in_weight, in_bias, conv_weight, conv_bias, x_proj, dt_proj, A, D, dt_bias, x_dbl, ckpt = (
+            ctx.saved_tensors
+        )
         reverse, rev, tiling = ctx.config
-        batch, length, _ = xz.shape
+        batch, length, _ = hidden.shape
         sets, d_state, dim = A.shape
         dt_rank = dt_proj.shape[2]
-        x, z = xz[..., :dim], xz[..., dim:]
         dy = dy.contiguous()
 
-        # recompute what the forward did not keep
+        # recompute what the forward did not keep (autocast as in the forward: custom_bwd)
+        xz = F.linear(hidden, in_weight, in_bias)  # (B, L, 2E)
+        x, z = xz[..., :dim], xz[..., dim:]
         u = conv_forward(x, conv_weight, conv_bias, rev)  # (S, B, L, E)
         dt = x_dbl[..., :dt_rank]  # (S, B*L, R')
         delta = torch.bmm(dt, dt_proj.transpose(1, 2))  # (S, B*L, E)
@@ -84,8 +95,13 @@ class BiMambaInner(torch.autograd.Function):
         _, d_conv_weight, d_conv_bias = conv_backward(
             x, conv_weight, conv_bias, rev, du.view(u.shape), dx=dxz[..., :dim]
         )
-        grads = (dxz, d_conv_weight, d_conv_bias, d_x_proj, d_dt_proj, dA.transpose(1, 2), dD, d_dt_bias)
-        return (*grads, None, None)
+        # through xz = hidden in_weight^T + in_bias, in xz's dtype as autocast's linear would
+        rows = dxz.view(-1, dxz.shape[-1])  # (B*L, 2E)
+        d_hidden = torch.mm(rows, in_weight.to(rows.dtype)).view(hidden.shape).to(hidden.dtype)  # (B, L, d)
+        d_in_weight = torch.mm(rows.t(), hidden.reshape(rows.shape[0], -1).to(rows.dtype)).to(in_weight.dtype)
+        d_in_bias = None if in_bias is None else rows.sum(0, dtype=torch.float32)
+        grads = (d_conv_weight, d_conv_bias, d_x_proj, d_dt_proj, dA.transpose(1, 2), dD, d_dt_bias)
+        return (d_hidden, d_in_weight, d_in_bias, *grads, None, None)
 
 
 def _states_in(x_dbl: Tensor, d_state: int, batch: int, length: int) -> tuple[Tensor, Tensor]:
@@ -96,7 +112,9 @@ def _states_in(x_dbl: Tensor, d_state: int, batch: int, length: int) -> tuple[Te
 
 
 def bimamba_inner_triton(
-    xz: Tensor,
+    hidden: Tensor,
+    in_weight: Tensor,
+    in_bias: Tensor | None,
     conv_weight: Tensor,
     conv_bias: Tensor,
     x_proj: Tensor,
@@ -107,8 +125,6 @@ def bimamba_inner_triton(
     reverse: tuple[bool, ...],
 ) -> Tensor:
     """The sum over sets of each set's gated scan; shapes in the module docstring."""
-    if xz.stride(-1) != 1:
-        xz = xz.contiguous()
-    weights = (conv_weight, conv_bias, x_proj, dt_proj, A, D, dt_bias)
-    keep = torch.is_grad_enabled() and any(t.requires_grad for t in (xz, *weights))
-    return BiMambaInner.apply(xz, *weights, tuple(reverse), keep)
+    inputs = (hidden, in_weight, in_bias, conv_weight, conv_bias, x_proj, dt_proj, A, D, dt_bias)
+    keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    return BiMambaInner.apply(*inputs, tuple(reverse), keep)

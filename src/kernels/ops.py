@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from src.kernels import portable
@@ -108,7 +109,9 @@ def add_norm(
 
 
 def bimamba_inner(
-    xz: Tensor,
+    hidden: Tensor,
+    in_weight: Tensor,
+    in_bias: Tensor | None,
     conv_weight: Tensor,
     conv_bias: Tensor,
     x_proj: Tensor,
@@ -118,18 +121,22 @@ def bimamba_inner(
     dt_bias: Tensor,
     reverse: Sequence[bool],
 ) -> Tensor:
-    """A bimamba-v2 mixer from in_proj's output to out_proj's input, every set, summed:
-        xz: (B, L, 2E) = [x | z]   conv_weight: (S, E, K)   conv_bias: (S, E)
-        x_proj: (S, R' + 2N, E)   dt_proj: (S, E, R')   A: (S, N, E)   D, dt_bias: (S, E)   ->   y: (B, L, E)
+    """A bimamba-v2 mixer from in_proj's input to out_proj's input, every set, summed:
+        hidden: (B, L, d)   in_weight: (2E, d)   in_bias: (2E,) or None   conv_weight: (S, E, K)
+        conv_bias: (S, E)   x_proj: (S, R' + 2N, E)   dt_proj: (S, E, R')   A: (S, N, E)   D, dt_bias: (S, E)
+        ->   y: (B, L, E)
     dt_rank R padded to R', a multiple of 8, with zero rows of x_proj and zero columns of dt_proj (B's and
     C's columns start 16-byte aligned, and delta's matmuls sum over whole 16-byte rows).
-    u = silu(conv(x)) per set; [dt | B | C] = u x_proj^T; delta = dt dt_proj^T; the gated scans.
-    On Triton one autograd Function that stores no (S, B, L, E) activation and recomputes them in its
-    backward (mamba-ssm's mamba_inner_fn); elsewhere the same steps on conv1d_silu and selective_scan."""
-    if resolve_backend(xz) == "triton":
+    xz = [x | z] = in_proj(hidden); u = silu(conv(x)) per set; [dt | B | C] = u x_proj^T;
+    delta = dt dt_proj^T; the gated scans. On Triton one autograd Function that stores neither xz nor
+    any (S, B, L, E) activation and recomputes them in its backward (mamba-ssm's mamba_inner_fn, with
+    in_proj); elsewhere the same steps on conv1d_silu and selective_scan."""
+    if resolve_backend(hidden) == "triton":
         from src.kernels.mixer_triton import bimamba_inner_triton  # imports triton
 
-        return bimamba_inner_triton(xz, conv_weight, conv_bias, x_proj, dt_proj, A, D, dt_bias, tuple(reverse))
+        weights = (conv_weight, conv_bias, x_proj, dt_proj, A, D, dt_bias)
+        return bimamba_inner_triton(hidden, in_weight, in_bias, *weights, tuple(reverse))
+    xz = F.linear(hidden, in_weight, in_bias)  # (B, L, 2E)
     sets, batch, length = A.shape[0], xz.shape[0], xz.shape[1]
     N, E, R = A.shape[1], A.shape[2], dt_proj.shape[2]
     x, z = xz.chunk(2, dim=-1)  # (B, L, E) each, views

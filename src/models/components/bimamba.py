@@ -4,9 +4,9 @@ One in_proj, out_proj and z gate are shared; the forward and the reversed sequen
 own conv1d, x_proj, dt_proj, A_log and D (the reversed ones end in `_b`). Parameter names equal
 the official ones, so an official checkpoint converts by renaming prefixes only.
 
-The stretch from in_proj to out_proj is src.kernels' bimamba_inner: it computes in the (B, L, E)
-layout in_proj produces, the two parameter sets stacked in front, (2, B, L, E): no transposes, and no
-flips (the reversed set runs an anti-causal conv and a right-to-left scan).
+The stretch from in_proj's input to out_proj's is src.kernels' bimamba_inner: it computes in the
+(B, L, E) layout in_proj produces, the two parameter sets stacked in front, (2, B, L, E): no
+transposes, and no flips (the reversed set runs an anti-causal conv and a right-to-left scan).
 """
 
 from __future__ import annotations
@@ -89,10 +89,11 @@ class BiMambaMixer(nn.Module):
     def forward(self, hidden_states: Tensor, reverse: bool = False) -> Tensor:
         """(B, L, d_model) -> (B, L, d_model). reverse=True gives flip(mixer(flip(x))) (the official
         layer-pair flipping) without flipping: each parameter set runs the other way."""
-        xz = self.in_proj(hidden_states)  # (B, L, 2E)
         # set 0 holds conv1d, x_proj, ... and reads forward; set 1 holds the `_b` ones and reads backward
         backwards = (reverse, not reverse)
-        y = bimamba_inner(xz, *self.kernel_weights(xz.dtype), backwards)  # (B, L, E)
+        weights = self.kernel_weights(_matmul_dtype(hidden_states))
+        # in_proj runs inside: the Triton path recomputes its output in the backward rather than keep it
+        y = bimamba_inner(hidden_states, self.in_proj.weight, self.in_proj.bias, *weights, backwards)  # (B, L, E)
         return self.out_proj(y)  # (B, L, d_model)
 
     def kernel_weights(self, dtype: torch.dtype) -> tuple[Tensor, ...]:
@@ -159,6 +160,12 @@ def weights_stacked_once(module: nn.Module):
     finally:
         for mixer in mixers:
             mixer.__dict__.pop("_stacked_once", None)
+
+
+def _matmul_dtype(x: Tensor) -> torch.dtype:
+    """The dtype in_proj's output has: autocast's where it is on, else x's."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
 def _s4d_real_A_log(d_inner: int, d_state: int) -> Tensor:
