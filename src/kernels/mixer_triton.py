@@ -95,11 +95,11 @@ class BiMambaInner(torch.autograd.Function):
         _, d_conv_weight, d_conv_bias = conv_backward(
             x, conv_weight, conv_bias, rev, du.view(u.shape), dx=dxz[..., :dim]
         )
-        # through xz = hidden in_weight^T + in_bias, in xz's dtype as autocast's linear would
+        # through xz = hidden in_weight^T + in_bias (in_weight in xz's dtype: kernel_weights cast it)
         rows = dxz.view(-1, dxz.shape[-1])  # (B*L, 2E)
-        d_hidden = torch.mm(rows, in_weight.to(rows.dtype)).view(hidden.shape).to(hidden.dtype)  # (B, L, d)
-        d_in_weight = torch.mm(rows.t(), hidden.reshape(rows.shape[0], -1).to(rows.dtype)).to(in_weight.dtype)
-        d_in_bias = None if in_bias is None else rows.sum(0, dtype=torch.float32)
+        d_hidden = torch.mm(rows, in_weight).view(hidden.shape)  # (B, L, d)
+        d_in_weight = torch.mm(rows.t(), hidden.reshape(rows.shape[0], -1).to(rows.dtype))  # (2E, d)
+        d_in_bias = None if in_bias is None else rows.sum(0)
         grads = (d_conv_weight, d_conv_bias, d_x_proj, d_dt_proj, dA.transpose(1, 2), dD, d_dt_bias)
         return (d_hidden, d_in_weight, d_in_bias, *grads, None, None)
 

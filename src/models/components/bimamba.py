@@ -91,13 +91,13 @@ class BiMambaMixer(nn.Module):
         layer-pair flipping) without flipping: each parameter set runs the other way."""
         # set 0 holds conv1d, x_proj, ... and reads forward; set 1 holds the `_b` ones and reads backward
         backwards = (reverse, not reverse)
-        weights = self.kernel_weights(_matmul_dtype(hidden_states))
         # in_proj runs inside: the Triton path recomputes its output in the backward rather than keep it
-        y = bimamba_inner(hidden_states, self.in_proj.weight, self.in_proj.bias, *weights, backwards)  # (B, L, E)
+        y = bimamba_inner(hidden_states, *self.kernel_weights(_matmul_dtype(hidden_states)), backwards)  # (B, L, E)
         return self.out_proj(y)  # (B, L, d_model)
 
     def kernel_weights(self, dtype: torch.dtype) -> tuple[Tensor, ...]:
-        """Both sets' parameters stacked as the kernels read them:
+        """in_proj's weight and bias, and both sets' parameters stacked, as the kernels read them:
+            in_proj weight (2E, d), bias (2E,) or None                       dtype
             conv weight (2, E, K), conv bias (2, E)                          fp32
             x_proj (2, R' + 2N, E): zero rows after dt's up to R', a multiple
               of 8 (B's and C's columns of x_dbl start 16-byte aligned)      dtype
@@ -105,12 +105,13 @@ class BiMambaMixer(nn.Module):
               sums over 16-byte rows: cuBLAS's aligned kernels)              dtype
             A = -exp(A_log) (2, N, E), channels contiguous; D, dt bias (2, E)  fp32
         With divide_out, C's rows and D are halved: each set's y comes out halved, the average is a sum
-        (exact: halving is). Differentiable; under no_grad kept until a parameter changes, as inference
-        on short inputs is bound by kernel launches. A change is a new version of a parameter, or a
-        switch between train() and eval(): CUDA's fused Adam updates parameters in place without
-        bumping their versions, and validation after a training epoch must see the new weights.
-        With gradients, within weights_stacked_once, stacked once for every forward run in it
-        (autograd sums their gradients)."""
+        (exact: halving is). dtype is in_proj's output's (autocast's where it is on): in_proj's weight is
+        cast here, once for all the forwards that share the stacking. Differentiable; under no_grad kept
+        until a parameter changes, as inference on short inputs is bound by kernel launches. A change is
+        a new version of a parameter, or a switch between train() and eval(): CUDA's fused Adam updates
+        parameters in place without bumping their versions, and validation after a training epoch must
+        see the new weights. With gradients, within weights_stacked_once, stacked once for every forward
+        run in it (autograd sums their gradients)."""
         if torch.is_grad_enabled():
             once = self.__dict__.get("_stacked_once")
             if once is None:
@@ -136,7 +137,10 @@ class BiMambaMixer(nn.Module):
             conv_bias = self.A_log.new_zeros(2, self.d_inner)
         else:
             conv_bias = torch.stack([self.conv1d.bias, self.conv1d_b.bias]).float()
+        in_bias = None if self.in_proj.bias is None else self.in_proj.bias.to(dtype)
         return (
+            self.in_proj.weight.to(dtype),  # (2E, d)
+            in_bias,  # (2E,)
             torch.stack([self.conv1d.weight, self.conv1d_b.weight]).squeeze(2).float(),  # (2, E, K)
             conv_bias,  # (2, E)
             torch.cat([x_proj[:, :R], pad, x_proj[:, R : R + N], x_proj[:, R + N :] * scale], dim=1),
