@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from src.kernels import conv1d_silu, conv_triton, scan_kernels, scan_triton
+from src.kernels import conv1d_silu, conv_triton, mixer_triton, scan_kernels, scan_triton
 from src.kernels.scan_triton import ScanTiling, default_tilings, selective_scan_triton
 from src.models.components.bimamba import BiMambaMixer
 from tests.helpers.reference import stacked_scan_reference
@@ -287,6 +287,21 @@ def test_fused_mixer_on_the_triton_kernels_matches_the_portable_mixer(reverse, d
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
     for name, g in want[3].items():
         torch.testing.assert_close(got[3][name], g, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_the_fused_mixer_keeps_no_activation_wider_than_its_input_for_the_backward(monkeypatch):
+    """What the one-Function mixer saves: the (B, L, d) input, the weights, x_dbl and the scan's
+    checkpoints; never xz (B, L, 2E) or a (S, B, L, E) tensor, which its backward recomputes."""
+    monkeypatch.setenv("SSAMBA_KERNELS", "triton")
+    mixer = BiMambaMixer(32, d_state=4).to(DEVICE)  # E = 64, x_dbl (2, B*L, 8 + 2*4)
+    hidden = torch.randn(2, 13, 32, device=DEVICE, requires_grad=True)
+    weights = mixer.kernel_weights(torch.float32)
+    y = mixer_triton.bimamba_inner_triton(hidden, *weights, (False, True))  # (B, L, E)
+    saved = [t for t in y.grad_fn.saved_tensors if t is not None]
+    assert any(t is hidden for t in saved)
+    assert any(t.shape == (2, 2 * 13, 8 + 2 * 4) for t in saved)  # x_dbl
+    activations = [t for t in saved if all(t is not w for w in (hidden, *weights))]
+    assert max(t.numel() for t in activations) < 2 * 13 * mixer.d_inner  # none as large as (B, L, E)
 
 
 def test_the_scan_launches_with_the_default_tilings_of_its_own_shape(monkeypatch):
