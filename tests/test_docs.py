@@ -279,16 +279,12 @@ NOT_IN_A_JSON = {
     "164302": "a PyTorch issue's number, not a measurement",
     "1.57": "the issue31 profile's torch reduce_kernel launches' time, summed",
     "120": "their launches",
-    "1.58": "the same sum in the issue31 profile at 732a453 (git history)",
     "7.10": "the same sum in the fused profile",
     "452": "their launches",
     "17.75": "the issue31 profile's matmul kernels (GEMMs and cuBLAS split-K reductions, cuDNN apart), summed",
-    "1026": "their launches, in each of the three profiles",
-    "17.80": "the same sum in the issue31 profile at 732a453 (git history)",
+    "1026": "their launches, in the two profiles before",
     "18.13": "the same sum in the fused profile",
-    "108.3": "the issue31 profile's GPU-busy time at 732a453 (git history)",
-    "4810": "the same profile's launches (git history)",
-    "3.27": "the same profile's _conv_fwd_kernel (git history)",
+    "3.27": "_conv_fwd_kernel in the issue31 profile at 732a453 (git history) and in the issue31_ckpt32 profile",
     "6.05": "the issue31 profile's conv kernels, summed (3.29 + 2.76)",
     "247.4": "the sum of mamba-ssm's scan kernels in the batch-64 profile",
     "156": "the torch launches of add and norm in the profile before the fused kernel",
@@ -323,10 +319,17 @@ NOT_IN_A_JSON = {
     "2.092": "the same run",
     "4.994": "the same run",
     "21.6": "the sum of the conv kernels in the fused profile: 11.2 + 6.6 + 3.8",
+    "16": "dt_rank padded to 16 columns for tiny, and 16 x 32 floats a scratch tile: shapes",
+    "1.59": "the issue31_ckpt32 profile's torch reduce_kernel launches' time, summed",
+    "17.74": "the issue31_ckpt32 profile's matmul kernels (GEMMs and cuBLAS split-K reductions, cuDNN apart), summed",
+    "1074": "their launches",
+    "5.03": "the issue31_ckpt32 profile's kernels of under 6 us each, summed",
+    "2263": "their launches",
+    "52.2": "scan_backward_kernel in a profile of commit 88e0970 (checkpoints every 64 steps), not stored",
     "15.0": "the conv's two backward kernels in the fused profile: 11.2 + 3.8",
 }
 # settings, not measurements: the shapes, seeds, mask counts and step counts the commands ran with
-SETTINGS = {"1024", "6144", "12345", "200", "20", "400", "128"}
+SETTINGS = {"1024", "2048", "4096", "6144", "12345", "200", "20", "400", "128"}
 SETTING_PATTERN = (
     r"\(\d+(?:, \d+)+\)|\d+ x \d+|(?:batch|width|depth) \d+"  # shapes
     r"|\d+ (?:timed|warm-up|masked|patches|frames|tokens)\b"  # counts a command was run with
