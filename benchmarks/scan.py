@@ -45,19 +45,21 @@ ROOT = Path(__file__).resolve().parents[1]
 D_STATE = 16
 REVERSE = (False, True)
 SWEEP = [  # (forward, backward) launch shapes around the defaults: B's and C's rows a state a lane
-    # (bc_lanes) or whole rows, checkpoints closer together (a smaller scratch a program for the
-    # backward: the state at every tile start of a segment, 64 KB at 64 steps, 32 KB at 32), and the
-    # backward cut into fewer chunks (its carry pass walks every chunk but the first)
+    # (bc_lanes) or whole rows, the checkpoints' spacing (a smaller scratch a program for the
+    # backward: the state at every tile start of a segment, 64 KB at 64 steps, 32 KB at 32, 16 KB at
+    # 16; more checkpoints kept), and the backward cut into more or fewer chunks (its carry pass walks
+    # every chunk but the first)
     (
         ScanTiling(block_d=32, min_programs=1024, bc_lanes=lanes, ckpt_every=every),
         ScanTiling(block_d=32, min_programs=programs, bc_lanes=lanes, ckpt_every=every),
     )
     for lanes, every, programs in [
-        (True, 64, 2048),  # the defaults (up to 4096 steps)
-        (False, 64, 2048),
-        (True, 32, 2048),
-        (True, 64, 4096),
-        (True, 64, 1024),
+        (True, 32, 2048),  # the defaults (up to 4096 steps)
+        (True, 64, 2048),
+        (True, 16, 2048),
+        (False, 32, 2048),
+        (True, 32, 4096),
+        (True, 32, 8192),  # long sequences' chunking (their default keeps a checkpoint every 64 steps)
     ]
 ]
 
