@@ -325,7 +325,6 @@ NOT_IN_A_JSON = {
     "1074": "their launches",
     "5.03": "the issue31_ckpt32 profile's kernels of under 6 us each, summed",
     "2263": "their launches",
-    "52.2": "scan_backward_kernel in a profile of commit 88e0970 (checkpoints every 64 steps), not stored",
     "15.0": "the conv's two backward kernels in the fused profile: 11.2 + 3.8",
 }
 # settings, not measurements: the shapes, seeds, mask counts and step counts the commands ran with
