@@ -23,6 +23,7 @@ from torch import Tensor
 
 from src.kernels import portable
 from src.kernels.backend import mamba_ops, resolve_backend
+from src.utils.devices import autocast_dtype
 
 
 def conv1d_silu(x: Tensor, weight: Tensor, bias: Tensor, reverse: Sequence[bool], backend: str | None = None) -> Tensor:
@@ -103,8 +104,7 @@ def add_norm(
     else:
         residual_dtype = hidden.dtype if residual is None else torch.promote_types(hidden.dtype, residual.dtype)
     if out_dtype is None:
-        on = torch.is_autocast_enabled(hidden.device.type)
-        out_dtype = torch.get_autocast_dtype(hidden.device.type) if on else weight.dtype
+        out_dtype = autocast_dtype(hidden.device.type, weight.dtype)
     return add_norm_triton(hidden, residual, scale, weight, bias, eps, rms, residual_dtype, out_dtype)
 
 

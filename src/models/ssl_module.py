@@ -32,6 +32,7 @@ from src.models.pretrained import (
     save_encoder,
 )
 from src.models.resume import restore_best, save_best
+from src.utils.devices import autocast_dtype
 from src.utils.errors import UserError
 
 
@@ -221,8 +222,7 @@ class SSLModule(L.LightningModule):
         args = (spec, *self._pass_masks(spec, num_mask, seed))
         graphed = self.__dict__.get("_graphed")  # kept out of the module tree: it holds this module
         if graphed is None:
-            on = torch.is_autocast_enabled("cuda")
-            graphed = _MaskedLosses(self, torch.get_autocast_dtype("cuda") if on else None)
+            graphed = _MaskedLosses(self, autocast_dtype("cuda", None))
             with torch.autocast("cuda", enabled=False):  # graphs refuse autocast's cache; the step sets its own
                 graphed = torch.cuda.make_graphed_callables(graphed, args, allow_unused_input=True)
             self.__dict__["_graphed"] = graphed

@@ -19,6 +19,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from src.kernels import bimamba_inner
+from src.utils.devices import autocast_dtype
 
 BACKWARD_DT_INITS = ("zero", "mamba")
 
@@ -92,7 +93,8 @@ class BiMambaMixer(nn.Module):
         # set 0 holds conv1d, x_proj, ... and reads forward; set 1 holds the `_b` ones and reads backward
         backwards = (reverse, not reverse)
         # in_proj runs inside: the Triton path recomputes its output in the backward rather than keep it
-        y = bimamba_inner(hidden_states, *self.kernel_weights(_matmul_dtype(hidden_states)), backwards)  # (B, L, E)
+        weights = self.kernel_weights(autocast_dtype(hidden_states.device.type, hidden_states.dtype))  # xz's dtype
+        y = bimamba_inner(hidden_states, *weights, backwards)  # (B, L, E)
         return self.out_proj(y)  # (B, L, d_model)
 
     def kernel_weights(self, dtype: torch.dtype) -> tuple[Tensor, ...]:
@@ -164,12 +166,6 @@ def weights_stacked_once(module: nn.Module):
     finally:
         for mixer in mixers:
             mixer.__dict__.pop("_stacked_once", None)
-
-
-def _matmul_dtype(x: Tensor) -> torch.dtype:
-    """The dtype in_proj's output has: autocast's where it is on, else x's."""
-    device = x.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
 def _s4d_real_A_log(d_inner: int, d_state: int) -> Tensor:
