@@ -64,10 +64,25 @@ def test_clean_preset_is_a_plain_stack_with_one_final_norm():
 
 def test_drop_path_schedule_is_vims():
     encoder = make_encoder("ssamba", "tiny", depth=24, drop_path_rate=0.1)
-    rates = [layer.drop_path.p for layer in encoder.layers]
+    rates = encoder.drop_path_rates().tolist()  # every layer's, then the final add's
+    assert len(rates) == 25
     assert rates[0] == 0 and rates[1] == 0
     assert rates[23] == pytest.approx(0.1 * 22 / 23)
-    assert encoder.drop_path.p == 0.1
+    assert rates[24] == pytest.approx(0.1)
+
+
+def test_drop_path_draws_each_layer_at_its_rate_and_scales_what_it_keeps():
+    encoder = make_encoder("ssamba", "tiny", depth=4, drop_path_rate=0.5).train()
+    hidden = torch.zeros(20000, 1, 1)  # only its batch size and device are read
+    scales = encoder.drop_path_scales(hidden)
+    rates = encoder.drop_path_rates()
+    assert scales.shape == (5, 20000)
+    for layer, (row, p) in enumerate(zip(scales, rates.tolist())):
+        kept = row != 0
+        torch.testing.assert_close(row[kept], torch.full_like(row[kept], 1 / (1 - p)))
+        assert abs((~kept).float().mean().item() - p) < 0.015, f"layer {layer} drops at its rate {p}"
+    assert not torch.equal(scales[3] != 0, scales[4] != 0), "each layer draws its own samples"
+    assert encoder.eval().drop_path_scales(hidden) is None
 
 
 def test_return_hidden_gives_every_layer_or_pair():

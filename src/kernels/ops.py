@@ -15,6 +15,7 @@ time on the (B, E, L) layout, so their inputs are transposed and reversed sets f
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -106,6 +107,41 @@ def add_norm(
     if out_dtype is None:
         out_dtype = autocast_dtype(hidden.device.type, weight.dtype)
     return add_norm_triton(hidden, residual, scale, weight, bias, eps, rms, residual_dtype, out_dtype)
+
+
+def add_norm_pair(
+    hidden_f: Tensor,
+    hidden_b: Tensor | None,
+    residual: Tensor | None,
+    weights: tuple[Tensor, Tensor],
+    biases: tuple[Tensor, Tensor] | None,
+    eps: float,
+    rms: bool = False,
+    scales: tuple[Tensor, Tensor] | None = None,
+    residual_in_fp32: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A pair_flip pair's two add_norm steps, which read the same stream: hidden = hidden_f + hidden_b
+    (the previous pair's two outputs; hidden_f alone where hidden_b is None), x_s = residual + scale_s
+    * hidden (hidden alone where residual is None) for s = f, b, each normed with its own weights.
+    Returns (normed_f, normed_b, x_f + x_b), the last the pair's residual stream out; dtypes as
+    add_norm's. On Triton one kernel each way (which also sums the gradients of the input both
+    layers read); elsewhere add_norm twice."""
+    if resolve_backend(hidden_f) != "triton":
+        hidden = hidden_f if hidden_b is None else hidden_f + hidden_b
+        scales, biases = scales or (None, None), biases or (None, None)
+        steps = [
+            portable.add_norm(hidden, residual, scale, weight, bias, eps, rms, residual_in_fp32, None)
+            for scale, weight, bias in zip(scales, weights, biases)
+        ]
+        return steps[0][0], steps[1][0], steps[0][1] + steps[1][1]
+    from src.kernels.norm_triton import add_norm_pair_triton  # imports triton
+
+    dtypes = [t.dtype for t in (hidden_f, hidden_b, residual) if t is not None]
+    residual_dtype = torch.float32 if residual_in_fp32 else functools.reduce(torch.promote_types, dtypes)
+    out_dtype = autocast_dtype(hidden_f.device.type, weights[0].dtype)
+    return add_norm_pair_triton(
+        hidden_f, hidden_b, residual, scales, weights, biases, eps, rms, residual_dtype, out_dtype
+    )
 
 
 def bimamba_inner(

@@ -7,6 +7,7 @@ The official code's quirks are flags (docs/official.md §2, §3, §8); the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -14,9 +15,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from src.kernels import add_norm
+from src.kernels import add_norm, add_norm_pair
 from src.models.components.bimamba import BiMambaMixer
-from src.models.components.layers import DropPath
 from src.models.components.patching import PatchConfig, PatchEncoder
 from src.utils.errors import UserError
 
@@ -71,31 +71,53 @@ def norm_step(
     hidden: Tensor,
     residual: Tensor | None,
     norm: nn.Module,
-    drop_path: DropPath,
+    scale: Tensor | None,
     residual_in_fp32: bool,
     out_dtype=None,
 ) -> tuple[Tensor, Tensor]:
-    """The residual stream's step: residual + drop_path(hidden) (hidden alone for the first layer),
-    then norm: src.kernels' add_norm with this norm's weights. Returns (normed, residual)."""
-    scale = drop_path.scales(hidden) if residual is not None else None
+    """The residual stream's step: residual + scale * hidden (hidden alone for the first layer; scale:
+    drop path's (B,), or None), then norm: src.kernels' add_norm with this norm's weights. Returns
+    (normed, residual)."""
+    scale = scale if residual is not None else None
     rms = isinstance(norm, nn.RMSNorm)
     bias = getattr(norm, "bias", None)
     return add_norm(hidden, residual, norm.weight, bias, norm.eps, rms, scale, residual_in_fp32, out_dtype)
 
 
-class MambaBlock(nn.Module):
-    """Add -> norm -> mixer, with the residual stream carried separately (Vim's Block)."""
+def pair_norm_step(
+    hidden_f: Tensor,
+    hidden_b: Tensor | None,
+    residual: Tensor | None,
+    first: MambaBlock,
+    second: MambaBlock,
+    scales: Sequence[Tensor | None],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """norm_step of both layers of a pair_flip pair, which read the same stream: hidden = hidden_f +
+    hidden_b (the previous pair's outputs; hidden_f alone for the first pair), each layer its own
+    drop-path scales and norm; the pair's residual stream is the sum of the two layers'. src.kernels'
+    add_norm_pair: one kernel each way on Triton. Returns (normed_f, normed_b, residual)."""
+    norm_f, norm_b = first.norm, second.norm  # one config builds both: the same kind and eps
+    biases = None if getattr(norm_f, "bias", None) is None else (norm_f.bias, norm_b.bias)
+    rms = isinstance(norm_f, nn.RMSNorm)
+    weights = (norm_f.weight, norm_b.weight)
+    scales = None if residual is None or scales[0] is None else tuple(scales)
+    return add_norm_pair(hidden_f, hidden_b, residual, weights, biases, norm_f.eps, rms, scales, first.residual_in_fp32)
 
-    def __init__(self, dim: int, mixer: BiMambaMixer, norm: nn.Module, drop_path: float, residual_in_fp32: bool):
+
+class MambaBlock(nn.Module):
+    """Add -> norm -> mixer, with the residual stream carried separately (Vim's Block). Its drop path's
+    scales come from the encoder, which draws every layer's at once."""
+
+    def __init__(self, dim: int, mixer: BiMambaMixer, norm: nn.Module, residual_in_fp32: bool):
         super().__init__()
         self.mixer = mixer
         self.norm = norm
-        self.drop_path = DropPath(drop_path)
         self.residual_in_fp32 = residual_in_fp32
 
-    def forward(self, hidden: Tensor, residual: Tensor | None, reverse: bool = False):
-        """reverse=True: this block as if run on the flipped sequence, results in the original order."""
-        normed, residual = norm_step(hidden, residual, self.norm, self.drop_path, self.residual_in_fp32)
+    def forward(self, hidden: Tensor, residual: Tensor | None, scale: Tensor | None = None, reverse: bool = False):
+        """scale: drop path's (B,) or None. reverse=True: this block as if run on the flipped sequence,
+        results in the original order."""
+        normed, residual = norm_step(hidden, residual, self.norm, scale, self.residual_in_fp32)
         return self.mixer(normed, reverse=reverse), residual
 
 
@@ -103,8 +125,6 @@ class SSAMBAEncoder(PatchEncoder):
     def __init__(self, config: SSAMBAConfig):
         super().__init__(config, num_prefix_tokens=1)
         depth, dim = config.depth, config.embed_dim
-        # Vim's schedule: layer i gets [0, linspace(0, rate, depth)...][i]; the final add gets `rate`
-        rates = [0.0] + torch.linspace(0, config.drop_path_rate, depth).tolist()
         self.layers = nn.ModuleList(
             MambaBlock(
                 dim,
@@ -118,12 +138,10 @@ class SSAMBAEncoder(PatchEncoder):
                     n_layer=depth,
                 ),
                 make_norm(config.norm, dim, config.norm_eps),
-                drop_path=rates[i],
                 residual_in_fp32=config.residual_in_fp32,
             )
-            for i in range(depth)
+            for _ in range(depth)
         )
-        self.drop_path = DropPath(config.drop_path_rate)
         self.norm_f = make_norm(config.norm, dim, config.norm_eps)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, return_hidden: bool = False):
@@ -132,21 +150,43 @@ class SSAMBAEncoder(PatchEncoder):
         Returns tokens (B, 1 + L, D) with the cls token first; with return_hidden also the list of
         the residual stream after every layer (every pair with pair_flip), each (B, 1 + L, D)."""
         hidden, residual = self.embed(x, mask), None  # (B, 1 + L, D)
+        scales = self.drop_path_scales(hidden)  # (depth + 1, B): every layer's, then the final add's
+        scales = [None] * (len(self.layers) + 1) if scales is None else list(scales)
         states = []
         if self.config.pair_flip:
-            for fwd, bwd in zip(self.layers[0::2], self.layers[1::2]):
-                # the second layer of a pair reads the sequence reversed (official if_bidirectional)
-                hidden_f, residual_f = fwd(hidden, residual)
-                hidden_b, residual_b = bwd(hidden, residual, reverse=True)
-                hidden, residual = hidden_f + hidden_b, residual_f + residual_b
+            hidden_b = None  # the pair's second output; the first pair reads the embedding alone
+            for i, (fwd, bwd) in enumerate(zip(self.layers[0::2], self.layers[1::2])):
+                # both layers read hidden + hidden_b added to the stream; the second reads the sequence
+                # reversed (official if_bidirectional)
+                pair_scales = scales[2 * i : 2 * i + 2]
+                normed_f, normed_b, residual = pair_norm_step(hidden, hidden_b, residual, fwd, bwd, pair_scales)
+                hidden, hidden_b = fwd.mixer(normed_f), bwd.mixer(normed_b, reverse=True)
                 if return_hidden:
-                    states.append(residual + hidden)
+                    states.append(residual + (hidden + hidden_b))
+            hidden = hidden + hidden_b
         else:
-            for layer in self.layers:
-                hidden, residual = layer(hidden, residual)
+            for layer, scale in zip(self.layers, scales):
+                hidden, residual = layer(hidden, residual, scale)
                 if return_hidden:
                     states.append(residual + hidden)
-        out, _ = norm_step(hidden, residual, self.norm_f, self.drop_path, False, out_dtype=self.norm_f.weight.dtype)
+        out_dtype = self.norm_f.weight.dtype
+        out, _ = norm_step(hidden, residual, self.norm_f, scales[-1], False, out_dtype=out_dtype)
         if self.config.double_final_norm:
             out = self.norm_f(out)
         return (out, states) if return_hidden else out
+
+    def drop_path_rates(self, device=None) -> Tensor:
+        """Each layer's drop-path rate, then the final add's, (depth + 1,): Vim's schedule, layer i
+        [0, linspace(0, rate, depth)...][i], the final add `rate` (linspace's last). Made on device
+        (no host copy: the CUDA graph captures it)."""
+        rate, depth = self.config.drop_path_rate, self.config.depth
+        return torch.cat([torch.zeros(1, device=device), torch.linspace(0, rate, depth, device=device)])
+
+    def drop_path_scales(self, hidden: Tensor) -> Tensor | None:
+        """Stochastic depth for every layer and the final add at once, (depth + 1, B) fp32: keep / (1 -
+        p), keep ~ Bernoulli(1 - p) per sample (timm's drop_path; one draw for all, where a draw a layer
+        costs three small kernels a layer); None in eval or at rate 0."""
+        if not self.training or self.config.drop_path_rate == 0:
+            return None
+        keep_prob = (1 - self.drop_path_rates(hidden.device))[:, None]  # (depth + 1, 1)
+        return torch.bernoulli(keep_prob.expand(-1, hidden.shape[0])) / keep_prob

@@ -22,8 +22,3 @@ class DropPath(nn.Module):
         if self.p == 0.0 or not self.training:
             return None
         return x.new_empty(x.shape[0]).bernoulli_(1 - self.p)
-
-    def scales(self, x: Tensor) -> Tensor | None:
-        """What forward multiplies each sample by, (B,) fp32 (keep / (1 - p)), or None."""
-        keep = self.draw(x)
-        return None if keep is None else keep.float() / (1 - self.p)
