@@ -69,15 +69,16 @@ def default_tilings(sets: int, batch: int, dim: int, length: int) -> tuple[ScanT
     C's rows a state a lane (bc_lanes) both ways: 0.342 against 0.401 ms forward and 2.055 against
     2.118 ms forward + backward at (64, 384, 513), 4.502 against 4.850 ms at (4, 384, 22001), one
     sweep (docs/benchmarks/scan_sweep_bc_lanes_issue31.json). Up to 4096 steps the forward keeps the
-    state every 32 steps (ckpt_every; 64 for longer sequences): the backward's segments, and the
-    scratch it walks them with, are half as long. SSAMBA-tiny's graphed SSL step at batch 64 on an
-    H100: 100.9 against 104.3 ms, peak memory 5.8 against 4.7 GiB (the mixer keeps no xz since;
-    2 chunks still the best, against 103.3 in 3 and 104.4 unchunked; docs/benchmarks/throughput.json)."""
+    state every 24 steps (ckpt_every; 64 for longer sequences): the backward's segments, and the
+    scratch it walks them with, are shorter. SSAMBA-tiny's graphed SSL step at batch 64 on an H100,
+    one call: 96.3 ms at 6.4 GiB against 98.7 ms at 5.7 GiB every 32 steps (104.3 ms at 64, with
+    the mixer keeping xz); 2 chunks still the best at 32 (against 103.3 in 3 and 104.4 unchunked;
+    docs/benchmarks/throughput.json)."""
     if length > 4096:
         wide = ScanTiling(block_d=32, min_programs=8192, bc_lanes=True)
         return wide, wide
-    forward = ScanTiling(block_d=32, min_programs=1024, bc_lanes=True, ckpt_every=32)
-    return forward, ScanTiling(block_d=32, min_programs=2048, bc_lanes=True, ckpt_every=32)
+    forward = ScanTiling(block_d=32, min_programs=1024, bc_lanes=True, ckpt_every=24)
+    return forward, ScanTiling(block_d=32, min_programs=2048, bc_lanes=True, ckpt_every=24)
 
 
 def chunking(sets: int, batch: int, dim: int, length: int, tiling: ScanTiling) -> tuple[int, int]:
