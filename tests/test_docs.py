@@ -327,7 +327,7 @@ NOT_IN_A_JSON = {
     "2263": "their launches",
     "15.0": "the conv's two backward kernels in the fused profile: 11.2 + 3.8",
     "0.92": "the issue31_pair_ck24 profile's torch reduce_kernel launches' time, summed",
-    "17.66": "the issue31_pair_ck24 profile's matmul kernels (GEMMs and cuBLAS split-K reductions, cuDNN apart), summed",
+    "17.66": "the issue31_pair_ck24 profile's matmul kernels (GEMMs, cuBLAS split-K reductions; cuDNN apart), summed",
     "4.86": "the issue31_pair_ck24 profile's kernels of under 6 us each, summed",
     "2133": "their launches",
 }

@@ -11,6 +11,8 @@ from src.models.components.encoder import MambaBlock, make_norm, norm_step, pair
 from tests.helpers.triton_cpu import INTERPRETED  # conftest switched the interpreter on without a GPU
 
 DEVICE = "cpu" if INTERPRETED else "cuda"
+# (norm, first layer, drop-path rate, residual in fp32)
+CASES = [("layernorm", False, 0.5, False), ("rmsnorm", False, 0.0, True), ("layernorm", True, 0.5, False)]
 
 
 def drop_path_scale(drop, batch, gen):
@@ -41,10 +43,7 @@ def run(backend, monkeypatch, kind, first, drop, residual_in_fp32):
     return [normed.detach(), residual_out.detach()] + grads, residual_out.dtype
 
 
-@pytest.mark.parametrize(
-    "kind, first, drop, residual_in_fp32",
-    [("layernorm", False, 0.5, False), ("rmsnorm", False, 0.0, True), ("layernorm", True, 0.5, False)],
-)
+@pytest.mark.parametrize("kind, first, drop, residual_in_fp32", CASES)
 def test_fused_add_norm_matches_add_then_norm(kind, first, drop, residual_in_fp32, monkeypatch):
     want, want_dtype = run("portable", monkeypatch, kind, first, drop, residual_in_fp32)
     got, got_dtype = run("triton", monkeypatch, kind, first, drop, residual_in_fp32)
@@ -80,10 +79,7 @@ def run_pair(backend, monkeypatch, kind, first, drop, residual_in_fp32):
     return [t.detach() for t in outputs] + grads, residual_out.dtype
 
 
-@pytest.mark.parametrize(
-    "kind, first, drop, residual_in_fp32",
-    [("layernorm", False, 0.5, False), ("rmsnorm", False, 0.0, True), ("layernorm", True, 0.5, False)],
-)
+@pytest.mark.parametrize("kind, first, drop, residual_in_fp32", CASES)
 def test_fused_pair_step_matches_two_add_norms_and_the_sums(kind, first, drop, residual_in_fp32, monkeypatch):
     want, want_dtype = run_pair("portable", monkeypatch, kind, first, drop, residual_in_fp32)
     got, got_dtype = run_pair("triton", monkeypatch, kind, first, drop, residual_in_fp32)

@@ -28,6 +28,17 @@ ROWS = 8  # rows per block: (ROWS, D) tiles, a row's statistics reduced inside t
 
 
 @triton.jit
+def _tile(r0, rows_end, dim, R: tl.constexpr, BD: tl.constexpr):
+    """Rows r0 .. r0 + R of (rows, dim) row-major, those before rows_end valid -> (rows, row_ok, cols,
+    col_ok, m: the tile's valid entries, at: their offsets)."""
+    rows = r0 + tl.arange(0, R)
+    cols = tl.arange(0, BD)
+    row_ok, col_ok = rows < rows_end, cols < dim
+    m = row_ok[:, None] & col_ok[None, :]
+    return rows, row_ok, cols, col_ok, m, rows[:, None].to(tl.int64) * dim + cols[None, :]
+
+
+@triton.jit
 def _normalize(x, m, w, b, dim, eps, HAS_BIAS: tl.constexpr, RMS: tl.constexpr):
     """A (R, BD) fp32 tile's rows normalised (m: the tile's valid entries; w, b: (1, BD)) -> y, mean, rstd."""
     if RMS:
@@ -61,17 +72,24 @@ def _normalize_grad(x, m, mean, rstd, w, dy, dim, RMS: tl.constexpr):
 
 
 @triton.jit
+def _tile_grad(x, m, at, rows, row_ok, mean_ptr, rstd_ptr, dy_ptr, w, dim, RMS: tl.constexpr):
+    """A tile's d out and its rows' statistics loaded -> (d x, d out * x-hat, d out): d x and what
+    weight's and bias's gradients sum."""
+    mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
+    rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
+    dy = tl.load(dy_ptr + at, mask=m, other=0.0).to(tl.float32)
+    dx, xhat = _normalize_grad(x, m, mean, rstd, w, dy, dim, RMS)
+    return dx, dy * xhat, dy
+
+
+@triton.jit
 def _add_norm_fwd_kernel(
     h_ptr, r_ptr, scale_ptr, w_ptr, b_ptr, r_out_ptr, y_ptr, mean_ptr, rstd_ptr,
     rows_total, dim, rows_per_sample, eps,
     HAS_RESIDUAL: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr,
     R: tl.constexpr, BD: tl.constexpr,
 ):  # fmt: skip
-    rows = tl.program_id(0) * R + tl.arange(0, R)
-    cols = tl.arange(0, BD)
-    row_ok, col_ok = rows < rows_total, cols < dim
-    m = row_ok[:, None] & col_ok[None, :]
-    at = rows[:, None].to(tl.int64) * dim + cols[None, :]
+    rows, row_ok, cols, col_ok, m, at = _tile(tl.program_id(0) * R, rows_total, dim, R, BD)
     x = tl.load(h_ptr + at, mask=m, other=0.0).to(tl.float32)
     if HAS_SCALE:
         x *= tl.load(scale_ptr + rows // rows_per_sample, mask=row_ok, other=0.0)[:, None]
@@ -104,17 +122,11 @@ def _add_norm_bwd_kernel(
     first = tl.program_id(0) * rows_per_program
     last = tl.minimum(first + rows_per_program, rows_total)
     for r0 in range(first, last, R):
-        rows = r0 + tl.arange(0, R)
-        row_ok = rows < last
-        m = row_ok[:, None] & col_ok[None, :]
-        at = rows[:, None].to(tl.int64) * dim + cols[None, :]
+        rows, row_ok, _, _, m, at = _tile(r0, last, dim, R, BD)
         x = tl.load(r_out_ptr + at, mask=m, other=0.0).to(tl.float32)
-        mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
-        rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
-        dy = tl.load(dy_ptr + at, mask=m, other=0.0).to(tl.float32)
-        dx, xhat = _normalize_grad(x, m, mean, rstd, w, dy, dim, RMS)
-        dw += dy * xhat
-        db += dy
+        dx, dw_part, db_part = _tile_grad(x, m, at, rows, row_ok, mean_ptr, rstd_ptr, dy_ptr, w, dim, RMS)
+        dw += dw_part
+        db += db_part
         if HAS_DR_OUT:
             dx += tl.load(dr_out_ptr + at, mask=m, other=0.0).to(tl.float32)
         if HAS_RESIDUAL:
@@ -149,11 +161,7 @@ def _add_norm_pair_fwd_kernel(
 ):  # fmt: skip
     """hidden = hf + hb (stored to h_out for the backward), both layers' normed inputs, and the pair's
     residual_out; stats (4, rows): mean and rstd of f, then of b."""
-    rows = tl.program_id(0) * R + tl.arange(0, R)
-    cols = tl.arange(0, BD)
-    row_ok, col_ok = rows < rows_total, cols < dim
-    m = row_ok[:, None] & col_ok[None, :]
-    at = rows[:, None].to(tl.int64) * dim + cols[None, :]
+    rows, row_ok, cols, col_ok, m, at = _tile(tl.program_id(0) * R, rows_total, dim, R, BD)
     h = tl.load(hf_ptr + at, mask=m, other=0.0).to(tl.float32)
     if HAS_HB:
         h = (h + tl.load(hb_ptr + at, mask=m, other=0.0).to(tl.float32)).to(h_out_ptr.dtype.element_ty)
@@ -199,32 +207,23 @@ def _add_norm_pair_bwd_kernel(
     first = tl.program_id(0) * rows_per_program
     last = tl.minimum(first + rows_per_program, rows_total)
     for r0 in range(first, last, R):
-        rows = r0 + tl.arange(0, R)
-        row_ok = rows < last
-        m = row_ok[:, None] & col_ok[None, :]
-        at = rows[:, None].to(tl.int64) * dim + cols[None, :]
+        rows, row_ok, _, _, m, at = _tile(r0, last, dim, R, BD)
         h = tl.load(h_ptr + at, mask=m, other=0.0).to(tl.float32)
         d_out = tl.zeros((R, BD), dtype=tl.float32)
         if HAS_DR_OUT:
             d_out = tl.load(dr_out_ptr + at, mask=m, other=0.0).to(tl.float32)
-        # layer f
         x = _pair_input(h, r_ptr, sf_ptr, at, m, rows, row_ok, rows_per_sample, X_DTYPE, HAS_RESIDUAL, HAS_SCALE)
-        mean = tl.load(stats_ptr + rows, mask=row_ok, other=0.0)
-        rstd = tl.load(stats_ptr + rows_total + rows, mask=row_ok, other=0.0)
-        dy = tl.load(dyf_ptr + at, mask=m, other=0.0).to(tl.float32)
-        dxf, xhat = _normalize_grad(x, m, mean, rstd, wf, dy, dim, RMS)
+        dxf, dw_part, db_part = _tile_grad(x, m, at, rows, row_ok, stats_ptr, stats_ptr + rows_total, dyf_ptr, wf,
+                                           dim, RMS)  # fmt: skip
         dxf += d_out
-        dwf += dy * xhat
-        dbf += dy
-        # layer b
+        dwf += dw_part
+        dbf += db_part
         x = _pair_input(h, r_ptr, sb_ptr, at, m, rows, row_ok, rows_per_sample, X_DTYPE, HAS_RESIDUAL, HAS_SCALE)
-        mean = tl.load(stats_ptr + 2 * rows_total + rows, mask=row_ok, other=0.0)
-        rstd = tl.load(stats_ptr + 3 * rows_total + rows, mask=row_ok, other=0.0)
-        dy = tl.load(dyb_ptr + at, mask=m, other=0.0).to(tl.float32)
-        dxb, xhat = _normalize_grad(x, m, mean, rstd, wb, dy, dim, RMS)
+        dxb, dw_part, db_part = _tile_grad(x, m, at, rows, row_ok, stats_ptr + 2 * rows_total,
+                                           stats_ptr + 3 * rows_total, dyb_ptr, wb, dim, RMS)  # fmt: skip
         dxb += d_out
-        dwb += dy * xhat
-        dbb += dy
+        dwb += dw_part
+        dbb += db_part
         if HAS_RESIDUAL:
             tl.store(dr_ptr + at, (dxf + dxb).to(dr_ptr.dtype.element_ty), mask=m)
             if HAS_SCALE:
