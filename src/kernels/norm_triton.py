@@ -272,9 +272,7 @@ class AddNorm(torch.autograd.Function):
         rows, dim = r_out.shape
         dy = dy.reshape(rows, dim).contiguous()
         dr_out = dr_out.reshape(rows, dim).contiguous() if dr_out is not None else None
-        programs = min(triton.cdiv(rows, ROWS), 4 * _sm_count(r_out.device))
-        rows_per_program = triton.cdiv(triton.cdiv(rows, programs), ROWS) * ROWS
-        programs = triton.cdiv(rows, rows_per_program)
+        programs, rows_per_program = _backward_split(rows, r_out.device)
         dh = torch.empty(rows, dim, device=dy.device, dtype=hidden_dtype)
         dr = torch.empty(rows, dim, device=dy.device, dtype=residual_dtype) if residual_dtype is not None else dh
         dw = torch.empty(programs, dim, device=dy.device, dtype=torch.float32)
@@ -314,20 +312,17 @@ class AddNormPair(torch.autograd.Function):
             HAS_BIAS=bias_f is not None, RMS=rms, **_launch_shape(dim),
         )  # fmt: skip
         ctx.save_for_backward(h, r, scale_f, scale_b, weight_f, weight_b, stats)
-        ctx.config = (shape, None if hb is None else hb.dtype, residual_dtype, bias_f is not None, rms)
+        ctx.config = (shape, hb is not None, residual_dtype, bias_f is not None, rms)
         return y[0].view(shape), y[1].view(shape), r_out.view(shape)
 
     @staticmethod
     def backward(ctx, dy_f, dy_b, dr_out):
         h, r, scale_f, scale_b, weight_f, weight_b, stats = ctx.saved_tensors
-        shape, hb_dtype, residual_dtype, has_bias, rms = ctx.config
+        shape, has_hb, residual_dtype, has_bias, rms = ctx.config
         rows, dim = h.shape
         dy_f, dy_b, dr_out = (None if d is None else d.reshape(rows, dim).contiguous() for d in (dy_f, dy_b, dr_out))
-        dy_f = dy_f if dy_f is not None else torch.zeros_like(dy_b)  # a layer whose output went unused
-        dy_b = dy_b if dy_b is not None else torch.zeros_like(dy_f)
-        programs = min(triton.cdiv(rows, ROWS), 4 * _sm_count(h.device))
-        rows_per_program = triton.cdiv(triton.cdiv(rows, programs), ROWS) * ROWS
-        programs = triton.cdiv(rows, rows_per_program)
+        dy_f, dy_b = (torch.zeros_like(h) if d is None else d for d in (dy_f, dy_b))  # an output left unused
+        programs, rows_per_program = _backward_split(rows, h.device)
         dh = torch.empty(rows, dim, device=h.device, dtype=h.dtype)
         dr = torch.empty_like(r) if r is not None else None
         dwb = torch.empty(programs, 4, dim, device=h.device, dtype=torch.float32)
@@ -339,12 +334,11 @@ class AddNormPair(torch.autograd.Function):
         )  # fmt: skip
         sums = dwb.sum(0)  # (4, D): weight f, bias f, weight b, bias b
         d_bias_f, d_bias_b = (sums[1], sums[3]) if has_bias else (None, None)
-        d_hf = dh.view(shape)  # both outputs of the previous pair were summed: the same gradient each
-        d_hb = None if hb_dtype is None else d_hf.to(hb_dtype)
+        d_hidden = dh.view(shape)  # hf and hb were summed: the same gradient each (autograd casts it)
         d_residual = None if dr is None else dr.view(shape)
         return (
-            d_hf, d_hb, d_residual, None, None, sums[0].to(weight_f.dtype), d_bias_f, sums[2].to(weight_b.dtype),
-            d_bias_b, None, None, None, None,
+            d_hidden, d_hidden if has_hb else None, d_residual, None, None, sums[0].to(weight_f.dtype), d_bias_f,
+            sums[2].to(weight_b.dtype), d_bias_b, None, None, None, None,
         )  # fmt: skip
 
 
@@ -355,10 +349,14 @@ def _or(tensor: Tensor | None, other: Tensor) -> Tensor:
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4
-    return torch.cuda.get_device_properties(device).multi_processor_count
+def _backward_split(rows: int, device: torch.device) -> tuple[int, int]:
+    """(programs, rows_per_program) of a backward launch: a whole number of tiles a program, at most 4
+    programs an SM (each keeps partial sums of the weights' gradients, summed after)."""
+    cuda = device.type == "cuda"
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if cuda else 4  # interpreted: as if 4
+    programs = min(triton.cdiv(rows, ROWS), 4 * sms)
+    rows_per_program = triton.cdiv(triton.cdiv(rows, programs), ROWS) * ROWS
+    return triton.cdiv(rows, rows_per_program), rows_per_program
 
 
 def add_norm_triton(

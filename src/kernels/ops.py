@@ -100,10 +100,7 @@ def add_norm(
         return portable.add_norm(hidden, residual, scale, weight, bias, eps, rms, residual_in_fp32, out_dtype)
     from src.kernels.norm_triton import add_norm_triton  # imports triton
 
-    if residual_in_fp32:
-        residual_dtype = torch.float32
-    else:
-        residual_dtype = hidden.dtype if residual is None else torch.promote_types(hidden.dtype, residual.dtype)
+    residual_dtype = _residual_dtype((hidden, residual), residual_in_fp32)
     if out_dtype is None:
         out_dtype = autocast_dtype(hidden.device.type, weight.dtype)
     return add_norm_triton(hidden, residual, scale, weight, bias, eps, rms, residual_dtype, out_dtype)
@@ -136,8 +133,7 @@ def add_norm_pair(
         return steps[0][0], steps[1][0], steps[0][1] + steps[1][1]
     from src.kernels.norm_triton import add_norm_pair_triton  # imports triton
 
-    dtypes = [t.dtype for t in (hidden_f, hidden_b, residual) if t is not None]
-    residual_dtype = torch.float32 if residual_in_fp32 else functools.reduce(torch.promote_types, dtypes)
+    residual_dtype = _residual_dtype((hidden_f, hidden_b, residual), residual_in_fp32)
     out_dtype = autocast_dtype(hidden_f.device.type, weights[0].dtype)
     return add_norm_pair_triton(
         hidden_f, hidden_b, residual, scales, weights, biases, eps, rms, residual_dtype, out_dtype
@@ -185,6 +181,14 @@ def bimamba_inner(
         u, delta.view(as_steps), A.transpose(1, 2), B.view(as_steps), C.view(as_steps), D, z, dt_bias, reverse
     )  # (S, B, L, E)
     return y.sum(0)
+
+
+def _residual_dtype(inputs: Sequence[Tensor | None], residual_in_fp32: bool) -> torch.dtype:
+    """The residual stream's dtype after an add: fp32 with residual_in_fp32, else what the inputs
+    there are promote to."""
+    if residual_in_fp32:
+        return torch.float32
+    return functools.reduce(torch.promote_types, (t.dtype for t in inputs if t is not None))
 
 
 def _scan_order(x: Tensor, backwards: bool) -> Tensor:
