@@ -86,7 +86,9 @@ def captured(fn, reps: int = 1, warmup_calls: int = 2) -> torch.cuda.CUDAGraph:
     before = generator.clone_state()
     graph = torch.cuda.CUDAGraph()
     try:
-        with torch.cuda.graph(graph):
+        # on the warm-up's stream: autograd keeps the stream a tensor's backward first ran on, and a
+        # backward captured on another stream would wait on that one (an invalidated capture)
+        with torch.cuda.graph(graph, stream=stream):
             for _ in range(reps):
                 fn()
     except RuntimeError:

@@ -237,9 +237,9 @@ def _add_norm_pair_bwd_kernel(
     tl.store(out + 3 * dim, tl.sum(dbb, axis=0), mask=col_ok)
 
 
-def _launch_shape(dim: int) -> dict:
+def _launch_shape(dim: int, rows: int = ROWS) -> dict:
     block = triton.next_power_of_2(dim)
-    return dict(R=ROWS, BD=block, num_warps=min(8, max(1, ROWS * block // 256)))
+    return dict(R=rows, BD=block, num_warps=min(8, max(1, rows * block // 256)))
 
 
 class AddNorm(torch.autograd.Function):
