@@ -48,20 +48,23 @@ SWEEP = [  # (forward, backward) launch shapes around the defaults: B's and C's 
     # (bc_lanes) or whole rows, the checkpoints' spacing (a smaller scratch a program for the
     # backward: the state at every tile start of a segment, 64 KB at 64 steps, 32 KB at 32, 16 KB at
     # 16; but more checkpoints kept: in tiny's step at batch 64, 1.1 GB more from 64 to 32 steps,
-    # 0.6 GiB from 32 to 24, about 2.4 GB from 32 to 16), and the backward cut into more or fewer
-    # chunks (its carry pass walks every chunk but the first)
+    # 0.6 GiB from 32 to 24, about 2.4 GB from 32 to 16), and each way cut into more or fewer chunks
+    # (the backward's carry pass walks every chunk but the first)
     (
-        ScanTiling(block_d=32, min_programs=1024, bc_lanes=lanes, ckpt_every=every),
-        ScanTiling(block_d=32, min_programs=programs, bc_lanes=lanes, ckpt_every=every),
+        ScanTiling(block_d=32, min_programs=forward_programs, bc_lanes=lanes, ckpt_every=every),
+        ScanTiling(block_d=32, min_programs=backward_programs, bc_lanes=lanes, ckpt_every=every),
     )
-    for lanes, every, programs in [
-        (True, 24, 2048),  # the defaults (up to 4096 steps)
-        (True, 32, 2048),
-        (True, 64, 2048),
-        (True, 16, 2048),
-        (False, 24, 2048),
-        (True, 24, 4096),
-        (True, 24, 8192),  # long sequences' chunking (their default keeps a checkpoint every 64 steps)
+    for lanes, every, forward_programs, backward_programs in [
+        (True, 24, 1024, 2048),  # the defaults up to 4096 steps
+        (True, 32, 1024, 2048),
+        (True, 64, 1024, 2048),
+        (True, 16, 1024, 2048),
+        (False, 24, 1024, 2048),
+        (True, 24, 1024, 4096),
+        (True, 64, 8192, 8192),  # the defaults of longer sequences
+        (True, 32, 8192, 8192),
+        (True, 64, 8192, 4096),
+        (True, 64, 4096, 4096),
     ]
 ]
 
