@@ -25,8 +25,11 @@ $(STAMP): setup.cfg pyproject.toml $(LOCK)
 
 install: $(STAMP) ## create .venv and install the lock (requirements/dev.txt) and the project
 
-test: $(STAMP) ## run the test suite (GPU tests skip without CUDA)
-	$(PY) -m pytest
+# the suite in TEST_JOBS processes (pytest-xdist); the SLURM tests share one node, so one process
+# takes them all (--dist loadgroup, their xdist_group). TEST_JOBS=0: one process, as plain pytest
+TEST_JOBS ?= 2
+test: $(STAMP) ## run the test suite in TEST_JOBS processes (2; GPU tests skip without CUDA)
+	$(PY) -m pytest -n $(TEST_JOBS) --dist loadgroup
 
 lint: $(STAMP) ## ruff check and format check
 	$(PY) -m ruff check src tests benchmarks scripts

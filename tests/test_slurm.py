@@ -17,7 +17,7 @@ import pytest
 from tests.helpers.hydra_cfg import SMALL_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]  # one node: one test at a time
 
 
 def _cluster_idle(wait_s: float = 90) -> bool:
