@@ -108,9 +108,9 @@ def test_a_call_that_cannot_be_captured_leaves_the_random_numbers_working():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_forward_and_backward_are_captured_after_their_eager_timing():
     """benchmarks.scan times every call eagerly on the default stream, then as a CUDA graph: the
-    backward of fresh leaves, warmed up and captured, must not wait on another stream (at tiny's
-    (64, 384, 513) it did, cudaErrorStreamCaptureInvalidated, while the warm-up and the capture ran
-    on different side streams)."""
+    backward of fresh leaves, warmed up and captured on one side stream, must not wait on another
+    (autograd keeps the stream a backward first ran on; a wait on a stream outside the capture
+    invalidates it)."""
     import types
 
     import benchmarks.scan as scan

@@ -70,7 +70,9 @@ def default_tilings(sets: int, batch: int, dim: int, length: int) -> tuple[ScanT
     2.118 ms forward + backward at (64, 384, 513), 4.502 against 4.850 ms at (4, 384, 22001), one
     sweep (docs/benchmarks/scan_sweep_bc_lanes_issue31.json). Up to 4096 steps the forward keeps the
     state every 24 steps (ckpt_every; 64 for longer sequences): the backward's segments, and the
-    scratch it walks them with, are shorter. SSAMBA-tiny's graphed SSL step at batch 64 on an H100,
+    scratch it walks them with, are shorter (forward + backward at (64, 384, 513) as CUDA graphs:
+    1.199 ms against 1.256 at 32 and 1.142 at 16, which keeps too many checkpoints for the memory
+    target; docs/benchmarks/scan.json). SSAMBA-tiny's graphed SSL step at batch 64 on an H100,
     one call: 96.3 ms at 6.4 GiB against 98.7 ms at 5.7 GiB every 32 steps (104.3 ms at 64, with
     the mixer keeping xz); 2 chunks still the best at 32 (against 103.3 in 3 and 104.4 unchunked;
     docs/benchmarks/throughput.json)."""
