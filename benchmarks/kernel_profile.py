@@ -15,7 +15,6 @@ import argparse
 import os
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -28,6 +27,7 @@ from src.models.components import build_encoder, encoder_config
 from src.models.ssl_module import SSLModule
 from src.utils.errors import command
 from src.utils.io import write_json, write_text
+from src.utils.profiling import kernel_table
 
 
 def make_step(args):
@@ -48,18 +48,6 @@ def make_step(args):
     module = SSLModule(encoder, mask_patches=num_mask).cuda()
     optimizer = ssl_optimizer(module)
     return lambda: train_step(lambda spec: module.losses(spec, num_mask)["loss"], optimizer, x, bf16)
-
-
-def kernel_table(prof, iters: int) -> list[dict]:
-    rows: dict[str, dict] = defaultdict(lambda: {"us": 0.0, "launches": 0})
-    for event in prof.events():
-        # device-side spans of record_function (e.g. "Optimizer.step#AdamW.step") overlap the
-        # kernels they contain: not kernels, left out
-        if event.device_type == torch.autograd.DeviceType.CUDA and not getattr(event, "is_user_annotation", False):
-            row = rows[event.name]
-            row["us"] += event.device_time_total / iters
-            row["launches"] += 1 / iters
-    return sorted(({"kernel": k, **v} for k, v in rows.items()), key=lambda r: -r["us"])
 
 
 @command

@@ -191,6 +191,56 @@ def test_throughput_stops_its_clock_when_the_last_step_ends(tmp_path):
     assert logged == [({"perf/samples_per_s": result["samples_per_s"], "perf/ms_per_step": result["ms_per_step"]}, 3)]
 
 
+def test_step_profile_profiles_the_steps_it_is_given_and_writes_its_table(data_root, tmp_path):
+    """callbacks=profile through src/train.py: steps 1-2 of 4 profiled (on the CPU: host events
+    only, no kernel rows), the steps' wall time and the table written beside it."""
+    cfg = compose_cfg(
+        "train.yaml",
+        ["experiment=pretrain_demo", "callbacks=profile", "callbacks.step_profile.start_step=1",
+         "callbacks.step_profile.steps=2"],
+        data_root,
+        tmp_path,
+    )  # fmt: skip
+    with open_dict(cfg):
+        cfg.trainer.max_steps = 4
+        cfg.trainer.limit_val_batches = 0
+    train(cfg)
+    result = json.loads((tmp_path / "step_profile.json").read_text())
+    assert result["steps"] == 2 and result["from_step"] == 1 and result["card"] == "cpu"
+    assert result["wall_ms"] > 0 and result["busy_ms"] == 0 and result["kernels"] == []
+    assert "steps 1-2: wall" in (tmp_path / "step_profile.md").read_text()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_step_profile_on_cuda_lists_the_steps_kernels_and_copies(tmp_path):
+    from types import SimpleNamespace
+
+    from src.utils.callbacks import StepProfile
+
+    profile = StepProfile(start_step=1, steps=2, out=str(tmp_path / "step_profile.json"))
+    trainer = SimpleNamespace(global_step=0, is_global_zero=True)
+    module = SimpleNamespace(device=torch.device("cuda"))
+    x = torch.randn(1024, 1024, device="cuda")
+    for step in range(4):
+        trainer.global_step = step
+        profile.on_train_batch_start(trainer, module, None, step)
+        (x @ x).sum().item()  # a kernel, a reduction and a copy back a step
+        profile.on_train_batch_end(trainer, module, None, None, step)
+    result = json.loads((tmp_path / "step_profile.json").read_text())
+    assert result["steps"] == 2 and result["launches"] >= 3
+    assert any("Memcpy DtoH" in k["kernel"] for k in result["kernels"])
+    assert 0 < result["busy_ms"] <= result["device_ms"] + 1e-6 and result["busy_ms"] < result["wall_ms"]
+
+
+def test_the_gpus_busy_time_counts_overlapping_work_once():
+    from src.utils.profiling import busy_us
+
+    # a copy beside a kernel (overlapping), a kernel inside another, then a gap and one more
+    assert busy_us([(0, 10), (5, 12), (6, 8), (20, 25)]) == 17
+    assert busy_us([(20, 25), (0, 10)]) == 15 and busy_us([]) == 0
+
+
 def test_pretrain_then_finetune_hand_over(data_root, tmp_path):
     cfg = compose_cfg("train.yaml", ["experiment=pretrain_demo"], data_root, tmp_path / "pre")
     with open_dict(cfg):

@@ -16,7 +16,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from src.utils.errors import UserError
-from src.utils.io import write_json
+from src.utils.io import write_json, write_text
+from src.utils.profiling import device_busy_us, kernel_table
 from src.utils.pylogger import RankedLogger
 
 log = RankedLogger(__name__)
@@ -481,6 +482,72 @@ class Throughput(L.Callback):
             )
         if trainer.is_global_zero and self.out:
             write_json(self.out, result)
+
+
+class StepProfile(L.Callback):
+    """What the GPU runs in `steps` training steps from step `start_step` on, as the whole loop runs
+    them (data, graphs, optimizer, metrics, logging): torch.profiler over those steps, then per
+    kernel (copies and fills included) its time and launches a step, the steps' wall time and how
+    much of it the GPU was busy; the rest is the GPU waiting on the host. Rank 0 writes `out` (JSON)
+    and a markdown table beside it. The profiler slows the host: time the loop with Throughput, in
+    a run without this callback."""
+
+    def __init__(self, start_step: int = 20, steps: int = 5, out: str | None = None, top: int = 30):
+        if start_step < 0 or steps < 1:
+            raise UserError(f"StepProfile needs start_step >= 0 and steps >= 1 (got {start_step}, {steps})")
+        self.start_step, self.steps, self.out, self.top = start_step, steps, out, top
+        self._profiler = self._start = None
+        self._done = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.start_step and self._profiler is None and not self._done:
+            from torch.profiler import ProfilerActivity, profile
+
+            cuda = pl_module.device.type == "cuda"
+            _synchronize(pl_module)
+            self._profiler = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []))
+            self._profiler.__enter__()
+            self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._profiler is None:
+            return
+        self._done += 1
+        if self._done == self.steps:
+            self._finish(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._profiler is not None:  # the run ended inside the profiled steps
+            self._finish(trainer, pl_module)
+        elif not self._done:
+            log.warning(f"step profile: the run ended before step {self.start_step}; nothing profiled")
+
+    def _finish(self, trainer, pl_module) -> None:
+        _synchronize(pl_module)
+        wall_ms = 1e3 * (time.perf_counter() - self._start) / self._done
+        self._profiler.__exit__(None, None, None)
+        prof, self._profiler = self._profiler, None
+        kernels = kernel_table(prof, self._done)
+        result = {
+            "steps": self._done,
+            "from_step": self.start_step,
+            "card": torch.cuda.get_device_name(pl_module.device) if pl_module.device.type == "cuda" else "cpu",
+            "wall_ms": wall_ms,
+            "busy_ms": device_busy_us(prof) / 1e3 / self._done,
+            "device_ms": sum(k["us"] for k in kernels) / 1e3,
+            "launches": sum(k["launches"] for k in kernels),
+            "kernels": kernels,
+        }
+        line = (
+            f"step profile, steps {self.start_step}-{self.start_step + self._done - 1}: wall {wall_ms:.2f} ms a step "
+            f"(profiled), GPU busy {result['busy_ms']:.2f} ms, {result['launches']:.0f} launches"
+        )
+        log.info(line)
+        if trainer.is_global_zero and self.out:
+            write_json(self.out, result)
+            lines = [line, "", "| kernel | us / step | launches / step |", "| --- | --- | --- |"]
+            lines += [f"| `{k['kernel'][:90]}` | {k['us']:.0f} | {k['launches']:.0f} |" for k in kernels[: self.top]]
+            write_text(Path(self.out).with_suffix(".md"), "\n".join(lines) + "\n")
 
 
 def _batch_size(batch) -> int:
