@@ -282,3 +282,27 @@ def test_a_training_resumed_on_another_number_of_processes_sees_every_sample_onc
     )
     seen = [i for r in range(max(before, after)) for i in json.loads((tmp_path / f"rank{r}.json").read_text())]
     assert sorted(seen) == list(range(32))  # none twice, none missed
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_batch_copied_on_its_own_stream_is_whole_when_the_step_reads_it(tmp_path):
+    """The datamodules copy a batch to the GPU on a side stream while the step before still runs:
+    the copy must not wait for the compute stream's queued work, and what the next step reads on the
+    compute stream must be the whole batch."""
+    dm = PretrainDataModule(sources=[{"path": str(tmp_path), "split": None, "weight": 1.0}], batch_size=2)
+    device = torch.device("cuda")
+    fbank = torch.randn(64, 1, 128, 1024).pin_memory()  # tiny's batch: 33.5 MB
+    busy = torch.randn(4096, 4096, device=device)
+    start, computed, copied = (torch.cuda.Event(enable_timing=True) for _ in range(3))
+    start.record()
+    for _ in range(20):  # tens of ms queued on the compute stream: the step before
+        busy = busy @ busy
+    computed.record()
+    moved = dm.transfer_batch_to_device({"fbank": fbank, "index": torch.arange(64)}, device, 0)
+    copied.record(dm._copy_stream)
+    total = moved["fbank"].double().sum()  # on the compute stream, after its wait
+    torch.cuda.synchronize()
+    assert start.elapsed_time(copied) < start.elapsed_time(computed) / 2  # it ran beside the matmuls
+    assert total.item() == pytest.approx(fbank.double().sum().item(), rel=1e-12)
+    assert moved["index"].tolist() == list(range(64))

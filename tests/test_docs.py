@@ -258,6 +258,7 @@ def test_the_superb_commands_run_as_written_up_to_the_runner(task, tmp_path, mon
 # (a link, or the JSON of a table rendered in it), at the printed precision, or in the text that
 # JSON's benchmark wrote beside it (its .md or .log)
 NOT_IN_A_JSON = {
+    "33.5": "tiny's batch of fbanks in MB (64 x 128 x 1024 float32), a size",
     "300": "the time limit given to pytest -m gpu in the loop's call, a setting",
     "138": "registers of the compiled pair backward kernel at 8-row tiles (sm_90), no benchmark",
     "92.7": "the paper's claim",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.apply_func import apply_to_collection
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
@@ -161,6 +162,7 @@ class _ResumableDataModule(L.LightningDataModule):
         self._resume: dict | None = None
         self._train_sampler: ResumableSampler | None = None
         self._fingerprint: str | None = None
+        self._copy_stream: torch.cuda.Stream | None = None
 
     def fbank_settings(self) -> dict:
         """The fbank every clip goes through (Kaldi's, as SSAST/SSAMBA): checkpoints and exports
@@ -217,6 +219,22 @@ class _ResumableDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
         )
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """On CUDA the batch is copied on a stream of its own, which the compute stream then waits
+        for: the copy runs while the GPU still computes the step before (on the compute stream it
+        would wait for that step to end, and the next step for the copy)."""
+        if device.type != "cuda":
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        if self._copy_stream is None or self._copy_stream.device != device:
+            self._copy_stream = torch.cuda.Stream(device)
+        compute = torch.cuda.current_stream(device)
+        with torch.cuda.stream(self._copy_stream):
+            moved = super().transfer_batch_to_device(batch, device, dataloader_idx)
+        compute.wait_stream(self._copy_stream)
+        # made on the copy stream, used on the compute stream: not reused before the latter is done
+        apply_to_collection(moved, torch.Tensor, lambda t: t.record_stream(compute) if t.is_cuda else None)
+        return moved
 
     def state_dict(self) -> dict:
         trainer = self.trainer
