@@ -150,17 +150,17 @@ def test_ddp_simulation_two_ranks(experiment, data_root, tmp_path):
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
 
 
-def test_throughput_callback_times_the_steps_after_warm_up(data_root, tmp_path):
-    cfg = compose_cfg(
-        "train.yaml",
-        ["experiment=pretrain_demo", "callbacks=throughput", "callbacks.throughput.warmup_steps=1"],
-        data_root,
-        tmp_path,
-    )
+def _pretrain_four_steps(overrides: list[str], data_root, tmp_path) -> None:
+    """pretrain_demo for four training steps, no validation, with overrides."""
+    cfg = compose_cfg("train.yaml", ["experiment=pretrain_demo", *overrides], data_root, tmp_path)
     with open_dict(cfg):
         cfg.trainer.max_steps = 4
         cfg.trainer.limit_val_batches = 0
     train(cfg)
+
+
+def test_throughput_callback_times_the_steps_after_warm_up(data_root, tmp_path):
+    _pretrain_four_steps(["callbacks=throughput", "callbacks.throughput.warmup_steps=1"], data_root, tmp_path)
     result = json.loads((tmp_path / "throughput.json").read_text())
     assert result["steps_timed"] == 3 and result["devices"] == 1 and result["card"] == "cpu"
     assert result["samples_per_s"] == pytest.approx(2 * 1000 / result["ms_per_step"])
@@ -194,17 +194,8 @@ def test_throughput_stops_its_clock_when_the_last_step_ends(tmp_path):
 def test_step_profile_profiles_the_steps_it_is_given_and_writes_its_table(data_root, tmp_path):
     """callbacks=profile through src/train.py: steps 1-2 of 4 profiled (on the CPU: host events
     only, no kernel rows), the steps' wall time and the table written beside it."""
-    cfg = compose_cfg(
-        "train.yaml",
-        ["experiment=pretrain_demo", "callbacks=profile", "callbacks.step_profile.start_step=1",
-         "callbacks.step_profile.steps=2"],
-        data_root,
-        tmp_path,
-    )  # fmt: skip
-    with open_dict(cfg):
-        cfg.trainer.max_steps = 4
-        cfg.trainer.limit_val_batches = 0
-    train(cfg)
+    profile = ["callbacks=profile", "callbacks.step_profile.start_step=1", "callbacks.step_profile.steps=2"]
+    _pretrain_four_steps(profile, data_root, tmp_path)
     result = json.loads((tmp_path / "step_profile.json").read_text())
     assert result["steps"] == 2 and result["from_step"] == 1 and result["card"] == "cpu"
     assert result["wall_ms"] > 0 and result["busy_ms"] == 0 and result["kernels"] == []
