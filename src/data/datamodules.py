@@ -226,6 +226,8 @@ class _ResumableDataModule(L.LightningDataModule):
         would wait for that step to end, and the next step for the copy)."""
         if device.type != "cuda":
             return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         if self._copy_stream is None or self._copy_stream.device != device:
             self._copy_stream = torch.cuda.Stream(device)
         compute = torch.cuda.current_stream(device)
