@@ -91,6 +91,21 @@ def slurm_cmd(data_root, sweep, *extra):
     ]
 
 
+def sweep_job(sweep: Path, task: int) -> str:
+    """The SLURM id of a sweep point's job, from submitit's folder for it (`<id>_<task>` for an array
+    task, `<id>` for a sweep of one point): the queue may hold another test's jobs too (a pending
+    array lists first, as ID_[0-1%2], which scontrol does not take)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        folder = sweep / ".submitit"
+        names = [p.name for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
+        found = [n for n in names if n.endswith(f"_{task}")] or [n for n in names if n.isdigit() and task == 0]
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no submitit folder for task {task} under {sweep / '.submitit'}")
+
+
 def ranks(job_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((job_dir / "ranks").glob("rank*.json"))]
 
@@ -139,9 +154,8 @@ def test_requeued_job_resumes_from_its_checkpoint(data_root, tmp_path):
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert last.exists(), "the job wrote no checkpoint"
-    job_id = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()[0]
     with requeued_jobs_start_at_once():
-        subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
+        subprocess.run(["scontrol", "requeue", sweep_job(sweep, 0)], check=True, timeout=30)
         out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-4000:]
     record = ranks(sweep / "0")[0]
@@ -211,9 +225,7 @@ def test_a_sweep_job_cancelled_mid_training_ends_the_sweep_with_a_summary_naming
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert proc.poll() is None and not (sweep / "0" / "metrics.json").exists(), "job 0 ended before it was cancelled"
-    jobs = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
-    first = next(j for j in jobs if j.endswith("_0"))
-    subprocess.run(["scancel", first], check=True, timeout=30)
+    subprocess.run(["scancel", sweep_job(sweep, 0)], check=True, timeout=30)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 1, err[-4000:]  # the sweep ends, saying one job failed
     summary = json.loads((sweep / "summary.json").read_text())
