@@ -27,7 +27,7 @@ from src.models.components import build_encoder, encoder_config
 from src.models.ssl_module import SSLModule
 from src.utils.errors import command
 from src.utils.io import write_json, write_text
-from src.utils.profiling import kernel_table
+from src.utils.profiling import kernel_markdown, kernel_table
 
 
 def make_step(args):
@@ -101,11 +101,8 @@ def main(argv=None) -> int:
         f"{result['card']}: wall {wall_ms:.2f} ms per iteration (unprofiled), GPU busy {gpu_ms:.2f} ms, "
         f"{result['launches']:.0f} kernel launches",
         "",
-        "| kernel | us / iter | launches / iter | share |",
-        "| --- | --- | --- | --- |",
+        *kernel_markdown(rows, args.top),
     ]
-    for r in rows[: args.top]:
-        lines.append(f"| `{r['kernel'][:90]}` | {r['us']:.0f} | {r['launches']:.0f} | {r['us'] / 10 / gpu_ms:.1f}% |")
     write_text(args.out / f"{name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -14,10 +14,11 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch.profiler import ProfilerActivity, profile
 
 from src.utils.errors import UserError
 from src.utils.io import write_json, write_text
-from src.utils.profiling import device_busy_us, kernel_table
+from src.utils.profiling import device_busy_us, kernel_markdown, kernel_table
 from src.utils.pylogger import RankedLogger
 
 log = RankedLogger(__name__)
@@ -473,7 +474,7 @@ class Throughput(L.Callback):
             "devices": trainer.world_size,
             "precision": str(trainer.precision),
             "peak_mib": torch.cuda.max_memory_allocated(pl_module.device) / 2**20 if cuda else None,
-            "card": torch.cuda.get_device_name(pl_module.device) if cuda else "cpu",
+            "card": _card(pl_module),
         }
         log.info(f"throughput: {result['samples_per_s']:.1f} samples/s, {result['ms_per_step']:.1f} ms per step")
         for logger in trainer.loggers:
@@ -501,8 +502,6 @@ class StepProfile(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.start_step and self._profiler is None and not self._done:
-            from torch.profiler import ProfilerActivity, profile
-
             cuda = pl_module.device.type == "cuda"
             _synchronize(pl_module)
             self._profiler = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []))
@@ -531,7 +530,7 @@ class StepProfile(L.Callback):
         result = {
             "steps": self._done,
             "from_step": self.start_step,
-            "card": torch.cuda.get_device_name(pl_module.device) if pl_module.device.type == "cuda" else "cpu",
+            "card": _card(pl_module),
             "wall_ms": wall_ms,
             "busy_ms": device_busy_us(prof) / 1e3 / self._done,
             "device_ms": sum(k["us"] for k in kernels) / 1e3,
@@ -545,14 +544,17 @@ class StepProfile(L.Callback):
         log.info(line)
         if trainer.is_global_zero and self.out:
             write_json(self.out, result)
-            lines = [line, "", "| kernel | us / step | launches / step |", "| --- | --- | --- |"]
-            lines += [f"| `{k['kernel'][:90]}` | {k['us']:.0f} | {k['launches']:.0f} |" for k in kernels[: self.top]]
+            lines = [line, "", *kernel_markdown(kernels, self.top, per="step")]
             write_text(Path(self.out).with_suffix(".md"), "\n".join(lines) + "\n")
 
 
 def _batch_size(batch) -> int:
     tensor = next(iter(batch.values())) if isinstance(batch, dict) else batch[0]
     return tensor.shape[0]
+
+
+def _card(pl_module) -> str:
+    return torch.cuda.get_device_name(pl_module.device) if pl_module.device.type == "cuda" else "cpu"
 
 
 def _synchronize(pl_module) -> None:

@@ -29,6 +29,17 @@ def kernel_table(prof, steps: int) -> list[dict]:
     return sorted(({"kernel": k, **v} for k, v in rows.items()), key=lambda r: -r["us"])
 
 
+def kernel_markdown(kernels: list[dict], top: int, per: str = "iter") -> list[str]:
+    """kernel_table's first `top` rows as a markdown table, each with its share of their sum."""
+    total_us = sum(k["us"] for k in kernels) or 1.0
+    lines = [f"| kernel | us / {per} | launches / {per} | share |", "| --- | --- | --- | --- |"]
+    lines += [
+        f"| `{k['kernel'][:90]}` | {k['us']:.0f} | {k['launches']:.0f} | {100 * k['us'] / total_us:.1f}% |"
+        for k in kernels[:top]
+    ]
+    return lines
+
+
 def busy_us(intervals: list[tuple[float, float]]) -> float:
     """The length of the union of (start, end) intervals: time the GPU ran anything."""
     total, reach = 0.0, float("-inf")
