@@ -8,6 +8,7 @@ augmentation (augment.SampleRandom).
 
 from __future__ import annotations
 
+import abc
 import bisect
 import hashlib
 import json
@@ -153,7 +154,7 @@ class ClassificationDataset(Dataset):
         return {"fbank": spec, "target": y, "index": i}
 
 
-class _ResumableDataModule(L.LightningDataModule):
+class _ResumableDataModule(L.LightningDataModule, abc.ABC):
     """Shared: per-device batch size, the resumable training sampler and its checkpointed state."""
 
     def __init__(self, batch_size: int, num_workers: int, pin_memory: bool, seed: int):
@@ -177,8 +178,9 @@ class _ResumableDataModule(L.LightningDataModule):
             self._fingerprint = digest.hexdigest()[:16]
         return self._fingerprint
 
+    @abc.abstractmethod
     def _fingerprint_parts(self) -> list[str]:
-        raise NotImplementedError
+        """Each datamodule's: the lines that identify what it reads, hashed by fingerprint()."""
 
     def check(self) -> None:
         """Raise FileNotFoundError, with how to get the data, if it is not prepared."""
