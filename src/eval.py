@@ -38,7 +38,9 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     # the weights come from the checkpoint, not from the encoder export a fine-tuning starts from
     model = hydra.utils.instantiate(cfg.model, **({"pretrained": None} if "pretrained" in cfg.model else {}))
     entry.resolve_metric(cfg, model, datamodule)  # recorded in metrics.json
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False, strategy=entry.trainer_strategy(cfg)
+    )
     print_config(cfg)
     # a fine-tuned model on the test split; a pretraining (no test step) on its validation set
     run = trainer.test if is_overridden("test_step", model) else trainer.validate

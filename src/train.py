@@ -59,7 +59,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     if SLURMEnvironment.detect():  # one task per device; submitit, not Lightning, handles requeue
         plugins.append(SLURMEnvironment(auto_requeue=False))
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins, strategy=entry.trainer_strategy(cfg)
     )
     entry.check_devices(cfg, trainer)
     log.info(f"device: {entry.device_name(trainer)}, precision {trainer.precision}")

@@ -371,3 +371,27 @@ def test_the_monitored_metric_follows_the_data_and_one_never_logged_is_refused_b
     ):
         train(cfg)
     assert not (tmp_path / "wrong" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["trainer.devices=1"], "auto"),  # DDP's wrapper over one process only adds work
+        (["trainer.devices=[0]"], "auto"),
+        (["trainer.devices=2"], "ddp"),
+        (["trainer.devices=1", "trainer.num_nodes=2"], "ddp"),
+        (["trainer=ddp_sim", "trainer.devices=1"], "ddp_spawn"),  # the CPU simulation keeps its launcher
+    ],
+)
+def test_ddp_on_one_device_is_the_single_device_strategy(overrides, expected, tmp_path):
+    import lightning as L
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+    from src.utils import entry
+
+    cfg = compose_run("train", ["experiment=pretrain", *overrides], tmp_path, tmp_path)
+    chosen = entry.trainer_strategy(cfg)
+    assert chosen == expected
+    if expected == "auto":  # what Lightning builds from it on this machine's CPU
+        trainer = L.Trainer(accelerator="cpu", devices=1, strategy=chosen, logger=False)
+        assert isinstance(trainer.strategy, SingleDeviceStrategy) and not isinstance(trainer.strategy, DDPStrategy)
