@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -238,6 +239,7 @@ def run_train(args, size: str, devices: int, graph: str) -> dict:
     """src/train.py's pretraining of one size on `devices` GPUs with model.cuda_graph=graph; its
     throughput.json."""
     run_dir = Path(args.runs) / f"{args.experiment}_{size}_devices{devices}_graph-{graph}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a timing run, never resumed: the last one's folder goes
     store = Path(args.store).resolve()
     command = [sys.executable, "-m", "src.train", f"experiment={args.experiment}", f"encoder.size={size}"]
     command += ["callbacks=throughput", f"callbacks.throughput.warmup_steps={args.warmup}"]

@@ -1,6 +1,9 @@
 """`benchmarks.throughput train`'s one run (bare steps and the loop per device count) as it is
 summed up: its ratios, and the pretraining-cost table of docs/benchmarks.md rendered from it."""
 
+import json
+from pathlib import Path
+
 from benchmarks.report import throughput_model_table
 from benchmarks.throughput import train_ratios
 
@@ -70,3 +73,36 @@ def test_the_cost_table_takes_the_newest_combined_run_and_its_loop_column():
     fair = {**combined, "records": [*both["records"], ssast_graphed]}
     row = [line for line in throughput_model_table({"runs": [fair]}).splitlines() if line.startswith("|")][-1]
     assert "| 64.0 | 51.2 | 1250.0 | 4.0 GiB | 0.40x |" in row
+
+
+def test_a_loop_run_starts_in_a_clean_folder_so_the_benchmark_can_run_twice(tmp_path, monkeypatch):
+    """src/train.py refuses a run folder that holds an earlier run's checkpoints: the benchmark's
+    second invocation on one machine must not stop there."""
+    import types
+
+    import benchmarks.throughput as throughput
+
+    args = types.SimpleNamespace(
+        runs=str(tmp_path),
+        experiment="pretrain",
+        store=str(tmp_path),
+        warmup=1,
+        workers=0,
+        batch_per_gpu=4,
+        steps=2,
+        overrides=[],
+    )
+    stale = tmp_path / "pretrain_tiny_devices1_graph-auto" / "checkpoints" / "last.ckpt"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an earlier run's")
+    seen = []
+
+    def fake_train(command, check, cwd):
+        run_dir = Path(next(c for c in command if c.startswith("hydra.run.dir=")).split("=", 1)[1])
+        seen.append(stale.exists())
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "throughput.json").write_text(json.dumps({"samples_per_s": 1.0}))
+
+    monkeypatch.setattr(throughput.subprocess, "run", fake_train)
+    assert throughput.run_train(args, "tiny", 1, "auto") == {"samples_per_s": 1.0}
+    assert seen == [False]
