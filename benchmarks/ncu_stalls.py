@@ -102,7 +102,7 @@ def step(shape: tuple[int, int, int]) -> None:
     inputs = make_inputs(*shape)
 
     def once():
-        a = leaves(inputs)
+        a = leaves(inputs)()
         y = selective_scan_triton(**a, reverse=REVERSE)
         y.backward(torch.ones_like(y))
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -92,16 +93,24 @@ def make_inputs(batch: int, dim: int, length: int, dtype=torch.bfloat16, aligned
     return inputs
 
 
-def leaves(inputs: dict) -> dict:
-    """Fresh inputs that need gradients; views stay views (of a fresh base), as in the model."""
-    out, bases = {}, {}
+def leaves(inputs: dict) -> Callable[[], dict]:
+    """Fresh inputs that need gradients, as a function that gives one call's: the inputs that are
+    views (B and C of x_proj's output, z of xz) are taken from fresh base leaves inside the call, as
+    the mixer takes them, so that their autograd nodes hold the stream the call runs on. Views made
+    beforehand on the default stream would hold it, and a captured backward that waits on a stream
+    outside the capture is invalidated (pytorch/pytorch#164302)."""
+    fixed, views, bases = {}, {}, {}
     for k, v in inputs.items():
         if v._base is None:
-            out[k] = v.detach().requires_grad_()
+            fixed[k] = v.detach().requires_grad_()
         else:
             base = bases.setdefault(id(v._base), v._base.detach().requires_grad_())
-            out[k] = base.as_strided(v.shape, v.stride(), v.storage_offset())
-    return out
+            views[k] = (base, v.shape, v.stride(), v.storage_offset())
+
+    def one_call() -> dict:
+        return {k: fixed[k] if k in fixed else views[k][0].as_strided(*views[k][1:]) for k in inputs}
+
+    return one_call
 
 
 def mamba_layout(inputs: dict) -> list[dict]:
@@ -137,19 +146,20 @@ def runners(inputs: dict, tiling: tuple[ScanTiling, ScanTiling] | None = None) -
             return selective_scan(**a, reverse=REVERSE, backend="triton")
         return selective_scan_triton(**a, reverse=REVERSE, tiling=tiling)
 
-    def fwd_bwd(call, a):
+    def fwd_bwd(call, make):
+        a = make()
         y = call(a)
         params = [v for v in a.values() if v.requires_grad]
         return torch.autograd.grad(y, params, grad_y, allow_unused=True)
 
-    def inference(call, a):
+    def inference(call, make):
         with torch.no_grad():
-            return call(a)
+            return call(make())
 
     def pair(call):
         """(inference, forward + backward) of a scan, each on its own fresh leaves."""
-        a_inf, a_train = leaves(inputs), leaves(inputs)
-        return (lambda: inference(call, a_inf)), (lambda: fwd_bwd(call, a_train))
+        inf_inputs, train_inputs = leaves(inputs), leaves(inputs)
+        return (lambda: inference(call, inf_inputs)), (lambda: fwd_bwd(call, train_inputs))
 
     out = {"triton": pair(triton_fwd)}
     if mamba_kernels_available() and tiling is None:
@@ -180,7 +190,7 @@ def agreement(inputs: dict) -> dict:
     grad_y = torch.randn(2, *inputs["u"].shape[1:], device="cuda", dtype=inputs["u"].dtype)
     results = {}
     for backend in ("triton", "mamba"):
-        a = leaves(inputs)
+        a = leaves(inputs)()
         y = selective_scan(**a, reverse=REVERSE, backend=backend)
         names = list(a)
         grads = torch.autograd.grad(y, [a[k] for k in names], grad_y)
@@ -229,9 +239,9 @@ def main(argv=None) -> int:
                 "forward_backward": time_ms(fwd_bwd, args.warmup, args.repeats),
             }
         # as the training step runs them (CUDA graphs): the GPU's time, no launch latency. On fresh
-        # leaves: autograd keeps the stream a leaf's backward first ran on (the default stream, for
-        # the eager calls above), and a captured backward that waits on it is invalidated
-        # (cudaErrorStreamCaptureImplicit; pytorch/pytorch#164302)
+        # leaves, their views made in each call (leaves): autograd nodes keep the stream they were
+        # made on (the default stream, for the eager calls above), and a captured backward that
+        # waits on it is invalidated (cudaErrorStreamCaptureImplicit; pytorch/pytorch#164302)
         for name, (fwd, fwd_bwd) in runners(inputs).items():
             for phase, fn in (("forward", fwd), ("forward_backward", fwd_bwd)):
                 ms, failures = _graphed_ms(fn, args)

@@ -150,3 +150,23 @@ def test_a_failed_capture_is_tried_once_more_and_both_failures_are_kept(monkeypa
 
     monkeypatch.setattr(scan, "graph_ms", never)
     assert scan._graphed_ms(None, args) == (None, ["RuntimeError: never", "RuntimeError: never"])
+
+
+def test_the_views_among_a_calls_inputs_are_made_in_the_call_from_fixed_leaves():
+    """benchmarks.scan.leaves: B, C and z are views of x_proj's and in_proj's outputs, as in the mixer;
+    each call takes them anew from its base leaf (so their autograd nodes hold the stream the call
+    runs on, a captured one's included); the other inputs are the same leaves in every call."""
+    import benchmarks.scan as scan
+
+    x_dbl = torch.randn(2, 3, 5, 8)
+    inputs = {"u": torch.randn(2, 3, 5, 4), "B": x_dbl[..., 2:5], "C": x_dbl[..., 5:]}
+    one_call = scan.leaves(inputs)
+    first, second = one_call(), one_call()
+    assert first["u"] is second["u"] and first["u"].is_leaf and first["u"].requires_grad
+    for k in ("B", "C"):
+        assert first[k] is not second[k] and first[k].grad_fn is not second[k].grad_fn  # made per call
+        assert first[k]._base is second[k]._base and first[k]._base.is_leaf and first[k]._base.requires_grad
+        assert torch.equal(first[k], inputs[k]) and first[k].stride() == inputs[k].stride()
+    assert first["B"]._base is first["C"]._base  # one base, as x_proj's output is
+    (grad_b,) = torch.autograd.grad((first["B"] * 2).sum(), [first["B"]])
+    assert torch.equal(grad_b, torch.full_like(grad_b, 2.0))
