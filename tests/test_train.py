@@ -199,6 +199,7 @@ def test_step_profile_profiles_the_steps_it_is_given_and_writes_its_table(data_r
     result = json.loads((tmp_path / "step_profile.json").read_text())
     assert result["steps"] == 2 and result["from_step"] == 1 and result["card"] == "cpu"
     assert result["wall_ms"] > 0 and result["busy_ms"] == 0 and result["kernels"] == []
+    assert sum(result["idle"]["gaps_us"].values()) == 0 and result["idle"]["long_gaps_by_host_op"] == []
     assert "steps 1-2: wall" in (tmp_path / "step_profile.md").read_text()
 
 
@@ -222,6 +223,8 @@ def test_step_profile_on_cuda_lists_the_steps_kernels_and_copies(tmp_path):
     assert result["steps"] == 2 and result["launches"] >= 3
     assert any("Memcpy DtoH" in k["kernel"] for k in result["kernels"])
     assert 0 < result["busy_ms"] <= result["device_ms"] + 1e-6 and result["busy_ms"] < result["wall_ms"]
+    # the host's .item() and Python between the steps leave the GPU idle: the gaps are counted
+    assert sum(result["idle"]["gaps_us"].values()) > 0
 
 
 def test_the_gpus_busy_time_counts_overlapping_work_once():
@@ -230,6 +233,23 @@ def test_the_gpus_busy_time_counts_overlapping_work_once():
     # a copy beside a kernel (overlapping), a kernel inside another, then a gap and one more
     assert busy_us([(0, 10), (5, 12), (6, 8), (20, 25)]) == 17
     assert busy_us([(20, 25), (0, 10)]) == 15 and busy_us([]) == 0
+
+
+def test_the_gpus_idle_time_is_split_by_gap_length_and_long_gaps_name_the_host_op():
+    from src.utils.profiling import host_during_long_gaps, idle_gaps
+
+    # over two steps: kernels back to back but for gaps of 4 us, 50 us and 300 us (overlaps merged)
+    kernels = [(0, 10), (5, 12), (16, 20), (70, 80), (380, 390)]
+    assert idle_gaps(kernels, steps=2) == {"under 10 us": 2.0, "10-100 us": 25.0, "100 us and over": 150.0}
+    assert idle_gaps([], steps=1) == {"under 10 us": 0.0, "10-100 us": 0.0, "100 us and over": 0.0}
+    # the innermost host op at each long gap's middle; an op that ended before is passed over
+    host = [("step", 0, 1000), ("optimizer", 60, 400), ("metrics", 200, 260), ("early", 0, 50)]
+    gaps = [(80, 380), (500, 700), (1200, 1300)]
+    assert host_during_long_gaps(gaps, host, steps=2) == [
+        {"op": "metrics", "us": 150.0},  # middle 230: inside step, optimizer and metrics, the shortest
+        {"op": "step", "us": 100.0},
+        {"op": "(no op)", "us": 50.0},
+    ]
 
 
 def test_pretrain_then_finetune_hand_over(data_root, tmp_path):

@@ -18,7 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from src.utils.errors import UserError
 from src.utils.io import write_json, write_text
-from src.utils.profiling import device_busy_us, kernel_markdown, kernel_table
+from src.utils.profiling import device_busy_us, device_idle, kernel_markdown, kernel_table
 from src.utils.pylogger import RankedLogger
 
 log = RankedLogger(__name__)
@@ -489,8 +489,10 @@ class StepProfile(L.Callback):
     """What the GPU runs in `steps` training steps from step `start_step` on, as the whole loop runs
     them (data, graphs, optimizer, metrics, logging): torch.profiler over those steps, then per
     kernel (copies and fills included) its time and launches a step, the steps' wall time and how
-    much of it the GPU was busy; the rest is the GPU waiting on the host. Rank 0 writes `out` (JSON)
-    and a markdown table beside it. The profiler slows the host: time the loop with Throughput, in
+    much of it the GPU was busy; the rest is the GPU waiting on the host, split by the gaps' length
+    (under 10 us: launch latency, inside CUDA graphs too; 100 us and over: the host is late), with
+    the host op running during each long gap. Rank 0 writes `out` (JSON) and a markdown table beside
+    it. The profiler slows the host: time the loop with Throughput, in
     a run without this callback."""
 
     def __init__(self, start_step: int = 20, steps: int = 5, out: str | None = None, top: int = 30):
@@ -535,16 +537,24 @@ class StepProfile(L.Callback):
             "busy_ms": device_busy_us(prof) / 1e3 / self._done,
             "device_ms": sum(k["us"] for k in kernels) / 1e3,
             "launches": sum(k["launches"] for k in kernels),
+            "idle": device_idle(prof, self._done),
             "kernels": kernels,
         }
         line = (
             f"step profile, steps {self.start_step}-{self.start_step + self._done - 1}: wall {wall_ms:.2f} ms a step "
             f"(profiled), GPU busy {result['busy_ms']:.2f} ms, {result['launches']:.0f} launches"
         )
-        log.info(line)
+        gaps = ", ".join(f"{name} {us / 1e3:.2f} ms" for name, us in result["idle"]["gaps_us"].items())
+        log.info(f"{line}; idle a step in gaps {gaps}")
         if trainer.is_global_zero and self.out:
             write_json(self.out, result)
-            lines = [line, "", *kernel_markdown(kernels, self.top, per="step")]
+            lines = [line, "", f"GPU idle a step, by the gaps' length: {gaps}.", ""]
+            if result["idle"]["long_gaps_by_host_op"]:
+                lines += ["What the host ran during the long gaps (the innermost op at each gap's middle):", ""]
+                lines += ["| host op | idle us / step |", "| --- | --- |"]
+                lines += [f"| `{r['op'][:90]}` | {r['us']:.0f} |" for r in result["idle"]["long_gaps_by_host_op"]]
+                lines += [""]
+            lines += kernel_markdown(kernels, self.top, per="step")
             write_text(Path(self.out).with_suffix(".md"), "\n".join(lines) + "\n")
 
 

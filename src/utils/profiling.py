@@ -1,9 +1,12 @@
 """What the GPU ran in a torch.profiler stretch: per kernel name (copies and fills included) its
-time and launches per step, and how long the GPU was busy at all (overlapping work counted once).
-benchmarks/kernel_profile.py and the StepProfile callback share it."""
+time and launches per step, how long the GPU was busy at all (overlapping work counted once), and
+where it sat idle: short gaps between kernels (launch latency, also inside a CUDA graph) or long
+ones, and what the host was doing during the long ones. benchmarks/kernel_profile.py and the
+StepProfile callback share it."""
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 
 import torch
@@ -42,12 +45,65 @@ def kernel_markdown(kernels: list[dict], top: int, per: str = "iter") -> list[st
 
 def busy_us(intervals: list[tuple[float, float]]) -> float:
     """The length of the union of (start, end) intervals: time the GPU ran anything."""
-    total, reach = 0.0, float("-inf")
+    return sum(end - start for start, end in _union(intervals))
+
+
+def _union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (start, end) intervals merged where they overlap, in order."""
+    merged: list[list[float]] = []
     for start, end in sorted(intervals):
-        if end > reach:
-            total += end - max(start, reach)
-            reach = end
-    return total
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(start, end) for start, end in merged]
+
+
+GAP_BINS_US = (10.0, 100.0)  # under 10 us: launch latency; 10-100 us; 100 us and over: the host is late
+
+
+def idle_gaps(intervals: list[tuple[float, float]], steps: int) -> dict[str, float]:
+    """The GPU's idle time between its first and last work, per step, by the gaps' length (us)."""
+    low, high = GAP_BINS_US
+    bins = {f"under {low:.0f} us": 0.0, f"{low:.0f}-{high:.0f} us": 0.0, f"{high:.0f} us and over": 0.0}
+    names = list(bins)
+    busy = _union(intervals)
+    for (_, end), (start, _) in zip(busy, busy[1:]):
+        gap = start - end
+        bins[names[0] if gap < low else names[1] if gap < high else names[2]] += gap / steps
+    return bins
+
+
+def host_during_long_gaps(gaps: list[tuple[float, float]], host_ops: list[tuple[str, float, float]], steps: int):
+    """[{"op", "us"}] per step, the most first: each long gap's time given to the innermost host op
+    (the shortest (name, start, end) span) running at the gap's middle, "(no op)" where none ran.
+    One sweep over both sorted (a profile holds tens of thousands of host ops)."""
+    totals: dict[str, float] = defaultdict(float)
+    ops = sorted(host_ops, key=lambda op: op[1])
+    running: list[tuple[float, float, str]] = []  # (duration, end, name): the shortest on top
+    next_op = 0
+    for start, end in sorted(gaps):
+        middle = (start + end) / 2
+        while next_op < len(ops) and ops[next_op][1] <= middle:
+            name, op_start, op_end = ops[next_op]
+            heapq.heappush(running, (op_end - op_start, op_end, name))
+            next_op += 1
+        while running and running[0][1] < middle:  # ended before this gap: before every later one too
+            heapq.heappop(running)
+        totals[running[0][2] if running else "(no op)"] += (end - start) / steps
+    return sorted(({"op": k, "us": v} for k, v in totals.items()), key=lambda r: -r["us"])
+
+
+def device_idle(prof, steps: int, top: int = 10) -> dict:
+    """idle_gaps of the profiled stretch, and host_during_long_gaps for its gaps of 100 us and more."""
+    busy = _union([(e.time_range.start, e.time_range.end) for e in _device_events(prof)])
+    gaps = [(end, start) for (_, end), (start, _) in zip(busy, busy[1:]) if start - end >= GAP_BINS_US[1]]
+    host = [
+        (e.name, e.time_range.start, e.time_range.end)
+        for e in prof.events()
+        if e.device_type == torch.autograd.DeviceType.CPU
+    ]
+    return {"gaps_us": idle_gaps(busy, steps), "long_gaps_by_host_op": host_during_long_gaps(gaps, host, steps)[:top]}
 
 
 def device_busy_us(prof) -> float:
