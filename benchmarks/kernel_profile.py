@@ -27,7 +27,7 @@ from src.models.components import build_encoder, encoder_config
 from src.models.ssl_module import SSLModule
 from src.utils.errors import command
 from src.utils.io import write_json, write_text
-from src.utils.profiling import kernel_markdown, kernel_table
+from src.utils.profiling import device_idle, kernel_markdown, kernel_table
 
 
 def make_step(args):
@@ -93,6 +93,7 @@ def main(argv=None) -> int:
         "wall_ms": wall_ms,
         "gpu_busy_ms": gpu_ms,
         "launches": sum(r["launches"] for r in rows),
+        "idle": device_idle(prof, args.iters),
         "kernels": rows,
     }
     write_json(args.out / f"{name}.json", result)
@@ -100,6 +101,9 @@ def main(argv=None) -> int:
         f"{args.backbone}-{args.size} {args.phase}, {args.tokens} tokens, batch {args.batch}, {args.precision}, "
         f"{result['card']}: wall {wall_ms:.2f} ms per iteration (unprofiled), GPU busy {gpu_ms:.2f} ms, "
         f"{result['launches']:.0f} kernel launches",
+        "",
+        "GPU idle an iteration, by the gaps' length: "
+        + ", ".join(f"{gap} {us / 1e3:.2f} ms" for gap, us in result["idle"]["gaps_us"].items()),
         "",
         *kernel_markdown(rows, args.top),
     ]
