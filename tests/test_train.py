@@ -415,3 +415,18 @@ def test_ddp_on_one_device_is_the_single_device_strategy(overrides, expected, tm
     if expected == "auto":  # what Lightning builds from it on this machine's CPU
         trainer = L.Trainer(accelerator="cpu", devices=1, strategy=chosen, logger=False)
         assert isinstance(trainer.strategy, SingleDeviceStrategy) and not isinstance(trainer.strategy, DDPStrategy)
+
+
+def test_a_ddp_recipe_on_one_device_trains_without_ddps_wrapper(data_root, tmp_path):
+    """src/train.py passes trainer_strategy's choice on: the pretraining recipe's ddp on one device
+    trains with Lightning's single-device strategy, its module not wrapped in DistributedDataParallel."""
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    cfg = compose_cfg("train.yaml", ["experiment=pretrain_demo"], data_root, tmp_path)
+    with open_dict(cfg):
+        cfg.trainer.strategy = "ddp"  # as trainer=ddp_bf16 sets it
+        cfg.trainer.fast_dev_run = True
+    _, objects = train(cfg)
+    strategy = objects["trainer"].strategy
+    assert isinstance(strategy, SingleDeviceStrategy)
+    assert not isinstance(strategy.model, torch.nn.parallel.DistributedDataParallel)
