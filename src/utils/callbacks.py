@@ -492,8 +492,7 @@ class StepProfile(L.Callback):
     much of it the GPU was busy; the rest is the GPU waiting on the host, split by the gaps' length
     (under 10 us: launch latency, inside CUDA graphs too; 100 us and over: the host is late), with
     the host op running during each long gap. Rank 0 writes `out` (JSON) and a markdown table beside
-    it. The profiler slows the host: time the loop with Throughput, in
-    a run without this callback."""
+    it. The profiler slows the host: time the loop with Throughput, in a run without this callback."""
 
     def __init__(self, start_step: int = 20, steps: int = 5, out: str | None = None, top: int = 30):
         if start_step < 0 or steps < 1:
