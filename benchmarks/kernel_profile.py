@@ -27,7 +27,7 @@ from src.models.components import build_encoder, encoder_config
 from src.models.ssl_module import SSLModule
 from src.utils.errors import command
 from src.utils.io import write_json, write_text
-from src.utils.profiling import device_idle, kernel_markdown, kernel_table
+from src.utils.profiling import device_idle, idle_words, kernel_markdown, kernel_table
 
 
 def make_step(args):
@@ -102,8 +102,7 @@ def main(argv=None) -> int:
         f"{result['card']}: wall {wall_ms:.2f} ms per iteration (unprofiled), GPU busy {gpu_ms:.2f} ms, "
         f"{result['launches']:.0f} kernel launches",
         "",
-        "GPU idle an iteration, by the gaps' length: "
-        + ", ".join(f"{gap} {us / 1e3:.2f} ms" for gap, us in result["idle"]["gaps_us"].items()),
+        f"GPU idle an iteration, by the gaps' length: {idle_words(result['idle']['gaps_us'])}",
         "",
         *kernel_markdown(rows, args.top),
     ]

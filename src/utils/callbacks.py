@@ -18,7 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from src.utils.errors import UserError
 from src.utils.io import write_json, write_text
-from src.utils.profiling import device_busy_us, device_idle, kernel_markdown, kernel_table
+from src.utils.profiling import device_busy_us, device_idle, idle_words, kernel_markdown, kernel_table
 from src.utils.pylogger import RankedLogger
 
 log = RankedLogger(__name__)
@@ -543,7 +543,7 @@ class StepProfile(L.Callback):
             f"step profile, steps {self.start_step}-{self.start_step + self._done - 1}: wall {wall_ms:.2f} ms a step "
             f"(profiled), GPU busy {result['busy_ms']:.2f} ms, {result['launches']:.0f} launches"
         )
-        gaps = ", ".join(f"{name} {us / 1e3:.2f} ms" for name, us in result["idle"]["gaps_us"].items())
+        gaps = idle_words(result["idle"]["gaps_us"])
         log.info(f"{line}; idle a step in gaps {gaps}")
         if trainer.is_global_zero and self.out:
             write_json(self.out, result)

@@ -62,16 +62,25 @@ def _union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
 GAP_BINS_US = (10.0, 100.0)  # under 10 us: launch latency; 10-100 us; 100 us and over: the host is late
 
 
+def _gaps(busy: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(start, end) of the idle stretches between merged busy intervals."""
+    return [(end, next_start) for (_, end), (next_start, _) in zip(busy, busy[1:])]
+
+
 def idle_gaps(intervals: list[tuple[float, float]], steps: int) -> dict[str, float]:
     """The GPU's idle time between its first and last work, per step, by the gaps' length (us)."""
     low, high = GAP_BINS_US
     bins = {f"under {low:.0f} us": 0.0, f"{low:.0f}-{high:.0f} us": 0.0, f"{high:.0f} us and over": 0.0}
     names = list(bins)
-    busy = _union(intervals)
-    for (_, end), (start, _) in zip(busy, busy[1:]):
-        gap = start - end
+    for start, end in _gaps(_union(intervals)):
+        gap = end - start
         bins[names[0] if gap < low else names[1] if gap < high else names[2]] += gap / steps
     return bins
+
+
+def idle_words(gaps_us: dict[str, float]) -> str:
+    """idle_gaps' bins in words, in ms: "under 10 us 5.62 ms, 10-100 us 1.49 ms, ..."."""
+    return ", ".join(f"{name} {us / 1e3:.2f} ms" for name, us in gaps_us.items())
 
 
 def host_during_long_gaps(gaps: list[tuple[float, float]], host_ops: list[tuple[str, float, float]], steps: int):
@@ -94,17 +103,24 @@ def host_during_long_gaps(gaps: list[tuple[float, float]], host_ops: list[tuple[
     return sorted(({"op": k, "us": v} for k, v in totals.items()), key=lambda r: -r["us"])
 
 
+def _device_busy(prof) -> list[tuple[float, float]]:
+    return _union([(e.time_range.start, e.time_range.end) for e in _device_events(prof)])
+
+
 def device_idle(prof, steps: int, top: int = 10) -> dict:
     """idle_gaps of the profiled stretch, and host_during_long_gaps for its gaps of 100 us and more."""
-    busy = _union([(e.time_range.start, e.time_range.end) for e in _device_events(prof)])
-    gaps = [(end, start) for (_, end), (start, _) in zip(busy, busy[1:]) if start - end >= GAP_BINS_US[1]]
+    busy = _device_busy(prof)
+    long_gaps = [(start, end) for start, end in _gaps(busy) if end - start >= GAP_BINS_US[1]]
     host = [
         (e.name, e.time_range.start, e.time_range.end)
         for e in prof.events()
         if e.device_type == torch.autograd.DeviceType.CPU
     ]
-    return {"gaps_us": idle_gaps(busy, steps), "long_gaps_by_host_op": host_during_long_gaps(gaps, host, steps)[:top]}
+    return {
+        "gaps_us": idle_gaps(busy, steps),
+        "long_gaps_by_host_op": host_during_long_gaps(long_gaps, host, steps)[:top],
+    }
 
 
 def device_busy_us(prof) -> float:
-    return busy_us([(e.time_range.start, e.time_range.end) for e in _device_events(prof)])
+    return sum(end - start for start, end in _device_busy(prof))
