@@ -27,8 +27,10 @@ chunks only when the (set, batch, channel-block) programs are too few to fill th
                        tile in reverse, the tile's states in registers, all the gradients
 
 A short sequence is one chunk and runs pass 2 alone. The adjoint q_t = dy_t C_t + a_{t+1} q_{t+1}
-(a_t = exp(dt_t A)) pairs with the state h_t at every step; the step's input x_t = dt_t B_t u_t
-gives a_t h_{t-1} = h_t - x_t, so no step needs h_{t-1}. Gradients of B and C are summed over the
+(a_t = exp(dt_t A)) pairs with the state h_t (C's and z's gradients) and with the state before
+it (A's and dt's): a_t q_t h_{t-1}, one product of the a_t q_t that carries the adjoint on and the
+tile's state before step t (the tile keeps the state entering it too), where a_t h_{t-1} = h_t - x_t
+(x_t = dt_t B_t u_t) would take one more and cancel digits. Gradients of B and C are summed over the
 channels of a program, then added over programs with atomics (ATOMIC), as are each program's sums
 for A, D and delta_bias; or all written per program and summed afterwards in a fixed order
 (deterministic). The backward's walks load the next tile's inputs (and scratch state) one tile
@@ -479,7 +481,8 @@ def scan_backward_kernel(
             tile = _load_tile(
                 pointers, steps, k0 - T, k1, k_end, length, rev, d, n, d_ok, N, T, True, HAS_Z, True, BC_LANES
             )
-            # the tile's states, decays and step sizes, in registers
+            # the tile's states (hs[0] the one entering it, hs[i + 1] after step i), decays and
+            # step sizes, in registers
             hs, decays, dt_outs, dt_ins = (), (), (), ()
             for i in tl.static_range(T):
                 dt, dt_in = _dt(dts[i], bias, d_ok & (k0 + i < k_end), SOFTPLUS, FAST)
@@ -489,6 +492,7 @@ def scan_backward_kernel(
                 if PF > 0:  # the start state two tiles on: BN * BD floats, BN a lane (one instruction)
                     prefetch_l2(scratch_ptr + scratch_lines + tl.maximum(n_tiles - 3 - jt, 0) * BN * BD)
                 h = tl.load(scratch_ptr + scratch_at + (n_tiles - 1 - jt) * BN * BD)
+                hs = (h,)
                 for i in tl.static_range(T):
                     Bt = _states(Bs[i], n, BC_LANES, SWIZZLE, FAST)
                     h = decays[i] * h + Bt * (dt_outs[i] * us[i].to(tl.float32))[None, :]
@@ -514,19 +518,20 @@ def scan_backward_kernel(
                 else:
                     dy = dout
                 q = Ct * dy[None, :] + g  # (BN, BD) the adjoint of h_k
+                g = decays[i] * q  # a_k q_k: what step k - 1's adjoint adds
                 if CARRY_ONLY:
                     dt_sum += dt
                 else:
-                    h = hs[i]
+                    h = hs[i + 1]
                     if HAS_Z:
                         y = tl.sum(h * Ct, axis=0) + D * u
                         dz = dout * y * z_sig * (1.0 + zt * (1.0 - z_sig))
                         tl.store(dz_ptr + out_ptrs + t * DIM, dz.to(dz_ptr.dtype.element_ty), mask=m)
-                    # h_k = a_k h_{k-1} + dt_k u_k B_k, and a_k h_{k-1} = h_k - x_k:
-                    #   du = dt q.B + D dy    ddt = u q.B + sum_n A q (h - x)    dA += dt q (h - x)
+                    # h_k = a_k h_{k-1} + dt_k u_k B_k:
+                    #   du = dt q.B + D dy    ddt = u q.B + sum_n A q a h_{k-1}    dA += dt q a h_{k-1}
                     q_B = tl.sum(q * Bt, axis=0)  # (BD,)
                     dt_u = dt * u
-                    q_hx = q * (h - Bt * dt_u[None, :])
+                    q_hx = g * hs[i]  # q_k a_k h_{k-1}, one product (h_k - x_k would cancel)
                     du = dt * q_B + dy * D
                     ddt = u * q_B + LN2 * tl.sum(A2 * q_hx, axis=0)  # A2, not A: A's registers freed
                     if SOFTPLUS:
@@ -552,7 +557,6 @@ def scan_backward_kernel(
                     dA += q_hx * dt[None, :]
                     dD += dy * u
                     dbias += ddt
-                g = decays[i] * q
     g, dA = _swizzled(g, SWIZZLE), _swizzled(dA, SWIZZLE)  # back in state order
     if CARRY_ONLY:
         tl.store(g_end_ptr + state_at, g, mask=nd_ok)
