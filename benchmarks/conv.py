@@ -27,7 +27,6 @@ docs/benchmarks.md between its `conv` markers.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -59,15 +58,6 @@ def make_inputs(batch: int, dim: int, length: int) -> tuple:
     bias = 0.1 * torch.randn(2, dim, device="cuda")
     du = torch.randn(2, batch, length, dim, device="cuda", dtype=torch.bfloat16)
     return xz[..., :dim], weight, bias, du
-
-
-def load_module(path: Path, label: str):
-    """A conv_triton.py from another commit, as its own module, named in the table by label."""
-    spec = importlib.util.spec_from_file_location(f"conv_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.label = label
-    return module
 
 
 def runners(inputs: tuple, against=None) -> dict:
@@ -144,14 +134,12 @@ def sweep(inputs: tuple, args) -> list[dict]:
 @command
 def main(argv=None) -> int:
     parser = report.kernel_parser(__doc__, "conv", ["64x384x513", "64x1536x513", "4x384x22001"])
-    parser.add_argument("--against", type=Path, help="a conv_triton.py of another commit to time beside this one")
-    parser.add_argument("--against-label", default="triton before", help="its name in the table")
     args = parser.parse_args(argv)
     if args.from_json:
         return render(json.loads(args.from_json.read_text()), args)
     if not torch.cuda.is_available():
         parser.error("needs a CUDA GPU")
-    against = load_module(args.against, args.against_label) if args.against else None
+    against = report.load_module(args.against, args.against_label) if args.against else None
     record = {"card": torch.cuda.get_device_name(), "measured": provenance(), "width": WIDTH, "shapes": []}
     if against is not None:
         record["against"] = {"file": str(args.against), "label": args.against_label}

@@ -73,9 +73,10 @@ def time_ms(fn, warmup: int, repeats: int) -> float:
     return statistics.median(times)
 
 
-def captured(fn, reps: int = 1, warmup_calls: int = 2) -> torch.cuda.CUDAGraph:
+def captured(fn, reps: int = 1, warmup_calls: int = 2, pool=None) -> torch.cuda.CUDAGraph:
     """reps calls of fn captured as one CUDA graph, after warm-up calls on a side stream (as capture
-    needs: allocations and lazy initialisation out of the way)."""
+    needs: allocations and lazy initialisation out of the way); pool: a memory pool shared with other
+    graphs (torch.cuda.graph_pool_handle()), safe where they are replayed one at a time."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -88,7 +89,7 @@ def captured(fn, reps: int = 1, warmup_calls: int = 2) -> torch.cuda.CUDAGraph:
     try:
         # on the warm-up's stream: autograd keeps the stream a tensor's backward first ran on, and a
         # backward captured on another stream would wait on that one (an invalidated capture)
-        with torch.cuda.graph(graph, stream=stream):
+        with torch.cuda.graph(graph, pool=pool, stream=stream):
             for _ in range(reps):
                 fn()
     except RuntimeError:

@@ -359,7 +359,24 @@ def kernel_parser(doc: str, name: str, shapes: list[str]):
     parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "figures" / f"{name}.png")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite the table in docs/benchmarks.md")
     parser.add_argument("--from-json", type=Path, help=f"render from a {name}.json, measure nothing")
+    kernels = {"scan": "scan_kernels.py", "conv": "conv_triton.py"}[name]
+    parser.add_argument("--against", type=Path, help=f"a {kernels} of another commit to time beside this one")
+    parser.add_argument("--against-label", default="triton before", help="its name in the table")
     return parser
+
+
+def load_module(path: Path, label: str):
+    """A kernels file of another commit (git show OLD:src/kernels/... > FILE), as a module of its
+    own, named in the tables by label: a before/after in one run."""
+    import importlib.util
+
+    if not path.is_file():
+        raise SystemExit(f"--against {path}: no such file; write one with git show COMMIT:src/kernels/NAME > {path}")
+    spec = importlib.util.spec_from_file_location(f"against_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.label = label
+    return module
 
 
 def publish(name: str, record: dict, args, markdown, plot) -> int:

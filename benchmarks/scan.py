@@ -1,7 +1,7 @@
 """The selective scan of one bimamba-v2 layer, both directions: the project's Triton kernels
 against mamba-ssm's, forward and forward + backward.
 
-    python -m benchmarks.scan [--shapes 64x384x513 4x384x22001 64x1536x513] [--sweep]
+    python -m benchmarks.scan [--shapes 64x384x513 4x384x22001 64x1536x513] [--against OLD.py] [--sweep]
 
 Shapes are batch x channels (E = expand * d_model) x length, d_state 16, bf16 inputs laid out as
 the mixer's projections produce them: u and delta (2, B, L, E); B and C views into x_proj's
@@ -12,6 +12,8 @@ median of --repeats after --warmup, for:
                   and already flipped for the backward direction: the kernel alone
   mamba in model  selective_scan(backend="mamba"): the same kernels with the transposes and flips
                   the model needs around them
+  --against FILE  the Triton scan on a scan_kernels.py of another commit, loaded from FILE (a
+                  before/after in one run), named by --against-label
 "forward" is inference (no autograd); "forward + backward" runs the forward and the gradients of
 every input, as training does. Every run also checks the
 Triton results against mamba-ssm's (max relative difference, output and each gradient), and gives
@@ -26,6 +28,7 @@ docs/benchmarks.md between its `scan` markers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 from collections.abc import Callable
@@ -37,7 +40,7 @@ from benchmarks import report
 from benchmarks.efficiency import captured, graph_ms, time_ms
 from benchmarks.provenance import provenance
 from benchmarks.scan_floor import floor_ms, measure_peaks
-from src.kernels import mamba_kernels_available, selective_scan
+from src.kernels import mamba_kernels_available, scan_triton, selective_scan
 from src.kernels.scan_triton import ScanTiling, default_tilings, selective_scan_triton
 from src.utils.errors import command
 
@@ -138,8 +141,29 @@ def mamba_layout(inputs: dict) -> list[dict]:
     return sets
 
 
-def runners(inputs: dict, tiling: tuple[ScanTiling, ScanTiling] | None = None) -> dict:
-    """name -> (forward, forward + backward) callables."""
+KERNELS = ("scan_forward_kernel", "scan_backward_kernel", "chunk_carry_kernel", "sum_two_sets_kernel")
+
+
+@contextlib.contextmanager
+def kernels_of(module):
+    """scan_triton launching the kernels of module (a scan_kernels.py, report.load_module) inside
+    the block; None: its own."""
+    if module is None:
+        yield
+        return
+    own = {name: getattr(scan_triton, name) for name in KERNELS}
+    try:
+        for name in KERNELS:
+            setattr(scan_triton, name, getattr(module, name))
+        yield
+    finally:
+        for name, kernel in own.items():
+            setattr(scan_triton, name, kernel)
+
+
+def runners(inputs: dict, tiling: tuple[ScanTiling, ScanTiling] | None = None, against=None) -> dict:
+    """name -> (forward, forward + backward) callables; with `against` (report.load_module), the
+    Triton scan on its kernels as well."""
     grad_y = torch.randn(2, *inputs["u"].shape[1:], device="cuda", dtype=inputs["u"].dtype)
 
     def triton_fwd(a):
@@ -157,12 +181,23 @@ def runners(inputs: dict, tiling: tuple[ScanTiling, ScanTiling] | None = None) -
         with torch.no_grad():
             return call(make())
 
-    def pair(call):
+    def pair(call, kernels=None):
         """(inference, forward + backward) of a scan, each on its own fresh leaves."""
         inf_inputs, train_inputs = leaves(inputs), leaves(inputs)
-        return (lambda: inference(call, inf_inputs)), (lambda: fwd_bwd(call, train_inputs))
+
+        def inferred():
+            with kernels_of(kernels):
+                return inference(call, inf_inputs)
+
+        def trained():
+            with kernels_of(kernels):
+                return fwd_bwd(call, train_inputs)
+
+        return inferred, trained
 
     out = {"triton": pair(triton_fwd)}
+    if against is not None:
+        out[against.label] = pair(triton_fwd, against)
     if mamba_kernels_available() and tiling is None:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
@@ -220,6 +255,9 @@ def main(argv=None) -> int:
         "shapes": [],
         "graph_reps": args.reps,
     }
+    against = report.load_module(args.against, args.against_label) if args.against else None
+    if against is not None:
+        record["against"] = {"file": str(args.against), "label": args.against_label}
     record["peaks"] = measure_peaks(time_ms)
     print("card peaks:", json.dumps(record["peaks"]), flush=True)
     for shape in args.shapes:
@@ -234,7 +272,7 @@ def main(argv=None) -> int:
             "tiling": {"forward": vars(forward), "backward": vars(backward)},
             "floor_ms": floor_ms(*shape, record["peaks"], D_STATE),
         }
-        for name, (fwd, fwd_bwd) in runners(inputs).items():
+        for name, (fwd, fwd_bwd) in runners(inputs, against=against).items():
             row["ms"][name] = {
                 "forward": time_ms(fwd, args.warmup, args.repeats),
                 "forward_backward": time_ms(fwd_bwd, args.warmup, args.repeats),
@@ -243,7 +281,7 @@ def main(argv=None) -> int:
         # leaves, their views made in each call (leaves): autograd nodes keep the stream they were
         # made on (the default stream, for the eager calls above), and a captured backward that
         # waits on it is invalidated (cudaErrorStreamCaptureImplicit; pytorch/pytorch#164302)
-        for name, (fwd, fwd_bwd) in runners(inputs).items():
+        for name, (fwd, fwd_bwd) in runners(inputs, against=against).items():
             for phase, fn in (("forward", fwd), ("forward_backward", fwd_bwd)):
                 ms, failures = _graphed_ms(fn, args)
                 if ms is not None:
@@ -295,11 +333,12 @@ def sweep(inputs: dict, args, rounds: int = 8) -> list[dict]:
     launched from the host, forward + backward waits on autograd's launches, which hides the kernels'
     differences."""
     rows, timed = [], []
+    pool = torch.cuda.graph_pool_handle()  # one pool for every shape's graphs, replayed one at a time
     for forward, backward in SWEEP:
         row = {"forward_tiling": vars(forward), "backward_tiling": vars(backward), "graph_reps": args.reps}
         try:
             calls = runners(inputs, (forward, backward))["triton"]
-            fwd, fwd_bwd = (captured(fn, args.reps, warmup_calls=3).replay for fn in calls)
+            fwd, fwd_bwd = (captured(fn, args.reps, warmup_calls=3, pool=pool).replay for fn in calls)
             timed.append((row, fwd, fwd_bwd, [], []))
         except Exception as error:  # a launch shape the compiler cannot fit: record it and go on
             row["error"] = _failure(error)
@@ -357,6 +396,26 @@ def _time_rows(record: dict, key: str) -> list[str]:
     return lines
 
 
+def _against_rows(record: dict) -> list[str]:
+    """The Triton scan against the kernels of --against, each call by itself and as CUDA graphs."""
+    label = record["against"]["label"]
+    lines = [
+        f"The Triton scan against {label} ({record['against']['file']}), the same run:",
+        "",
+        f"| batch x E x L | phase | timed as | Triton | {label} | Triton's time / theirs |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in record["shapes"]:
+        shape = f"{row['batch']} x {row['dim']} x {row['length']}"
+        for key, timed_as in (("ms", "by itself"), ("graph_ms", "CUDA graphs")):
+            for phase, name in (("forward", "forward"), ("forward_backward", "fwd + bwd")):
+                ours, theirs = _at(row.get(key, {}), "triton", phase), _at(row.get(key, {}), label, phase)
+                if ours is None or theirs is None:
+                    continue
+                lines.append(f"| {shape} | {name} | {timed_as} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.3f} |")
+    return lines
+
+
 def markdown(record: dict) -> str:
     lines = [
         f"One bimamba-v2 layer's scans (both directions), bf16, d_state {record['d_state']}, "
@@ -374,6 +433,8 @@ def markdown(record: dict) -> str:
             "",
             *_time_rows(record, "graph_ms"),
         ]
+    if "against" in record:
+        lines += ["", *_against_rows(record)]
     for row in record["shapes"]:
         for name, error in row.get("graph_errors", {}).items():
             shape = f"{row['batch']} x {row['dim']} x {row['length']}"

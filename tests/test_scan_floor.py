@@ -170,3 +170,39 @@ def test_the_views_among_a_calls_inputs_are_made_in_the_call_from_fixed_leaves()
     assert first["B"]._base is first["C"]._base  # one base, as x_proj's output is
     (grad_b,) = torch.autograd.grad((first["B"] * 2).sum(), [first["B"]])
     assert torch.equal(grad_b, torch.full_like(grad_b, 2.0))
+
+
+def test_the_table_sets_the_scan_against_another_commits_kernels_beside_it():
+    row = {
+        "batch": 4, "dim": 8, "length": 16,
+        "ms": {"triton": {"forward": 0.4, "forward_backward": 2.0}, "old": {"forward": 0.5, "forward_backward": 2.5}},
+        "graph_ms": {"triton": {"forward": 0.3, "forward_backward": 1.2}, "old": {"forward": 0.3}},
+    }  # fmt: skip
+    record = {"card": "a card", "torch": "2.11", "d_state": 16, "shapes": [row], "graph_reps": 10}
+    assert "the same run:" not in markdown(record)  # no --against: no such table
+    record["against"] = {"file": "/tmp/old_scan_kernels.py", "label": "old"}
+    table = markdown(record)
+    assert "The Triton scan against old (/tmp/old_scan_kernels.py), the same run:" in table
+    assert "| 4 x 8 x 16 | forward | by itself | 0.400 | 0.500 | 0.800 |" in table
+    assert "| 4 x 8 x 16 | fwd + bwd | by itself | 2.000 | 2.500 | 0.800 |" in table
+    assert "| 4 x 8 x 16 | forward | CUDA graphs | 0.300 | 0.300 | 1.000 |" in table
+    assert "| fwd + bwd | CUDA graphs |" not in table  # theirs not captured: no ratio
+
+
+def test_against_runs_the_scan_on_another_files_kernels_and_puts_its_own_back(tmp_path):
+    import benchmarks.scan as scan
+    from benchmarks.report import load_module
+    from src.kernels import scan_kernels, scan_triton
+
+    old = tmp_path / "old_scan_kernels.py"
+    old.write_text(__import__("pathlib").Path(scan_kernels.__file__).read_text())
+    module = load_module(old, "before")
+    assert module.label == "before" and module.scan_backward_kernel is not scan_kernels.scan_backward_kernel
+    with scan.kernels_of(module):
+        assert all(getattr(scan_triton, k) is getattr(module, k) for k in scan.KERNELS)
+    assert all(getattr(scan_triton, k) is getattr(scan_kernels, k) for k in scan.KERNELS)
+    with pytest.raises(RuntimeError), scan.kernels_of(module):
+        raise RuntimeError("a failed call")
+    assert scan_triton.scan_forward_kernel is scan_kernels.scan_forward_kernel  # put back after a failure too
+    with pytest.raises(SystemExit, match="git show COMMIT:src/kernels/NAME"):
+        load_module(tmp_path / "missing.py", "before")
