@@ -67,6 +67,8 @@ SWEEP = [  # (forward, backward) launch shapes around the defaults: B's and C's 
         (False, 24, 1024, 2048),
         (True, 24, 1024, 4096),
         (True, 64, 8192, 8192),  # the defaults of longer sequences
+        (True, 24, 8192, 8192),  # with the short ones' checkpoints: 2.7x the bytes of every 64 steps (4x at 16)
+        (True, 16, 8192, 8192),
         (True, 32, 8192, 8192),
         (True, 64, 8192, 4096),
         (True, 64, 4096, 4096),
