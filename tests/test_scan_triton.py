@@ -129,7 +129,7 @@ def test_default_tilings_follow_the_measured_rules():
     assert forward.block_d == backward.block_d == 32 and forward.lane_states and backward.lane_states
     assert backward.atomic_sums and backward.scatter_bc
     assert forward.bc_lanes and backward.bc_lanes  # B's and C's rows a state a lane, the backward swizzled
-    assert forward.ckpt_every == backward.ckpt_every == 24  # a checkpoint every 24 steps up to 4096
+    assert forward.ckpt_every == backward.ckpt_every == 20  # a checkpoint every 20 steps up to 4096
     # tiny at batch 64 (1536 programs): the forward in one chunk, the backward chunked to 2048 programs
     assert scan_triton.chunking(2, 64, 384, 513, forward)[1] == 1
     assert scan_triton.chunking(2, 64, 384, 513, backward)[1] == 2

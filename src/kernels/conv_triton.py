@@ -44,9 +44,9 @@ class ConvLaunch:
     steps: int
 
 
-# from benchmarks/conv.py's sweep on an H100 at (64, 384, 513), CUDA graphs of the calls (docs/benchmarks.md)
+# from benchmarks/conv.py's sweeps on an H100 at (64, 384, 513), CUDA graphs of the calls (docs/benchmarks.md)
 FORWARD = ConvLaunch(block_e=128, num_warps=2, tile_t=8, steps=64)
-BACKWARD = ConvLaunch(block_e=64, num_warps=1, tile_t=4, steps=128)
+BACKWARD = ConvLaunch(block_e=128, num_warps=2, tile_t=4, steps=128)
 
 
 @triton.jit

@@ -69,18 +69,20 @@ def default_tilings(sets: int, batch: int, dim: int, length: int) -> tuple[ScanT
     C's rows a state a lane (bc_lanes) both ways: 0.342 against 0.401 ms forward and 2.055 against
     2.118 ms forward + backward at (64, 384, 513), 4.502 against 4.850 ms at (4, 384, 22001), one
     sweep (docs/benchmarks/scan_sweep_bc_lanes_issue31.json). Up to 4096 steps the forward keeps the
-    state every 24 steps (ckpt_every; 64 for longer sequences): the backward's segments, and the
-    scratch it walks them with, are shorter (forward + backward at (64, 384, 513) as CUDA graphs:
-    1.199 ms against 1.256 at 32 and 1.142 at 16, which keeps too many checkpoints for the memory
-    target; docs/benchmarks/scan.json). SSAMBA-tiny's graphed SSL step at batch 64 on an H100,
-    one call: 96.3 ms at 6.4 GiB against 98.7 ms at 5.7 GiB every 32 steps (104.3 ms at 64, with
-    the mixer keeping xz); 2 chunks still the best at 32 (against 103.3 in 3 and 104.4 unchunked;
-    docs/benchmarks/throughput.json)."""
+    state every 20 steps (ckpt_every; 64 for longer sequences): the backward's segments, and the
+    scratch it walks them with, are shorter (forward + backward at (64, 384, 513) as CUDA graphs,
+    one sweep: 1.168 ms against 1.197 at 24, 1.248 at 32 and 1.138 at 16, which keeps too many
+    checkpoints for the memory target; docs/benchmarks/scan.json). For longer sequences 16 steps
+    gave 3.634 ms against 3.876 at 64 at (4, 384, 22001), for 4x the checkpoints' memory: not the
+    default, where memory bounds the length a GPU takes. SSAMBA-tiny's graphed SSL step at batch 64
+    on an H100, one call: 96.3 ms at 6.4 GiB every 24 steps against 98.7 ms at 5.7 GiB every 32
+    (104.3 ms at 64, with the mixer keeping xz); 2 chunks still the best at 32 (against 103.3 in 3
+    and 104.4 unchunked; docs/benchmarks/throughput.json)."""
     if length > 4096:
         wide = ScanTiling(block_d=32, min_programs=8192, bc_lanes=True)
         return wide, wide
-    forward = ScanTiling(block_d=32, min_programs=1024, bc_lanes=True, ckpt_every=24)
-    return forward, ScanTiling(block_d=32, min_programs=2048, bc_lanes=True, ckpt_every=24)
+    forward = ScanTiling(block_d=32, min_programs=1024, bc_lanes=True, ckpt_every=20)
+    return forward, ScanTiling(block_d=32, min_programs=2048, bc_lanes=True, ckpt_every=20)
 
 
 def chunking(sets: int, batch: int, dim: int, length: int, tiling: ScanTiling) -> tuple[int, int]:
