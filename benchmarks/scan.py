@@ -48,30 +48,29 @@ ROOT = Path(__file__).resolve().parents[1]
 
 D_STATE = 16
 REVERSE = (False, True)
-SWEEP = [  # (forward, backward) launch shapes around the defaults: B's and C's rows a state a lane
-    # (bc_lanes) or whole rows, the checkpoints' spacing (a smaller scratch a program for the
-    # backward: the state at every tile start of a segment, 64 KB at 64 steps, 32 KB at 32, 16 KB at
-    # 16; but more checkpoints kept: in tiny's step at batch 64, 1.1 GB more from 64 to 32 steps,
-    # 0.6 GiB from 32 to 24, about 2.4 GB from 32 to 16), and each way cut into more or fewer chunks
-    # (the backward's carry pass walks every chunk but the first)
+SWEEP = [  # (forward, backward) launch shapes around the defaults: the checkpoints' spacing (a
+    # smaller scratch a program for the backward: the state at every tile start of a segment, 20 KB
+    # at 20 steps, 16 KB at 16; but more checkpoints kept: in tiny's step at batch 64 about 0.5 GiB
+    # more from 24 to 20 steps, 1 GiB more from 20 to 16), the scratch in bf16 (half its bytes), and
+    # the long sequences' chunking (8192 programs each way) with their spacing. Rows timed and
+    # dropped since (docs/benchmarks/scan_issue31_e5969ae.json and the JSONs before it): whole rows
+    # of B and C, 32 and 64 steps below 4096, the backward in 4096 programs, 4096 programs for long
+    # sequences.
     (
-        ScanTiling(block_d=32, min_programs=forward_programs, bc_lanes=lanes, ckpt_every=every),
-        ScanTiling(block_d=32, min_programs=backward_programs, bc_lanes=lanes, ckpt_every=every),
+        ScanTiling(block_d=32, min_programs=forward_programs, bc_lanes=True, ckpt_every=every),
+        ScanTiling(block_d=32, min_programs=backward_programs, bc_lanes=True, ckpt_every=every, scratch_bf16=bf16),
     )
-    for lanes, every, forward_programs, backward_programs in [
-        (True, 20, 1024, 2048),  # the defaults up to 4096 steps
-        (True, 24, 1024, 2048),  # 22 checkpoints at 513 steps, 26 at 20: ~0.5 GiB less in tiny's step
-        (True, 32, 1024, 2048),
-        (True, 64, 1024, 2048),
-        (True, 16, 1024, 2048),
-        (False, 24, 1024, 2048),
-        (True, 24, 1024, 4096),
-        (True, 64, 8192, 8192),  # the defaults of longer sequences
-        (True, 24, 8192, 8192),  # with the short ones' checkpoints: 2.7x the bytes of every 64 steps (4x at 16)
-        (True, 16, 8192, 8192),
-        (True, 32, 8192, 8192),
-        (True, 64, 8192, 4096),
-        (True, 64, 4096, 4096),
+    for every, forward_programs, backward_programs, bf16 in [
+        (20, 1024, 2048, False),  # the defaults up to 4096 steps
+        (20, 1024, 2048, True),
+        (24, 1024, 2048, False),  # 22 checkpoints at 513 steps, 26 at 20
+        (24, 1024, 2048, True),
+        (16, 1024, 2048, False),  # over the memory target in tiny's step
+        (64, 8192, 8192, False),  # the defaults of longer sequences
+        (64, 8192, 8192, True),
+        (32, 8192, 8192, False),
+        (32, 8192, 8192, True),
+        (16, 8192, 8192, False),  # 4x the checkpoints' bytes of every 64 steps
     ]
 ]
 
@@ -223,13 +222,17 @@ def runners(inputs: dict, tiling: tuple[ScanTiling, ScanTiling] | None = None, a
     return out
 
 
-def agreement(inputs: dict) -> dict:
-    """Max relative difference, Triton vs mamba-ssm (in model), of y and every gradient."""
+def agreement(inputs: dict, tiling: tuple[ScanTiling, ScanTiling] | None = None) -> dict:
+    """Max relative difference, Triton (at `tiling`, else its defaults) vs mamba-ssm (in model), of y
+    and every gradient."""
     grad_y = torch.randn(2, *inputs["u"].shape[1:], device="cuda", dtype=inputs["u"].dtype)
     results = {}
     for backend in ("triton", "mamba"):
         a = leaves(inputs)()
-        y = selective_scan(**a, reverse=REVERSE, backend=backend)
+        if backend == "triton" and tiling is not None:
+            y = selective_scan_triton(**a, reverse=REVERSE, tiling=tiling)
+        else:
+            y = selective_scan(**a, reverse=REVERSE, backend=backend)
         names = list(a)
         grads = torch.autograd.grad(y, [a[k] for k in names], grad_y)
         results[backend] = {"y": y, **dict(zip(names, grads))}
@@ -339,6 +342,8 @@ def sweep(inputs: dict, args, rounds: int = 8) -> list[dict]:
     for forward, backward in SWEEP:
         row = {"forward_tiling": vars(forward), "backward_tiling": vars(backward), "graph_reps": args.reps}
         try:
+            if mamba_kernels_available():  # what the launch shape does to the results (scratch_bf16)
+                row["max_rel_diff_vs_mamba"] = agreement(inputs, (forward, backward))
             calls = runners(inputs, (forward, backward))["triton"]
             fwd, fwd_bwd = (captured(fn, args.reps, warmup_calls=3, pool=pool).replay for fn in calls)
             timed.append((row, fwd, fwd_bwd, [], []))

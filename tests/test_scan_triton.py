@@ -319,3 +319,36 @@ def test_the_scan_launches_with_the_default_tilings_of_its_own_shape(monkeypatch
     with pytest.raises(Asked) as asked:
         selective_scan_triton(u, u, -torch.ones(2, 3, 2), u[..., :2], u[..., :2], None, None, None, (0, 1))
     assert asked.value.args[0] == (2, 1, 3, 4100)
+
+
+def test_a_bf16_scratch_rounds_only_the_tiles_restart_states():
+    """ScanTiling.scratch_bf16: the backward's tile-start states kept in bf16. Its gradients stay
+    within bf16's rounding of the float64 reference (the output does not change: the forward keeps
+    no scratch), and they differ from the fp32 scratch's, so the option reaches the kernel."""
+    torch.manual_seed(0)
+    sets, batch, length, dim, d_state, reverse = 2, 2, 17, 40, 13, (False, True)
+    inputs = dict(
+        u=torch.randn(sets, batch, length, dim, dtype=torch.float64),
+        delta=0.5 * torch.randn(sets, batch, length, dim, dtype=torch.float64),
+        A=-3 * torch.rand(sets, dim, d_state, dtype=torch.float64) - 0.1,
+        B=torch.randn(sets, batch, length, d_state, dtype=torch.float64),
+        C=torch.randn(sets, batch, length, d_state, dtype=torch.float64),
+        D=torch.randn(sets, dim, dtype=torch.float64),
+        z=torch.randn(batch, length, dim, dtype=torch.float64),
+        delta_bias=0.5 * torch.randn(sets, dim, dtype=torch.float64),
+    )
+    ref_leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    y_ref = stacked_scan_reference(**ref_leaves, reverse=reverse)
+    grad_y = torch.randn_like(y_ref)
+    grads_ref = torch.autograd.grad(y_ref, [ref_leaves[k] for k in NAMES], grad_y)
+    results = {}
+    for bf16 in (False, True):
+        tiling = replace(tiny(64), block_d=32, bc_lanes=True, scratch_bf16=bf16)
+        leaves = {k: v.float().to(DEVICE).requires_grad_() for k, v in inputs.items()}
+        y = selective_scan_triton(**leaves, reverse=reverse, tiling=tiling)
+        results[bf16] = (y, *torch.autograd.grad(y, [leaves[k] for k in NAMES], grad_y.float().to(DEVICE)))
+    assert torch.equal(results[True][0], results[False][0])
+    for name, g, g_ref in zip(NAMES, results[True][1:], grads_ref):
+        scale = g_ref.abs().max().item()
+        assert (g.cpu().double() - g_ref).abs().max().item() <= 1e-2 * scale, name
+    assert any(not torch.equal(g, g_fp32) for g, g_fp32 in zip(results[True][1:], results[False][1:]))

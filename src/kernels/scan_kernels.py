@@ -434,7 +434,8 @@ def scan_backward_kernel(
         bc_at = bc_at_row + n
     else:  # dB, dC: (blocks, S*B, L, N), summed over blocks afterwards
         bc_at = (block * tl.num_programs(0) + sb).to(tl.int64) * length * N + n
-    # this program's scratch: (CK // T, BN, BD) fp32, the states at the start of every tile of a segment
+    # this program's scratch: (CK // T, BN, BD) fp32 or bf16 (ScanTiling.scratch_bf16), the states at
+    # the start of every tile of a segment
     program = (sb * tl.num_programs(1) + block) * n_chunks + chunk
     scratch_at = hide + (program.to(tl.int64) * (CK // T) * BN + n[:, None]) * BD + tl.arange(0, BD)[None, :]
     scratch_lines = hide + program.to(tl.int64) * (CK // T) * BN * BD + tl.arange(0, BD) * BN  # a tile, over lanes
@@ -461,7 +462,7 @@ def scan_backward_kernel(
                     pointers, steps, k1 + (jt + 1) * T, k1, k_end, length, rev, d, n, d_ok, N, T, False, False, False,
                     BC_LANES,
                 )  # fmt: skip
-                tl.store(scratch_ptr + scratch_at + jt * BN * BD, h)
+                tl.store(scratch_ptr + scratch_at + jt * BN * BD, h.to(scratch_ptr.dtype.element_ty))
                 if PF > 0:
                     _prefetch_tile(rows, k1 + jt * T + PF, k1, k_end, length, rev, T)
                 for i in tl.static_range(T):
@@ -470,7 +471,7 @@ def scan_backward_kernel(
                         exp2(A2 * dt[None, :], FAST) * h
                         + _states(Bs[i], n, BC_LANES, SWIZZLE, FAST) * (dt * us[i].to(tl.float32))[None, :]
                     )
-            tl.store(scratch_ptr + scratch_at + (n_tiles - 1) * BN * BD, h)
+            tl.store(scratch_ptr + scratch_at + (n_tiles - 1) * BN * BD, h.to(scratch_ptr.dtype.element_ty))
         k_last = k1 + (n_tiles - 1) * T
         tile = _load_tile(
             pointers, steps, k_last, k1, k_end, length, rev, d, n, d_ok, N, T, True, HAS_Z, True, BC_LANES
@@ -489,9 +490,9 @@ def scan_backward_kernel(
                 a = exp2(A2 * dt[None, :], FAST)
                 decays, dt_outs, dt_ins = decays + (a,), dt_outs + (dt,), dt_ins + (dt_in,)
             if not CARRY_ONLY:
-                if PF > 0:  # the start state two tiles on: BN * BD floats, BN a lane (one instruction)
+                if PF > 0:  # the start state two tiles on: BN * BD values, BN a lane (one instruction)
                     prefetch_l2(scratch_ptr + scratch_lines + tl.maximum(n_tiles - 3 - jt, 0) * BN * BD)
-                h = tl.load(scratch_ptr + scratch_at + (n_tiles - 1 - jt) * BN * BD)
+                h = tl.load(scratch_ptr + scratch_at + (n_tiles - 1 - jt) * BN * BD).to(tl.float32)
                 hs = (h,)
                 for i in tl.static_range(T):
                     Bt = _states(Bs[i], n, BC_LANES, SWIZZLE, FAST)

@@ -42,7 +42,11 @@ class ScanTiling:
     inline PTX, tl.gather under the interpreter), not loaded whole into every lane, which ptxas keeps
     in uniform registers, waiting on the loads as they land; with the reduce-scatter the backward
     then keeps a lane's states swizzled (scan_kernels._swizzled), which spares the reduce-scatter
-    its selects (on in default_tilings: timed faster on an H100, docs/benchmarks.md)."""
+    its selects (on in default_tilings: timed faster on an H100, docs/benchmarks.md); scratch_bf16:
+    the backward's scratch (the state at every tile start of a segment, written by its walk forward
+    and read back by its walk back, its largest traffic) in bf16, half the bytes, the states
+    rounded to bf16's 8 bits where they restart a tile (the checkpoints stay fp32); off by default
+    until a sweep on a GPU has timed it and measured its gradients against mamba-ssm's."""
 
     block_d: int = 16
     tile_len: int = 2
@@ -55,6 +59,7 @@ class ScanTiling:
     scatter_bc: bool = True
     prefetch_steps: int = 8
     bc_lanes: bool = False
+    scratch_bf16: bool = False
 
 
 def default_tilings(sets: int, batch: int, dim: int, length: int) -> tuple[ScanTiling, ScanTiling]:
@@ -237,7 +242,8 @@ def scan_backward(
     scatter = run.scatter_flags(tiling, atomic)
     programs = run.grid[0] * run.grid[1] * run.grid[2]
     tile_starts = tiling.ckpt_every // tiling.tile_len
-    scratch = torch.empty(programs, tile_starts, run.shape["BN"], tiling.block_d, device=u.device, dtype=torch.float32)
+    scratch_dtype = torch.bfloat16 if tiling.scratch_bf16 else torch.float32
+    scratch = torch.empty(programs, tile_starts, run.shape["BN"], tiling.block_d, device=u.device, dtype=scratch_dtype)
     g_start = None
     if run.n_chunks > 1:
         g_out = run.states(S * batch, run.n_chunks)
