@@ -52,11 +52,9 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_scan_output_and_every_gradient_match_the_float64_reference(case):
-    length, dim, d_state, with_z, reverse, tiling = CASES[case]
-    sets, batch = len(reverse), 2
-    inputs = dict(
+def float64_inputs(sets, batch, length, dim, d_state, with_z):
+    """A scan's inputs in float64 with realistic magnitudes (z None without with_z)."""
+    return dict(
         u=torch.randn(sets, batch, length, dim, dtype=torch.float64),
         delta=0.5 * torch.randn(sets, batch, length, dim, dtype=torch.float64),
         A=-3 * torch.rand(sets, dim, d_state, dtype=torch.float64) - 0.1,
@@ -66,6 +64,12 @@ def test_scan_output_and_every_gradient_match_the_float64_reference(case):
         z=torch.randn(batch, length, dim, dtype=torch.float64) if with_z else None,
         delta_bias=0.5 * torch.randn(sets, dim, dtype=torch.float64),
     )
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_scan_output_and_every_gradient_match_the_float64_reference(case):
+    length, dim, d_state, with_z, reverse, tiling = CASES[case]
+    inputs = float64_inputs(len(reverse), 2, length, dim, d_state, with_z)
     ref_leaves = {k: v.clone().requires_grad_() for k, v in inputs.items() if v is not None}
     leaves = {k: v.float().to(DEVICE).requires_grad_() for k, v in inputs.items() if v is not None}
     y_ref = stacked_scan_reference(**{**inputs, **ref_leaves}, reverse=reverse)
@@ -326,17 +330,8 @@ def test_a_bf16_scratch_rounds_only_the_tiles_restart_states():
     within bf16's rounding of the float64 reference (the output does not change: the forward keeps
     no scratch), and they differ from the fp32 scratch's, so the option reaches the kernel."""
     torch.manual_seed(0)
-    sets, batch, length, dim, d_state, reverse = 2, 2, 17, 40, 13, (False, True)
-    inputs = dict(
-        u=torch.randn(sets, batch, length, dim, dtype=torch.float64),
-        delta=0.5 * torch.randn(sets, batch, length, dim, dtype=torch.float64),
-        A=-3 * torch.rand(sets, dim, d_state, dtype=torch.float64) - 0.1,
-        B=torch.randn(sets, batch, length, d_state, dtype=torch.float64),
-        C=torch.randn(sets, batch, length, d_state, dtype=torch.float64),
-        D=torch.randn(sets, dim, dtype=torch.float64),
-        z=torch.randn(batch, length, dim, dtype=torch.float64),
-        delta_bias=0.5 * torch.randn(sets, dim, dtype=torch.float64),
-    )
+    reverse = (False, True)
+    inputs = float64_inputs(2, 2, 17, 40, 13, with_z=True)
     ref_leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
     y_ref = stacked_scan_reference(**ref_leaves, reverse=reverse)
     grad_y = torch.randn_like(y_ref)
