@@ -331,14 +331,14 @@ def test_a_bf16_scratch_rounds_only_the_tiles_restart_states():
     no scratch), and they differ from the fp32 scratch's, so the option reaches the kernel."""
     torch.manual_seed(0)
     reverse = (False, True)
-    inputs = float64_inputs(2, 2, 17, 40, 13, with_z=True)
+    inputs = float64_inputs(2, 2, 13, 8, 4, with_z=True)
     ref_leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
     y_ref = stacked_scan_reference(**ref_leaves, reverse=reverse)
     grad_y = torch.randn_like(y_ref)
     grads_ref = torch.autograd.grad(y_ref, [ref_leaves[k] for k in NAMES], grad_y)
     results = {}
     for bf16 in (False, True):
-        tiling = replace(tiny(64), block_d=32, bc_lanes=True, scratch_bf16=bf16)
+        tiling = replace(tiny(1), scratch_bf16=bf16)
         leaves = {k: v.float().to(DEVICE).requires_grad_() for k, v in inputs.items()}
         y = selective_scan_triton(**leaves, reverse=reverse, tiling=tiling)
         results[bf16] = (y, *torch.autograd.grad(y, [leaves[k] for k in NAMES], grad_y.float().to(DEVICE)))
