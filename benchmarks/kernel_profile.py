@@ -27,7 +27,7 @@ from src.models.components import build_encoder, encoder_config
 from src.models.ssl_module import SSLModule
 from src.utils.errors import command
 from src.utils.io import write_json, write_text
-from src.utils.profiling import device_idle, idle_words, kernel_markdown, kernel_table
+from src.utils.profiling import device_time, idle_words, kernel_markdown, kernel_table
 
 
 def make_step(args):
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
         "wall_ms": wall_ms,
         "gpu_busy_ms": gpu_ms,
         "launches": sum(r["launches"] for r in rows),
-        "idle": device_idle(prof, args.iters),
+        "idle": device_time(prof, args.iters)[1],
         "kernels": rows,
     }
     write_json(args.out / f"{name}.json", result)

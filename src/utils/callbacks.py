@@ -18,7 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from src.utils.errors import UserError
 from src.utils.io import write_json, write_text
-from src.utils.profiling import device_busy_us, device_idle, idle_words, kernel_markdown, kernel_table
+from src.utils.profiling import device_time, idle_words, kernel_markdown, kernel_table
 from src.utils.pylogger import RankedLogger
 
 log = RankedLogger(__name__)
@@ -528,15 +528,16 @@ class StepProfile(L.Callback):
         self._profiler.__exit__(None, None, None)
         prof, self._profiler = self._profiler, None
         kernels = kernel_table(prof, self._done)
+        busy_us, idle = device_time(prof, self._done)
         result = {
             "steps": self._done,
             "from_step": self.start_step,
             "card": _card(pl_module),
             "wall_ms": wall_ms,
-            "busy_ms": device_busy_us(prof) / 1e3 / self._done,
+            "busy_ms": busy_us / 1e3 / self._done,
             "device_ms": sum(k["us"] for k in kernels) / 1e3,
             "launches": sum(k["launches"] for k in kernels),
-            "idle": device_idle(prof, self._done),
+            "idle": idle,
             "kernels": kernels,
         }
         line = (

@@ -103,24 +103,18 @@ def host_during_long_gaps(gaps: list[tuple[float, float]], host_ops: list[tuple[
     return sorted(({"op": k, "us": v} for k, v in totals.items()), key=lambda r: -r["us"])
 
 
-def _device_busy(prof) -> list[tuple[float, float]]:
-    return _union([(e.time_range.start, e.time_range.end) for e in _device_events(prof)])
-
-
-def device_idle(prof, steps: int, top: int = 10) -> dict:
-    """idle_gaps of the profiled stretch, and host_during_long_gaps for its gaps of 100 us and more."""
-    busy = _device_busy(prof)
+def device_time(prof, steps: int, top: int = 10) -> tuple[float, dict]:
+    """The GPU's busy time in the profiled stretch (us, overlapping work once) and its idle time:
+    idle_gaps, and host_during_long_gaps for its gaps of 100 us and more. One pass over the events."""
+    busy = _union([(e.time_range.start, e.time_range.end) for e in _device_events(prof)])
     long_gaps = [(start, end) for start, end in _gaps(busy) if end - start >= GAP_BINS_US[1]]
     host = [
         (e.name, e.time_range.start, e.time_range.end)
         for e in prof.events()
         if e.device_type == torch.autograd.DeviceType.CPU
     ]
-    return {
+    idle = {
         "gaps_us": idle_gaps(busy, steps),
         "long_gaps_by_host_op": host_during_long_gaps(long_gaps, host, steps)[:top],
     }
-
-
-def device_busy_us(prof) -> float:
-    return sum(end - start for start, end in _device_busy(prof))
+    return sum(end - start for start, end in busy), idle
