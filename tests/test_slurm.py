@@ -3,7 +3,6 @@
 Skipped, with the reason, where no cluster answers."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -35,10 +34,13 @@ def _cluster_idle(wait_s: float = 90) -> bool:
 
 
 @pytest.fixture(autouse=True)
-def _needs_cluster():
+def _needs_cluster(monkeypatch):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     if not _cluster_idle():
         pytest.skip("no SLURM test cluster: start it with `tests/slurm/cluster.sh start` (.ci/run does)")
+    # a job gone from the queue without a result ends the sweep's wait after 5 s, not 60 (the
+    # one-node cluster's squeue does not lag): a stopped or cancelled job's sweep ends a minute sooner
+    monkeypatch.setenv("SSAMBA_SLURM_GRACE_S", "5")
 
 
 @contextmanager
@@ -216,7 +218,6 @@ def test_a_sweep_job_cancelled_mid_training_ends_the_sweep_with_a_summary_naming
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "SSAMBA_SLURM_GRACE_S": "5"},
     )
     # training under way (a first last.ckpt): on a loaded machine a fixed wait after the run folder
     # appeared could cancel the job before its processes had set up their signal handlers
