@@ -268,7 +268,7 @@ def main(argv=None) -> int:
     for shape in args.shapes:
         torch.manual_seed(0)
         inputs = make_inputs(*shape)
-        forward, backward = default_tilings(2, *shape, inputs["u"].dtype)
+        forward, backward = default_tilings(2, *shape)
         row = {
             "batch": shape[0],
             "dim": shape[1],

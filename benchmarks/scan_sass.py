@@ -116,7 +116,7 @@ def compile_variants() -> dict:
     B, C = x_dbl[..., 16:32], x_dbl[..., 32:]
     A = torch.empty(sets, 16, dim, device="meta")
     D = bias = torch.empty(sets, dim, device="meta")
-    forward, backward = default_tilings(sets, batch, dim, length, u.dtype)
+    forward, backward = default_tilings(sets, batch, dim, length)
     out = {}
     for variant in ("", "_whole_rows"):
         for name, tiling in (("forward", forward), ("backward", backward)):

@@ -129,27 +129,21 @@ def test_forward_and_backward_tilings_must_share_checkpoints():
 
 def test_default_tilings_follow_the_measured_rules():
     # 32 channels a program, a channel a lane, dB and dC added with atomics (and the reduce-scatter)
-    forward, backward = default_tilings(2, 64, 384, 513, torch.bfloat16)
+    forward, backward = default_tilings(2, 64, 384, 513)
     assert forward.block_d == backward.block_d == 32 and forward.lane_states and backward.lane_states
     assert backward.atomic_sums and backward.scatter_bc
     assert forward.bc_lanes and backward.bc_lanes  # B's and C's rows a state a lane, the backward swizzled
     assert forward.ckpt_every == backward.ckpt_every == 20  # a checkpoint every 20 steps up to 4096
-    assert backward.scratch_bf16 and not forward.scratch_bf16  # 16-bit inputs: the scratch in bf16
     # tiny at batch 64 (1536 programs): the forward in one chunk, the backward chunked to 2048 programs
     assert scan_triton.chunking(2, 64, 384, 513, forward)[1] == 1
     assert scan_triton.chunking(2, 64, 384, 513, backward)[1] == 2
     # base at batch 64 (6144 programs): no chunks either way
-    forward, backward = default_tilings(2, 64, 1536, 513, torch.bfloat16)
+    forward, backward = default_tilings(2, 64, 1536, 513)
     assert (
         scan_triton.chunking(2, 64, 1536, 513, forward)[1] == scan_triton.chunking(2, 64, 1536, 513, backward)[1] == 1
     )
     # long sequences: 32 channels, chunks until 8192 programs
-    forward, backward = default_tilings(2, 4, 384, 22001, torch.bfloat16)
-    assert forward == ScanTiling(block_d=32, min_programs=8192, bc_lanes=True)
-    assert backward == replace(forward, scratch_bf16=True)
-    # the backward's scratch in bf16 for 16-bit inputs only: fp32 inputs keep their tolerances
-    assert all(default_tilings(2, 64, 384, n, torch.float16)[1].scratch_bf16 for n in (513, 22001))
-    assert not any(default_tilings(2, 64, 384, n, torch.float32)[1].scratch_bf16 for n in (513, 22001))
+    assert default_tilings(2, 4, 384, 22001)[0] == ScanTiling(block_d=32, min_programs=8192, bc_lanes=True)
 
 
 @triton.jit
@@ -328,7 +322,7 @@ def test_the_scan_launches_with_the_default_tilings_of_its_own_shape(monkeypatch
     u = torch.randn(2, 1, 4100, 3)
     with pytest.raises(Asked) as asked:
         selective_scan_triton(u, u, -torch.ones(2, 3, 2), u[..., :2], u[..., :2], None, None, None, (0, 1))
-    assert asked.value.args[0] == (2, 1, 3, 4100, torch.float32)
+    assert asked.value.args[0] == (2, 1, 3, 4100)
 
 
 def test_a_bf16_scratch_rounds_only_the_tiles_restart_states():
