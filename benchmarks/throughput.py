@@ -1,6 +1,7 @@
 """Pretraining throughput on GPUs, and what the data loader delivers.
 
     python -m benchmarks.throughput model [--sizes tiny small base] [--batch-per-gpu 64] [--cuda-graph]
+                                      [--scan-ckpt-every N]   # the scan's checkpoints N steps apart
     torchrun --nproc-per-node 2 -m benchmarks.throughput model ...        # DDP, one process per GPU
     python -m benchmarks.throughput loader --store DIR [--workers 8]      # samples/s from fp16 shards
     python -m benchmarks.throughput train --store DIR [--sizes tiny small base] [--devices 1 2]
@@ -10,7 +11,9 @@
 `model` times full SSL steps (two masked passes, InfoNCE + 10 MSE, backward, AdamW) in bf16-mixed
 with fp32 parameters on the fused kernels, after warm-up, for SSAMBA and SSAST of each size in one
 invocation, and prints SSAMBA's throughput and peak memory as a ratio of SSAST's; it appends the
-run to --json (default docs/benchmarks/throughput.json). `loader` reads a feature store through the
+run to --json (default docs/benchmarks/throughput.json); --scan-ckpt-every times the step with the
+scan's checkpoints that many steps apart (default_tilings' other launch choices kept): a spacing's
+time and memory in the step, for benchmarks/scan.py's sweep rows. `loader` reads a feature store through the
 pretraining Dataset and a DataLoader as training does. `train` records in one run, per size, the bare
 steps of SSAMBA and SSAST and src/train.py's pretraining per device count, with their ratios.
 """
@@ -18,6 +21,8 @@ steps of SSAMBA and SSAST and src/train.py's pretraining per device count, with 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -34,6 +39,7 @@ from benchmarks.provenance import provenance
 from src.data.datamodules import PretrainDataset
 from src.data.shards import FeatureStore
 from src.data.store_index import write_columns
+from src.kernels import mixer_triton, scan_triton
 from src.models.optim import make_optimizer
 from src.models.ssl_module import SSLModule
 from src.utils.errors import command
@@ -59,16 +65,19 @@ def model_throughput(args) -> None:
     records = []
     for size in args.sizes:
         for backbone in args.backbones:
-            record = measure_ssl_step(
-                backbone,
-                size,
-                args.batch_per_gpu,
-                args.warmup,
-                args.steps,
-                world,
-                args.compile,
-                args.cuda_graph,
-            )
+            with scan_checkpoints_every(args.scan_ckpt_every):
+                record = measure_ssl_step(
+                    backbone,
+                    size,
+                    args.batch_per_gpu,
+                    args.warmup,
+                    args.steps,
+                    world,
+                    args.compile,
+                    args.cuda_graph,
+                )
+            if args.scan_ckpt_every and backbone == "ssamba":
+                record["scan_ckpt_every"] = args.scan_ckpt_every
             records.append(record)
             if rank == 0:
                 print(json.dumps(record), flush=True)
@@ -80,6 +89,25 @@ def model_throughput(args) -> None:
         _append(args.json, run)
     if distributed:
         torch.distributed.destroy_process_group()
+
+
+@contextlib.contextmanager
+def scan_checkpoints_every(steps: int | None):
+    """Inside the block, the scan's default launch shapes keep a checkpoint every `steps` steps
+    (None: default_tilings as it is); both modules that ask default_tilings see it."""
+    if steps is None:
+        yield
+        return
+    own = scan_triton.default_tilings
+
+    def spaced(*shape):
+        return tuple(dataclasses.replace(t, ckpt_every=steps) for t in own(*shape))
+
+    try:
+        scan_triton.default_tilings = mixer_triton.default_tilings = spaced
+        yield
+    finally:
+        scan_triton.default_tilings = mixer_triton.default_tilings = own
 
 
 def measure_ssl_step(
@@ -321,6 +349,7 @@ def main(argv=None) -> int:
     m.add_argument("--backbones", nargs="+", default=["ssamba", "ssast"], choices=["ssamba", "ssast"])
     m.add_argument("--compile", default="none", choices=["none", "objective"], help="torch.compile the heads + losses")
     m.add_argument("--cuda-graph", action="store_true", help="both steps as CUDA graphs (model.cuda_graph)")
+    m.add_argument("--scan-ckpt-every", type=int, default=None, help="the scan's checkpoints this many steps apart")
     m.add_argument("--label", default="")
     m.add_argument("--batch-per-gpu", type=int, default=64)
     m.add_argument("--warmup", type=int, default=5)

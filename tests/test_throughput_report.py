@@ -106,3 +106,32 @@ def test_a_loop_run_starts_in_a_clean_folder_so_the_benchmark_can_run_twice(tmp_
     monkeypatch.setattr(throughput.subprocess, "run", fake_train)
     assert throughput.run_train(args, "tiny", 1, "auto") == {"samples_per_s": 1.0}
     assert seen == [False]
+
+
+def test_the_step_can_be_timed_with_the_scans_checkpoints_closer_and_the_defaults_come_back(monkeypatch):
+    """`throughput model --scan-ckpt-every N`: inside the block the fused mixer keeps the scan's state
+    every N steps (the checkpoints it saves for its backward), and after it the defaults again."""
+    import torch
+
+    from benchmarks.throughput import scan_checkpoints_every
+    from src.kernels import mixer_triton, scan_triton
+    from src.models.components.bimamba import BiMambaMixer
+    from tests.helpers.triton_cpu import INTERPRETED
+
+    monkeypatch.setenv("SSAMBA_KERNELS", "triton")
+    device = "cpu" if INTERPRETED else "cuda"
+    mixer = BiMambaMixer(32, d_state=4).to(device)  # E = 64
+    hidden = torch.randn(2, 13, 32, device=device, requires_grad=True)
+    weights = mixer.kernel_weights(torch.float32)
+
+    def checkpoints() -> tuple[int, ...]:
+        y = mixer_triton.bimamba_inner_triton(hidden, *weights, (False, True))
+        (ckpt,) = [t for t in y.grad_fn.saved_tensors if t is not None and t.dim() == 4]  # (S*B, n, N, E)
+        return tuple(ckpt.shape)
+
+    own = scan_triton.default_tilings
+    with scan_checkpoints_every(4):
+        assert checkpoints() == (2 * 2, 3, 4, 64)  # 13 steps, a state every 4 (at steps 4, 8, 12)
+        assert all(t.ckpt_every == 4 for t in scan_triton.default_tilings(2, 64, 384, 513))
+    assert scan_triton.default_tilings is own and mixer_triton.default_tilings is own
+    assert checkpoints() == (2 * 2, 0, 4, 64)  # every 20 steps: none past the first segment
