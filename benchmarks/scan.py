@@ -51,9 +51,9 @@ REVERSE = (False, True)
 SWEEP = [  # (forward, backward) launch shapes around the defaults: the checkpoints' spacing (a
     # smaller scratch a program for the backward: the state at every tile start of a segment, 20 KB
     # at 20 steps, 16 KB at 16; but more checkpoints kept: in tiny's step at batch 64 each is 151 MB
-    # (both passes' 24 layers), 1.19x SSAST's peak memory measured at 20 steps with the first
-    # segment's zero state still kept, 1 GiB more at 16 steps, over the 1.25x target; `benchmarks.
-    # throughput model --scan-ckpt-every` measures a spacing's time and memory in the step) and the
+    # (both passes' 24 layers): 1.19x SSAST's peak memory measured at 20 steps, 1 GiB more at 16
+    # steps, over the 1.25x target; `benchmarks.throughput model --scan-ckpt-every` measures a
+    # spacing's time and memory in the step) and the
     # long sequences' chunking (8192 programs each way) with their spacing. Rows timed and dropped
     # since (docs/benchmarks/scan_sweep_scratch_bf16_issue31.json and the JSONs before it): the
     # scratch in bf16 (faster, but dA misses mamba-ssm's tolerances), 24 steps, whole rows of B and

@@ -131,7 +131,7 @@ def test_the_step_can_be_timed_with_the_scans_checkpoints_closer_and_the_default
 
     own = scan_triton.default_tilings
     with scan_checkpoints_every(4):
-        assert checkpoints() == (2 * 2, 3, 4, 64)  # 13 steps, a state every 4 (at steps 4, 8, 12)
+        assert checkpoints() == (2 * 2, 4, 4, 64)  # 13 steps, a state every 4 (at steps 0, 4, 8, 12)
         assert all(t.ckpt_every == 4 for t in scan_triton.default_tilings(2, 64, 384, 513))
     assert scan_triton.default_tilings is own and mixer_triton.default_tilings is own
-    assert checkpoints() == (2 * 2, 0, 4, 64)  # every 20 steps: none past the first segment
+    assert checkpoints() == (2 * 2, 1, 4, 64)  # every 20 steps: one

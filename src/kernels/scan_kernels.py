@@ -18,8 +18,7 @@ chunks only when the (set, batch, channel-block) programs are too few to fill th
     forward   pass 1   every chunk but the last from a zero state: its final state and its sum of dt
               carry    chunk by chunk in scan order: the state entering each chunk
               pass 2   every chunk from its entering state: y, and every ckpt_every steps the
-                       state the backward restarts from (never a (B, L, E, N) tensor; not the
-                       first segment's, which is zero: checkpoint j enters segment j + 1)
+                       state the backward restarts from (never a (B, L, E, N) tensor)
     backward  pass 1   every chunk but the first from a zero adjoint: the adjoint it sends out of
                        its start
               carry    chunk by chunk against scan order: the adjoint entering each chunk
@@ -340,8 +339,8 @@ def scan_forward_kernel(
             BC_LANES,
         )  # fmt: skip
         if WRITE_CKPT:
-            if (k0 % CK == 0) & (k0 > 0):  # the state entering these CK steps: the backward restarts here
-                ckpt_at = hide + ((sb * n_ckpts + k0 // CK - 1) * N + n[:, None]).to(tl.int64) * DIM + d[None, :]
+            if k0 % CK == 0:  # the state entering these CK steps: the backward restarts here
+                ckpt_at = hide + ((sb * n_ckpts + k0 // CK) * N + n[:, None]).to(tl.int64) * DIM + d[None, :]
                 tl.store(ckpt_ptr + ckpt_at, h, mask=nd_ok)
         if PF > 0:
             _prefetch_tile(rows, k0 + PF, k_begin, k_end, length, rev, T)
@@ -447,13 +446,11 @@ def scan_backward_kernel(
         k1 = k_begin + (n_segments - 1 - js) * CK  # segments from the chunk's end to its start
         n_tiles = tl.cdiv(tl.minimum(k1 + CK, k_end) - k1, T)
         if not CARRY_ONLY:  # the state at the start of every tile, from the one the forward kept
-            # (the first segment starts from zero, which the forward does not keep)
-            kept = tl.maximum(k1 // CK - 1, 0)
-            ckpt_at = hide + ((sb * n_ckpts + kept) * N + n[:, None]).to(tl.int64) * DIM + d[None, :]
-            h = _swizzled(tl.load(ckpt_ptr + ckpt_at, mask=nd_ok & (k1 > 0), other=0.0), SWIZZLE)
+            ckpt_at = hide + ((sb * n_ckpts + k1 // CK) * N + n[:, None]).to(tl.int64) * DIM + d[None, :]
+            h = _swizzled(tl.load(ckpt_ptr + ckpt_at, mask=nd_ok, other=0.0), SWIZZLE)
             if PF > 0:
-                if (k1 > k_begin) & (k1 > CK):  # the next segment's checkpoint, wanted a segment from now
-                    row = (sb * n_ckpts + k1 // CK - 2).to(tl.int64) * N * DIM + tl.minimum(d, DIM - 1)
+                if k1 > k_begin:  # the next segment's checkpoint, wanted a segment from now, row by row
+                    row = (sb * n_ckpts + k1 // CK - 1).to(tl.int64) * N * DIM + tl.minimum(d, DIM - 1)
                     for r in tl.static_range(N):
                         prefetch_l2(ckpt_ptr + hide + row + r * DIM)
             walk = _load_tile(

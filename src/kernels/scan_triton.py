@@ -129,8 +129,7 @@ class _Launch:
         if tiling.ckpt_every % tiling.tile_len:
             raise ValueError(f"ckpt_every must be a multiple of tile_len, got {tiling}")
         self.chunk_len, self.n_chunks = chunking(self.sets, self.batch, self.dim, self.length, tiling)
-        # the states entering segments 1, 2, ...: the first segment enters with zeros, not kept
-        self.n_ckpts = triton.cdiv(self.length, tiling.ckpt_every) - 1
+        self.n_ckpts = triton.cdiv(self.length, tiling.ckpt_every)
         self.blocks = triton.cdiv(self.dim, tiling.block_d)
         self.grid = (self.sets * self.batch, self.blocks, self.n_chunks)
         # the first passes of a chunked scan skip the chunk whose result goes nowhere (scan_kernels)
@@ -177,8 +176,7 @@ class _Launch:
 
 def scan_forward(u, delta, A, B, C, D, z, delta_bias, reverse, delta_softplus, tiling, checkpoints=True):
     """y (S, B, L, E) in u's dtype, and the states every ckpt_every steps (S*B, n_ckpts, N, E) fp32
-    that the backward restarts from, the first at step ckpt_every (the first segment starts from
-    zeros); an empty tensor without `checkpoints`."""
+    that the backward restarts from (an empty tensor without `checkpoints`)."""
     run = _Launch(u, delta, A, B, C, D, z, delta_bias, reverse, delta_softplus, tiling)
     y = torch.empty(u.shape, device=u.device, dtype=u.dtype)
     ckpt = run.states(run.sets * run.batch, run.n_ckpts) if checkpoints else y.new_empty(0, dtype=torch.float32)
