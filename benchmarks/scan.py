@@ -53,11 +53,11 @@ SWEEP = [  # (forward, backward) launch shapes around the defaults: the checkpoi
     # at 20 steps, 16 KB at 16; but more checkpoints kept: in tiny's step at batch 64 each is 151 MB
     # (both passes' 24 layers): 1.19x SSAST's peak memory measured at 20 steps, 1 GiB more at 16
     # steps, over the 1.25x target; `benchmarks.throughput model --scan-ckpt-every` measures a
-    # spacing's time and memory in the step) and the
-    # long sequences' chunking (8192 programs each way) with their spacing. Rows timed and dropped
-    # since (docs/benchmarks/scan_sweep_scratch_bf16_issue31.json and the JSONs before it): the
-    # scratch in bf16 (faster, but dA misses mamba-ssm's tolerances), 24 steps, whole rows of B and
-    # C, 32 and 64 steps below 4096, the backward in 4096 programs, 4096 programs for long sequences.
+    # spacing's time and memory in the step) and the long sequences' chunking (8192 programs each
+    # way) with their spacing. Rows timed and dropped since
+    # (docs/benchmarks/scan_sweep_scratch_bf16_issue31.json and the JSONs before it): the scratch in
+    # bf16 (faster, but dA misses mamba-ssm's tolerances), 24 steps, whole rows of B and C, 32 and
+    # 64 steps below 4096, the backward in 4096 programs, 4096 programs for long sequences.
     (
         ScanTiling(block_d=32, min_programs=forward_programs, bc_lanes=True, ckpt_every=every),
         ScanTiling(block_d=32, min_programs=backward_programs, bc_lanes=True, ckpt_every=every),

@@ -13,8 +13,8 @@ with fp32 parameters on the fused kernels, after warm-up, for SSAMBA and SSAST o
 invocation, and prints SSAMBA's throughput and peak memory as a ratio of SSAST's; it appends the
 run to --json (default docs/benchmarks/throughput.json); --scan-ckpt-every times the step with the
 scan's checkpoints that many steps apart (default_tilings' other launch choices kept): a spacing's
-time and memory in the step, for benchmarks/scan.py's sweep rows. `loader` reads a feature store through the
-pretraining Dataset and a DataLoader as training does. `train` records in one run, per size, the bare
+time and memory in the step, for benchmarks/scan.py's sweep rows. `loader` reads a feature store
+through the pretraining Dataset and a DataLoader as training does. `train` records in one run, per size, the bare
 steps of SSAMBA and SSAST and src/train.py's pretraining per device count, with their ratios.
 """
 
