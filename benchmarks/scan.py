@@ -53,22 +53,25 @@ SWEEP = [  # (forward, backward) launch shapes around the defaults: the checkpoi
     # at 20 steps, 16 KB at 16; but more checkpoints kept: in tiny's step at batch 64 each is 151 MB
     # (both passes' 24 layers): 1.19x SSAST's peak memory measured at 20 steps, 1 GiB more at 16
     # steps, over the 1.25x target; `benchmarks.throughput model --scan-ckpt-every` measures a
-    # spacing's time and memory in the step) and the long sequences' chunking (8192 programs each
-    # way) with their spacing. Rows timed and dropped since
+    # spacing's time and memory in the step), the scratch in 24 bits (3/4 of its bytes) and the long
+    # sequences' chunking (8192 programs each way) with their spacing. Rows timed and dropped since
     # (docs/benchmarks/scan_sweep_scratch_bf16_issue31.json and the JSONs before it): the scratch in
     # bf16 (faster, but dA misses mamba-ssm's tolerances), 24 steps, whole rows of B and C, 32 and
     # 64 steps below 4096, the backward in 4096 programs, 4096 programs for long sequences.
     (
         ScanTiling(block_d=32, min_programs=forward_programs, bc_lanes=True, ckpt_every=every),
-        ScanTiling(block_d=32, min_programs=backward_programs, bc_lanes=True, ckpt_every=every),
+        ScanTiling(block_d=32, min_programs=backward_programs, bc_lanes=True, ckpt_every=every, scratch=scratch),
     )
-    for every, forward_programs, backward_programs in [
-        (20, 1024, 2048),  # the defaults up to 4096 steps
-        (18, 1024, 2048),
-        (16, 1024, 2048),
-        (64, 8192, 8192),  # the defaults of longer sequences
-        (32, 8192, 8192),
-        (16, 8192, 8192),  # 4x the checkpoints' bytes of every 64 steps
+    for every, forward_programs, backward_programs, scratch in [
+        (20, 1024, 2048, "fp32"),  # the defaults up to 4096 steps
+        (20, 1024, 2048, "fp24"),
+        (18, 1024, 2048, "fp32"),
+        (18, 1024, 2048, "fp24"),
+        (16, 1024, 2048, "fp32"),
+        (64, 8192, 8192, "fp32"),  # the defaults of longer sequences
+        (64, 8192, 8192, "fp24"),
+        (32, 8192, 8192, "fp24"),
+        (16, 8192, 8192, "fp32"),  # 4x the checkpoints' bytes of every 64 steps
     ]
 ]
 
@@ -340,7 +343,7 @@ def sweep(inputs: dict, args, rounds: int = 8) -> list[dict]:
     for forward, backward in SWEEP:
         row = {"forward_tiling": vars(forward), "backward_tiling": vars(backward), "graph_reps": args.reps}
         try:
-            if mamba_kernels_available():  # what the launch shape does to the results (scratch_bf16)
+            if mamba_kernels_available():  # what the launch shape does to the results (scratch)
                 row["max_rel_diff_vs_mamba"] = agreement(inputs, (forward, backward))
             calls = runners(inputs, (forward, backward))["triton"]
             fwd, fwd_bwd = (captured(fn, args.reps, warmup_calls=3, pool=pool).replay for fn in calls)

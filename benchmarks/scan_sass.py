@@ -34,7 +34,7 @@ from triton.compiler import ASTSource
 from benchmarks.provenance import measured_line, provenance
 from benchmarks.report import DATA, render_docs
 from src.kernels import scan_kernels
-from src.kernels.scan_triton import _Launch, default_tilings
+from src.kernels.scan_triton import SCRATCH_BITS, _Launch, default_tilings
 from src.utils.io import write_json, write_text
 
 BF16 = {"u_ptr", "dt_ptr", "b_ptr", "c_ptr", "z_ptr", "dy_ptr", "y_ptr", "du_ptr", "ddt_ptr", "dz_ptr"}
@@ -53,6 +53,8 @@ def compile_sm90(kernel, flags: dict, ints: dict) -> tuple[str, int, int]:
             signature[name], constants[(i,)] = "constexpr", flags[name]
         elif name.endswith("_ptr"):
             signature[name] = "*bf16" if name in BF16 else "*fp32"
+            if name == "scratch_ptr":  # as ScanTiling.scratch keeps it
+                signature[name] = {32: "*fp32", 24: "*i32", 16: "*bf16"}[flags["SCRATCH_BITS"]]
             attributes[(i,)] = [["tt.divisibility", 16]]
         elif kernel.params[i].do_not_specialize:
             signature[name] = "i32"
@@ -106,8 +108,9 @@ def warps_per_sm(registers: int) -> int:
 
 
 def compile_variants() -> dict:
-    """Per kernel (forward; backward, its second pass), at the default launch and with whole rows:
-    the flags, the SASS's instruction counts (all and per innermost loop), registers, stack bytes."""
+    """Per kernel (forward; backward, its second pass), at the default launch and with whole rows
+    (and the backward with a 24-bit scratch): the flags, the SASS's instruction counts (all and per
+    innermost loop), registers, stack bytes."""
     sets, batch, length, dim = SHAPE
     meta = dict(dtype=torch.bfloat16, device="meta")
     u, delta = torch.empty(SHAPE, **meta), torch.empty(SHAPE, **meta)
@@ -117,30 +120,35 @@ def compile_variants() -> dict:
     A = torch.empty(sets, 16, dim, device="meta")
     D = bias = torch.empty(sets, dim, device="meta")
     forward, backward = default_tilings(sets, batch, dim, length)
+    variants = [  # (key, kernel, launch): the defaults, whole rows of B and C, a 24-bit scratch
+        (name + variant, name, replace_launch)
+        for variant, replace_launch in (("", {}), ("_whole_rows", dict(bc_lanes=False)))
+        for name in ("forward", "backward")
+    ] + [("backward_scratch_fp24", "backward", dict(scratch="fp24"))]
     out = {}
-    for variant in ("", "_whole_rows"):
-        for name, tiling in (("forward", forward), ("backward", backward)):
-            tiling = dataclasses.replace(tiling, bc_lanes=not variant)
-            run = _Launch(u, delta, A, B, C, D, z, bias, (False, True), True, tiling)
-            ints = dict(zip(("batch", "length", "chunk_len", "n_chunks", "n_ckpts"), run.sizes))
-            names = [f"s{t}_{d}" for t in ("u", "dt", "b", "c") for d in ("s", "b", "l")] + ["sz_b", "sz_l"]
-            ints.update(zip(names, run.strides), rev_mask=run.rev_mask, zero=0)
-            ints.update(zip(("sdy_s", "sdy_b", "sdy_l"), u.stride()[:3]))
-            flags = dict(run.flags)
-            if name == "forward":
-                flags.update(HAS_H_START=run.n_chunks > 1, WRITE_Y=True, WRITE_CKPT=True, WRITE_END=False)
-                kernel = scan_kernels.scan_forward_kernel
-            else:
-                flags.update(HAS_G_START=run.n_chunks > 1, CARRY_ONLY=False, ATOMIC=True)
-                flags.update(run.scatter_flags(tiling, atomic=True))
-                kernel = scan_kernels.scan_backward_kernel
-            sass, registers, stack = compile_sm90(kernel, flags, ints)
-            loops, opcodes = innermost_loops(sass), counts(sass)
-            out[name + variant] = dict(
-                default=tiling.bc_lanes == (forward if name == "forward" else backward).bc_lanes,
-                flags=flags, instructions=sum(opcodes.values()), loop_instructions=[sum(x.values()) for x in loops],
-                registers=registers, stack=stack, warps_per_sm=warps_per_sm(registers), sass=opcodes, loops=loops,
-            )  # fmt: skip
+    for key, name, replace_launch in variants:
+        default_tiling = forward if name == "forward" else backward
+        tiling = dataclasses.replace(default_tiling, **replace_launch)
+        run = _Launch(u, delta, A, B, C, D, z, bias, (False, True), True, tiling)
+        ints = dict(zip(("batch", "length", "chunk_len", "n_chunks", "n_ckpts"), run.sizes))
+        names = [f"s{t}_{d}" for t in ("u", "dt", "b", "c") for d in ("s", "b", "l")] + ["sz_b", "sz_l"]
+        ints.update(zip(names, run.strides), rev_mask=run.rev_mask, zero=0)
+        ints.update(zip(("sdy_s", "sdy_b", "sdy_l"), u.stride()[:3]))
+        flags = dict(run.flags)
+        if name == "forward":
+            flags.update(HAS_H_START=run.n_chunks > 1, WRITE_Y=True, WRITE_CKPT=True, WRITE_END=False)
+            kernel = scan_kernels.scan_forward_kernel
+        else:
+            flags.update(HAS_G_START=run.n_chunks > 1, CARRY_ONLY=False, ATOMIC=True)
+            flags.update(run.scatter_flags(tiling, atomic=True), SCRATCH_BITS=SCRATCH_BITS[tiling.scratch])
+            kernel = scan_kernels.scan_backward_kernel
+        sass, registers, stack = compile_sm90(kernel, flags, ints)
+        loops, opcodes = innermost_loops(sass), counts(sass)
+        out[key] = dict(
+            default=tiling == default_tiling,
+            flags=flags, instructions=sum(opcodes.values()), loop_instructions=[sum(x.values()) for x in loops],
+            registers=registers, stack=stack, warps_per_sm=warps_per_sm(registers), sass=opcodes, loops=loops,
+        )  # fmt: skip
     return out
 
 
@@ -155,6 +163,8 @@ def markdown(record: dict) -> str:
         name = key.partition("_")[0]
         loops = " + ".join(str(n) for n in k["loop_instructions"])
         launch = "bc_lanes" if k["flags"]["BC_LANES"] else "whole rows of B and C"
+        if k["flags"].get("SCRATCH_BITS", 32) != 32:
+            launch += f", a {k['flags']['SCRATCH_BITS']}-bit scratch"
         launch += " (the default)" if k["default"] else ""
         cells = [name, launch, k["registers"], k["warps_per_sm"], k["stack"], k["instructions"], loops]
         rows.append("| " + " | ".join(str(c) for c in cells) + " |")

@@ -65,7 +65,7 @@ def model_throughput(args) -> None:
     records = []
     for size in args.sizes:
         for backbone in args.backbones:
-            with scan_checkpoints_every(args.scan_ckpt_every):
+            with scan_launch(ckpt_every=args.scan_ckpt_every, scratch=args.scan_scratch):
                 record = measure_ssl_step(
                     backbone,
                     size,
@@ -76,8 +76,10 @@ def model_throughput(args) -> None:
                     args.compile,
                     args.cuda_graph,
                 )
-            if args.scan_ckpt_every and backbone == "ssamba":
-                record["scan_ckpt_every"] = args.scan_ckpt_every
+            if backbone == "ssamba":  # the scan's launch, where it is not the default
+                for name in ("scan_ckpt_every", "scan_scratch"):
+                    if getattr(args, name):
+                        record[name] = getattr(args, name)
             records.append(record)
             if rank == 0:
                 print(json.dumps(record), flush=True)
@@ -92,19 +94,20 @@ def model_throughput(args) -> None:
 
 
 @contextlib.contextmanager
-def scan_checkpoints_every(steps: int | None):
-    """Inside the block, the scan's default launch shapes keep a checkpoint every `steps` steps
-    (None: default_tilings as it is); both modules that ask default_tilings see it."""
-    if steps is None:
+def scan_launch(**fields):
+    """Inside the block, the scan's default launch shapes (default_tilings, in both modules that ask
+    it) with these ScanTiling fields replaced (ckpt_every, scratch; a None leaves one as it is)."""
+    fields = {name: value for name, value in fields.items() if value is not None}
+    if not fields:
         yield
         return
     own = scan_triton.default_tilings
 
-    def spaced(*shape):
-        return tuple(dataclasses.replace(t, ckpt_every=steps) for t in own(*shape))
+    def replaced(*shape):
+        return tuple(dataclasses.replace(t, **fields) for t in own(*shape))
 
     try:
-        scan_triton.default_tilings = mixer_triton.default_tilings = spaced
+        scan_triton.default_tilings = mixer_triton.default_tilings = replaced
         yield
     finally:
         scan_triton.default_tilings = mixer_triton.default_tilings = own
@@ -350,6 +353,7 @@ def main(argv=None) -> int:
     m.add_argument("--compile", default="none", choices=["none", "objective"], help="torch.compile the heads + losses")
     m.add_argument("--cuda-graph", action="store_true", help="both steps as CUDA graphs (model.cuda_graph)")
     m.add_argument("--scan-ckpt-every", type=int, default=None, help="the scan's checkpoints this many steps apart")
+    m.add_argument("--scan-scratch", choices=["fp32", "fp24", "bf16"], help="how the scan's backward keeps its scratch")
     m.add_argument("--label", default="")
     m.add_argument("--batch-per-gpu", type=int, default=64)
     m.add_argument("--warmup", type=int, default=5)

@@ -11,11 +11,13 @@ Tolerances:
   fp32 forward 2e-4, gradients 2e-3; bf16 forward 2e-2, gradients 5e-2.
 """
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from src.kernels import conv1d_silu, mamba_kernels_available, resolve_backend, selective_scan
-from src.kernels.scan_triton import ScanTiling, selective_scan_triton
+from src.kernels.scan_triton import ScanTiling, default_tilings, selective_scan_triton
 from src.models.components.bimamba import BiMambaMixer
 from tests.helpers.encoders import make_encoder
 from tests.helpers.reference import stacked_scan_reference
@@ -91,6 +93,7 @@ def test_triton_is_the_default_on_cuda():
         "rows of B and C a state a lane, 8 channels masked",
         "Triton's layout",
         "the defaults",
+        "the defaults, a 24-bit scratch",
     ],
 )
 def test_triton_scan_against_reference_and_mamba(dtype, length, has_z, launch):
@@ -108,6 +111,8 @@ def test_triton_scan_against_reference_and_mamba(dtype, length, has_z, launch):
         dim, tiling = 56, ScanTiling(block_d=32, min_programs=4096, bc_lanes=True)
     elif launch == "Triton's layout":
         tiling = ScanTiling(block_d=32, lane_states=False)
+    elif launch == "the defaults, a 24-bit scratch":  # ScanTiling.scratch
+        tiling = tuple(replace(t, scratch="fp24") for t in default_tilings(2, 2, dim, length))
     inputs = scan_inputs(2, dim, length, dtype, has_z=has_z)
     grad_y = torch.randn(2, 2, length, dim, device="cuda", dtype=dtype)
     ours = run_scan(lambda a: selective_scan_triton(**a, reverse=REVERSE, tiling=tiling), inputs, grad_y)

@@ -109,11 +109,12 @@ def test_a_loop_run_starts_in_a_clean_folder_so_the_benchmark_can_run_twice(tmp_
 
 
 def test_the_step_can_be_timed_with_the_scans_checkpoints_closer_and_the_defaults_come_back(monkeypatch):
-    """`throughput model --scan-ckpt-every N`: inside the block the fused mixer keeps the scan's state
-    every N steps (the checkpoints it saves for its backward), and after it the defaults again."""
+    """`throughput model --scan-ckpt-every N --scan-scratch S`: inside the block the fused mixer keeps
+    the scan's state every N steps (the checkpoints it saves for its backward) and the scan's
+    launches keep their scratch as S, and after it the defaults again."""
     import torch
 
-    from benchmarks.throughput import scan_checkpoints_every
+    from benchmarks.throughput import scan_launch
     from src.kernels import mixer_triton, scan_triton
     from src.models.components.bimamba import BiMambaMixer
     from tests.helpers.triton_cpu import INTERPRETED
@@ -130,8 +131,11 @@ def test_the_step_can_be_timed_with_the_scans_checkpoints_closer_and_the_default
         return tuple(ckpt.shape)
 
     own = scan_triton.default_tilings
-    with scan_checkpoints_every(4):
+    with scan_launch(ckpt_every=4, scratch="fp24"):
         assert checkpoints() == (2 * 2, 4, 4, 64)  # 13 steps, a state every 4 (at steps 0, 4, 8, 12)
-        assert all(t.ckpt_every == 4 for t in scan_triton.default_tilings(2, 64, 384, 513))
+        tilings = scan_triton.default_tilings(2, 64, 384, 513)
+        assert all(t.ckpt_every == 4 and t.scratch == "fp24" for t in tilings)
+    with scan_launch(ckpt_every=None, scratch=None):
+        assert scan_triton.default_tilings is own
     assert scan_triton.default_tilings is own and mixer_triton.default_tilings is own
     assert checkpoints() == (2 * 2, 1, 4, 64)  # every 20 steps: one

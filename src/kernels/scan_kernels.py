@@ -281,6 +281,98 @@ def _sum_over_lanes_scattered(db, dc, SWIZZLE: tl.constexpr, FAST: tl.constexpr)
 
 
 @triton.jit
+def _scratch_put(ptr, at, h, BITS: tl.constexpr, FAST: tl.constexpr):
+    """Writes the (BN, BD) fp32 state h as a tile's scratch state at ptr + at, at the offsets of its
+    first BN rows (fp32 or bf16, as stored) or BN // 4 rows (BITS 24: each state rounded to its 24
+    high bits, 15 of fp32's 23 mantissa bits, a relative 2^-16, and 4 states packed into 3 words,
+    _pack24, each word BN // 4 rows after the one before)."""
+    if BITS == 24:
+        QUARTER: tl.constexpr = at.shape[0] * at.shape[1]
+        w0, w1, w2 = _pack24(h, FAST)
+        tl.store(ptr + at, w0)
+        tl.store(ptr + at + QUARTER, w1)
+        tl.store(ptr + at + 2 * QUARTER, w2)
+    else:
+        tl.store(ptr + at, h.to(ptr.dtype.element_ty))
+
+
+@triton.jit
+def _scratch_get(ptr, at, BITS: tl.constexpr):
+    """The (BN, BD) fp32 state _scratch_put wrote at ptr + at."""
+    if BITS == 24:
+        QUARTER: tl.constexpr = at.shape[0] * at.shape[1]
+        w0 = tl.load(ptr + at).to(tl.uint32, bitcast=True)  # stored as int32
+        w1 = tl.load(ptr + at + QUARTER).to(tl.uint32, bitcast=True)
+        w2 = tl.load(ptr + at + 2 * QUARTER).to(tl.uint32, bitcast=True)
+        h = _unpack24(w0, w1, w2)
+    else:
+        h = tl.load(ptr + at).to(tl.float32)
+    return h
+
+
+# _pack24's words as byte permutes (prmt: bytes 0-3 of the first operand, 4-7 of the second; a
+# hex digit a byte of the result, lowest first)
+W0_SELECT, W1_SELECT, W2_SELECT = tl.constexpr(0x5321), tl.constexpr(0x6532), tl.constexpr(0x7653)
+W0_PRMT = tl.constexpr("prmt.b32 $0, $1, $2, 0x5321;")
+W1_PRMT = tl.constexpr("prmt.b32 $0, $1, $2, 0x6532;")
+W2_PRMT = tl.constexpr("prmt.b32 $0, $1, $2, 0x7653;")
+
+
+@triton.jit
+def _byte_perm(a, b, SELECT: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr):
+    """Byte j of the result: byte (SELECT >> 4 j) & 7 of b:a (uint32). FAST: one PRMT (PTX, the same
+    permute as inline PTX), which ptxas does not make of the shifts and masks it replaces."""
+    if FAST:
+        out = tl.inline_asm_elementwise(PTX, "=r,r,r", [a, b], dtype=tl.uint32, is_pure=True, pack=1)
+    else:
+        out = a * 0
+        for j in tl.static_range(4):
+            source: tl.constexpr = (SELECT >> (4 * j)) & 7
+            if source >= 4:
+                out = out | (((b >> (8 * (source - 4))) & 0xFF) << (8 * j))
+            else:
+                out = out | (((a >> (8 * source)) & 0xFF) << (8 * j))
+    return out
+
+
+@triton.jit
+def _pack24(h, FAST: tl.constexpr):
+    """(BN, BD) fp32 -> three (BN // 4, BD) uint32 words holding states 4j .. 4j + 3 of each lane,
+    each rounded to its 24 high bits (+0x80: to nearest, ties away from zero) and laid end to end:
+    w0 = bytes 1-3 of the first and byte 1 of the second, w1 = bytes 2-3 of the second and 1-2 of
+    the third, w2 = byte 3 of the third and 1-3 of the fourth."""
+    BN: tl.constexpr = h.shape[0]
+    BD: tl.constexpr = h.shape[1]
+    quads = tl.permute(tl.reshape(h, (BN // 4, 2, 2, BD)), (0, 3, 1, 2))  # (BN // 4, BD, 2 over p, 2 over q)
+    even, odd = tl.split(quads)  # states 4j + 2p + q: even (q 0) and odd (q 1), (BN // 4, BD, 2) over p
+    x0, x2 = tl.split(even)
+    x1, x3 = tl.split(odd)
+    y0 = x0.to(tl.uint32, bitcast=True) + 0x80
+    y1 = x1.to(tl.uint32, bitcast=True) + 0x80
+    y2 = x2.to(tl.uint32, bitcast=True) + 0x80
+    y3 = x3.to(tl.uint32, bitcast=True) + 0x80
+    w0 = _byte_perm(y0, y1, W0_SELECT, W0_PRMT, FAST)
+    w1 = _byte_perm(y1, y2, W1_SELECT, W1_PRMT, FAST)
+    w2 = _byte_perm(y2, y3, W2_SELECT, W2_PRMT, FAST)
+    return w0, w1, w2
+
+
+@triton.jit
+def _unpack24(w0, w1, w2):
+    """The (BN, BD) fp32 states _pack24 packed into w0, w1, w2 (uint32; their low bytes zero)."""
+    x0 = w0 << 8
+    x1 = ((w0 >> 24) << 8) | (w1 << 16)
+    x2 = ((w1 >> 16) << 8) | (w2 << 24)
+    x3 = (w2 >> 8) << 8
+    x0, x1 = x0.to(tl.float32, bitcast=True), x1.to(tl.float32, bitcast=True)
+    x2, x3 = x2.to(tl.float32, bitcast=True), x3.to(tl.float32, bitcast=True)
+    Q: tl.constexpr = x0.shape[0]
+    BD: tl.constexpr = x0.shape[1]
+    quads = tl.join(tl.join(x0, x2), tl.join(x1, x3))  # (Q, BD, 2 over p, 2 over q)
+    return tl.reshape(tl.permute(quads, (0, 2, 3, 1)), (4 * Q, BD))
+
+
+@triton.jit
 def _dt(raw, bias, m, SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
     """dt = softplus(delta + bias), 0 where m is off (a masked step: the state passes through);
     and delta + bias itself."""
@@ -399,7 +491,7 @@ def scan_backward_kernel(
     DIM: tl.constexpr, N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, CK: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_G_START: tl.constexpr,
     CARRY_ONLY: tl.constexpr, LANE: tl.constexpr, ATOMIC: tl.constexpr, FAST: tl.constexpr,
-    SCATTER: tl.constexpr, PF: tl.constexpr, BC_LANES: tl.constexpr, SWIZZLE: tl.constexpr,
+    SCATTER: tl.constexpr, PF: tl.constexpr, BC_LANES: tl.constexpr, SWIZZLE: tl.constexpr, SCRATCH_BITS: tl.constexpr,
 ):  # fmt: skip
     if LANE:
         hide = zero
@@ -434,11 +526,15 @@ def scan_backward_kernel(
         bc_at = bc_at_row + n
     else:  # dB, dC: (blocks, S*B, L, N), summed over blocks afterwards
         bc_at = (block * tl.num_programs(0) + sb).to(tl.int64) * length * N + n
-    # this program's scratch: (CK // T, BN, BD) fp32 or bf16 (ScanTiling.scratch_bf16), the states at
-    # the start of every tile of a segment
+    # this program's scratch: (CK // T, TILE_ROWS, BD), the states at the start of every tile of a segment
+    # (ScanTiling.scratch: fp32, packed 24-bit or bf16; _scratch_put)
+    TILE_ROWS: tl.constexpr = 3 * (BN // 4) if SCRATCH_BITS == 24 else BN  # rows of BD values a state takes
+    scratch_row = tl.arange(0, BN // 4 if SCRATCH_BITS == 24 else BN)  # the rows _scratch_put addresses
     program = (sb * tl.num_programs(1) + block) * n_chunks + chunk
-    scratch_at = hide + (program.to(tl.int64) * (CK // T) * BN + n[:, None]) * BD + tl.arange(0, BD)[None, :]
-    scratch_lines = hide + program.to(tl.int64) * (CK // T) * BN * BD + tl.arange(0, BD) * BN  # a tile, over lanes
+    scratch_at = (
+        hide + (program.to(tl.int64) * (CK // T) * TILE_ROWS + scratch_row[:, None]) * BD + tl.arange(0, BD)[None, :]
+    )
+    scratch_lines = hide + program.to(tl.int64) * (CK // T) * TILE_ROWS * BD + tl.arange(0, BD) * TILE_ROWS  # a tile
     k_begin = chunk * chunk_len
     k_end = tl.minimum(k_begin + chunk_len, length)
     n_segments = tl.cdiv(k_end - k_begin, CK)
@@ -462,7 +558,7 @@ def scan_backward_kernel(
                     pointers, steps, k1 + (jt + 1) * T, k1, k_end, length, rev, d, n, d_ok, N, T, False, False, False,
                     BC_LANES,
                 )  # fmt: skip
-                tl.store(scratch_ptr + scratch_at + jt * BN * BD, h.to(scratch_ptr.dtype.element_ty))
+                _scratch_put(scratch_ptr, scratch_at + jt * TILE_ROWS * BD, h, SCRATCH_BITS, FAST)
                 if PF > 0:
                     _prefetch_tile(rows, k1 + jt * T + PF, k1, k_end, length, rev, T)
                 for i in tl.static_range(T):
@@ -471,7 +567,7 @@ def scan_backward_kernel(
                         exp2(A2 * dt[None, :], FAST) * h
                         + _states(Bs[i], n, BC_LANES, SWIZZLE, FAST) * (dt * us[i].to(tl.float32))[None, :]
                     )
-            tl.store(scratch_ptr + scratch_at + (n_tiles - 1) * BN * BD, h.to(scratch_ptr.dtype.element_ty))
+            _scratch_put(scratch_ptr, scratch_at + (n_tiles - 1) * TILE_ROWS * BD, h, SCRATCH_BITS, FAST)
         k_last = k1 + (n_tiles - 1) * T
         tile = _load_tile(
             pointers, steps, k_last, k1, k_end, length, rev, d, n, d_ok, N, T, True, HAS_Z, True, BC_LANES
@@ -491,8 +587,8 @@ def scan_backward_kernel(
                 decays, dt_outs, dt_ins = decays + (a,), dt_outs + (dt,), dt_ins + (dt_in,)
             if not CARRY_ONLY:
                 if PF > 0:  # the start state two tiles on: BN * BD values, BN a lane (one instruction)
-                    prefetch_l2(scratch_ptr + scratch_lines + tl.maximum(n_tiles - 3 - jt, 0) * BN * BD)
-                h = tl.load(scratch_ptr + scratch_at + (n_tiles - 1 - jt) * BN * BD).to(tl.float32)
+                    prefetch_l2(scratch_ptr + scratch_lines + tl.maximum(n_tiles - 3 - jt, 0) * TILE_ROWS * BD)
+                h = _scratch_get(scratch_ptr, scratch_at + (n_tiles - 1 - jt) * TILE_ROWS * BD, SCRATCH_BITS)
                 hs = (h,)
                 for i in tl.static_range(T):
                     Bt = _states(Bs[i], n, BC_LANES, SWIZZLE, FAST)

@@ -42,16 +42,17 @@ class ScanTiling:
     inline PTX, tl.gather under the interpreter), not loaded whole into every lane, which ptxas keeps
     in uniform registers, waiting on the loads as they land; with the reduce-scatter the backward
     then keeps a lane's states swizzled (scan_kernels._swizzled), which spares the reduce-scatter
-    its selects (on in default_tilings: timed faster on an H100, docs/benchmarks.md); scratch_bf16:
-    the backward's scratch (the state at every tile start of a segment, written by its walk forward
-    and read back by its walk back, its largest traffic) in bf16, half the bytes, the states
-    rounded to bf16's 8 bits where they restart a tile (the checkpoints stay fp32). Off by default:
-    faster on an H100 (forward + backward as CUDA graphs, one sweep: 1.105 against 1.174 ms at
-    (64, 384, 513), 3.574 against 3.859 at (4, 384, 22001);
-    docs/benchmarks/scan_sweep_scratch_bf16_issue31.json), but dA then misses mamba-ssm's
-    elementwise tolerances against the float64 reference in bf16 (tests/test_gpu_kernels.py at
-    (2, 64, 129): its entries are sums that cancel, each term carrying the rounded state's 2^-9;
-    docs/benchmarks.md)."""
+    its selects (on in default_tilings: timed faster on an H100, docs/benchmarks.md); scratch: how
+    the backward keeps its scratch, the state at every tile start of a segment, written by its walk
+    forward and read back by its walk back (its largest traffic): "fp32"; "fp24", each state
+    rounded to fp32's 24 high bits (15 mantissa bits: a relative 2^-16 where a tile restarts from
+    it; the checkpoints stay fp32) and 4 packed into 3 words, 3/4 of the bytes; or "bf16", half the
+    bytes, rounded to bf16's 8 bits: faster on an H100 (forward + backward as CUDA graphs, one
+    sweep: 1.105 against 1.174 ms at (64, 384, 513), 3.574 against 3.859 at (4, 384, 22001);
+    docs/benchmarks/scan_sweep_scratch_bf16_issue31.json, where the option was scratch_bf16), but dA
+    then misses mamba-ssm's elementwise tolerances against the float64 reference in bf16
+    (tests/test_gpu_kernels.py at (2, 64, 129): its entries are sums that cancel, each term carrying
+    the rounded state's 2^-9; docs/benchmarks.md)."""
 
     block_d: int = 16
     tile_len: int = 2
@@ -64,7 +65,10 @@ class ScanTiling:
     scatter_bc: bool = True
     prefetch_steps: int = 8
     bc_lanes: bool = False
-    scratch_bf16: bool = False
+    scratch: str = "fp32"
+
+
+SCRATCH_BITS = {"fp32": 32, "fp24": 24, "bf16": 16}  # ScanTiling.scratch -> the bits a state keeps there
 
 
 def default_tilings(sets: int, batch: int, dim: int, length: int) -> tuple[ScanTiling, ScanTiling]:
@@ -128,6 +132,10 @@ class _Launch:
         self.inputs = (u, delta, B, C, z if z is not None else u, A, self.D_or_bias, delta_bias)
         if tiling.ckpt_every % tiling.tile_len:
             raise ValueError(f"ckpt_every must be a multiple of tile_len, got {tiling}")
+        if tiling.scratch not in SCRATCH_BITS:
+            raise ValueError(f"ScanTiling.scratch must be one of {sorted(SCRATCH_BITS)}, got {tiling.scratch!r}")
+        if tiling.scratch == "fp24" and self.d_state < 3:
+            raise ValueError(f"scratch='fp24' packs 4 states into 3 words: it needs d_state >= 3, got {self.d_state}")
         self.chunk_len, self.n_chunks = chunking(self.sets, self.batch, self.dim, self.length, tiling)
         self.n_ckpts = triton.cdiv(self.length, tiling.ckpt_every)
         self.blocks = triton.cdiv(self.dim, tiling.block_d)
@@ -247,8 +255,10 @@ def scan_backward(
     scatter = run.scatter_flags(tiling, atomic)
     programs = run.grid[0] * run.grid[1] * run.grid[2]
     tile_starts = tiling.ckpt_every // tiling.tile_len
-    scratch_dtype = torch.bfloat16 if tiling.scratch_bf16 else torch.float32
-    scratch = torch.empty(programs, tile_starts, run.shape["BN"], tiling.block_d, device=u.device, dtype=scratch_dtype)
+    bits = SCRATCH_BITS[tiling.scratch]
+    rows = 3 * run.shape["BN"] // 4 if bits == 24 else run.shape["BN"]  # a tile's state: rows of block_d values
+    scratch_dtype = {32: torch.float32, 24: torch.int32, 16: torch.bfloat16}[bits]
+    scratch = torch.empty(programs, tile_starts, rows, tiling.block_d, device=u.device, dtype=scratch_dtype)
     g_start = None
     if run.n_chunks > 1:
         g_out = run.states(S * batch, run.n_chunks)
@@ -257,14 +267,14 @@ def scan_backward(
             *run.inputs, dy, ckpt, g_out, scratch,
             du, ddelta, du, dB_sum, dC_sum, dA_sum, dD_sum, dbias_sum, g_out, dt_sum,
             *run.sizes, run.rev_mask, 0, *run.strides, *dy_strides, HAS_G_START=False, CARRY_ONLY=True,
-            ATOMIC=atomic, **scatter, **run.flags,
+            ATOMIC=atomic, SCRATCH_BITS=bits, **scatter, **run.flags,
         )  # fmt: skip
         g_start = run.carry(g_out, dt_sum, backward=True)
     scan_backward_kernel[run.grid](
         *run.inputs, dy, ckpt, g_start if g_start is not None else ckpt, scratch,
         du, ddelta, dz_sets if dz_sets is not None else du, dB_sum, dC_sum, dA_sum, dD_sum, dbias_sum,
         ckpt, ckpt, *run.sizes, run.rev_mask, 0, *run.strides, *dy_strides,
-        HAS_G_START=g_start is not None, CARRY_ONLY=False, ATOMIC=atomic, **scatter, **run.flags,
+        HAS_G_START=g_start is not None, CARRY_ONLY=False, ATOMIC=atomic, SCRATCH_BITS=bits, **scatter, **run.flags,
     )  # fmt: skip
     if not atomic:
         dB_sum, dC_sum = dB_sum.sum(0), dC_sum.sum(0)
