@@ -106,3 +106,16 @@ def test_swizzled_states_spare_the_reduce_scatter_its_selects(compiled):
     walk_back, walk_back_swizzled = plain["loops"][-1], swizzled["loops"][-1]  # the largest, last
     assert walk_back.get("FSEL", 0) - walk_back_swizzled.get("FSEL", 0) == 60 * steps
     assert swizzled["loop_instructions"][-1] < 0.85 * plain["loop_instructions"][-1]
+
+
+def test_a_24_bit_scratch_moves_three_words_where_fp32_moves_four_with_a_byte_permute_a_word(compiled):
+    """ScanTiling.scratch "fp24": the walk forward stores a tile's state as 12 words a lane where fp32
+    stores 16, each word one PRMT of two rounded states (scan_kernels._pack24), and the walk back
+    loads 12 where fp32 loads 16; both walks without spills."""
+    fp32, fp24 = compiled["backward"], compiled["backward_scratch_fp24"]
+    assert fp32["flags"]["SCRATCH_BITS"] == 32 and fp24["flags"]["SCRATCH_BITS"] == 24
+    (walk_forward, walk_back), (packed_forward, packed_back) = fp32["loops"], fp24["loops"]
+    assert walk_forward["STG.E"] == 16 and packed_forward["STG.E"] == 12
+    assert walk_back["LDG.E"] == 16 and packed_back["LDG.E"] == 12
+    assert packed_forward.get("PRMT", 0) - walk_forward.get("PRMT", 0) == 12
+    assert not any(op.startswith(("STL", "LDL")) for op in fp24["sass"])
