@@ -208,9 +208,8 @@ def test_a_sweep_job_cancelled_mid_training_ends_the_sweep_with_a_summary_naming
         slurm_cmd(
             data_root,
             sweep,
-            "trainer.max_steps=400",
+            "trainer.max_steps=400,16",  # job 0 runs until it is cancelled; job 1 finishes soon
             "trainer.max_epochs=100",
-            "seed=1,2",
             "data.batch_size=2",  # 8 steps an epoch: the cancel lands mid-epoch or at its end
             "callbacks.model_checkpoint.every_n_train_steps=2",
         ),  # fmt: skip
