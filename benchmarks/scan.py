@@ -53,25 +53,35 @@ SWEEP = [  # (forward, backward) launch shapes around the defaults: the checkpoi
     # at 20 steps, 16 KB at 16; but more checkpoints kept: in tiny's step at batch 64 each is 151 MB
     # (both passes' 24 layers): 1.19x SSAST's peak memory measured at 20 steps, 1 GiB more at 16
     # steps, over the 1.25x target; `benchmarks.throughput model --scan-ckpt-every` measures a
-    # spacing's time and memory in the step), the scratch in 24 bits (3/4 of its bytes) and the long
-    # sequences' chunking (8192 programs each way) with their spacing. Rows timed and dropped since
+    # spacing's time and memory in the step), the scratch in 24 bits (3/4 of its bytes), the walk
+    # back's first tile state kept in registers (keep_last_tile) and the long sequences' chunking
+    # (8192 programs each way) with their spacing. Rows timed and dropped since
     # (docs/benchmarks/scan_sweep_scratch_bf16_issue31.json and the JSONs before it): the scratch in
     # bf16 (faster, but dA misses mamba-ssm's tolerances), 24 steps, whole rows of B and C, 32 and
-    # 64 steps below 4096, the backward in 4096 programs, 4096 programs for long sequences.
+    # 64 steps below 4096, the backward in 4096 programs, 4096 programs for long sequences; 16 steps
+    # below 4096 and 32 above with a 24-bit scratch.
     (
         ScanTiling(block_d=32, min_programs=forward_programs, bc_lanes=True, ckpt_every=every),
-        ScanTiling(block_d=32, min_programs=backward_programs, bc_lanes=True, ckpt_every=every, scratch=scratch),
+        ScanTiling(
+            block_d=32,
+            min_programs=backward_programs,
+            bc_lanes=True,
+            ckpt_every=every,
+            scratch=scratch,
+            keep_last_tile=keep_last,
+        ),
     )
-    for every, forward_programs, backward_programs, scratch in [
-        (20, 1024, 2048, "fp32"),  # the defaults up to 4096 steps
-        (20, 1024, 2048, "fp24"),
-        (18, 1024, 2048, "fp32"),
-        (18, 1024, 2048, "fp24"),
-        (16, 1024, 2048, "fp32"),
-        (64, 8192, 8192, "fp32"),  # the defaults of longer sequences
-        (64, 8192, 8192, "fp24"),
-        (32, 8192, 8192, "fp24"),
-        (16, 8192, 8192, "fp32"),  # 4x the checkpoints' bytes of every 64 steps
+    for every, forward_programs, backward_programs, scratch, keep_last in [
+        (20, 1024, 2048, "fp32", False),  # the defaults up to 4096 steps
+        (20, 1024, 2048, "fp24", False),
+        (20, 1024, 2048, "fp32", True),
+        (20, 1024, 2048, "fp24", True),
+        (18, 1024, 2048, "fp32", False),
+        (18, 1024, 2048, "fp24", True),
+        (64, 8192, 8192, "fp32", False),  # the defaults of longer sequences
+        (64, 8192, 8192, "fp24", False),
+        (64, 8192, 8192, "fp24", True),
+        (16, 8192, 8192, "fp32", False),  # 4x the checkpoints' bytes of every 64 steps
     ]
 ]
 

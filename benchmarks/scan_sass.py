@@ -34,7 +34,7 @@ from triton.compiler import ASTSource
 from benchmarks.provenance import measured_line, provenance
 from benchmarks.report import DATA, render_docs
 from src.kernels import scan_kernels
-from src.kernels.scan_triton import SCRATCH_BITS, _Launch, default_tilings
+from src.kernels.scan_triton import _Launch, default_tilings
 from src.utils.io import write_json, write_text
 
 BF16 = {"u_ptr", "dt_ptr", "b_ptr", "c_ptr", "z_ptr", "dy_ptr", "y_ptr", "du_ptr", "ddt_ptr", "dz_ptr"}
@@ -140,7 +140,7 @@ def compile_variants() -> dict:
             kernel = scan_kernels.scan_forward_kernel
         else:
             flags.update(HAS_G_START=run.n_chunks > 1, CARRY_ONLY=False, ATOMIC=True)
-            flags.update(run.scatter_flags(tiling, atomic=True), SCRATCH_BITS=SCRATCH_BITS[tiling.scratch])
+            flags.update(run.scatter_flags(tiling, atomic=True), **run.scratch_flags(tiling))
             kernel = scan_kernels.scan_backward_kernel
         sass, registers, stack = compile_sm90(kernel, flags, ints)
         loops, opcodes = innermost_loops(sass), counts(sass)

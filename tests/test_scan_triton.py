@@ -41,6 +41,8 @@ CASES = {
     # reduce-scatter (tl.gather for the shuffles here), the lanes selecting what they keep; with
     # bc_lanes the backward's states swizzled instead; a masked channel block, chunks
     "dB and dC by the reduce-scatter": (17, 40, 13, True, (True, False), replace(tiny(64), block_d=32)),
+    # ScanTiling.keep_last_tile: the walk back's first tile from the walk forward's state in registers
+    "the last tile's state kept in registers": (17, 6, 3, True, (False, True), replace(tiny(64), keep_last_tile=True)),
     "dB and dC by the reduce-scatter, states swizzled": (
         17,
         40,

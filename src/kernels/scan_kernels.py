@@ -492,6 +492,7 @@ def scan_backward_kernel(
     SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_G_START: tl.constexpr,
     CARRY_ONLY: tl.constexpr, LANE: tl.constexpr, ATOMIC: tl.constexpr, FAST: tl.constexpr,
     SCATTER: tl.constexpr, PF: tl.constexpr, BC_LANES: tl.constexpr, SWIZZLE: tl.constexpr, SCRATCH_BITS: tl.constexpr,
+    KEEP_LAST: tl.constexpr,
 ):  # fmt: skip
     if LANE:
         hide = zero
@@ -567,7 +568,8 @@ def scan_backward_kernel(
                         exp2(A2 * dt[None, :], FAST) * h
                         + _states(Bs[i], n, BC_LANES, SWIZZLE, FAST) * (dt * us[i].to(tl.float32))[None, :]
                     )
-            _scratch_put(scratch_ptr, scratch_at + (n_tiles - 1) * TILE_ROWS * BD, h, SCRATCH_BITS, FAST)
+            if not KEEP_LAST:  # else it stays in registers: the walk back starts there
+                _scratch_put(scratch_ptr, scratch_at + (n_tiles - 1) * TILE_ROWS * BD, h, SCRATCH_BITS, FAST)
         k_last = k1 + (n_tiles - 1) * T
         tile = _load_tile(
             pointers, steps, k_last, k1, k_end, length, rev, d, n, d_ok, N, T, True, HAS_Z, True, BC_LANES
@@ -588,7 +590,12 @@ def scan_backward_kernel(
             if not CARRY_ONLY:
                 if PF > 0:  # the start state two tiles on: BN * BD values, BN a lane (one instruction)
                     prefetch_l2(scratch_ptr + scratch_lines + tl.maximum(n_tiles - 3 - jt, 0) * TILE_ROWS * BD)
-                h = _scratch_get(scratch_ptr, scratch_at + (n_tiles - 1 - jt) * TILE_ROWS * BD, SCRATCH_BITS)
+                at = scratch_at + (n_tiles - 1 - jt) * TILE_ROWS * BD
+                if KEEP_LAST:
+                    if jt > 0:  # the first tile back starts from the walk forward's last state
+                        h = _scratch_get(scratch_ptr, at, SCRATCH_BITS)
+                else:
+                    h = _scratch_get(scratch_ptr, at, SCRATCH_BITS)
                 hs = (h,)
                 for i in tl.static_range(T):
                     Bt = _states(Bs[i], n, BC_LANES, SWIZZLE, FAST)

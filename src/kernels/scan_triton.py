@@ -52,7 +52,9 @@ class ScanTiling:
     docs/benchmarks/scan_sweep_scratch_bf16_issue31.json, where the option was scratch_bf16), but dA
     then misses mamba-ssm's elementwise tolerances against the float64 reference in bf16
     (tests/test_gpu_kernels.py at (2, 64, 129): its entries are sums that cancel, each term carrying
-    the rounded state's 2^-9; docs/benchmarks.md)."""
+    the rounded state's 2^-9; docs/benchmarks.md); keep_last_tile: the backward's walk back starts
+    from the walk forward's last state in registers, not from the scratch (one tile state a segment
+    neither stored nor loaded, for a branch and its register moves in every tile of the walk back)."""
 
     block_d: int = 16
     tile_len: int = 2
@@ -66,6 +68,7 @@ class ScanTiling:
     prefetch_steps: int = 8
     bc_lanes: bool = False
     scratch: str = "fp32"
+    keep_last_tile: bool = False
 
 
 SCRATCH_BITS = {"fp32": 32, "fp24": 24, "bf16": 16}  # ScanTiling.scratch -> the bits a state keeps there
@@ -169,6 +172,10 @@ class _Launch:
         scatter = tiling.scatter_bc and (self.fast or self.interpreted) and atomic and lanes
         return dict(SCATTER=scatter, SWIZZLE=scatter and self.flags["BC_LANES"])
 
+    def scratch_flags(self, tiling: ScanTiling) -> dict:
+        """The backward's SCRATCH_BITS (ScanTiling.scratch) and KEEP_LAST (keep_last_tile)."""
+        return dict(SCRATCH_BITS=SCRATCH_BITS[tiling.scratch], KEEP_LAST=tiling.keep_last_tile)
+
     def states(self, *lead: int) -> Tensor:
         """A buffer of (..., N, E) fp32 states: channels contiguous, as the threads hold them."""
         return torch.empty(*lead, self.d_state, self.dim, device=self.device, dtype=torch.float32)
@@ -255,7 +262,8 @@ def scan_backward(
     scatter = run.scatter_flags(tiling, atomic)
     programs = run.grid[0] * run.grid[1] * run.grid[2]
     tile_starts = tiling.ckpt_every // tiling.tile_len
-    bits = SCRATCH_BITS[tiling.scratch]
+    kept = run.scratch_flags(tiling)
+    bits = kept["SCRATCH_BITS"]
     rows = 3 * run.shape["BN"] // 4 if bits == 24 else run.shape["BN"]  # a tile's state: rows of block_d values
     scratch_dtype = {32: torch.float32, 24: torch.int32, 16: torch.bfloat16}[bits]
     scratch = torch.empty(programs, tile_starts, rows, tiling.block_d, device=u.device, dtype=scratch_dtype)
@@ -267,14 +275,14 @@ def scan_backward(
             *run.inputs, dy, ckpt, g_out, scratch,
             du, ddelta, du, dB_sum, dC_sum, dA_sum, dD_sum, dbias_sum, g_out, dt_sum,
             *run.sizes, run.rev_mask, 0, *run.strides, *dy_strides, HAS_G_START=False, CARRY_ONLY=True,
-            ATOMIC=atomic, SCRATCH_BITS=bits, **scatter, **run.flags,
+            ATOMIC=atomic, **kept, **scatter, **run.flags,
         )  # fmt: skip
         g_start = run.carry(g_out, dt_sum, backward=True)
     scan_backward_kernel[run.grid](
         *run.inputs, dy, ckpt, g_start if g_start is not None else ckpt, scratch,
         du, ddelta, dz_sets if dz_sets is not None else du, dB_sum, dC_sum, dA_sum, dD_sum, dbias_sum,
         ckpt, ckpt, *run.sizes, run.rev_mask, 0, *run.strides, *dy_strides,
-        HAS_G_START=g_start is not None, CARRY_ONLY=False, ATOMIC=atomic, SCRATCH_BITS=bits, **scatter, **run.flags,
+        HAS_G_START=g_start is not None, CARRY_ONLY=False, ATOMIC=atomic, **kept, **scatter, **run.flags,
     )  # fmt: skip
     if not atomic:
         dB_sum, dC_sum = dB_sum.sum(0), dC_sum.sum(0)
