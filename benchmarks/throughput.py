@@ -65,7 +65,9 @@ def model_throughput(args) -> None:
     records = []
     for size in args.sizes:
         for backbone in args.backbones:
-            with scan_launch(ckpt_every=args.scan_ckpt_every, scratch=args.scan_scratch):
+            with scan_launch(
+                ckpt_every=args.scan_ckpt_every, scratch=args.scan_scratch, keep_last_tile=args.scan_keep_last_tile
+            ):
                 record = measure_ssl_step(
                     backbone,
                     size,
@@ -77,7 +79,7 @@ def model_throughput(args) -> None:
                     args.cuda_graph,
                 )
             if backbone == "ssamba":  # the scan's launch, where it is not the default
-                for name in ("scan_ckpt_every", "scan_scratch"):
+                for name in ("scan_ckpt_every", "scan_scratch", "scan_keep_last_tile"):
                     if getattr(args, name):
                         record[name] = getattr(args, name)
             records.append(record)
@@ -96,7 +98,8 @@ def model_throughput(args) -> None:
 @contextlib.contextmanager
 def scan_launch(**fields):
     """Inside the block, the scan's default launch shapes (default_tilings, in both modules that ask
-    it) with these ScanTiling fields replaced (ckpt_every, scratch; a None leaves one as it is)."""
+    it) with these ScanTiling fields replaced (ckpt_every, scratch, keep_last_tile; a None leaves one
+    as it is)."""
     fields = {name: value for name, value in fields.items() if value is not None}
     if not fields:
         yield
@@ -354,6 +357,9 @@ def main(argv=None) -> int:
     m.add_argument("--cuda-graph", action="store_true", help="both steps as CUDA graphs (model.cuda_graph)")
     m.add_argument("--scan-ckpt-every", type=int, default=None, help="the scan's checkpoints this many steps apart")
     m.add_argument("--scan-scratch", choices=["fp32", "fp24", "bf16"], help="how the scan's backward keeps its scratch")
+    m.add_argument(
+        "--scan-keep-last-tile", action="store_true", default=None, help="the scan's ScanTiling.keep_last_tile on"
+    )
     m.add_argument("--label", default="")
     m.add_argument("--batch-per-gpu", type=int, default=64)
     m.add_argument("--warmup", type=int, default=5)
