@@ -251,7 +251,7 @@ def test_the_workers_of_a_killed_build_die_with_it(tmp_path):
     import sys
     import time
 
-    wav = af.tone(tmp_path / "long.wav", seconds=60.0)
+    wav = af.tone(tmp_path / "long.wav", seconds=20.0)  # a first shard soon, 400 clips left
     write_jsonl(tmp_path / "manifest.jsonl", [{"id": f"c{i}", "path": str(wav), "split": "train"} for i in range(400)])
     root = Path(__file__).resolve().parents[1]
     build_cmd = [
@@ -264,7 +264,7 @@ def test_the_workers_of_a_killed_build_die_with_it(tmp_path):
         "--out",
         str(tmp_path / "feat"),
         "--target-length",
-        "6000",
+        "2000",
         "--workers",
         "2",
         "--shard-size",
