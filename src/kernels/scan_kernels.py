@@ -23,8 +23,9 @@ chunks only when the (set, batch, channel-block) programs are too few to fill th
                        its start
               carry    chunk by chunk against scan order: the adjoint entering each chunk
               pass 2   segments of ckpt_every steps from the chunk's end: the states at every
-                       tile_len-th step again (into a small per-program scratch), then tile by
-                       tile in reverse, the tile's states in registers, all the gradients
+                       tile_len-th step again (into a small per-program scratch, fp32, 24-bit
+                       or bf16: _scratch_put), then tile by tile in reverse, the tile's states
+                       in registers, all the gradients
 
 A short sequence is one chunk and runs pass 2 alone. The adjoint q_t = dy_t C_t + a_{t+1} q_{t+1}
 (a_t = exp(dt_t A)) pairs with the state h_t (C's and z's gradients) and with the state before
