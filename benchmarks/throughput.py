@@ -1,7 +1,7 @@
 """Pretraining throughput on GPUs, and what the data loader delivers.
 
     python -m benchmarks.throughput model [--sizes tiny small base] [--batch-per-gpu 64] [--cuda-graph]
-                                      [--scan-ckpt-every N]   # the scan's checkpoints N steps apart
+                                      [--scan-ckpt-every N] [--scan-scratch fp24] [--scan-keep-last-tile]
     torchrun --nproc-per-node 2 -m benchmarks.throughput model ...        # DDP, one process per GPU
     python -m benchmarks.throughput loader --store DIR [--workers 8]      # samples/s from fp16 shards
     python -m benchmarks.throughput train --store DIR [--sizes tiny small base] [--devices 1 2]
@@ -11,9 +11,11 @@
 `model` times full SSL steps (two masked passes, InfoNCE + 10 MSE, backward, AdamW) in bf16-mixed
 with fp32 parameters on the fused kernels, after warm-up, for SSAMBA and SSAST of each size in one
 invocation, and prints SSAMBA's throughput and peak memory as a ratio of SSAST's; it appends the
-run to --json (default docs/benchmarks/throughput.json); --scan-ckpt-every times the step with the
-scan's checkpoints that many steps apart (default_tilings' other launch choices kept): a spacing's
-time and memory in the step, for benchmarks/scan.py's sweep rows. `loader` reads a feature store
+run to --json (default docs/benchmarks/throughput.json); --scan-ckpt-every, --scan-scratch and
+--scan-keep-last-tile time the step with those ScanTiling fields replaced in the scan's default
+launches (the scan's checkpoints that many steps apart, its backward's scratch format, its walk
+back's first tile from registers): a launch's time and memory in the step, for benchmarks/scan.py's
+sweep rows. `loader` reads a feature store
 through the pretraining Dataset and a DataLoader as training does. `train` records in one run, per size, the bare
 steps of SSAMBA and SSAST and src/train.py's pretraining per device count, with their ratios.
 """

@@ -71,7 +71,8 @@ class ScanTiling:
     keep_last_tile: bool = False
 
 
-SCRATCH_BITS = {"fp32": 32, "fp24": 24, "bf16": 16}  # ScanTiling.scratch -> the bits a state keeps there
+# ScanTiling.scratch -> the bits a state keeps there, and the dtype of the buffer that holds them
+SCRATCH_FORMATS = {"fp32": (32, torch.float32), "fp24": (24, torch.int32), "bf16": (16, torch.bfloat16)}
 
 
 def default_tilings(sets: int, batch: int, dim: int, length: int) -> tuple[ScanTiling, ScanTiling]:
@@ -135,8 +136,8 @@ class _Launch:
         self.inputs = (u, delta, B, C, z if z is not None else u, A, self.D_or_bias, delta_bias)
         if tiling.ckpt_every % tiling.tile_len:
             raise ValueError(f"ckpt_every must be a multiple of tile_len, got {tiling}")
-        if tiling.scratch not in SCRATCH_BITS:
-            raise ValueError(f"ScanTiling.scratch must be one of {sorted(SCRATCH_BITS)}, got {tiling.scratch!r}")
+        if tiling.scratch not in SCRATCH_FORMATS:
+            raise ValueError(f"ScanTiling.scratch must be one of {sorted(SCRATCH_FORMATS)}, got {tiling.scratch!r}")
         if tiling.scratch == "fp24" and self.d_state < 3:
             raise ValueError(f"scratch='fp24' packs 4 states into 3 words: it needs d_state >= 3, got {self.d_state}")
         self.chunk_len, self.n_chunks = chunking(self.sets, self.batch, self.dim, self.length, tiling)
@@ -174,7 +175,7 @@ class _Launch:
 
     def scratch_flags(self, tiling: ScanTiling) -> dict:
         """The backward's SCRATCH_BITS (ScanTiling.scratch) and KEEP_LAST (keep_last_tile)."""
-        return dict(SCRATCH_BITS=SCRATCH_BITS[tiling.scratch], KEEP_LAST=tiling.keep_last_tile)
+        return dict(SCRATCH_BITS=SCRATCH_FORMATS[tiling.scratch][0], KEEP_LAST=tiling.keep_last_tile)
 
     def states(self, *lead: int) -> Tensor:
         """A buffer of (..., N, E) fp32 states: channels contiguous, as the threads hold them."""
@@ -263,9 +264,8 @@ def scan_backward(
     programs = run.grid[0] * run.grid[1] * run.grid[2]
     tile_starts = tiling.ckpt_every // tiling.tile_len
     kept = run.scratch_flags(tiling)
-    bits = kept["SCRATCH_BITS"]
+    bits, scratch_dtype = SCRATCH_FORMATS[tiling.scratch]
     rows = 3 * run.shape["BN"] // 4 if bits == 24 else run.shape["BN"]  # a tile's state: rows of block_d values
-    scratch_dtype = {32: torch.float32, 24: torch.int32, 16: torch.bfloat16}[bits]
     scratch = torch.empty(programs, tile_starts, rows, tiling.block_d, device=u.device, dtype=scratch_dtype)
     g_start = None
     if run.n_chunks > 1:
