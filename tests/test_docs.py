@@ -363,11 +363,22 @@ def _json_values(paths) -> tuple[list[float], str]:
 
 
 def _a_ratio_of(values, number: float, places: int, percent: bool) -> bool:
-    """Whether number is a / b (or, as a percent, 100 a / b or 100 (1 - a / b)) of two of the values."""
-    v = np.unique(values[values > 0])
-    ratios = (v[:, None] / v[None, :]).ravel()
-    candidates = [100 * ratios, 100 * (1 - ratios)] if percent else [ratios]
-    return any(np.any(np.round(c, places) == number) for c in candidates)
+    """Whether number is a / b (or, as a percent, 100 a / b or 100 (1 - a / b)) of two of the values,
+    rounded to its places: for each a, a search of the sorted values for a b in the range that gives
+    it (the table of every a / b took 26 s)."""
+    v = np.unique(values[values > 0])  # sorted
+    half = 0.5 * 10.0**-places
+    lo, hi = number - half, number + half
+    ranges = [(lo / 100, hi / 100), (1 - hi / 100, 1 - lo / 100)] if percent else [(lo, hi)]
+    for r_lo, r_hi in ranges:
+        if r_hi <= 0:
+            continue
+        # lo <= a / b <= hi  <=>  a / hi <= b <= a / lo
+        first = np.searchsorted(v, v / r_hi, side="left")
+        last = np.searchsorted(v, v / r_lo if r_lo > 0 else np.full_like(v, np.inf), side="right")
+        if np.any(last > first):
+            return True
+    return False
 
 
 def _sections(text: str) -> list[tuple[str, str]]:
