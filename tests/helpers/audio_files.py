@@ -9,13 +9,16 @@ import soundfile as sf
 
 
 def tone(path, seconds=1.0, sr=16000, channels=1, subtype="PCM_16", freq=440.0, fmt=None) -> Path:
+    """A tone with a little noise, written a million frames at a time (an hour-long one stays small)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    t = np.arange(int(seconds * sr)) / sr
+    frames = int(seconds * sr)
     rng = np.random.default_rng(abs(hash(str(path))) % 2**32)
-    x = 0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * rng.standard_normal(len(t))
-    data = np.stack([x * (1 - 0.3 * c) for c in range(channels)], axis=1) if channels > 1 else x
-    sf.write(str(path), data.astype(np.float32), sr, subtype=subtype, format=fmt)
+    with sf.SoundFile(str(path), "w", samplerate=sr, channels=channels, subtype=subtype, format=fmt) as f:
+        for start in range(0, frames, 1 << 20):
+            t = np.arange(start, min(frames, start + (1 << 20))) / sr
+            x = 0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * rng.standard_normal(len(t), dtype=np.float32)
+            f.write(np.stack([x * (1 - 0.3 * c) for c in range(channels)], axis=1).astype(np.float32))
     return path
 
 
