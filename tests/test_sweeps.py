@@ -1,4 +1,4 @@
-"""Hydra multiruns: a local submitit sweep that really runs, and the SLURM launcher's sbatch script
+"""Hydra multiruns: sweeps that really run (basic and local submitit launchers), and the SLURM launcher's sbatch script
 checked against a fake `sbatch` on PATH."""
 
 import json
@@ -31,26 +31,6 @@ def run(args, tmp_path, env=None, timeout=600):
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
-
-
-@pytest.mark.slow
-def test_local_submitit_sweep_runs_every_point(data_root, tmp_path):
-    sweep = tmp_path / "sweep"
-    result = run(
-        [
-            "hydra/launcher=local",
-            "experiment=ks2_demo",
-            f"paths.data_dir={data_root}",
-            f"hydra.sweep.dir={sweep}",
-            "model.optimizer.lr=1e-3,2e-3",
-            "+trainer.fast_dev_run=true",
-        ],
-        tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = [json.loads((sweep / str(k) / "metrics.json").read_text()) for k in (0, 1)]
-    assert all("test/acc" in m for m in metrics)
-    assert (sweep / ".submitit").is_dir()  # each point ran as a submitit job
 
 
 # keeps the script and refuses the job: the launcher fails at once, where a job that "ran" and left
@@ -155,7 +135,8 @@ def test_the_slurm_launcher_composes_with_every_experiment_and_trainer():
 @pytest.mark.parametrize("launcher", ["basic", pytest.param("local", marks=pytest.mark.slow)])
 def test_a_failing_job_does_not_stop_the_sweep_and_is_in_the_summary(data_root, tmp_path, launcher):
     """Three points, the middle one fails mid-run (a negative learning rate, refused when the
-    optimizer is made): the jobs after it run, summary.json lists its error, the exit code is 1."""
+    optimizer is made): the jobs after it run (local: each as a submitit job), summary.json lists
+    its error, the exit code is 1."""
     sweep = tmp_path / "sweep"
     result = run(
         [
@@ -174,6 +155,8 @@ def test_a_failing_job_does_not_stop_the_sweep_and_is_in_the_summary(data_root, 
     assert set(jobs) == {"0", "1", "2"} and summary["failed"] == ["1"]
     assert "set model.optimizer.lr to a positive value" in jobs["1"]["error"]
     assert "test/acc" in jobs["0"]["metrics"] and "test/acc" in jobs["2"]["metrics"]  # the job after it ran
+    assert all("test/acc" in json.loads((sweep / k / "metrics.json").read_text()) for k in ("0", "2"))
+    assert (sweep / ".submitit").is_dir() == (launcher == "local")
     assert (
         "sweep: 2 jobs finished, 1 failed" in result.stdout and "job 1 (model.optimizer.lr=-1) failed" in result.stdout
     )
