@@ -109,7 +109,7 @@ def warps_per_sm(registers: int) -> int:
 
 def compile_variants() -> dict:
     """Per kernel (forward; backward, its second pass), at the default launch and with whole rows
-    (and the backward with a 24-bit scratch): the flags, the SASS's instruction counts (all and per
+    (and the backward with an fp32 scratch): the flags, the SASS's instruction counts (all and per
     innermost loop), registers, stack bytes."""
     sets, batch, length, dim = SHAPE
     meta = dict(dtype=torch.bfloat16, device="meta")
@@ -119,12 +119,13 @@ def compile_variants() -> dict:
     B, C = x_dbl[..., 16:32], x_dbl[..., 32:]
     A = torch.empty(sets, 16, dim, device="meta")
     D = bias = torch.empty(sets, dim, device="meta")
-    forward, backward = default_tilings(sets, batch, dim, length)
-    variants = [  # (key, kernel, launch): the defaults, whole rows of B and C, a 24-bit scratch
+    forward, backward = default_tilings(sets, batch, dim, length, u.dtype)
+    whole_rows = dict(bc_lanes=False, scratch="fp32", keep_last_tile=False)  # (24 bits would spill there)
+    variants = [  # (key, kernel, launch): the defaults, whole rows of B and C, an fp32 scratch
         (name + variant, name, replace_launch)
-        for variant, replace_launch in (("", {}), ("_whole_rows", dict(bc_lanes=False)))
+        for variant, replace_launch in (("", {}), ("_whole_rows", whole_rows))
         for name in ("forward", "backward")
-    ] + [("backward_scratch_fp24", "backward", dict(scratch="fp24"))]
+    ] + [("backward_scratch_fp32", "backward", dict(scratch="fp32"))]
     out = {}
     for key, name, replace_launch in variants:
         default_tiling = forward if name == "forward" else backward
@@ -163,8 +164,10 @@ def markdown(record: dict) -> str:
         name = key.partition("_")[0]
         loops = " + ".join(str(n) for n in k["loop_instructions"])
         launch = "bc_lanes" if k["flags"]["BC_LANES"] else "whole rows of B and C"
-        if k["flags"].get("SCRATCH_BITS", 32) != 32:
+        if "SCRATCH_BITS" in k["flags"]:
             launch += f", a {k['flags']['SCRATCH_BITS']}-bit scratch"
+        if k["flags"].get("KEEP_LAST"):
+            launch += ", the last tile kept"
         launch += " (the default)" if k["default"] else ""
         cells = [name, launch, k["registers"], k["warps_per_sm"], k["stack"], k["instructions"], loops]
         rows.append("| " + " | ".join(str(c) for c in cells) + " |")

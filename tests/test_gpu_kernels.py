@@ -93,7 +93,7 @@ def test_triton_is_the_default_on_cuda():
         "rows of B and C a state a lane, 8 channels masked",
         "Triton's layout",
         "the defaults",
-        "the defaults, a 24-bit scratch, the last tile kept",
+        "the defaults, an fp32 scratch, the last tile not kept",
     ],
 )
 def test_triton_scan_against_reference_and_mamba(dtype, length, has_z, launch):
@@ -111,8 +111,8 @@ def test_triton_scan_against_reference_and_mamba(dtype, length, has_z, launch):
         dim, tiling = 56, ScanTiling(block_d=32, min_programs=4096, bc_lanes=True)
     elif launch == "Triton's layout":
         tiling = ScanTiling(block_d=32, lane_states=False)
-    elif launch == "the defaults, a 24-bit scratch, the last tile kept":  # ScanTiling.scratch, keep_last_tile
-        tiling = tuple(replace(t, scratch="fp24", keep_last_tile=True) for t in default_tilings(2, 2, dim, length))
+    elif launch == "the defaults, an fp32 scratch, the last tile not kept":  # the 16-bit defaults' other half
+        tiling = tuple(replace(t, scratch="fp32", keep_last_tile=False) for t in default_tilings(2, 2, dim, length))
     inputs = scan_inputs(2, dim, length, dtype, has_z=has_z)
     grad_y = torch.randn(2, 2, length, dim, device="cuda", dtype=dtype)
     ours = run_scan(lambda a: selective_scan_triton(**a, reverse=REVERSE, tiling=tiling), inputs, grad_y)

@@ -112,7 +112,7 @@ def test_a_24_bit_scratch_moves_three_words_where_fp32_moves_four_with_a_byte_pe
     """ScanTiling.scratch "fp24": the walk forward stores a tile's state as 12 words a lane where fp32
     stores 16, each word one PRMT of two rounded states (scan_kernels._pack24), and the walk back
     loads 12 where fp32 loads 16; both walks without spills."""
-    fp32, fp24 = compiled["backward"], compiled["backward_scratch_fp24"]
+    fp32, fp24 = compiled["backward_scratch_fp32"], compiled["backward"]  # fp24 the 16-bit default
     assert fp32["flags"]["SCRATCH_BITS"] == 32 and fp24["flags"]["SCRATCH_BITS"] == 24
     (walk_forward, walk_back), (packed_forward, packed_back) = fp32["loops"], fp24["loops"]
     assert walk_forward["STG.E"] == 16 and packed_forward["STG.E"] == 12

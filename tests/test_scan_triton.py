@@ -146,6 +146,38 @@ def test_default_tilings_follow_the_measured_rules():
     )
     # long sequences: 32 channels, chunks until 8192 programs
     assert default_tilings(2, 4, 384, 22001)[0] == ScanTiling(block_d=32, min_programs=8192, bc_lanes=True)
+    # the backward's scratch in 24 bits for 16-bit inputs only (fp32 inputs would miss mamba-ssm's
+    # fp32 tolerances for dA), the walk back's first tile from registers up to 4096 steps
+    for dtype, scratch in ((torch.bfloat16, "fp24"), (torch.float16, "fp24"), (torch.float32, "fp32")):
+        assert default_tilings(2, 64, 384, 513, dtype)[1].scratch == scratch
+        assert default_tilings(2, 64, 384, 513, dtype)[1].keep_last_tile
+        assert default_tilings(2, 4, 384, 22001, dtype)[1].scratch == scratch
+        assert not default_tilings(2, 4, 384, 22001, dtype)[1].keep_last_tile
+
+
+def test_the_scan_picks_its_scratch_from_its_inputs_dtype(monkeypatch):
+    # selective_scan_triton and the one-Function mixer ask default_tilings with the scan's own dtype
+    asked = []
+    own = scan_triton.default_tilings
+
+    def asking(*args):
+        asked.append(args[-1])
+        return own(*args)
+
+    monkeypatch.setattr(scan_triton, "default_tilings", asking)
+    monkeypatch.setattr(mixer_triton, "default_tilings", asking)
+    for dtype in (torch.float32, torch.bfloat16):
+        inputs = float64_inputs(2, 1, 5, 8, 4, with_z=False)
+        inputs = {
+            k: v.to(DEVICE, dtype if k in ("u", "delta", "B", "C") else torch.float32)
+            for k, v in inputs.items()
+            if v is not None
+        }
+        selective_scan_triton(**inputs, z=None, reverse=(False, True))
+    mixer = BiMambaMixer(32, d_state=4).to(DEVICE)
+    hidden = torch.randn(1, 5, 32, device=DEVICE)
+    mixer_triton.bimamba_inner_triton(hidden, *mixer.kernel_weights(torch.float32), (False, True))
+    assert asked == [torch.float32, torch.bfloat16, torch.float32]
 
 
 @triton.jit
@@ -311,7 +343,7 @@ def test_the_fused_mixer_keeps_no_activation_wider_than_its_input_for_the_backwa
     assert max(t.numel() for t in activations) < 2 * 13 * mixer.d_inner  # none as large as (B, L, E)
 
 
-def test_the_scan_launches_with_the_default_tilings_of_its_own_shape(monkeypatch):
+def test_the_scan_launches_with_the_default_tilings_of_its_own_shape_and_dtype(monkeypatch):
     # u is (S, B, L, E): default_tilings takes (sets, batch, channels, length); a long sequence
     # gets the long-sequence launch, not the tilings of a sequence as long as it has channels
     class Asked(Exception):  # stops before the launch: the question is what was asked
@@ -324,7 +356,7 @@ def test_the_scan_launches_with_the_default_tilings_of_its_own_shape(monkeypatch
     u = torch.randn(2, 1, 4100, 3)
     with pytest.raises(Asked) as asked:
         selective_scan_triton(u, u, -torch.ones(2, 3, 2), u[..., :2], u[..., :2], None, None, None, (0, 1))
-    assert asked.value.args[0] == (2, 1, 3, 4100)
+    assert asked.value.args[0] == (2, 1, 3, 4100, torch.float32)
 
 
 @pytest.mark.parametrize("scratch, bound", [("fp24", 1e-4), ("bf16", 1e-2)])

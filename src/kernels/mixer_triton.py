@@ -41,12 +41,12 @@ class BiMambaInner(torch.autograd.Function):
         batch, length, _ = hidden.shape
         sets, d_state, dim = A.shape
         dt_rank = dt_proj.shape[2]  # R', padded
-        tilings = default_tilings(sets, batch, dim, length)
         rev = reverse_mask(reverse)
 
         xz = F.linear(hidden, in_weight, in_bias)  # (B, L, 2E), in the autocast dtype where autocast is on
         x, z = xz[..., :dim], xz[..., dim:]  # (B, L, E) views
         u = conv_forward(x, conv_weight, conv_bias, rev)  # (S, B, L, E)
+        tilings = default_tilings(sets, batch, dim, length, u.dtype)
         x_dbl = torch.bmm(u.view(sets, -1, dim), x_proj.transpose(1, 2))  # (S, B*L, R' + 2N)
         delta = torch.bmm(x_dbl[..., :dt_rank], dt_proj.transpose(1, 2))  # (S, B*L, E)
         B, C = _states_in(x_dbl, d_state, batch, length)  # (S, B, L, N) views

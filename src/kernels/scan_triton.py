@@ -9,7 +9,7 @@ Function. Shapes:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -35,8 +35,8 @@ class ScanTiling:
     (scan_kernels._sum_over_lanes_scattered: shuffles in inline PTX, tl.gather under the
     interpreter, which runs it whatever fast_math says) unless scatter_bc is off; prefetch_steps:
     the rows of the inputs that many steps on (and the next checkpoint and scratch states) asked of
-    L2 ahead of their loads (inline PTX; 0: none), so the loads wait on L2 rather than DRAM without
-    registers held for them; bc_lanes: where a program
+    L2 ahead of their loads (inline PTX; 0: none; none below 8 channels a program), so the loads wait
+    on L2 rather than DRAM without registers held for them; bc_lanes: where a program
     holds 32 channels a lane each (lane_states) and block_d is a multiple of the states, B's and C's
     rows loaded a state a lane and spread to each lane's states by shuffles (scan_kernels._states;
     inline PTX, tl.gather under the interpreter), not loaded whole into every lane, which ptxas keeps
@@ -75,7 +75,9 @@ class ScanTiling:
 SCRATCH_FORMATS = {"fp32": (32, torch.float32), "fp24": (24, torch.int32), "bf16": (16, torch.bfloat16)}
 
 
-def default_tilings(sets: int, batch: int, dim: int, length: int) -> tuple[ScanTiling, ScanTiling]:
+def default_tilings(
+    sets: int, batch: int, dim: int, length: int, dtype: torch.dtype = torch.float32
+) -> tuple[ScanTiling, ScanTiling]:
     """(forward, backward) launch shapes, from benchmarks/scan.py's sweeps on an H100
     (docs/benchmarks.md). 32 channels per program, a channel's states in one lane, both ways: the
     forward's loads of B and C are then 16-byte vectors and the backward sums dB and dC over
@@ -95,12 +97,22 @@ def default_tilings(sets: int, batch: int, dim: int, length: int) -> tuple[ScanT
     default, where memory bounds the length a GPU takes. SSAMBA-tiny's graphed SSL step at batch 64
     on an H100, one call: 96.3 ms at 6.4 GiB every 24 steps against 98.7 ms at 5.7 GiB every 32
     (104.3 ms at 64, with the mixer keeping xz); 2 chunks still the best at 32 (against 103.3 in 3
-    and 104.4 unchunked; docs/benchmarks/throughput.json)."""
+    and 104.4 unchunked; docs/benchmarks/throughput.json). dtype, the inputs' (u's): for 16-bit
+    inputs the backward keeps its scratch in 24 bits (ScanTiling.scratch "fp24"), far below their own
+    rounding; fp32 inputs keep it in fp32 (with 24 bits dA missed mamba-ssm's fp32 tolerances
+    against the float64 reference at 2049 steps on an H100, tests/test_gpu_kernels.py). Up to 4096
+    steps the walk back starts from registers (keep_last_tile). In bf16 on an H100, one sweep
+    (docs/benchmarks/scan_sweep_scratch_fp24_issue31.json), forward + backward as CUDA graphs at
+    (64, 384, 513): 1.144 ms with both against 1.190 with neither, 1.151 with 24 bits alone, 1.163
+    with the tile kept alone; at (4, 384, 22001) with 24 bits 3.687 against 3.890 (3.715 with the
+    tile kept too). SSAMBA-tiny's graphed SSL step at batch 64 in the same call: 92.4 ms with both
+    against 95.0 ms (docs/benchmarks/throughput.json)."""
+    scratch = "fp24" if dtype.itemsize == 2 else "fp32"
     if length > 4096:
         wide = ScanTiling(block_d=32, min_programs=8192, bc_lanes=True)
-        return wide, wide
+        return wide, replace(wide, scratch=scratch)
     forward = ScanTiling(block_d=32, min_programs=1024, bc_lanes=True, ckpt_every=20)
-    return forward, ScanTiling(block_d=32, min_programs=2048, bc_lanes=True, ckpt_every=20)
+    return forward, replace(forward, min_programs=2048, scratch=scratch, keep_last_tile=True)
 
 
 def chunking(sets: int, batch: int, dim: int, length: int, tiling: ScanTiling) -> tuple[int, int]:
@@ -154,7 +166,8 @@ class _Launch:
         self.interpreted = os.environ.get("TRITON_INTERPRET") == "1"
         self.fast = tiling.fast_math and not self.interpreted  # inline PTX
         self.flags.update(T=tiling.tile_len, CK=tiling.ckpt_every, LANE=tiling.lane_states, FAST=self.fast, num_warps=1)
-        self.flags["PF"] = tiling.prefetch_steps if self.fast else 0
+        # a tile's prefetches spread its rows over 8 lanes or more (scan_kernels._row_lanes)
+        self.flags["PF"] = tiling.prefetch_steps if self.fast and tiling.block_d >= 8 else 0
         # a lane's state n comes from lane n of its program: with shuffles, a channel a lane (32 a
         # program); under the interpreter (tl.gather) any block_d that holds every state index
         spread = (tiling.block_d == 32 or not self.fast) and tiling.block_d % self.shape["BN"] == 0
@@ -347,7 +360,7 @@ def selective_scan_triton(
         delta_bias = torch.zeros(A.shape[:2], device=u.device, dtype=torch.float32)
     if tiling is None:
         sets, batch, length, dim = u.shape
-        tiling = default_tilings(sets, batch, dim, length)
+        tiling = default_tilings(sets, batch, dim, length, u.dtype)
     tilings = (tiling, tiling) if isinstance(tiling, ScanTiling) else tuple(tiling)
     if tilings[0].ckpt_every != tilings[1].ckpt_every:
         raise ValueError(f"the forward and backward tilings must agree on ckpt_every, got {tilings}")
