@@ -155,6 +155,19 @@ def test_default_tilings_follow_the_measured_rules():
         assert not default_tilings(2, 4, 384, 22001, dtype)[1].keep_last_tile
 
 
+def test_programs_of_fewer_than_8_channels_launch_without_the_l2_prefetch(monkeypatch):
+    # scan_kernels._row_lanes spreads a tile's rows over 8 lanes or more (a static_assert): on a GPU
+    # (no interpreter, fast_math) a launch of 4 channels a program asks for no prefetch, one of 8 does
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    meta = dict(device="meta")
+    u, BC = torch.empty(2, 1, 13, 8, **meta), torch.empty(2, 1, 13, 4, **meta)
+    A, bias = torch.empty(2, 4, 8, **meta), torch.empty(2, 8, **meta)
+    for block_d, prefetch in ((4, 0), (8, 8)):
+        tiling = replace(tiny(1), block_d=block_d, prefetch_steps=8)
+        run = scan_triton._Launch(u, u, A, BC, BC, None, None, bias, (False, True), True, tiling)
+        assert run.flags["PF"] == prefetch, block_d
+
+
 def test_the_scan_picks_its_scratch_from_its_inputs_dtype(monkeypatch):
     # selective_scan_triton and the one-Function mixer ask default_tilings with the scan's own dtype
     asked = []
