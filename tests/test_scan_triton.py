@@ -149,10 +149,9 @@ def test_default_tilings_follow_the_measured_rules():
     # the backward's scratch in 24 bits for 16-bit inputs only (fp32 inputs would miss mamba-ssm's
     # fp32 tolerances for dA), the walk back's first tile from registers up to 4096 steps
     for dtype, scratch in ((torch.bfloat16, "fp24"), (torch.float16, "fp24"), (torch.float32, "fp32")):
-        assert default_tilings(2, 64, 384, 513, dtype)[1].scratch == scratch
-        assert default_tilings(2, 64, 384, 513, dtype)[1].keep_last_tile
-        assert default_tilings(2, 4, 384, 22001, dtype)[1].scratch == scratch
-        assert not default_tilings(2, 4, 384, 22001, dtype)[1].keep_last_tile
+        short, long = default_tilings(2, 64, 384, 513, dtype)[1], default_tilings(2, 4, 384, 22001, dtype)[1]
+        assert short.scratch == long.scratch == scratch
+        assert short.keep_last_tile and not long.keep_last_tile
 
 
 def test_programs_of_fewer_than_8_channels_launch_without_the_l2_prefetch(monkeypatch):
@@ -168,29 +167,20 @@ def test_programs_of_fewer_than_8_channels_launch_without_the_l2_prefetch(monkey
         assert run.flags["PF"] == prefetch, block_d
 
 
-def test_the_scan_picks_its_scratch_from_its_inputs_dtype(monkeypatch):
-    # selective_scan_triton and the one-Function mixer ask default_tilings with the scan's own dtype
+def test_the_fused_mixer_asks_the_default_tilings_with_its_scans_dtype(monkeypatch):
+    # the scan's own dtype (u's: autocast's where it is on), as selective_scan_triton asks (below)
     asked = []
-    own = scan_triton.default_tilings
+    own = mixer_triton.default_tilings
 
     def asking(*args):
-        asked.append(args[-1])
+        asked.append(args)
         return own(*args)
 
-    monkeypatch.setattr(scan_triton, "default_tilings", asking)
     monkeypatch.setattr(mixer_triton, "default_tilings", asking)
-    for dtype in (torch.float32, torch.bfloat16):
-        inputs = float64_inputs(2, 1, 5, 8, 4, with_z=False)
-        inputs = {
-            k: v.to(DEVICE, dtype if k in ("u", "delta", "B", "C") else torch.float32)
-            for k, v in inputs.items()
-            if v is not None
-        }
-        selective_scan_triton(**inputs, z=None, reverse=(False, True))
-    mixer = BiMambaMixer(32, d_state=4).to(DEVICE)
+    mixer = BiMambaMixer(32, d_state=4).to(DEVICE)  # E = 64
     hidden = torch.randn(1, 5, 32, device=DEVICE)
     mixer_triton.bimamba_inner_triton(hidden, *mixer.kernel_weights(torch.float32), (False, True))
-    assert asked == [torch.float32, torch.bfloat16, torch.float32]
+    assert asked == [(2, 1, 64, 5, torch.float32)]
 
 
 @triton.jit
@@ -366,10 +356,10 @@ def test_the_scan_launches_with_the_default_tilings_of_its_own_shape_and_dtype(m
         raise Asked(shape)
 
     monkeypatch.setattr(scan_triton, "default_tilings", asking)
-    u = torch.randn(2, 1, 4100, 3)
+    u = torch.randn(2, 1, 4100, 3, dtype=torch.bfloat16)  # and its dtype: the scratch's format
     with pytest.raises(Asked) as asked:
         selective_scan_triton(u, u, -torch.ones(2, 3, 2), u[..., :2], u[..., :2], None, None, None, (0, 1))
-    assert asked.value.args[0] == (2, 1, 3, 4100, torch.float32)
+    assert asked.value.args[0] == (2, 1, 3, 4100, torch.bfloat16)
 
 
 @pytest.mark.parametrize("scratch, bound", [("fp24", 1e-4), ("bf16", 1e-2)])
