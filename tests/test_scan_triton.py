@@ -204,7 +204,7 @@ PREFETCH_ROWS = {
     | scan_kernels.B_ROW
     | scan_kernels.C_ROW
     | scan_kernels.Z_ROW,
-    "the walk back's": scan_kernels.C_ROW | scan_kernels.DY_ROW | scan_kernels.Z_ROW | scan_kernels.DELTA_ROW,
+    "the carry pass's": scan_kernels.C_ROW | scan_kernels.DY_ROW | scan_kernels.Z_ROW | scan_kernels.DELTA_ROW,
     "every input's": 63,
 }
 

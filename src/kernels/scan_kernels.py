@@ -519,9 +519,10 @@ def scan_backward_kernel(
         (su_s, su_b, sdt_s, sdt_b, sb_s, sb_b, sc_s, sc_b, 0, sz_b, sdy_s, sdy_b), s, b,
     )  # fmt: skip
     steps = (su_l, sdt_l, sb_l, sc_l, sz_l, sdy_l)
-    if PF > 0:  # both walks ask for every input's rows (fewer registers than a set for each)
-        EVERY_ROW: tl.constexpr = U_ROW | DELTA_ROW | B_ROW | C_ROW | DY_ROW | (Z_ROW if HAS_Z else 0)
-        rows = _row_lanes(pointers, steps, d, DIM, EVERY_ROW)
+    if PF > 0:  # pass 2's walks ask for every input's rows (fewer registers than a set for each);
+        # the carry pass reads no u and no B (their loads go unused, so ptxas drops them)
+        WALKED: tl.constexpr = DELTA_ROW | C_ROW | DY_ROW | (Z_ROW if HAS_Z else 0)
+        rows = _row_lanes(pointers, steps, d, DIM, WALKED if CARRY_ONLY else WALKED | U_ROW | B_ROW)
     out_ptrs = sb.to(tl.int64) * length * DIM + d  # du, ddt, dz: (S, B, L, E) contiguous
     bc_at_row = sb.to(tl.int64) * length * N
     if ATOMIC:  # dB, dC: (S*B, L, N), every channel block adds into it
