@@ -2,9 +2,10 @@
 ship in Triton's wheel, so no GPU or CUDA driver is needed. Compiled with the launch flags the
 defaults give at tiny's pretraining shape (batch 64, 513 steps, 384 channels), B's and C's rows
 loaded a state a lane (ScanTiling.bc_lanes, the default), and with them loaded whole into every
-lane (keys ending in _whole_rows); per kernel (the
-forward; the backward's second pass): the SASS's instruction counts by opcode, those of each
-innermost loop (the forward's tile; the backward's walk forward and walk back, each a 2-step tile),
+lane (keys ending in _whole_rows); per kernel (the forward; the backward's second pass; the carry
+between the backward's chunks): the SASS's instruction counts by opcode, those of each innermost
+loop (the forward's tile; the backward's walk forward and walk back, each a 2-step tile; the
+carry's group of chunks),
 registers a thread, stack bytes (spills land there) and the warps an SM then holds (a program is
 one warp).
 
@@ -87,9 +88,9 @@ def counts(sass: str) -> dict[str, int]:
     return dict(found)
 
 
-def innermost_loops(sass: str) -> list[dict[str, int]]:
-    """The instruction counts (as counts()) of every innermost loop, in address order: the body
-    between a backward branch and its target, holding no other backward branch."""
+def innermost_loop_bodies(sass: str) -> list[str]:
+    """The SASS of every innermost loop, in address order: the body between a backward branch and
+    its target, holding no other backward branch."""
     lines = [m for m in (re.match(r"\s+/\*([0-9a-f]+)\*/\s+(.*)", line) for line in sass.splitlines()) if m]
     addresses = [int(m.group(1), 16) for m in lines]
     loops = []
@@ -98,7 +99,18 @@ def innermost_loops(sass: str) -> list[dict[str, int]]:
         if target and int(target.group(1), 16) < addresses[i]:
             loops.append((addresses.index(int(target.group(1), 16)), i))
     inner = [(a, b) for a, b in loops if not any(a <= c and d < b for c, d in loops if (c, d) != (a, b))]
-    return [counts("\n".join(m.group(0) for m in lines[a : b + 1])) for a, b in inner]
+    return ["\n".join(m.group(0) for m in lines[a : b + 1]) for a, b in inner]
+
+
+def innermost_loops(sass: str) -> list[dict[str, int]]:
+    """The instruction counts (as counts()) of every innermost loop (innermost_loop_bodies)."""
+    return [counts(body) for body in innermost_loop_bodies(sass)]
+
+
+def loads_before_stores(body: str) -> bool:
+    """Whether every global load of a SASS body comes before its first global store."""
+    ops = re.findall(r"\b(LDG|STG)\b", body)
+    return "STG" not in ops or "LDG" not in ops[ops.index("STG") :]
 
 
 def warps_per_sm(registers: int) -> int:
@@ -109,8 +121,8 @@ def warps_per_sm(registers: int) -> int:
 
 def compile_variants() -> dict:
     """Per kernel (forward; backward, its second pass), at the default launch and with whole rows
-    (and the backward with an fp32 scratch): the flags, the SASS's instruction counts (all and per
-    innermost loop), registers, stack bytes."""
+    (and the backward with an fp32 scratch), and the carry between chunks: the flags, the SASS's
+    instruction counts (all and per innermost loop), registers, stack bytes."""
     sets, batch, length, dim = SHAPE
     meta = dict(dtype=torch.bfloat16, device="meta")
     u, delta = torch.empty(SHAPE, **meta), torch.empty(SHAPE, **meta)
@@ -144,13 +156,27 @@ def compile_variants() -> dict:
             flags.update(run.scatter_flags(tiling, atomic=True), **run.scratch_flags(tiling))
             kernel = scan_kernels.scan_backward_kernel
         sass, registers, stack = compile_sm90(kernel, flags, ints)
-        loops, opcodes = innermost_loops(sass), counts(sass)
-        out[key] = dict(
-            default=tiling == default_tiling,
-            flags=flags, instructions=sum(opcodes.values()), loop_instructions=[sum(x.values()) for x in loops],
-            registers=registers, stack=stack, warps_per_sm=warps_per_sm(registers), sass=opcodes, loops=loops,
-        )  # fmt: skip
+        out[key] = _record(tiling == default_tiling, flags, sass, registers, stack)
+    # the carry between the backward's chunks (tiny's backward is chunked in two)
+    run = _Launch(u, delta, A, B, C, D, z, bias, (False, True), True, backward)
+    flags = run.carry_launch(backward=True)[1]
+    sass, registers, stack = compile_sm90(
+        scan_kernels.chunk_carry_kernel, flags, dict(batch=batch, n_chunks=run.n_chunks, zero=0)
+    )
+    out["carry"] = _record(True, flags, sass, registers, stack)
+    out["carry"]["loads_before_stores"] = [loads_before_stores(body) for body in innermost_loop_bodies(sass)]
     return out
+
+
+def _record(default: bool, flags: dict, sass: str, registers: int, stack: int) -> dict:
+    """One compiled kernel's entry: its flags, instruction counts (all, and per innermost loop),
+    registers, stack bytes, the warps an SM holds."""
+    loops, opcodes = innermost_loops(sass), counts(sass)
+    return dict(
+        default=default,
+        flags=flags, instructions=sum(opcodes.values()), loop_instructions=[sum(x.values()) for x in loops],
+        registers=registers, stack=stack, warps_per_sm=warps_per_sm(registers), sass=opcodes, loops=loops,
+    )  # fmt: skip
 
 
 def markdown(record: dict) -> str:
@@ -161,13 +187,19 @@ def markdown(record: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for key, k in kernels.items():
-        name = key.partition("_")[0]
+        name, flags = key.partition("_")[0], k["flags"]
         loops = " + ".join(str(n) for n in k["loop_instructions"])
-        launch = "bc_lanes" if k["flags"]["BC_LANES"] else "whole rows of B and C"
-        if "SCRATCH_BITS" in k["flags"]:
-            launch += f", a {k['flags']['SCRATCH_BITS']}-bit scratch"
-        if k["flags"].get("KEEP_LAST"):
-            launch += ", the last tile kept"
+        if name == "carry":
+            name, launch = (
+                "carry between chunks",
+                f"{flags['GROUP']} chunks' loads at once, {flags['BD']} channels a program",
+            )
+        else:
+            launch = "bc_lanes" if flags["BC_LANES"] else "whole rows of B and C"
+            if "SCRATCH_BITS" in flags:
+                launch += f", a {flags['SCRATCH_BITS']}-bit scratch"
+            if flags.get("KEEP_LAST"):
+                launch += ", the last tile kept"
         launch += " (the default)" if k["default"] else ""
         cells = [name, launch, k["registers"], k["warps_per_sm"], k["stack"], k["instructions"], loops]
         rows.append("| " + " | ".join(str(c) for c in cells) + " |")

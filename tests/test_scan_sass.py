@@ -119,3 +119,24 @@ def test_a_24_bit_scratch_moves_three_words_where_fp32_moves_four_with_a_byte_pe
     assert walk_back["LDG.E"] == 16 and packed_back["LDG.E"] == 12
     assert packed_forward.get("PRMT", 0) - walk_forward.get("PRMT", 0) == 12
     assert not any(op.startswith(("STL", "LDL")) for op in fp24["sass"])
+
+
+def test_the_carry_between_chunks_issues_a_groups_loads_before_its_stores_without_spilling(compiled):
+    """scan_kernels.chunk_carry_kernel walks the chunks serially, GROUP at a time: one pass of its
+    loop loads every chunk's local state and sum of dt (a lane's share: BN x BD / 32 values and one
+    dt) before the first store of what enters a chunk, so a group waits on its loads once, where
+    one chunk at a time waited on each (stored, then loaded)."""
+    carry = compiled["carry"]
+    flags, (loop,) = carry["flags"], carry["loops"]
+    per_lane = flags["BN"] * flags["BD"] // 32
+    assert flags["GROUP"] > 1 and carry["loads_before_stores"] == [True]
+    assert loop["LDG.E"] == flags["GROUP"] * (per_lane + 1) and loop["STG.E"] == flags["GROUP"] * per_lane
+    assert carry["stack"] == 0 and not any(op.startswith(("STL", "LDL")) for op in carry["sass"])
+
+
+def test_loads_before_stores_reads_the_order_of_global_accesses():
+    from benchmarks.scan_sass import loads_before_stores
+
+    assert loads_before_stores("LDG.E R1, [R2] ;\nLDG.E R3, [R4] ;\nFFMA R1, R1, R3 ;\nSTG.E [R2], R1 ;")
+    assert not loads_before_stores("STG.E [R2], R1 ;\nLDG.E R3, [R4] ;")
+    assert loads_before_stores("FFMA R1, R1, R3 ;")

@@ -99,10 +99,12 @@ def test_scan_of_bf16_inputs_without_autograd_returns_bf16_close_to_the_referenc
 
 
 @pytest.mark.parametrize("backward", [False, True])
-def test_what_enters_each_chunk_does_not_depend_on_the_chunk_nothing_leaves(backward):
+@pytest.mark.parametrize("n_chunks, group", [(4, 8), (4, 3), (11, 4), (8, 4)])
+def test_what_enters_each_chunk_does_not_depend_on_the_chunk_nothing_leaves(backward, n_chunks, group):
     # the first passes skip the chunk whose result goes nowhere (forward: the last; backward: the
-    # first), so its slots of local and dt_sum stay unwritten: NaN here, and no chunk may get them
-    n_chunks, d_state, dim = 4, 4, 8
+    # first), so its slots of local and dt_sum stay unwritten: NaN here, and no chunk may get them;
+    # the chunks go `group` at a time (one group, several with a short last one, whole groups)
+    d_state, dim = 4, 8
     local = torch.randn(1, n_chunks, d_state, dim)
     dt_sum = torch.rand(1, n_chunks, dim)
     A = -torch.rand(1, d_state, dim) - 0.1
@@ -111,13 +113,62 @@ def test_what_enters_each_chunk_does_not_depend_on_the_chunk_nothing_leaves(back
     entering = torch.empty_like(local)
     args = [x.to(DEVICE) for x in (local, dt_sum, A, dt_sum, dt_sum, entering)]
     scan_kernels.chunk_carry_kernel[(1, 2)](
-        *args, 1, n_chunks, 0, DIM=dim, N=d_state, BN=d_state, BD=4, BACKWARD=backward, FAST=False, num_warps=1
-    )
+        *args, 1, n_chunks, 0, DIM=dim, N=d_state, BN=d_state, BD=4, BACKWARD=backward, FAST=False, GROUP=group,
+        num_warps=1,
+    )  # fmt: skip
     expected, h = torch.empty_like(local), torch.zeros(d_state, dim)
     for c in reversed(range(n_chunks)) if backward else range(n_chunks):
         expected[0, c] = h
         h = torch.exp(A[0] * dt_sum[0, c]) * h + local[0, c]
     torch.testing.assert_close(args[-1].cpu(), expected)
+
+
+@triton.jit(do_not_specialize=["zero"])
+def _carry_before_groups(
+    local_ptr, dt_sum_ptr, a_ptr, d_ptr, bias_ptr, out_ptr, batch, n_chunks, zero,
+    DIM: tl.constexpr, N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BACKWARD: tl.constexpr, FAST: tl.constexpr,
+):  # fmt: skip
+    # scan_kernels.chunk_carry_kernel as it was before GROUP: a chunk at a time
+    sb, s, b, _, _, d, n, d_ok, nd_ok, A, _, _, _ = scan_kernels._program(
+        a_ptr, d_ptr, bias_ptr, batch, 0, n_chunks, zero, DIM, N, BN, BD, 0
+    )
+    h = tl.zeros((BN, BD), dtype=tl.float32)
+    for i in tl.range(0, n_chunks):
+        c = n_chunks - 1 - i if BACKWARD else i
+        at = zero + ((sb * n_chunks + c) * N + n[:, None]).to(tl.int64) * DIM + d[None, :]
+        tl.store(out_ptr + at, h, mask=nd_ok)
+        dt_sum = tl.load(dt_sum_ptr + (sb * n_chunks + c) * DIM + d, mask=d_ok, other=0.0)
+        h = tl.exp(A * dt_sum[None, :]) * h + tl.load(local_ptr + at, mask=nd_ok, other=0.0)
+
+
+def test_a_carry_kernel_from_before_the_groups_still_launches(monkeypatch):
+    """benchmarks.scan --against an older scan_kernels.py puts its kernels in scan_triton's place (a
+    before/after in one run); a carry kernel without GROUP is launched as it was, with the scan's
+    channels a program, and gives the same scan and gradients."""
+    length, dim, d_state, with_z, reverse, tiling = CASES["dB and dC by the reduce-scatter"]
+    inputs = float64_inputs(len(reverse), 2, length, dim, d_state, with_z)
+    assert scan_triton.chunking(len(reverse), 2, dim, length, tiling)[1] > 1  # chunked: the carry runs
+
+    def scan_and_gradients():
+        leaves = {k: v.float().to(DEVICE).requires_grad_() for k, v in inputs.items() if v is not None}
+        y = selective_scan_triton(**leaves, reverse=reverse, tiling=tiling)
+        return (y, *torch.autograd.grad(y, list(leaves.values()), torch.ones_like(y)))
+
+    grouped = scan_and_gradients()
+    grids = []
+
+    class Recorded:  # the old kernel, its launches' grids kept
+        arg_names = _carry_before_groups.arg_names
+
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return _carry_before_groups[grid]
+
+    monkeypatch.setattr(scan_triton, "chunk_carry_kernel", Recorded())
+    for new, old in zip(grouped, scan_and_gradients(), strict=True):
+        torch.testing.assert_close(old, new, rtol=1e-5, atol=1e-5)
+    blocks = -(-dim // tiling.block_d)
+    assert grids == [(2 * len(reverse), blocks)] * 2  # the forward's carry and the backward's
 
 
 def test_forward_and_backward_tilings_must_share_checkpoints():

@@ -71,6 +71,11 @@ class ScanTiling:
     keep_last_tile: bool = False
 
 
+# the carry between chunks (scan_kernels.chunk_carry_kernel): the chunks whose loads it issues
+# together, and its channels a program (4 states a lane, so that a group's loads fit in registers:
+# 128 a thread for sm_90, where 32 channels a program spill)
+CARRY_GROUP, CARRY_BLOCK_D = 8, 8
+
 # ScanTiling.scratch -> the bits a state keeps there, and the dtype of the buffer that holds them
 SCRATCH_FORMATS = {"fp32": (32, torch.float32), "fp24": (24, torch.int32), "bf16": (16, torch.bfloat16)}
 
@@ -194,12 +199,21 @@ class _Launch:
         """A buffer of (..., N, E) fp32 states: channels contiguous, as the threads hold them."""
         return torch.empty(*lead, self.d_state, self.dim, device=self.device, dtype=torch.float32)
 
+    def carry_launch(self, backward: bool) -> tuple[tuple[int, int], dict]:
+        """chunk_carry_kernel's grid and compile-time flags (CARRY_GROUP, CARRY_BLOCK_D); a kernel
+        from before the groups (benchmarks.scan --against an older scan_kernels.py) as it was launched."""
+        flags = dict(self.shape, BACKWARD=backward, FAST=self.fast, num_warps=1)
+        if "GROUP" in chunk_carry_kernel.arg_names:
+            flags.update(BD=CARRY_BLOCK_D, GROUP=CARRY_GROUP)
+        return (self.grid[0], triton.cdiv(self.dim, flags["BD"])), flags
+
     def carry(self, local: Tensor, dt_sum: Tensor, backward: bool) -> Tensor:
+        """What enters each chunk, from each chunk's local result and sum of dt."""
         entering = torch.empty_like(local)
-        chunk_carry_kernel[self.grid[:2]](
-            local, dt_sum, self.A, self.D_or_bias, self.D_or_bias, entering, self.batch, self.n_chunks, 0,
-            BACKWARD=backward, FAST=self.fast, num_warps=1, **self.shape,
-        )  # fmt: skip
+        grid, flags = self.carry_launch(backward)
+        chunk_carry_kernel[grid](
+            local, dt_sum, self.A, self.D_or_bias, self.D_or_bias, entering, self.batch, self.n_chunks, 0, **flags
+        )
         return entering
 
 
