@@ -488,15 +488,15 @@ def chunk_carry_kernel(
     A2 = A * LOG2E
     h = tl.zeros((BN, BD), dtype=tl.float32)
     for first in tl.range(0, n_chunks, GROUP):
-        locals_, dt_sums = (), ()
+        ats, locals_, dt_sums = (), (), ()
         for j in tl.static_range(GROUP):
             at, dt_at = _chunk_at(first + j, sb, n, d, n_chunks, zero, DIM, N, BACKWARD)
             ok = first + j < n_chunks
+            ats = ats + (at,)
             locals_ = locals_ + (tl.load(local_ptr + at, mask=nd_ok & ok, other=0.0),)
             dt_sums = dt_sums + (tl.load(dt_sum_ptr + dt_at, mask=d_ok & ok, other=0.0),)
         for j in tl.static_range(GROUP):
-            at = _chunk_at(first + j, sb, n, d, n_chunks, zero, DIM, N, BACKWARD)[0]
-            tl.store(out_ptr + at, h, mask=nd_ok & (first + j < n_chunks))
+            tl.store(out_ptr + ats[j], h, mask=nd_ok & (first + j < n_chunks))
             h = exp2(A2 * dt_sums[j][None, :], FAST) * h + locals_[j]
 
 
