@@ -3,11 +3,10 @@ ship in Triton's wheel, so no GPU or CUDA driver is needed. Compiled with the la
 defaults give at tiny's pretraining shape (batch 64, 513 steps, 384 channels), B's and C's rows
 loaded a state a lane (ScanTiling.bc_lanes, the default), and with them loaded whole into every
 lane (keys ending in _whole_rows); per kernel (the forward; the backward's second pass; the carry
-between the backward's chunks): the SASS's instruction counts by opcode, those of each innermost
-loop (the forward's tile; the backward's walk forward and walk back, each a 2-step tile; the
-carry's group of chunks),
-registers a thread, stack bytes (spills land there) and the warps an SM then holds (a program is
-one warp).
+between the backward's chunks, there and at batch 4 and 22001 steps, carry_long): the SASS's
+instruction counts by opcode, those of each innermost loop (the forward's tile; the backward's walk
+forward and walk back, each a 2-step tile; the carry's group of chunks), registers a thread, stack
+bytes (spills land there) and the warps an SM then holds (a program is one warp).
 
     python -m benchmarks.scan_sass [--out docs/benchmarks/scan_sass.json]
 
@@ -40,6 +39,7 @@ from src.utils.io import write_json, write_text
 
 BF16 = {"u_ptr", "dt_ptr", "b_ptr", "c_ptr", "z_ptr", "dy_ptr", "y_ptr", "du_ptr", "ddt_ptr", "dz_ptr"}
 SHAPE = (2, 64, 513, 384)  # tiny at batch 64: (sets, batch, length, channels)
+LONG = (4, 22001)  # issue 31's long sequence: (batch, length)
 
 
 def compile_sm90(kernel, flags: dict, ints: dict) -> tuple[str, int, int]:
@@ -157,14 +157,19 @@ def compile_variants() -> dict:
             kernel = scan_kernels.scan_backward_kernel
         sass, registers, stack = compile_sm90(kernel, flags, ints)
         out[key] = _record(tiling == default_tiling, flags, sass, registers, stack)
-    # the carry between the backward's chunks (tiny's backward is chunked in two)
-    run = _Launch(u, delta, A, B, C, D, z, bias, (False, True), True, backward)
-    flags = run.carry_launch(backward=True)[1]
-    sass, registers, stack = compile_sm90(
-        scan_kernels.chunk_carry_kernel, flags, dict(batch=batch, n_chunks=run.n_chunks, zero=0)
-    )
-    out["carry"] = _record(True, flags, sass, registers, stack)
-    out["carry"]["loads_before_stores"] = [loads_before_stores(body) for body in innermost_loop_bodies(sass)]
+    # the carry between the backward's chunks: tiny's at batch 64 (2 chunks), and at LONG (86)
+    for key, (carry_batch, carry_length) in (("carry", (batch, length)), ("carry_long", LONG)):
+        u = torch.empty(sets, carry_batch, carry_length, dim, **meta)
+        B = torch.empty(sets, carry_batch, carry_length, 16, **meta)
+        tiling = default_tilings(sets, carry_batch, dim, carry_length, u.dtype)[1]
+        run = _Launch(u, u, A, B, B, D, None, bias, (False, True), True, tiling)
+        flags = run.carry_launch(backward=True)[1]
+        sass, registers, stack = compile_sm90(
+            scan_kernels.chunk_carry_kernel, flags, dict(batch=carry_batch, n_chunks=run.n_chunks, zero=0)
+        )
+        out[key] = _record(True, flags, sass, registers, stack)
+        out[key]["n_chunks"] = run.n_chunks
+        out[key]["loads_before_stores"] = [loads_before_stores(body) for body in innermost_loop_bodies(sass)]
     return out
 
 
@@ -192,7 +197,7 @@ def markdown(record: dict) -> str:
         if name == "carry":
             name, launch = (
                 "carry between chunks",
-                f"{flags['GROUP']} chunks' loads at once, {flags['BD']} channels a program",
+                f"{k['n_chunks']} chunks, {flags['GROUP']} chunks' loads at once, {flags['BD']} channels a program",
             )
         else:
             launch = "bc_lanes" if flags["BC_LANES"] else "whole rows of B and C"

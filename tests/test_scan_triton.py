@@ -99,12 +99,16 @@ def test_scan_of_bf16_inputs_without_autograd_returns_bf16_close_to_the_referenc
 
 
 @pytest.mark.parametrize("backward", [False, True])
-@pytest.mark.parametrize("n_chunks, group", [(4, 8), (4, 3), (11, 4), (8, 4)])
-def test_what_enters_each_chunk_does_not_depend_on_the_chunk_nothing_leaves(backward, n_chunks, group):
+@pytest.mark.parametrize(
+    "n_chunks, group, block_d",
+    [(4, 8, 4), (4, 3, 4), (11, 4, 4), (8, 4, 4)] + [(n, *scan_triton.carry_shape(n)) for n in (2, 3, 9)],
+)
+def test_what_enters_each_chunk_does_not_depend_on_the_chunk_nothing_leaves(backward, n_chunks, group, block_d):
     # the first passes skip the chunk whose result goes nowhere (forward: the last; backward: the
     # first), so its slots of local and dt_sum stay unwritten: NaN here, and no chunk may get them;
-    # the chunks go `group` at a time (one group, several with a short last one, whole groups)
-    d_state, dim = 4, 8
+    # the chunks go `group` at a time (one group, several with a short last one, whole groups), and
+    # a program holds block_d channels (the last block of the defaults' launches part-filled)
+    d_state, dim = 4, 40
     local = torch.randn(1, n_chunks, d_state, dim)
     dt_sum = torch.rand(1, n_chunks, dim)
     A = -torch.rand(1, d_state, dim) - 0.1
@@ -112,9 +116,9 @@ def test_what_enters_each_chunk_does_not_depend_on_the_chunk_nothing_leaves(back
     local[:, skipped], dt_sum[:, skipped] = float("nan"), float("nan")
     entering = torch.empty_like(local)
     args = [x.to(DEVICE) for x in (local, dt_sum, A, dt_sum, dt_sum, entering)]
-    scan_kernels.chunk_carry_kernel[(1, 2)](
-        *args, 1, n_chunks, 0, DIM=dim, N=d_state, BN=d_state, BD=4, BACKWARD=backward, FAST=False, GROUP=group,
-        num_warps=1,
+    scan_kernels.chunk_carry_kernel[(1, triton.cdiv(dim, block_d))](
+        *args, 1, n_chunks, 0, DIM=dim, N=d_state, BN=d_state, BD=block_d, BACKWARD=backward, FAST=False,
+        GROUP=group, num_warps=1,
     )  # fmt: skip
     expected, h = torch.empty_like(local), torch.zeros(d_state, dim)
     for c in reversed(range(n_chunks)) if backward else range(n_chunks):
@@ -144,31 +148,35 @@ def _carry_before_groups(
 def test_a_carry_kernel_from_before_the_groups_still_launches(monkeypatch):
     """benchmarks.scan --against an older scan_kernels.py puts its kernels in scan_triton's place (a
     before/after in one run); a carry kernel without GROUP is launched as it was, with the scan's
-    channels a program, and gives the same scan and gradients."""
+    channels a program, and gives the same scan and gradients as today's, launched with
+    carry_shape's channels a program."""
     length, dim, d_state, with_z, reverse, tiling = CASES["dB and dC by the reduce-scatter"]
     inputs = float64_inputs(len(reverse), 2, length, dim, d_state, with_z)
-    assert scan_triton.chunking(len(reverse), 2, dim, length, tiling)[1] > 1  # chunked: the carry runs
+    n_chunks = scan_triton.chunking(len(reverse), 2, dim, length, tiling)[1]
+    assert n_chunks > 1  # chunked: the carry runs
 
-    def scan_and_gradients():
+    def scan_and_gradients(kernel):
+        grids = []
+
+        class Recorded:  # the kernel, its launches' grids kept
+            arg_names = kernel.arg_names
+
+            def __getitem__(self, grid):
+                grids.append(grid)
+                return kernel[grid]
+
+        monkeypatch.setattr(scan_triton, "chunk_carry_kernel", Recorded())
         leaves = {k: v.float().to(DEVICE).requires_grad_() for k, v in inputs.items() if v is not None}
         y = selective_scan_triton(**leaves, reverse=reverse, tiling=tiling)
-        return (y, *torch.autograd.grad(y, list(leaves.values()), torch.ones_like(y)))
+        return (y, *torch.autograd.grad(y, list(leaves.values()), torch.ones_like(y))), grids
 
-    grouped = scan_and_gradients()
-    grids = []
-
-    class Recorded:  # the old kernel, its launches' grids kept
-        arg_names = _carry_before_groups.arg_names
-
-        def __getitem__(self, grid):
-            grids.append(grid)
-            return _carry_before_groups[grid]
-
-    monkeypatch.setattr(scan_triton, "chunk_carry_kernel", Recorded())
-    for new, old in zip(grouped, scan_and_gradients(), strict=True):
+    grouped, grids = scan_and_gradients(scan_kernels.chunk_carry_kernel)
+    channels = scan_triton.carry_shape(n_chunks)[1]
+    assert grids == [(2 * len(reverse), -(-dim // channels))] * 2  # the forward's carry and the backward's
+    before, grids = scan_and_gradients(_carry_before_groups)
+    for new, old in zip(grouped, before, strict=True):
         torch.testing.assert_close(old, new, rtol=1e-5, atol=1e-5)
-    blocks = -(-dim // tiling.block_d)
-    assert grids == [(2 * len(reverse), blocks)] * 2  # the forward's carry and the backward's
+    assert grids == [(2 * len(reverse), -(-dim // tiling.block_d))] * 2
 
 
 def test_forward_and_backward_tilings_must_share_checkpoints():

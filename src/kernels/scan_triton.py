@@ -71,10 +71,18 @@ class ScanTiling:
     keep_last_tile: bool = False
 
 
-# the carry between chunks (scan_kernels.chunk_carry_kernel): the chunks whose loads it issues
-# together, and its channels a program (4 states a lane, so that a group's loads fit in registers:
-# 128 a thread for sm_90, where 32 channels a program spill)
-CARRY_GROUP, CARRY_BLOCK_D = 8, 8
+# the carry between chunks (scan_kernels.chunk_carry_kernel) issues up to CARRY_GROUP chunks' loads
+# together, and a program takes as many channels as leave those loads in registers: chunks x
+# channels = CARRY_LOADS, 32 values a lane at 16 states (ptxas for sm_90: 8 chunks of 32 spill)
+CARRY_GROUP, CARRY_LOADS = 8, 64
+
+
+def carry_shape(n_chunks: int) -> tuple[int, int]:
+    """(chunks a group, channels a program) of the carry: the fewest groups, as many channels a
+    program as a group's loads leave room for (2 chunks: 32, the scan's own programs, as tiny's
+    backward at batch 64 was timed; 3-4: 16; more: 8)."""
+    group = min(CARRY_GROUP, triton.next_power_of_2(n_chunks))
+    return group, CARRY_LOADS // group
 
 # ScanTiling.scratch -> the bits a state keeps there, and the dtype of the buffer that holds them
 SCRATCH_FORMATS = {"fp32": (32, torch.float32), "fp24": (24, torch.int32), "bf16": (16, torch.bfloat16)}
@@ -200,11 +208,12 @@ class _Launch:
         return torch.empty(*lead, self.d_state, self.dim, device=self.device, dtype=torch.float32)
 
     def carry_launch(self, backward: bool) -> tuple[tuple[int, int], dict]:
-        """chunk_carry_kernel's grid and compile-time flags (CARRY_GROUP, CARRY_BLOCK_D); a kernel
-        from before the groups (benchmarks.scan --against an older scan_kernels.py) as it was launched."""
+        """chunk_carry_kernel's grid and compile-time flags (carry_shape); a kernel from before the
+        groups (benchmarks.scan --against an older scan_kernels.py) as it was launched."""
         flags = dict(self.shape, BACKWARD=backward, FAST=self.fast, num_warps=1)
         if "GROUP" in chunk_carry_kernel.arg_names:
-            flags.update(BD=CARRY_BLOCK_D, GROUP=CARRY_GROUP)
+            group, flags["BD"] = carry_shape(self.n_chunks)
+            flags["GROUP"] = group
         return (self.grid[0], triton.cdiv(self.dim, flags["BD"])), flags
 
     def carry(self, local: Tensor, dt_sum: Tensor, backward: bool) -> Tensor:
