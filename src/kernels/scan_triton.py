@@ -84,6 +84,7 @@ def carry_shape(n_chunks: int) -> tuple[int, int]:
     group = min(CARRY_GROUP, triton.next_power_of_2(n_chunks))
     return group, CARRY_LOADS // group
 
+
 # ScanTiling.scratch -> the bits a state keeps there, and the dtype of the buffer that holds them
 SCRATCH_FORMATS = {"fp32": (32, torch.float32), "fp24": (24, torch.int32), "bf16": (16, torch.bfloat16)}
 
