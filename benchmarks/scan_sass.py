@@ -159,10 +159,10 @@ def compile_variants() -> dict:
         out[key] = _record(tiling == default_tiling, flags, sass, registers, stack)
     # the carry between the backward's chunks: tiny's at batch 64 (2 chunks), and at LONG (86)
     for key, (carry_batch, carry_length) in (("carry", (batch, length)), ("carry_long", LONG)):
-        u = torch.empty(sets, carry_batch, carry_length, dim, **meta)
-        B = torch.empty(sets, carry_batch, carry_length, 16, **meta)
-        tiling = default_tilings(sets, carry_batch, dim, carry_length, u.dtype)[1]
-        run = _Launch(u, u, A, B, B, D, None, bias, (False, True), True, tiling)
+        carry_u = torch.empty(sets, carry_batch, carry_length, dim, **meta)  # u and delta
+        carry_bc = torch.empty(sets, carry_batch, carry_length, 16, **meta)  # B and C
+        tiling = default_tilings(sets, carry_batch, dim, carry_length, carry_u.dtype)[1]
+        run = _Launch(carry_u, carry_u, A, carry_bc, carry_bc, D, None, bias, (False, True), True, tiling)
         flags = run.carry_launch(backward=True)[1]
         sass, registers, stack = compile_sm90(
             scan_kernels.chunk_carry_kernel, flags, dict(batch=carry_batch, n_chunks=run.n_chunks, zero=0)

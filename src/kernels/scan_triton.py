@@ -213,8 +213,7 @@ class _Launch:
         groups (benchmarks.scan --against an older scan_kernels.py) as it was launched."""
         flags = dict(self.shape, BACKWARD=backward, FAST=self.fast, num_warps=1)
         if "GROUP" in chunk_carry_kernel.arg_names:
-            group, flags["BD"] = carry_shape(self.n_chunks)
-            flags["GROUP"] = group
+            flags["GROUP"], flags["BD"] = carry_shape(self.n_chunks)
         return (self.grid[0], triton.cdiv(self.dim, flags["BD"])), flags
 
     def carry(self, local: Tensor, dt_sum: Tensor, backward: bool) -> Tensor:
